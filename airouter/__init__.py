@@ -1,0 +1,1 @@
+"""airouter: a fast OpenAI-compatible router."""

@@ -1,0 +1,5 @@
+import sys
+
+from airouter.cli import main
+
+sys.exit(main())

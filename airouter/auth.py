@@ -1,0 +1,78 @@
+"""Client API keys: bearer parsing, constant-time comparison, and per-key model scope."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from airouter.config import Config
+from airouter.errors import Unauthorized
+
+
+@dataclass(slots=True, eq=False)
+class ClientKey:
+    """A configured client key. `name` is safe to log; the key itself never is."""
+
+    name: str
+    digest: bytes
+    patterns: tuple[str, ...] = ("*",)
+    _allowed: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    @property
+    def unrestricted(self) -> bool:
+        return "*" in self.patterns
+
+    def allows(self, alias: str) -> bool:
+        if self.unrestricted:
+            return True
+        ok = self._allowed.get(alias)
+        if ok is None:
+            ok = any(fnmatchcase(alias, p) for p in self.patterns)
+            if len(self._allowed) < 4096:
+                self._allowed[alias] = ok
+        return ok
+
+
+ANONYMOUS = ClientKey("anonymous", b"")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class KeyStore:
+    """Looks keys up by their SHA-256 digest, then confirms with hmac.compare_digest.
+
+    Hashing first means the lookup's timing depends only on the digest, never on how many
+    leading characters of a guess match a real key.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self._by_digest: dict[bytes, ClientKey] = {}
+        for i, key in enumerate(cfg.server.api_keys):
+            d = _digest(key)
+            self._by_digest[d] = ClientKey(f"key-{i}-{d.hex()[:8]}", d)
+        for name, kc in cfg.keys.items():
+            d = _digest(kc.key)
+            self._by_digest[d] = ClientKey(name, d, tuple(kc.models))
+        self.enabled = bool(self._by_digest)
+
+    def authenticate(self, authorization: bytes | None, api_key: bytes | None) -> ClientKey:
+        if not self.enabled:
+            return ANONYMOUS
+        token: bytes | None = None
+        if authorization is not None:
+            scheme, _, value = authorization.partition(b" ")
+            if scheme.lower() == b"bearer":
+                token = value.strip()
+        elif api_key is not None:
+            token = api_key.strip()
+        if not token:
+            raise Unauthorized("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+        d = hashlib.sha256(token).digest()
+        found = self._by_digest.get(d)
+        if found is None or not hmac.compare_digest(found.digest, d):
+            raise Unauthorized("Incorrect API key provided.")
+        return found

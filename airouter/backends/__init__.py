@@ -1,0 +1,18 @@
+"""Backends: the small interface every backend implements, and the factory from config."""
+
+from __future__ import annotations
+
+from airouter.backends.base import Backend, Call, Endpoint, Reply
+from airouter.config import BackendConfig, OpenAIBackendConfig
+
+__all__ = ["Backend", "Call", "Endpoint", "Reply", "create_backend"]
+
+
+def create_backend(name: str, cfg: BackendConfig) -> Backend:
+    if isinstance(cfg, OpenAIBackendConfig):
+        from airouter.backends.openai_http import OpenAIHttpBackend
+
+        return OpenAIHttpBackend(name, cfg)
+    from airouter.backends.triton_grpc import TritonGrpcBackend
+
+    return TritonGrpcBackend(name, cfg)

@@ -1,0 +1,80 @@
+"""The Backend interface: one call in, either a whole JSON answer or a stream of chunks out."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airouter.config import ModelConfig
+
+
+class Endpoint(enum.Enum):
+    CHAT = "chat.completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+
+
+@dataclass(slots=True, frozen=True, eq=False)
+class Target:
+    """Where a request goes: the alias the client sees and the model name the backend knows."""
+
+    alias: str
+    backend_model: str
+    backend: Backend
+    model: ModelConfig
+    # `"model":"<alias>"` as a re.sub template, precomputed once for rewriting responses.
+    model_repl: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
+class Call:
+    """One client request, decoded and validated, on its way to a backend."""
+
+    endpoint: Endpoint
+    target: Target
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+async def _noop() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class Reply:
+    """A backend's answer, already speaking the alias.
+
+    Exactly one of `body` (a whole JSON response) and `chunks` (batches of JSON chunk
+    payloads, without SSE framing and without the final [DONE]) is set. `aclose` releases
+    the backend's resources and cancels its work if the stream was not consumed to the end.
+    """
+
+    body: bytes | None = None
+    chunks: AsyncIterator[list[bytes]] | None = None
+    aclose: Callable[[], Awaitable[None]] = _noop
+
+
+class Backend(ABC):
+    """A backend serves calls. Implementations never see the client's API key."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Open connections; called once at start-up, inside the event loop."""
+
+    async def aclose(self) -> None:
+        """Close connections; called once at shutdown."""
+
+    @abstractmethod
+    async def open(self, call: Call) -> Reply:
+        """Send `call`. Errors before the answer starts are raised as RouterError;
+        errors after it started are raised from the `chunks` iterator."""
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok"}

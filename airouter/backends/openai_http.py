@@ -1,0 +1,205 @@
+"""OpenAI-compatible HTTP upstreams (vLLM, llama.cpp, OpenAI, another router) over aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from airouter.backends.base import Backend, Call, Endpoint, Reply, Target
+from airouter.config import OpenAIBackendConfig
+from airouter.errors import BadGateway, GatewayTimeout, RouterError, ServiceUnavailable, UpstreamError
+from airouter.streaming.sse import DONE, SSEDecoder
+
+_encode = msgspec.json.Encoder().encode
+
+# The top-level "model" member. A JSON string value cannot contain an unescaped quote, so
+# `"model":` can only be a key; responses put the top-level key before nested objects.
+_MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+_PATHS = {
+    Endpoint.CHAT: "/chat/completions",
+    Endpoint.COMPLETIONS: "/completions",
+    Endpoint.EMBEDDINGS: "/embeddings",
+}
+
+
+class _Probe(msgspec.Struct):
+    """Validates a whole JSON answer while decoding only `model`."""
+
+    model: Any = None
+
+
+class _ErrorProbe(msgspec.Struct):
+    error: Any = None
+    message: Any = None
+    detail: Any = None
+
+
+_probe = msgspec.json.Decoder(_Probe).decode
+_error_probe = msgspec.json.Decoder(_ErrorProbe).decode
+
+
+def rewrite_model(payload: bytes, target: Target) -> bytes:
+    return _MODEL.sub(target.model_repl, payload, count=1)
+
+
+def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
+    message = f"The backend answered with HTTP {status}."
+    code: str | None = None
+    etype: str | None = None
+    param: str | None = None
+    try:
+        p = _error_probe(body)
+        err = p.error
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+            etype = err.get("type") if isinstance(err.get("type"), str) else None
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(p.message, str):
+            message = p.message
+        elif isinstance(p.detail, str):
+            message = p.detail
+    except msgspec.DecodeError:
+        text = body[:200].decode("utf-8", "replace").strip()
+        if text:
+            message = f"{message} {text}"
+    extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
+    if status == 401 or status == 403:
+        # The upstream rejected *our* key; the client's key was fine.
+        return BadGateway(f"The backend rejected the router's credentials: {message}",
+                          code="upstream_auth_failed")
+    if 400 <= status < 500:
+        err = UpstreamError(message, status=status, param=param, code=code, headers=extra)
+        err.type = etype or "invalid_request_error"
+        return err
+    if status in (502, 503, 504):
+        cls = {502: BadGateway, 503: ServiceUnavailable, 504: GatewayTimeout}[status]
+        return cls(message, headers=extra)
+    return BadGateway(f"The backend failed: {message}", code="upstream_error")
+
+
+class OpenAIHttpBackend(Backend):
+    """Forwards with the backend's own key; rewrites `model` both ways; relays streams as they arrive."""
+
+    def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.base_url = cfg.base_url.rstrip("/")
+        self._headers = {"Content-Type": "application/json", **cfg.headers}
+        if cfg.api_key:
+            self._headers["Authorization"] = f"Bearer {cfg.api_key}"
+        self._urls = {ep: self.base_url + path for ep, path in _PATHS.items()}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.idle_timeout
+            ),
+            headers=self._headers,
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _upstream_streams(self, call: Call) -> bool:
+        if call.endpoint is Endpoint.EMBEDDINGS or self.cfg.stream == "never":
+            return False
+        return self.cfg.stream == "always" or call.stream
+
+    async def open(self, call: Call) -> Reply:
+        assert self._session is not None, "backend not started"
+        body = call.body
+        body["model"] = call.target.backend_model
+        stream = self._upstream_streams(call)
+        if call.endpoint is not Endpoint.EMBEDDINGS:
+            if stream:
+                body["stream"] = True
+                if not call.stream:
+                    # Aggregating for a non-streaming client: ask for usage so it is not lost.
+                    body["stream_options"] = {"include_usage": True}
+            elif call.stream:
+                body["stream"] = False
+                body.pop("stream_options", None)
+        try:
+            resp = await self._session.post(
+                self._urls[call.endpoint], data=_encode(body), headers=call.headers or None
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
+        except aiohttp.ClientError as e:
+            raise BadGateway(
+                f"Could not reach the backend '{self.name}': {type(e).__name__}."
+            ) from None
+        try:
+            if resp.status >= 400:
+                raise _upstream_error(resp.status, await resp.read(), resp.headers)
+            if resp.content_type == "text/event-stream":
+                return Reply(chunks=self._relay(resp, call.target), aclose=_closer(resp))
+            data = await resp.read()
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            resp.close()
+            raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
+        except aiohttp.ClientError as e:
+            resp.close()
+            raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.") from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        try:
+            probe = _probe(data)
+        except msgspec.DecodeError:
+            raise BadGateway(f"The backend '{self.name}' sent invalid JSON.") from None
+        if probe.model != call.target.alias:
+            data = rewrite_model(data, call.target)
+        return Reply(body=data)
+
+    async def _relay(self, resp: aiohttp.ClientResponse, target: Target) -> AsyncIterator[list[bytes]]:
+        decoder = SSEDecoder()
+        content = resp.content
+        try:
+            while True:
+                data = await content.readany()
+                payloads = decoder.feed(data) if data else decoder.close()
+                if payloads:
+                    batch = [
+                        rewrite_model(p, target) for p in payloads if p != DONE
+                    ]
+                    if batch:
+                        yield batch
+                    if len(batch) != len(payloads):
+                        return
+                if not data:
+                    return
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayTimeout(
+                f"The backend '{self.name}' stopped sending for longer than the idle timeout."
+            ) from None
+        except aiohttp.ClientError as e:
+            raise BadGateway(
+                f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
+            ) from None
+        finally:
+            resp.close()
+
+
+def _closer(resp: aiohttp.ClientResponse) -> Any:
+    async def aclose() -> None:
+        # close(), not release(): an unfinished stream must not go back to the pool, and
+        # closing the socket is how the upstream learns the client went away.
+        resp.close()
+
+    return aclose

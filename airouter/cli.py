@@ -1,0 +1,98 @@
+"""The `airouter` command: serve a config with granian + uvloop, or check one."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+from airouter import config as config_mod
+from airouter.config import Config, ConfigError
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: Config, host: str) -> str | None:
+    """The secure default: no client keys means loopback only, unless explicitly allowed."""
+    if cfg.server.api_keys or cfg.keys or _is_loopback(host):
+        return None
+    if cfg.server.allow_unauthenticated:
+        return None
+    return (
+        f"refusing to listen on {host} with no client keys configured: set server.api_keys "
+        "(or [keys.*]), or set server.allow_unauthenticated = true to serve without auth"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path = args.config or os.environ.get("AIROUTER_CONFIG") or config_mod.DEFAULT_CONFIG
+    try:
+        cfg = config_mod.load(path)
+    except ConfigError as e:
+        print(f"airouter: {e}", file=sys.stderr)
+        return 2
+    host = args.host or cfg.server.host
+    port = args.port if args.port is not None else cfg.server.port
+    workers = args.workers or cfg.server.workers
+    level = args.log_level or cfg.server.log_level
+    problem = check_exposure(cfg, host)
+    if problem:
+        print(f"airouter: {problem}", file=sys.stderr)
+        return 2
+    if not (cfg.server.api_keys or cfg.keys):
+        print("airouter: no client keys configured: client authentication is OFF", file=sys.stderr)
+    os.environ["AIROUTER_CONFIG"] = os.path.abspath(path)
+    os.environ["AIROUTER_LOG_LEVEL"] = level
+
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "airouter.app:create_app",
+        factory=True,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        workers=workers,
+        loop=Loops.uvloop,
+        log_level=level,  # type: ignore[arg-type]
+        backlog=2048,
+    ).serve()
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        cfg = config_mod.load(args.file)
+    except ConfigError as e:
+        print(f"airouter: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok ({len(cfg.backends)} backends, {len(cfg.models)} models)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        p = argparse.ArgumentParser(prog="airouter check", description="Validate a config file.")
+        p.add_argument("file")
+        return _check(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(prog="airouter", description="OpenAI-compatible router.")
+    p.add_argument("--config", help="backends.toml path (default: $AIROUTER_CONFIG or ./backends.toml)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    return _serve(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""backends.toml: msgspec structs, ${VAR} expansion, and validation with messages that name the key."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+DEFAULT_CONFIG = "backends.toml"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class Base(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ServerConfig(Base):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 3000
+    api_keys: list[str] = []
+    allow_unauthenticated: bool = False
+    workers: Annotated[int, msgspec.Meta(ge=1)] = 1
+    max_body_mb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    access_log: bool = True
+    otlp_endpoint: str | None = None
+
+
+class KeyConfig(Base):
+    key: str
+    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+
+class OpenAIBackendConfig(Base, tag="openai", tag_field="type"):
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    # "auto" follows the client; "never" always asks the upstream for one JSON answer;
+    # "always" always streams from the upstream. The router re-chunks either way.
+    stream: Literal["auto", "never", "always"] = "auto"
+    connect_timeout: Seconds = 5.0
+    idle_timeout: Seconds = 120.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+
+
+class TritonBackendConfig(Base, tag="triton", tag_field="type"):
+    url: str
+    connect_timeout: Seconds = 5.0
+    idle_timeout: Seconds = 120.0
+    request_timeout: Seconds = 600.0
+
+
+BackendConfig = OpenAIBackendConfig | TritonBackendConfig
+
+
+class ModelConfig(Base):
+    backend: str
+    backend_model: str | None = None
+    default: bool = False
+    # Defaults applied when the client sends none.
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    # Triton: how chat messages become a prompt (one of these), and the model interface.
+    prompt_format: str | None = None
+    chat_template: str | None = None
+    template_file: str | None = None
+    interface: Literal["auto", "trtllm", "vllm", "embedding"] = "auto"
+    embedding_input: str = "text"
+    embedding_output: str = "embedding"
+
+
+class Config(Base):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    keys: dict[str, KeyConfig] = {}
+    backends: dict[str, BackendConfig] = {}
+    models: dict[str, ModelConfig] = {}
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.server.max_body_mb * 1024 * 1024)
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(value: Any, where: str, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name, fallback = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if fallback is not None:
+                return fallback
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else k, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _key_path(msgspec_path: str) -> str:
+    # msgspec says `$.backends['x'].base_url`; users wrote backends.x.base_url.
+    path = msgspec_path.removeprefix("$").lstrip(".")
+    return re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".") or "(top level)"
+
+
+def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not a valid {'/'.join(schemes)} URL")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{where}: {url!r} has an invalid port") from None
+
+
+def _check_host_port(url: str, where: str) -> None:
+    host, sep, port = url.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: {url!r} must be host:port")
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks msgspec cannot express; raises ConfigError naming the key."""
+    for name, b in cfg.backends.items():
+        where = f"backends.{name}"
+        if isinstance(b, OpenAIBackendConfig):
+            _check_url(b.base_url, f"{where}.base_url", ("http", "https"))
+        else:
+            _check_host_port(b.url, f"{where}.url")
+    defaults = [alias for alias, m in cfg.models.items() if m.default]
+    if len(defaults) > 1:
+        raise ConfigError(f"models: more than one default model ({', '.join(defaults)})")
+    for alias, m in cfg.models.items():
+        where = f"models.{alias}"
+        if m.backend not in cfg.backends:
+            known = ", ".join(sorted(cfg.backends)) or "none defined"
+            raise ConfigError(f"{where}.backend: unknown backend {m.backend!r} (known: {known})")
+        if m.default and any(c in alias for c in "*?["):
+            raise ConfigError(f"{where}.default: a glob pattern cannot be the default model")
+        chosen = [k for k in ("prompt_format", "chat_template", "template_file") if getattr(m, k)]
+        if len(chosen) > 1:
+            raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+    seen: set[str] = set()
+    for i, key in enumerate(cfg.server.api_keys):
+        if not key:
+            raise ConfigError(f"server.api_keys[{i}]: empty key")
+        seen.add(key)
+    for name, k in cfg.keys.items():
+        if not k.key:
+            raise ConfigError(f"keys.{name}.key: empty key")
+        if k.key in seen:
+            raise ConfigError(f"keys.{name}.key: the same key is configured twice")
+        seen.add(k.key)
+
+
+def parse(text: str, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
+    """Parse and validate TOML text; raises ConfigError with `source` and the key in the message."""
+    try:
+        raw = tomllib.loads(text)
+        raw = _expand(raw, "", dict(os.environ) if env is None else env)
+        cfg = msgspec.convert(raw, Config)
+        validate(cfg)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+    except msgspec.ValidationError as e:
+        msg, _, path = str(e).rpartition(" - at ")
+        if not msg:
+            msg, path = str(e), "$"
+        raise ConfigError(f"{source}: {_key_path(path)}: {msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
+    return parse(text, str(p))

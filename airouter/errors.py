@@ -1,0 +1,128 @@
+"""The router's error tree, and the one place that turns errors into OpenAI error JSON."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class RouterError(Exception):
+    """An error the client sees as an OpenAI error object with an HTTP status."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+
+class InvalidRequest(RouterError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(RouterError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(RouterError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
+class NotFound(RouterError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(RouterError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(RouterError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(RouterError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class UpstreamError(RouterError):
+    """The backend answered with an error; status and body are relayed in OpenAI's shape."""
+
+    type = "upstream_error"
+
+
+class BadGateway(RouterError):
+    status = 502
+    type = "upstream_error"
+    code = "bad_gateway"
+
+
+class ServiceUnavailable(RouterError):
+    status = 503
+    type = "upstream_error"
+    code = "service_unavailable"
+
+
+class GatewayTimeout(RouterError):
+    status = 504
+    type = "upstream_error"
+    code = "gateway_timeout"
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def error_detail(err: RouterError) -> ErrorDetail:
+    return ErrorDetail(err.message, err.type, err.param, err.code)
+
+
+def error_json(err: RouterError) -> bytes:
+    """The OpenAI error body for `err`."""
+    return _encode(ErrorBody(error_detail(err)))
+
+
+def internal_error() -> RouterError:
+    """What an unexpected exception becomes: no traceback or detail leaks to the client."""
+    return RouterError("The router failed to handle the request.", code="internal_error")

@@ -1,0 +1,252 @@
+"""ASGI endpoints. They speak only to the Backend interface and never branch on backend type."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+
+from airouter.asgi import SSE_HEADERS, ClientGone, Receive, Scope, Send, read_body, send_error, send_json
+from airouter.backends.base import Call, Endpoint, Reply
+from airouter.errors import NotFound, RouterError, error_json, internal_error
+from airouter.protocol.requests import decode
+from airouter.state import State
+from airouter.streaming.modes import body_from_chunks, chunks_from_body
+from airouter.streaming.sse import DONE_EVENT, frame
+
+log = logging.getLogger("airouter")
+
+_FORWARD = frozenset({b"traceparent", b"tracestate", b"x-request-id"})
+
+
+class Holder:
+    """The live State; a reload swaps it while in-flight requests keep the one they started with."""
+
+    state: State
+
+
+def _request_id() -> bytes:
+    return os.urandom(12).hex().encode()
+
+
+class _Headers:
+    __slots__ = ("authorization", "api_key", "request_id", "forward")
+
+    def __init__(self, scope: Scope) -> None:
+        self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
+        self.request_id: bytes | None = None
+        self.forward: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                self.authorization = v
+            elif k == b"api-key":
+                self.api_key = v
+            elif k in _FORWARD:
+                if k == b"x-request-id":
+                    # Bound what we echo back and log.
+                    v = v[:128]
+                    self.request_id = v
+                self.forward[k.decode()] = v.decode("latin-1")
+        if self.request_id is None:
+            self.request_id = _request_id()
+            self.forward["x-request-id"] = self.request_id.decode()
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _DisconnectWatch:
+    """Cancels the handler's task when the client goes away, so backend work stops at once."""
+
+    __slots__ = ("_task", "_watcher", "_active")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._active = True
+        self._watcher = asyncio.ensure_future(_until_disconnect(receive))
+        self._watcher.add_done_callback(self._fire)
+
+    def _fire(self, w: asyncio.Future[None]) -> None:
+        if self._active and not w.cancelled():
+            self._task.cancel()
+
+    @property
+    def gone(self) -> bool:
+        return self._watcher.done() and not self._watcher.cancelled()
+
+    def stop(self) -> None:
+        self._active = False
+        self._watcher.cancel()
+
+
+async def _once(items: list[bytes]) -> AsyncIterator[list[bytes]]:
+    if items:
+        yield items
+
+
+class CompletionEndpoint:
+    """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
+
+    def __init__(self, holder: Holder, endpoint: Endpoint) -> None:
+        self.holder = holder
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        h = _Headers(scope)
+        rh = [(b"x-request-id", h.request_id or b"")]
+        try:
+            key = state.keys.authenticate(h.authorization, h.api_key)
+            data = await read_body(receive, state.body_limit)
+            body, view = decode(self.endpoint, data)
+            target = state.models.resolve(view.model, key)
+        except RouterError as e:
+            await send_error(send, e, rh)
+            return
+        except ClientGone:
+            return
+        stream = bool(getattr(view, "stream", None))
+        opts = getattr(view, "stream_options", None)
+        default_max = target.model.max_tokens
+        if default_max is not None and self.endpoint is not Endpoint.EMBEDDINGS:
+            if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+                body["max_tokens"] = default_max
+        call = Call(
+            self.endpoint, target, body, stream,
+            include_usage=bool(stream and opts is not None and opts.include_usage),
+            headers=h.forward,
+        )
+        watch = _DisconnectWatch(receive)
+        try:
+            await self._serve(call, send, rh, watch)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            log.info("client disconnected", extra={"request_id": h.request_id})
+        finally:
+            watch.stop()
+
+    async def _serve(
+        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], watch: _DisconnectWatch
+    ) -> None:
+        try:
+            reply = await call.target.backend.open(call)
+        except RouterError as e:
+            await send_error(send, e, rh)
+            return
+        try:
+            if call.stream:
+                await self._stream(call, reply, send, rh)
+            else:
+                await self._whole(call, reply, send, rh)
+        finally:
+            await reply.aclose()
+
+    async def _whole(self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]) -> None:
+        try:
+            if reply.body is not None:
+                body = reply.body
+            else:
+                assert reply.chunks is not None
+                body = await body_from_chunks(self.endpoint, reply.chunks)
+        except RouterError as e:
+            await send_error(send, e, rh)
+            return
+        await send_json(send, 200, body, rh)
+
+    async def _stream(self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]) -> None:
+        try:
+            chunks = reply.chunks
+            if chunks is None:
+                assert reply.body is not None
+                chunks = _once(chunks_from_body(self.endpoint, reply.body, call.include_usage))
+        except RouterError as e:
+            await send_error(send, e, rh)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + rh})
+        tail = DONE_EVENT
+        try:
+            async for batch in chunks:
+                await send({"type": "http.response.body", "body": frame(batch), "more_body": True})
+        except RouterError as e:
+            # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
+            tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
+        except (asyncio.CancelledError, OSError):
+            raise
+        except Exception:
+            log.exception("stream failed")
+            tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+class ModelsEndpoint:
+    """GET /v1/models and /v1/models/{id}: only the aliases the calling key may use."""
+
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        h = _Headers(scope)
+        rh = [(b"x-request-id", h.request_id or b"")]
+        try:
+            key = state.keys.authenticate(h.authorization, h.api_key)
+            model_id = scope.get("path_params", {}).get("model_id")
+            if model_id is None:
+                await send_json(send, 200, state.listing(key), rh)
+                return
+            target = state.models.resolve(model_id, key)
+            await send_json(send, 200, msgspec.json.encode(state.card(target.alias)), rh)
+        except RouterError as e:
+            await send_error(send, e, rh)
+
+
+class HealthEndpoint:
+    """/health (detail), /health/live (the process answers), /health/ready (a model is routable)."""
+
+    def __init__(self, holder: Holder, kind: str) -> None:
+        self.holder = holder
+        self.kind = kind
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        if self.kind == "live":
+            await send_json(send, 200, b'{"status":"ok"}')
+            return
+        backends = {name: b.health() for name, b in state.backends.items()}
+        routable = [
+            a for a in state.models.aliases
+            if backends[state.cfg.models[a].backend].get("status") == "ok"
+        ] or [p for p, m in state.cfg.models.items() if backends[m.backend].get("status") == "ok"]
+        ready = bool(routable)
+        body: dict[str, Any] = {"status": "ok" if ready else "unavailable"}
+        if self.kind == "detail":
+            body["backends"] = backends
+            body["models"] = len(state.cfg.models)
+        await send_json(send, 200 if ready else 503, msgspec.json.encode(body))
+
+
+def error_app(err_factory: Callable[[], RouterError]) -> Callable[..., Any]:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        with contextlib.suppress(ClientGone):
+            await send_error(send, err_factory())
+
+    return app
+
+
+def not_found(path: str) -> NotFound:
+    return NotFound(f"Unknown request URL: {path}. Please check the URL and method.",
+                    code="unknown_url")

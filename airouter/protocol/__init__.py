@@ -1,0 +1,1 @@
+"""OpenAI wire structs: request views for validation, response and chunk shapes."""

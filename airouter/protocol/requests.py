@@ -1,0 +1,107 @@
+"""Request views: decode only what routing and validation need; everything else passes through."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from airouter.backends.base import Endpoint
+from airouter.errors import InvalidRequest
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class View(msgspec.Struct, kw_only=True):
+    """Unknown fields are allowed: they pass through to the backend untouched."""
+
+
+class StreamOptions(View, kw_only=True):
+    include_usage: bool | None = None
+
+
+class Message(View, kw_only=True):
+    role: Role
+    content: str | list[dict[str, Any]] | None = None
+
+
+class Sampling(View, kw_only=True):
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
+    max_tokens: PositiveInt | None = None
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Probability | None = None
+    presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
+    seed: int | None = None
+    stop: str | Annotated[list[str], msgspec.Meta(max_length=4)] | None = None
+
+
+class ChatRequest(Sampling, kw_only=True):
+    messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    max_completion_tokens: PositiveInt | None = None
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(Sampling, kw_only=True):
+    prompt: Prompt
+    echo: bool | None = None
+
+
+class EmbeddingRequest(View, kw_only=True):
+    input: Prompt
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: PositiveInt | None = None
+
+
+Request = ChatRequest | CompletionRequest | EmbeddingRequest
+
+_VIEWS: dict[Endpoint, type[Request]] = {
+    Endpoint.CHAT: ChatRequest,
+    Endpoint.COMPLETIONS: CompletionRequest,
+    Endpoint.EMBEDDINGS: EmbeddingRequest,
+}
+
+_decode_any = msgspec.json.Decoder().decode
+_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _param(path: str) -> str | None:
+    # `$.messages[0].role` -> "messages[0].role"; msgspec reports a missing field on the parent.
+    p = path.lstrip(".")
+    return p or None
+
+
+def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
+    """Decode and validate a request body; raises InvalidRequest with `param` set."""
+    try:
+        body = _decode_any(data)
+    except msgspec.DecodeError as e:
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {e}", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    try:
+        view = msgspec.convert(body, _VIEWS[endpoint])
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = _PATH.search(text)
+        message = text[: m.start()] if m else text
+        param = _param(m.group(1)) if m else None
+        missing = re.match(r"Object missing required field `([^`]+)`", message)
+        if missing:
+            param = f"{param}.{missing.group(1)}" if param else missing.group(1)
+            message = f"Missing required parameter: '{param}'."
+        else:
+            message = f"Invalid value for '{param}': {message}." if param else f"{message}."
+        raise InvalidRequest(message, param=param, code="invalid_value") from None
+    return body, view

@@ -1,0 +1,97 @@
+"""Model aliases to targets: exact names first, then the most specific glob pattern."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fnmatch import fnmatchcase
+
+import msgspec
+
+from airouter.auth import ClientKey
+from airouter.backends.base import Backend, Target
+from airouter.config import Config
+from airouter.errors import InvalidRequest, ModelNotFound
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(alias: str) -> bool:
+    return not _GLOB_CHARS.isdisjoint(alias)
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    # More literal characters first; then fewer wildcards.
+    literal = sum(1 for c in pattern if c not in _GLOB_CHARS)
+    wild = len(pattern) - literal
+    return (-literal, wild)
+
+
+class ModelMap:
+    """Resolves the model a client names; the client never learns about models it may not use."""
+
+    def __init__(self, cfg: Config, backends: Mapping[str, Backend]) -> None:
+        self._exact: dict[str, Target] = {}
+        self._patterns: list[tuple[str, str]] = []  # (pattern, alias key in cfg.models)
+        self._cfg = cfg
+        self._backends = backends
+        self._cache: dict[str, Target] = {}
+        self.default: Target | None = None
+        for alias, m in cfg.models.items():
+            if is_pattern(alias):
+                self._patterns.append((alias, alias))
+                continue
+            t = self._target(alias, alias)
+            self._exact[alias] = t
+            if m.default:
+                self.default = t
+        self._patterns.sort(key=lambda p: _specificity(p[0]))
+
+    def _target(self, name: str, key: str) -> Target:
+        m = self._cfg.models[key]
+        return Target(
+            alias=name,
+            backend_model=m.backend_model or name,
+            backend=self._backends[m.backend],
+            model=m,
+            model_repl=b'"model":' + msgspec.json.encode(name).replace(b"\\", b"\\\\"),
+        )
+
+    @property
+    def aliases(self) -> list[str]:
+        """Exact aliases, in config order (patterns cannot be listed)."""
+        return list(self._exact)
+
+    def lookup(self, name: str) -> Target | None:
+        t = self._exact.get(name) or self._cache.get(name)
+        if t is not None:
+            return t
+        for pattern, key in self._patterns:
+            if fnmatchcase(name, pattern):
+                t = self._target(name, key)
+                if len(self._cache) < 10_000:
+                    self._cache[name] = t
+                return t
+        return None
+
+    def resolve(self, name: str | None, key: ClientKey) -> Target:
+        if name is None:
+            if self.default is None:
+                raise InvalidRequest(
+                    "You must provide a model parameter.", param="model", code="missing_model"
+                )
+            t = self.default
+        else:
+            found = self.lookup(name)
+            if found is None:
+                raise _not_found(name)
+            t = found
+        # Out-of-scope models answer exactly like unknown ones (404), as OpenAI does.
+        if not key.allows(t.alias):
+            raise _not_found(t.alias)
+        return t
+
+
+def _not_found(name: str) -> ModelNotFound:
+    return ModelNotFound(
+        f"The model '{name}' does not exist or you do not have access to it.", param="model"
+    )

@@ -1,0 +1,67 @@
+"""Everything built from one config at start-up: keys, backends, the model map."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import msgspec
+
+from airouter.auth import ClientKey, KeyStore
+from airouter.backends import Backend, create_backend
+from airouter.config import Config
+from airouter.routing import ModelMap
+
+
+class ModelCard(msgspec.Struct):
+    id: str
+    created: int
+    owned_by: str
+    object: str = "model"
+
+
+class ModelList(msgspec.Struct):
+    data: list[ModelCard]
+    object: str = "list"
+
+
+@dataclass(slots=True, eq=False)
+class State:
+    cfg: Config
+    keys: KeyStore
+    backends: dict[str, Backend]
+    models: ModelMap
+    body_limit: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    _listings: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cfg: Config) -> State:
+        backends = {name: create_backend(name, b) for name, b in cfg.backends.items()}
+        return cls(cfg, KeyStore(cfg), backends, ModelMap(cfg, backends), cfg.max_body_bytes)
+
+    async def start(self) -> None:
+        started: list[Backend] = []
+        try:
+            for b in self.backends.values():
+                await b.start()
+                started.append(b)
+        except BaseException:
+            for b in started:
+                await b.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        for b in self.backends.values():
+            await b.aclose()
+
+    def card(self, alias: str) -> ModelCard:
+        return ModelCard(alias, self.created, "airouter")
+
+    def listing(self, key: ClientKey) -> bytes:
+        """/v1/models for `key`, encoded once per key."""
+        out = self._listings.get(key.name)
+        if out is None:
+            cards = [self.card(a) for a in self.models.aliases if key.allows(a)]
+            out = self._listings[key.name] = msgspec.json.encode(ModelList(cards))
+        return out

@@ -1,0 +1,1 @@
+"""Streaming helpers: sans-IO text fixups and SSE framing for token streams."""

@@ -1,0 +1,210 @@
+"""Shared behaviour of the mock models (loaded by each model.py; not a model itself).
+
+Triton only treats sub-folders of the repository as models, so this file is ignored by
+the server; each model.py puts the repository root on sys.path to import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+# The scripted generation; two pieces split a UTF-8 character on purpose (é, 😀).
+PIECES: list[bytes] = [
+    b"Hello", b",", b" wor", b"ld", b"!", b" Caf", b"\xc3", b"\xa9",
+    b" \xf0\x9f", b"\x98\x80", b" The", b" end", b".",
+]
+ECHO_MARKER = b"[[echo]]"
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+MAX_TEMPERATURE = 1.5
+
+
+class MockError(Exception):
+    """An error the mock reports in-band to the client."""
+
+
+class Cancelled(Exception):
+    """The client cancelled the request."""
+
+
+def full_script(prompt: bytes) -> list[bytes]:
+    """Every piece the mock would produce for `prompt` with no max_tokens limit."""
+    if ECHO_MARKER in prompt:
+        return [prompt[i:i + 3] for i in range(0, len(prompt), 3)]
+    return list(PIECES)
+
+
+def script(prompt: bytes, max_tokens: int) -> list[bytes]:
+    return full_script(prompt)[:max(max_tokens, 0)]
+
+
+def cycled(max_tokens: int, limit: int = 2000) -> list[bytes]:
+    return list(itertools.islice(itertools.cycle(PIECES), min(max(max_tokens, 0), limit)))
+
+
+def word_count(prompt: bytes) -> int:
+    """The mocks' deterministic stand-in for a tokenizer's input token count."""
+    return len(prompt.split())
+
+
+def scalar(request: Any, name: str, default: Any = None) -> Any:
+    """First element of an optional input tensor, or `default` when it was not sent."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    arr = tensor.as_numpy()
+    return arr.reshape(-1)[0] if arr.size else default
+
+
+def as_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+@dataclass
+class EnsembleParams:
+    """The TensorRT-LLM ensemble inputs the mocks act on."""
+
+    request_id: str
+    prompt: bytes
+    max_tokens: int
+    stream: bool
+    exclude_input: bool
+    want_input_tokens: bool
+    want_output_tokens: bool
+    temperature: float | None
+    top_p: float | None
+    top_k: int | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    stop_words: list[bytes]
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt.decode("utf-8", "replace")
+
+
+def _opt(value: Any, kind: Callable[[Any], Any]) -> Any:
+    return None if value is None else kind(value)
+
+
+def parse_ensemble(request: Any, *, check_temperature: bool = True) -> EnsembleParams:
+    stop = pb_utils.get_input_tensor_by_name(request, "stop_words")
+    p = EnsembleParams(
+        request_id=request.request_id(),
+        prompt=as_bytes(scalar(request, "text_input", b"")),
+        max_tokens=int(scalar(request, "max_tokens", 16)),
+        stream=bool(scalar(request, "stream", False)),
+        exclude_input=bool(scalar(request, "exclude_input_in_output", False)),
+        want_input_tokens=bool(scalar(request, "return_num_input_tokens", False)),
+        want_output_tokens=bool(scalar(request, "return_num_output_tokens", False)),
+        temperature=_opt(scalar(request, "temperature"), float),
+        top_p=_opt(scalar(request, "top_p"), float),
+        top_k=_opt(scalar(request, "top_k"), int),
+        seed=_opt(scalar(request, "seed"), int),
+        presence_penalty=_opt(scalar(request, "presence_penalty"), float),
+        frequency_penalty=_opt(scalar(request, "frequency_penalty"), float),
+        stop_words=[] if stop is None else [as_bytes(w) for w in stop.as_numpy().reshape(-1)],
+    )
+    if check_temperature and p.temperature is not None and p.temperature > MAX_TEMPERATURE:
+        raise MockError("temperature too high")
+    return p
+
+
+def ensemble_response(
+    p: EnsembleParams, text: bytes, n_output: int, n_input: int | None = None
+) -> Any:
+    """A response with the batch dimension (max_batch_size > 0): every tensor is [1, 1]."""
+    tensors = [pb_utils.Tensor("text_output", np.array([[text]], dtype=np.object_))]
+    if p.want_input_tokens:
+        count = word_count(p.prompt) if n_input is None else n_input
+        tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[count]], dtype=np.int32)))
+    if p.want_output_tokens:
+        tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[n_output]], dtype=np.int32)))
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def error_response(message: str) -> Any:
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+
+
+def send_error(sender: Any, message: str) -> None:
+    # Last resort: nothing may escape an async execute, or the request hangs forever.
+    with contextlib.suppress(Exception):
+        sender.send(error_response(message), flags=FINAL)
+
+
+def send_final(sender: Any) -> None:
+    with contextlib.suppress(Exception):
+        sender.send(flags=FINAL)
+
+
+async def paced(
+    sender: Any, pieces: Iterable[bytes], delay: float = 0.0, poll: float = 0.01
+) -> AsyncIterator[bytes]:
+    """Yield pieces `delay` seconds apart, raising Cancelled as soon as the client cancels."""
+    for i, piece in enumerate(pieces):
+        if i and delay:
+            loop = asyncio.get_running_loop()
+            until = loop.time() + delay
+            while (left := until - loop.time()) > 0:
+                await asyncio.sleep(min(poll, left))
+                if sender.is_cancelled():
+                    raise Cancelled
+        if sender.is_cancelled():
+            raise Cancelled
+        yield piece
+
+
+async def serve_ensemble(
+    request: Any,
+    *,
+    pieces: Callable[[EnsembleParams], list[bytes]] = lambda p: script(p.prompt, p.max_tokens),
+    cumulative: bool = False,
+    delay: float = 0.0,
+    poll: float = 0.01,
+    fail_after: int | None = None,
+    on_first: Callable[[EnsembleParams], None] | None = None,
+    on_cancel: Callable[[EnsembleParams], None] | None = None,
+) -> None:
+    """Answer one request the way a TensorRT-LLM ensemble (or BLS, if cumulative) does."""
+    sender = request.get_response_sender()
+    p: EnsembleParams | None = None
+    try:
+        p = parse_ensemble(request)
+        sent: list[bytes] = []
+        async for piece in paced(sender, pieces(p), delay, poll):
+            if fail_after is not None and len(sent) == fail_after:
+                raise MockError("mock failure mid-stream")
+            if not sent and on_first is not None:
+                on_first(p)
+            sent.append(piece)
+            if p.stream:
+                sender.send(ensemble_response(p, b"".join(sent) if cumulative else piece, 1))
+        if fail_after is not None:
+            raise MockError("mock failure mid-stream")
+        if not p.stream:
+            prefix = b"" if p.exclude_input else p.prompt
+            sender.send(ensemble_response(p, prefix + b"".join(sent), len(sent)))
+        sender.send(flags=FINAL)
+    except Cancelled:
+        if on_cancel is not None and p is not None:
+            with contextlib.suppress(Exception):
+                on_cancel(p)
+        send_final(sender)
+    except MockError as e:
+        send_error(sender, str(e))
+    except Exception as e:  # noqa: BLE001
+        send_error(sender, f"mock internal error: {e!r}")
+
+
+async def serve_all(requests: list[Any], serve: Callable[[Any], Any]) -> None:
+    """Run every request of the batch concurrently (async execute lets requests overlap)."""
+    await asyncio.gather(*(serve(r) for r in requests))

@@ -1,0 +1,30 @@
+"""Deterministic embeddings: e[i] = (sum of the text's UTF-8 bytes * (i + 1)) % 97 / 97."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+import _mock_common as mock  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+DIM = 8
+
+
+def embed(text: bytes) -> list[float]:
+    total = sum(text)
+    return [(total * (i + 1)) % 97 / 97.0 for i in range(DIM)]
+
+
+class TritonPythonModel:
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            texts = mock.pb_utils.get_input_tensor_by_name(request, "text").as_numpy().reshape(-1)
+            vectors = np.array([embed(mock.as_bytes(t)) for t in texts], dtype=np.float32)
+            tensor = mock.pb_utils.Tensor("embedding", vectors.reshape(len(texts), DIM))
+            responses.append(mock.pb_utils.InferenceResponse(output_tensors=[tensor]))
+        return responses

@@ -1,0 +1,19 @@
+"""Ensemble mock that waits 0.2 s between pieces and stops when the client cancels."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+import _mock_common as mock  # noqa: E402
+
+
+async def _serve(request: Any) -> None:
+    await mock.serve_ensemble(request, delay=0.2)
+
+
+class TritonPythonModel:
+    async def execute(self, requests: list[Any]) -> None:
+        await mock.serve_all(requests, _serve)

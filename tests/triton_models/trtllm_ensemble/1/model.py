@@ -1,0 +1,15 @@
+"""Mock of TensorRT-LLM's `ensemble`: streamed per-piece deltas, then an empty FINAL."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
+import _mock_common as mock  # noqa: E402
+
+
+class TritonPythonModel:
+    async def execute(self, requests: list[Any]) -> None:
+        await mock.serve_all(requests, mock.serve_ensemble)
