@@ -47,7 +47,8 @@ class ChatRequest(Sampling, kw_only=True):
     max_completion_tokens: PositiveInt | None = None
 
 
-Prompt = str | list[str] | list[int] | list[list[int]]
+# msgspec allows one array type per union, so mixed lists are accepted here and the backend judges.
+Prompt = str | list[str | int | list[int]]
 
 
 class CompletionRequest(Sampling, kw_only=True):

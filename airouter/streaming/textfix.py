@@ -272,7 +272,7 @@ class _Cutter:
             best_pat = ""
             best_end = False
             for pat, is_end in self._pats:
-                j = t.find(pat, start)
+                j = t.find(pat)
                 if j != -1 and (best == -1 or j < best):
                     best, best_pat, best_end = j, pat, is_end
             if not final:

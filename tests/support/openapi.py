@@ -96,7 +96,7 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.path)
+    where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
     return f"  at {where}: {message}"
 
@@ -104,7 +104,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def errors(schema_name: str, obj: object) -> list[str]:
     """Readable validation errors (empty when `obj` is valid)."""
     validator = _validator(resolve_name(schema_name))
-    found = sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))
+    found = sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
     # anyOf failures are more useful through their innermost causes.
     leaves = [leaf for e in found for leaf in _leaves(e)]
     return [_describe(e) for e in leaves]

@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -142,19 +143,50 @@ def run_triton(
             **(env or {}),
         }
         shm_before = _shm_files()
-        stack.callback(_remove_new_shm, shm_before)
-        start = time.monotonic()
-        proc = stack.enter_context(spawn(args, env=full_env, log=log))
+        pgid: int | None = None
         try:
-            wait_http(
-                f"http://127.0.0.1:{http_port}/v2/health/ready", timeout=ready_timeout, proc=proc
-            )
-        except (TimeoutError, RuntimeError) as e:
-            raise RuntimeError(f"tritonserver did not become ready: {e}\n{_log_tail(log)}") from e
-        yield TritonServer(
-            http_port=http_port, grpc_port=grpc_port, proc=proc,
-            startup_s=time.monotonic() - start, log=log,
-        )
+            start = time.monotonic()
+            with spawn(args, env=full_env, log=log) as proc:
+                pgid = proc.pid  # spawn starts a new session: the server leads its group
+                try:
+                    wait_http(
+                        f"http://127.0.0.1:{http_port}/v2/health/ready",
+                        timeout=ready_timeout, proc=proc,
+                    )
+                except (TimeoutError, RuntimeError) as e:
+                    raise RuntimeError(
+                        f"tritonserver did not become ready: {e}\n{_log_tail(log)}"
+                    ) from e
+                yield TritonServer(
+                    http_port=http_port, grpc_port=grpc_port, proc=proc,
+                    startup_s=time.monotonic() - start, log=log,
+                )
+        finally:
+            if pgid is not None:
+                _wait_group_gone(pgid)
+            _remove_new_shm(shm_before)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is in group `pgid` (zombies hold no shm mappings)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+    return False
+
+
+def _wait_group_gone(pgid: int, grace: float = 10.0) -> None:
+    """Wait for the stub processes too: they outlive the server briefly, holding their shm."""
+    deadline = time.monotonic() + grace
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            time.sleep(0.1)
+            return
+        time.sleep(0.02)
 
 
 def _remove_new_shm(before: set[Path]) -> None:

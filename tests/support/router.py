@@ -1,0 +1,52 @@
+"""Start the real router (granian, real socket) on a config written for the test."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+import subprocess
+
+from tests.support.procs import ROOT, free_port, spawn, wait_http
+
+
+@dataclass
+class RouterProc:
+    url: str  # http://127.0.0.1:PORT
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+    config: Path
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def run_router(
+    config: str,
+    tmp: Path,
+    *,
+    workers: int = 1,
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[RouterProc]:
+    port = free_port()
+    cfg = tmp / f"router-{port}.toml"
+    cfg.write_text(config)
+    log = tmp / f"router-{port}.log"
+    cmd = [sys.executable, "-m", "airouter", "--config", str(cfg), "--host", "127.0.0.1",
+           "--port", str(port), "--workers", str(workers), *args]
+    with spawn(cmd, env=env, log=log, cwd=ROOT) as proc:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + "/health/live", timeout=30, proc=proc)
+        except Exception as e:
+            raise RuntimeError(f"router failed to start: {e}\n{log.read_text(errors='replace')}") from e
+        yield RouterProc(url, port, proc, log, cfg)
