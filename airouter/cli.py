@@ -32,12 +32,19 @@ def check_exposure(cfg: Config, host: str) -> str | None:
     )
 
 
+def _with_source(message: str, path: str) -> str:
+    return message if message.startswith(path) else f"{path}: {message}"
+
+
 def _serve(args: argparse.Namespace) -> int:
     path = args.config or os.environ.get("AIROUTER_CONFIG") or config_mod.DEFAULT_CONFIG
+    from airouter.state import State
+
     try:
         cfg = config_mod.load(path)
+        State.build(cfg)
     except ConfigError as e:
-        print(f"airouter: {e}", file=sys.stderr)
+        print(f"airouter: {_with_source(str(e), path)}", file=sys.stderr)
         return 2
     host = args.host or cfg.server.host
     port = args.port if args.port is not None else cfg.server.port
@@ -70,10 +77,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from airouter.state import State
+
     try:
         cfg = config_mod.load(args.file)
+        State.build(cfg)
     except ConfigError as e:
-        print(f"airouter: {e}", file=sys.stderr)
+        print(f"airouter: {_with_source(str(e), args.file)}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok ({len(cfg.backends)} backends, {len(cfg.models)} models)")
     return 0

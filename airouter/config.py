@@ -72,9 +72,10 @@ class ModelConfig(Base):
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     # Triton: how chat messages become a prompt (one of these), and the model interface.
     prompt_format: str | None = None
-    chat_template: str | None = None
+    tokenizer_config: str | None = None
     template_file: str | None = None
     interface: Literal["auto", "trtllm", "vllm", "embedding"] = "auto"
+    cumulative: bool | None = None
     embedding_input: str = "text"
     embedding_output: str = "embedding"
 
@@ -151,7 +152,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}.backend: unknown backend {m.backend!r} (known: {known})")
         if m.default and any(c in alias for c in "*?["):
             raise ConfigError(f"{where}.default: a glob pattern cannot be the default model")
-        chosen = [k for k in ("prompt_format", "chat_template", "template_file") if getattr(m, k)]
+        chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
     seen: set[str] = set()
@@ -192,4 +193,11 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
-    return parse(text, str(p))
+    cfg = parse(text, str(p))
+    # Template paths are relative to the config file, not to wherever the router was started.
+    for m in cfg.models.values():
+        for attr in ("tokenizer_config", "template_file"):
+            value = getattr(m, attr)
+            if value and not os.path.isabs(value):
+                setattr(m, attr, str((p.parent / value).resolve()))
+    return cfg

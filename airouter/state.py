@@ -9,7 +9,7 @@ import msgspec
 
 from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
-from airouter.config import Config
+from airouter.config import Config, ConfigError
 from airouter.routing import ModelMap
 
 
@@ -38,6 +38,11 @@ class State:
     @classmethod
     def build(cls, cfg: Config) -> State:
         backends = {name: create_backend(name, b) for name, b in cfg.backends.items()}
+        for alias, m in cfg.models.items():
+            try:
+                backends[m.backend].check(m)
+            except ValueError as e:
+                raise ConfigError(f"models.{alias}: {e}") from None
         return cls(cfg, KeyStore(cfg), backends, ModelMap(cfg, backends), cfg.max_body_bytes)
 
     async def start(self) -> None:
@@ -46,6 +51,10 @@ class State:
             for b in self.backends.values():
                 await b.start()
                 started.append(b)
+            for alias in self.models.aliases:
+                t = self.models.lookup(alias)
+                if t is not None:
+                    await t.backend.prepare(t)
         except BaseException:
             for b in started:
                 await b.aclose()

@@ -71,6 +71,13 @@ class Backend(ABC):
     async def aclose(self) -> None:
         """Close connections; called once at shutdown."""
 
+    def check(self, model: ModelConfig) -> None:
+        """Validate a model's backend-specific settings at start-up (compile templates, ...).
+        Raises ValueError with a message naming what is wrong."""
+
+    async def prepare(self, target: Target) -> None:
+        """Warm up for a target after start() (look up model interfaces); never raises."""
+
     @abstractmethod
     async def open(self, call: Call) -> Reply:
         """Send `call`. Errors before the answer starts are raised as RouterError;

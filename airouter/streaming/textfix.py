@@ -197,7 +197,7 @@ class _Cutter:
 
     Chunking invariant: ``feed`` emits a prefix of that result as soon as it is
     certain, holding back only the longest tail that is a proper prefix of a pattern
-    (plus, behind it, any later complete match); ``flush()`` emits the rest.
+    (which may contain a complete later match); ``flush()`` resolves and emits the rest.
     """
 
     __slots__ = ("_pats", "_firsts", "_tails", "_held", "_hit")
@@ -272,7 +272,7 @@ class _Cutter:
             best_pat = ""
             best_end = False
             for pat, is_end in self._pats:
-                j = t.find(pat)
+                j = t.find(pat, start)
                 if j != -1 and (best == -1 or j < best):
                     best, best_pat, best_end = j, pat, is_end
             if not final:
@@ -297,7 +297,8 @@ class StopMatcher(_Cutter):
     Invariant: the concatenation of all ``feed`` outputs plus ``flush()`` equals
     ``text[:min(text.find(s) for s in stops if s in text)]`` (or ``text`` if no stop
     occurs) for any chunking of ``text``. The stop text itself is never emitted; held
-    text is always shorter than the longest stop plus any complete match behind it.
+    text is always a proper prefix of some stop, so shorter than the longest one (it may
+    contain a complete shorter stop, resolved once the longer one fails or at flush).
     Empty stop strings are ignored.
     """
 
@@ -401,7 +402,18 @@ class TextPipeline:
             raw = self._echo.feed(raw)
         if not raw:
             return ""
-        return self._text(self._utf8.feed(raw), False)
+        text = self._utf8.feed(raw)
+        special = self._special
+        if special is not None:
+            text = special.feed(text)
+            if special._hit is not None:
+                return self._drain(text)
+        stops = self._stops
+        if stops is not None:
+            text = stops.feed(text)
+            if stops._hit is not None:
+                self._finished = True
+        return text
 
     def flush(self) -> str:
         """End of stream: return everything still held by any stage."""
@@ -409,26 +421,21 @@ class TextPipeline:
             return ""
         utf8 = self._utf8
         text = utf8.feed(self._echo.flush()) if self._echo is not None else ""
-        return self._text(text + utf8.flush(), True)
-
-    def _text(self, text: str, final: bool) -> str:
+        text += utf8.flush()
         special = self._special
         if special is not None:
             text = special.feed(text)
-            if special._hit is not None:
-                self._finished = True
-                final = True
-            elif final:
+            if special._hit is None:
                 text += special.flush()
-                self._finished = special._hit is not None
+        return self._drain(text)
+
+    def _drain(self, text: str) -> str:
+        # No more text will follow (end of stream or end token), so text held by the
+        # stop matcher precedes the end and must be released, not lost.
         stops = self._stops
         if stops is not None:
             text = stops.feed(text)
-            if stops._hit is not None:
-                self._finished = True
-            elif final:
-                # Also reached when an end token cut the stream: text held by the stop
-                # matcher precedes that token and must not be lost.
+            if stops._hit is None:
                 text += stops.flush()
-                self._finished = self._finished or stops._hit is not None
+        self._finished = self.stop_reason is not None
         return text

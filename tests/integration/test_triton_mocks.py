@@ -34,8 +34,19 @@ pytestmark = pytest.mark.triton
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 # Written out again here (not imported from the mocks) so the tests pin the behaviour.
 PIECES = [
-    b"Hello", b",", b" wor", b"ld", b"!", b" Caf", b"\xc3", b"\xa9",
-    b" \xf0\x9f", b"\x98\x80", b" The", b" end", b".",
+    b"Hello",
+    b",",
+    b" wor",
+    b"ld",
+    b"!",
+    b" Caf",
+    b"\xc3",
+    b"\xa9",
+    b" \xf0\x9f",
+    b"\x98\x80",
+    b" The",
+    b" end",
+    b".",
 ]
 FULL = "Hello, world! Café 😀 The end.".encode()
 
@@ -57,7 +68,9 @@ def triton(workdir: Path) -> Iterator[TritonServer]:
         yield server
 
 
-def ens(prompt: str | bytes = "hi there", max_tokens: int = 13, **flags: object) -> dict[str, np.ndarray]:
+def ens(
+    prompt: str | bytes = "hi there", max_tokens: int = 13, **flags: object
+) -> dict[str, np.ndarray]:
     """Inputs for the ensemble-interface mocks (batch dimension: shape [1, 1])."""
     inputs = {"text_input": bytes_input(prompt), "max_tokens": scalar_input(max_tokens, np.int32)}
     for name, value in flags.items():
@@ -66,7 +79,9 @@ def ens(prompt: str | bytes = "hi there", max_tokens: int = 13, **flags: object)
     return inputs
 
 
-def vllm(prompt: str, params: dict[str, object] | None = None, **flags: bool) -> dict[str, np.ndarray]:
+def vllm(
+    prompt: str, params: dict[str, object] | None = None, **flags: bool
+) -> dict[str, np.ndarray]:
     inputs = {"text_input": bytes_input(prompt, batched=False)}
     if params is not None:
         inputs["sampling_parameters"] = bytes_input(json.dumps(params), batched=False)
@@ -84,7 +99,8 @@ def data(responses: list[Response]) -> list[Response]:
 
 def test_ensemble_streams_deltas_then_empty_final(triton: TritonServer) -> None:
     rs = send_stream(
-        triton.grpc_url, "trtllm_ensemble",
+        triton.grpc_url,
+        "trtllm_ensemble",
         ens(stream=True, return_num_input_tokens=True, return_num_output_tokens=True),
     )
     assert [r.text for r in rs[:-1]] == PIECES
@@ -118,7 +134,8 @@ def test_ensemble_non_streaming_echoes_prompt(triton: TritonServer) -> None:
     assert rs[0].text == b"hi there" + FULL
     assert rs[0].scalar("num_output_tokens") == 13
     rs = send_stream(
-        triton.grpc_url, "trtllm_ensemble",
+        triton.grpc_url,
+        "trtllm_ensemble",
         ens(max_tokens=2, stream=False, exclude_input_in_output=True),
     )
     assert rs[0].text == b"Hello,"
@@ -135,8 +152,15 @@ def test_echo_marker_returns_prompt_in_three_byte_pieces(triton: TritonServer) -
 
 def test_ensemble_accepts_all_optional_inputs(triton: TritonServer) -> None:
     inputs = ens(
-        max_tokens=3, stream=True, temperature=0.5, top_p=0.9, top_k=5,
-        presence_penalty=0.1, frequency_penalty=0.2, end_id=2, pad_id=2,
+        max_tokens=3,
+        stream=True,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=5,
+        presence_penalty=0.1,
+        frequency_penalty=0.2,
+        end_id=2,
+        pad_id=2,
     )
     inputs["seed"] = scalar_input(7, np.uint64)
     inputs["stop_words"] = bytes_input("wor", "!")
@@ -176,9 +200,16 @@ def test_bls_non_streaming_matches_ensemble(triton: TritonServer) -> None:
 
 def test_vllm_stream_final_on_last_data_response(triton: TritonServer) -> None:
     rs = send_stream(
-        triton.grpc_url, "vllm_model",
-        vllm("a b c", {"max_tokens": 5}, stream=True, return_finish_reason=True,
-             return_num_input_tokens=True, return_num_output_tokens=True),
+        triton.grpc_url,
+        "vllm_model",
+        vllm(
+            "a b c",
+            {"max_tokens": 5},
+            stream=True,
+            return_finish_reason=True,
+            return_num_input_tokens=True,
+            return_num_output_tokens=True,
+        ),
     )
     assert [r.text for r in rs] == PIECES[:5]
     assert [r.final for r in rs] == [False] * 4 + [True]
@@ -191,8 +222,9 @@ def test_vllm_stream_final_on_last_data_response(triton: TritonServer) -> None:
 
 def test_vllm_stream_finish_reason_stop_and_default_max_tokens(triton: TritonServer) -> None:
     rs = send_stream(
-        triton.grpc_url, "vllm_model", vllm("x", {"max_tokens": 50}, stream=True,
-                                             return_finish_reason=True),
+        triton.grpc_url,
+        "vllm_model",
+        vllm("x", {"max_tokens": 50}, stream=True, return_finish_reason=True),
     )
     assert b"".join(r.text for r in rs) == FULL and rs[-1].scalar("finish_reason") == b"stop"
     rs = send_stream(triton.grpc_url, "vllm_model", vllm("[[echo]]" + "z" * 100, stream=True))
@@ -200,15 +232,18 @@ def test_vllm_stream_finish_reason_stop_and_default_max_tokens(triton: TritonSer
 
 
 def test_vllm_non_streaming(triton: TritonServer) -> None:
-    rs = send_stream(triton.grpc_url, "vllm_model", vllm("hi", {"max_tokens": 2},
-                                                         return_num_output_tokens=True))
+    rs = send_stream(
+        triton.grpc_url, "vllm_model", vllm("hi", {"max_tokens": 2}, return_num_output_tokens=True)
+    )
     assert len(rs) == 1 and rs[0].final and rs[0].text == b"Hello,"
     assert rs[0].scalar("num_output_tokens") == 2
-    rs = send_stream(triton.grpc_url, "vllm_model",
-                     vllm("hi ", {"max_tokens": 1}, exclude_input_in_output=False))
+    rs = send_stream(
+        triton.grpc_url, "vllm_model", vllm("hi ", {"max_tokens": 1}, exclude_input_in_output=False)
+    )
     assert rs[0].text == b"hi Hello"
-    rs = send_stream(triton.grpc_url, "vllm_model",
-                     vllm("hi ", {"max_tokens": 1}, exclude_input_in_output=True))
+    rs = send_stream(
+        triton.grpc_url, "vllm_model", vllm("hi ", {"max_tokens": 1}, exclude_input_in_output=True)
+    )
     assert rs[0].text == b"Hello"
 
 
@@ -230,7 +265,9 @@ def expected_embedding(text: bytes) -> list[float]:
 
 def test_embed_batch(triton: TritonServer) -> None:
     texts = [b"hello", "Café".encode()]
-    r = infer(triton.grpc_url, "embed_model", {"text": np.array([[t] for t in texts], dtype=object)})
+    r = infer(
+        triton.grpc_url, "embed_model", {"text": np.array([[t] for t in texts], dtype=object)}
+    )
     assert r.error is None
     emb = r.outputs["embedding"]
     assert emb.shape == (2, 8) and emb.dtype == np.float32
@@ -242,15 +279,17 @@ def test_embed_batch(triton: TritonServer) -> None:
 
 
 def test_nonstream_unary(triton: TritonServer) -> None:
-    r = infer(triton.grpc_url, "trtllm_nonstream",
-              ens("q ", max_tokens=5, return_num_output_tokens=True))
+    r = infer(
+        triton.grpc_url, "trtllm_nonstream", ens("q ", max_tokens=5, return_num_output_tokens=True)
+    )
     assert r.error is None and r.text == b"q Hello, world!"
     assert r.scalar("num_output_tokens") == 5
 
 
 def test_nonstream_over_stream_ignores_stream_flag(triton: TritonServer) -> None:
-    rs = send_stream(triton.grpc_url, "trtllm_nonstream",
-                     ens(stream=True, exclude_input_in_output=True))
+    rs = send_stream(
+        triton.grpc_url, "trtllm_nonstream", ens(stream=True, exclude_input_in_output=True)
+    )
     assert len(rs) == 1 and rs[0].final and rs[0].text == FULL
 
 
@@ -311,8 +350,9 @@ def read_cancel_log(path: Path) -> list[dict[str, object]]:
 
 def test_cancel_model_logs_client_cancellation(triton: TritonServer, workdir: Path) -> None:
     log = workdir / "cancel.jsonl"
-    req = build_request("cancel_model", ens("cancel me", max_tokens=2000, stream=True),
-                        request_id="c1")
+    req = build_request(
+        "cancel_model", ens("cancel me", max_tokens=2000, stream=True), request_id="c1"
+    )
     with open_stream(triton.grpc_url, [req], timeout=30) as call:
         got = [decode(next(call)) for _ in range(3)]
         cancelled_at = time.time()
@@ -350,9 +390,15 @@ def test_deadline_bounds_a_stream_read(triton: TritonServer) -> None:
 def test_smollm2_streams_real_text(triton: TritonServer) -> None:
     prompt = "<|im_start|>user\nSay hello.<|im_end|>\n<|im_start|>assistant\n"
     rs = send_stream(
-        triton.grpc_url, "smollm2",
-        ens(prompt, max_tokens=8, stream=True, return_num_input_tokens=True,
-            return_num_output_tokens=True),
+        triton.grpc_url,
+        "smollm2",
+        ens(
+            prompt,
+            max_tokens=8,
+            stream=True,
+            return_num_input_tokens=True,
+            return_num_output_tokens=True,
+        ),
         timeout=60,
     )
     assert rs[-1].final and rs[-1].error is None and rs[-1].outputs == {}
@@ -361,16 +407,21 @@ def test_smollm2_streams_real_text(triton: TritonServer) -> None:
     assert b"".join(r.text for r in pieces).decode().strip()
     assert all(r.scalar("num_input_tokens") == pieces[0].scalar("num_input_tokens") for r in pieces)
     assert int(pieces[0].scalar("num_input_tokens")) > 5  # type: ignore[call-overload]
-    again = send_stream(triton.grpc_url, "smollm2", ens(prompt, max_tokens=8, stream=True),
-                        timeout=60)
+    again = send_stream(
+        triton.grpc_url, "smollm2", ens(prompt, max_tokens=8, stream=True), timeout=60
+    )
     assert [r.text for r in again] == [r.text for r in rs]  # temperature 0: greedy
 
 
 @pytest.mark.llm
 def test_smollm2_non_streaming_echoes_prompt(triton: TritonServer) -> None:
     prompt = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    rs = send_stream(triton.grpc_url, "smollm2",
-                     ens(prompt, max_tokens=4, return_num_output_tokens=True), timeout=60)
+    rs = send_stream(
+        triton.grpc_url,
+        "smollm2",
+        ens(prompt, max_tokens=4, return_num_output_tokens=True),
+        timeout=60,
+    )
     assert len(rs) == 2 and rs[1].final
     assert rs[0].text.startswith(prompt.encode()) and len(rs[0].text) > len(prompt)
     assert 1 <= int(rs[0].scalar("num_output_tokens")) <= 4  # type: ignore[call-overload]

@@ -34,17 +34,35 @@ SLOW_DELAY = 0.3
 TICK_INTERVAL = 0.05
 HANG_SECONDS = 60.0
 DISCONNECT_SECONDS = 30.0
+MAX_BODY = 64 * 1024 * 1024  # aiohttp's default (1 MiB) would answer 413 before recording
 
 MODELS = (
-    "fake-echo", "fake-embed", "fake-split", "fake-slow", "fake-die", "fake-hang",
-    "fake-disconnect", "fake-nostream", "fake-error-400", "fake-error-401", "fake-error-404",
-    "fake-error-429", "fake-error-500", "fake-error-503", "fake-error-text", "fake-bad-json",
+    "fake-echo",
+    "fake-embed",
+    "fake-split",
+    "fake-slow",
+    "fake-die",
+    "fake-hang",
+    "fake-disconnect",
+    "fake-nostream",
+    "fake-error-400",
+    "fake-error-401",
+    "fake-error-404",
+    "fake-error-429",
+    "fake-error-500",
+    "fake-error-503",
+    "fake-error-text",
+    "fake-bad-json",
 )
 
 _ERROR_MODEL = re.compile(r"fake-error-(\d{3})")
 _ERROR_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-    404: "invalid_request_error", 409: "conflict_error", 422: "invalid_request_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "conflict_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
 }
 _BODY = web.RequestKey("fake_body", object)
@@ -132,8 +150,13 @@ def error_body(message: str, type_: str, code: str | None, param: str | None = N
 
 
 def error_response(
-    status: int, message: str, type_: str, code: str | None, *,
-    param: str | None = None, headers: dict[str, str] | None = None,
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    *,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     body = error_body(message, type_, code, param)
     return web.json_response(body, status=status, headers=headers)
@@ -160,9 +183,17 @@ class Reply:
     tick: Callable[[str], Json] = lambda text: {}
 
 
+def _int_field(req: Json, key: str, default: int) -> int:
+    value = req.get(key)
+    return value if isinstance(value, int) else default
+
+
 def _usage(prompt: int, completion: int) -> Json:
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 def _stream_tail(base: Json, obj: str, usage: Json, include_usage: bool) -> list[tuple[str, Json]]:
@@ -172,20 +203,29 @@ def _stream_tail(base: Json, obj: str, usage: Json, include_usage: bool) -> list
 
 
 def chat_reply(req: Json, text: str) -> Reply:
-    n = req.get("n") if isinstance(req.get("n"), int) else 1
+    n = _int_field(req, "n", 1)
     limit = req.get("max_completion_tokens", req.get("max_tokens"))
     text, finish = truncate(text, limit)
-    messages = req.get("messages") if isinstance(req.get("messages"), list) else []
+    messages = req["messages"] if isinstance(req.get("messages"), list) else []
     prompt = sum(words(content_text(m.get("content"))) for m in messages if isinstance(m, dict))
     usage = _usage(prompt, words(text) * n)
     include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-    base = {"id": "chatcmpl-fake", "created": CREATED, "model": req["model"] + MODEL_SUFFIX,
-            "system_fingerprint": SYSTEM_FINGERPRINT}
+    base = {
+        "id": "chatcmpl-fake",
+        "created": CREATED,
+        "model": req["model"] + MODEL_SUFFIX,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
     message = {"role": "assistant", "content": text, "refusal": None}
-    body = {**base, "object": "chat.completion", "usage": usage, "choices": [
-        {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
-        for i in range(n)
-    ]}
+    body = {
+        **base,
+        "object": "chat.completion",
+        "usage": usage,
+        "choices": [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i in range(n)
+        ],
+    }
 
     def chunk(index: int, delta: Json, finish_reason: str | None = None) -> Json:
         choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -200,15 +240,24 @@ def chat_reply(req: Json, text: str) -> Reply:
 
 
 def completion_reply(req: Json, text: str) -> Reply:
-    n = req.get("n") if isinstance(req.get("n"), int) else 1
+    n = _int_field(req, "n", 1)
     text, finish = truncate(text, req.get("max_tokens"))
     usage = _usage(sum(words(p) for p in prompt_texts(req.get("prompt"))), words(text) * n)
     include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-    base = {"id": "cmpl-fake", "created": CREATED, "model": req["model"] + MODEL_SUFFIX,
-            "system_fingerprint": SYSTEM_FINGERPRINT}
-    body = {**base, "object": "text_completion", "usage": usage, "choices": [
-        {"index": i, "text": text, "logprobs": None, "finish_reason": finish} for i in range(n)
-    ]}
+    base = {
+        "id": "cmpl-fake",
+        "created": CREATED,
+        "model": req["model"] + MODEL_SUFFIX,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+    body = {
+        **base,
+        "object": "text_completion",
+        "usage": usage,
+        "choices": [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": finish} for i in range(n)
+        ],
+    }
 
     def chunk(index: int, piece: str, finish_reason: str | None = None) -> Json:
         choice = {"index": index, "text": piece, "logprobs": None, "finish_reason": finish_reason}
@@ -223,7 +272,7 @@ def completion_reply(req: Json, text: str) -> Reply:
 
 def embeddings_body(req: Json) -> Json:
     inputs = embedding_inputs(req.get("input"))
-    dims = req.get("dimensions") if isinstance(req.get("dimensions"), int) else EMBED_DIMS
+    dims = _int_field(req, "dimensions", EMBED_DIMS)
     as_base64 = req.get("encoding_format") == "base64"
     data = []
     for index, item in enumerate(inputs):
@@ -233,8 +282,12 @@ def embeddings_body(req: Json) -> Json:
             encoded = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
         data.append({"object": "embedding", "index": index, "embedding": encoded})
     prompt = sum(words(i) if isinstance(i, str) else len(i) for i in inputs)
-    return {"object": "list", "data": data, "model": req["model"] + MODEL_SUFFIX,
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+    return {
+        "object": "list",
+        "data": data,
+        "model": req["model"] + MODEL_SUFFIX,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
 
 
 def models_body() -> Json:
@@ -289,7 +342,7 @@ class FakeUpstream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
         self._closing = False
 
     # -- public, thread-side ---------------------------------------------------------------
@@ -393,7 +446,8 @@ class FakeUpstream:
             loop.close()
 
     async def _start(self) -> None:
-        app = web.Application(middlewares=[self._middleware])
+        self._closing = False
+        app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model}", self._get_model)
         for endpoint in ("chat/completions", "completions", "embeddings"):
@@ -408,7 +462,7 @@ class FakeUpstream:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(runner, sock, shutdown_timeout=1.0).start()
+        await web.SockSite(runner, sock).start()
         self._runner = runner
 
     async def _shutdown(self) -> None:
@@ -428,9 +482,7 @@ class FakeUpstream:
             self._cond.notify_all()
 
     @web.middleware
-    async def _middleware(
-        self, request: web.Request, handler: WebHandler
-    ) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: WebHandler) -> web.StreamResponse:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
@@ -440,9 +492,12 @@ class FakeUpstream:
             raw = await request.read()
             request[_BODY] = _parse(raw)
             record = {
-                "method": request.method, "path": request.path, "query": dict(request.query),
+                "method": request.method,
+                "path": request.path,
+                "query": dict(request.query),
                 "headers": {k.lower(): v for k, v in request.headers.items()},
-                "body": raw, "json": None if request[_BODY] is _INVALID else request[_BODY],
+                "body": raw,
+                "json": None if request[_BODY] is _INVALID else request[_BODY],
                 "time": time.monotonic(),
             }
             with self._cond:
@@ -451,7 +506,8 @@ class FakeUpstream:
             return await handler(request)
         finally:
             self._tasks.discard(task)
-            self._transports.discard(request.transport)  # type: ignore[arg-type]
+            if request.transport is not None:
+                self._transports.discard(request.transport)
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -509,16 +565,21 @@ class FakeUpstream:
             status = int(match.group(1))
             return lambda request, endpoint, body: _fake_error(status)
         common: dict[str, Handler] = {
-            "fake-error-text": _error_text, "fake-bad-json": _bad_json,
-            "fake-hang": self._hang, "fake-die": self._die,
+            "fake-error-text": _error_text,
+            "fake-bad-json": _bad_json,
+            "fake-hang": self._hang,
+            "fake-die": self._die,
         }
         if model in common:
             return common[model]
         if endpoint == "embeddings":
             return _embeddings if model in ("fake-embed", "fake-echo") else None
         generation: dict[str, Handler] = {
-            "fake-echo": self._echo, "fake-split": self._split, "fake-slow": self._slow,
-            "fake-disconnect": self._disconnect, "fake-nostream": _nostream,
+            "fake-echo": self._echo,
+            "fake-split": self._split,
+            "fake-slow": self._slow,
+            "fake-disconnect": self._disconnect,
+            "fake-nostream": _nostream,
         }
         return generation.get(model)
 
@@ -578,8 +639,12 @@ class FakeUpstream:
         return await _finish(request, resp)
 
     async def _stream(
-        self, request: web.Request, reply: Reply, *,
-        content_delay: float = 0.0, abort_after: int | None = None,
+        self,
+        request: web.Request,
+        reply: Reply,
+        *,
+        content_delay: float = 0.0,
+        abort_after: int | None = None,
     ) -> web.StreamResponse:
         resp = await _open_sse(request)
         sent = 0
@@ -634,8 +699,9 @@ async def _finish(
 
 
 async def _open_sse(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     request[_SSE] = resp
     return resp
@@ -643,15 +709,15 @@ async def _open_sse(request: web.Request) -> web.StreamResponse:
 
 def _model_not_found(model: str) -> web.Response:
     message = f"The model `{model}` does not exist or you do not have access to it."
-    return error_response(404, message, "invalid_request_error", "model_not_found",
-                          param="model")
+    return error_response(404, message, "invalid_request_error", "model_not_found", param="model")
 
 
 async def _fake_error(status: int) -> web.StreamResponse:
     type_ = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     headers = {"Retry-After": "1"} if status == 429 else None
-    return error_response(status, f"fake upstream error {status}", type_, f"fake_{status}",
-                          headers=headers)
+    return error_response(
+        status, f"fake upstream error {status}", type_, f"fake_{status}", headers=headers
+    )
 
 
 async def _error_text(request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:

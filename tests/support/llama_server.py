@@ -55,8 +55,18 @@ def gguf_path() -> Path:
 
 def server_args(port: int, alias: str, embedding: bool) -> list[str]:
     settings = [
-        "--model", str(gguf_path()), "--model_alias", alias,
-        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1",
+        "--model",
+        str(gguf_path()),
+        "--model_alias",
+        alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        "2048",
+        "--n_threads",
+        "1",
     ]
     if embedding:
         return [sys.executable, "-c", _MEAN_POOLED_SERVER, *settings, "--embedding", "true"]

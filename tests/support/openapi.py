@@ -73,7 +73,8 @@ def _components() -> dict[str, Any]:
 @functools.cache
 def _registry() -> Registry:
     resource = Resource.from_contents(_components(), default_specification=DRAFT202012)
-    return Registry().with_resource(_SPEC_URI, resource)
+    registry: Registry = Registry().with_resource(_SPEC_URI, resource)
+    return registry
 
 
 def schema_names() -> list[str]:
@@ -96,7 +97,8 @@ def _validator(name: str) -> jsonschema.Draft202012Validator:
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    steps = error.absolute_path
+    where = "$" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in steps)
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
     return f"  at {where}: {message}"
 

@@ -48,7 +48,9 @@ def triton_backend_dir(dest: Path) -> Path:
     for src in (
         ts / "backends" / "python" / "libtriton_python.so",
         ts / "backends" / "python" / "triton_python_backend_utils.py",
-        ts / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        ts
+        / "python_backend_stubs"
+        / f"{sys.version_info.major}.{sys.version_info.minor}"
         / "triton_python_backend_stub",
     ):
         shutil.copy2(src, python / src.name)
@@ -122,8 +124,10 @@ def run_triton(
             str(tritonserver_bin()),
             f"--model-repository={repo}",
             f"--backend-directory={backend_dir}",
-            "--http-address=127.0.0.1", f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
             "--allow-metrics=false",
             "--exit-timeout-secs=2",
             "--model-control-mode=explicit",
@@ -138,8 +142,6 @@ def run_triton(
             "LD_LIBRARY_PATH": os.pathsep.join(
                 p for p in [libs, os.environ.get("LD_LIBRARY_PATH", "")] if p
             ),
-            # Keep the model repository free of __pycache__ folders.
-            "PYTHONDONTWRITEBYTECODE": "1",
             **(env or {}),
         }
         shm_before = _shm_files()
@@ -151,15 +153,19 @@ def run_triton(
                 try:
                     wait_http(
                         f"http://127.0.0.1:{http_port}/v2/health/ready",
-                        timeout=ready_timeout, proc=proc,
+                        timeout=ready_timeout,
+                        proc=proc,
                     )
                 except (TimeoutError, RuntimeError) as e:
                     raise RuntimeError(
                         f"tritonserver did not become ready: {e}\n{_log_tail(log)}"
                     ) from e
                 yield TritonServer(
-                    http_port=http_port, grpc_port=grpc_port, proc=proc,
-                    startup_s=time.monotonic() - start, log=log,
+                    http_port=http_port,
+                    grpc_port=grpc_port,
+                    proc=proc,
+                    startup_s=time.monotonic() - start,
+                    log=log,
                 )
         finally:
             if pgid is not None:
@@ -305,7 +311,8 @@ def infer(
             return Response(request_id=req.id, final=True, error=e.details())
     result = InferResult(resp)
     return Response(
-        request_id=resp.id, final=True,
+        request_id=resp.id,
+        final=True,
         outputs={o.name: result.as_numpy(o.name) for o in resp.outputs},
     )
 

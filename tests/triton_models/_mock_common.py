@@ -18,8 +18,19 @@ import triton_python_backend_utils as pb_utils
 
 # The scripted generation; two pieces split a UTF-8 character on purpose (é, 😀).
 PIECES: list[bytes] = [
-    b"Hello", b",", b" wor", b"ld", b"!", b" Caf", b"\xc3", b"\xa9",
-    b" \xf0\x9f", b"\x98\x80", b" The", b" end", b".",
+    b"Hello",
+    b",",
+    b" wor",
+    b"ld",
+    b"!",
+    b" Caf",
+    b"\xc3",
+    b"\xa9",
+    b" \xf0\x9f",
+    b"\x98\x80",
+    b" The",
+    b" end",
+    b".",
 ]
 ECHO_MARKER = b"[[echo]]"
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -37,12 +48,12 @@ class Cancelled(Exception):
 def full_script(prompt: bytes) -> list[bytes]:
     """Every piece the mock would produce for `prompt` with no max_tokens limit."""
     if ECHO_MARKER in prompt:
-        return [prompt[i:i + 3] for i in range(0, len(prompt), 3)]
+        return [prompt[i : i + 3] for i in range(0, len(prompt), 3)]
     return list(PIECES)
 
 
 def script(prompt: bytes, max_tokens: int) -> list[bytes]:
-    return full_script(prompt)[:max(max_tokens, 0)]
+    return full_script(prompt)[: max(max_tokens, 0)]
 
 
 def cycled(max_tokens: int, limit: int = 2000) -> list[bytes]:

@@ -377,6 +377,25 @@ def test_strip_prefers_end_and_longest() -> None:
     assert run_str(f.feed, f.flush, ["xa", "b"]) == "x"
 
 
+def test_partial_match_cannot_reach_back_into_a_stripped_token() -> None:
+    # After "ab" is stripped, the trailing "b" is no longer text: it must not be held
+    # as the start of the end token "bc".
+    f = SpecialTokenFilter(["bc"], ["ab"])
+    assert f.feed("ab") == ""
+    assert f.feed("c") == "c"
+    assert not f.ended
+    f = SpecialTokenFilter(["bcd"], ["ab"])
+    assert f.feed("abc") == "c"
+    assert f.feed("d") == "d"
+    assert not f.ended
+
+
+def test_end_token_cuts_without_waiting_for_longer_partial() -> None:
+    f = SpecialTokenFilter(["<e>"], ["<e>x"])
+    assert f.feed("a<e>") == "a"
+    assert f.ended
+
+
 def test_special_tokens_empty_config_is_identity() -> None:
     f = SpecialTokenFilter([])
     chunk = "any <|eot_id|> text"
@@ -403,6 +422,23 @@ def test_special_tokens_property(
     f = SpecialTokenFilter(ends, strips)
     assert run_str(f.feed, f.flush, split_at(text, points)) == expected
     assert f.end_token == token
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab", min_size=1, max_size=3), max_size=2),
+    st.lists(st.text(alphabet="ab", min_size=1, max_size=3), max_size=2),
+    st.text(alphabet="ab", max_size=12),
+)
+def test_special_tokens_property_two_letters_every_split(
+    ends: list[str], strips: list[str], text: str
+) -> None:
+    # A two-letter alphabet maximizes overlaps between END and STRIP tokens.
+    expected, token = ref_filter(text, ends, strips)
+    for chunks in chunkings(text, pairs_max=12):
+        f = SpecialTokenFilter(ends, strips)
+        assert run_str(f.feed, f.flush, chunks) == expected, chunks
+        assert f.end_token == token
 
 
 # ---------------------------------------------------------------------------
@@ -457,6 +493,12 @@ def test_stop_matched_is_shortest_at_cut_regardless_of_chunking() -> None:
         m = StopMatcher(["abc", "ab"])
         run_str(m.feed, m.flush, chunks)
         assert m.matched == "ab"
+
+
+def test_stop_cuts_immediately_when_longer_stop_shares_the_position() -> None:
+    m = StopMatcher(["\n", "\n\n"])
+    assert m.feed("a\n") == "a"
+    assert m.stopped and m.matched == "\n"
 
 
 def test_stop_flush_resolves_held_complete_match() -> None:
@@ -554,6 +596,8 @@ PIPE_CASES: list[tuple[bytes, dict[str, object]]] = [
     (b"bad \xff \xc3 bytes \xf0\x9f", {"stops": ["\ufffd b"]}),
     ("PROMPTé".encode(), {"echo_prompt": "PROMPTé".encode(), "stops": ["x"]}),
     (b"PROMP", {"echo_prompt": b"PROMPT"}),
+    (b"ends inside a char \xf0\x9f\x98", {}),
+    (b"ends inside a char \xe4\xb8", {"special_tokens": ["</s>"], "stops": ["zz"]}),
 ]
 
 
@@ -635,7 +679,8 @@ def test_pipeline_plain_stream_identity_and_sanity() -> None:
 @given(
     st.lists(
         st.sampled_from(
-            [b"a", b"b", b"<", b">", b"|", "é".encode(), "😀".encode(), "中".encode(), b"\xff"]
+            [b"a", b"b", b"<", b">", b"|", "é".encode(), "😀".encode(), "中".encode()]
+            + [b"\xff", b"\xc3", b"\xf0\x9f"]
         ),
         max_size=24,
     ).map(b"".join),

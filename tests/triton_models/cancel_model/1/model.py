@@ -6,16 +6,17 @@ client disconnect reached the model.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+# A __pycache__ in the repository root would look like a model folder to Triton.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 import _mock_common as mock  # noqa: E402
-
-import json  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
 
 
 def _log(p: mock.EnsembleParams, key: str) -> None:

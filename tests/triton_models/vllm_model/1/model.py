@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+# A __pycache__ in the repository root would look like a model folder to Triton.
+sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 import _mock_common as mock  # noqa: E402
 
@@ -20,7 +22,9 @@ def _response(text: bytes, finish: str | None, n_in: int | None, n_out: int | No
     # max_batch_size 0: tensors have no batch dimension, shape [1].
     tensors = [pb_utils.Tensor("text_output", np.array([text], dtype=np.object_))]
     if finish is not None:
-        tensors.append(pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_)))
+        tensors.append(
+            pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_))
+        )
     if n_in is not None:
         tensors.append(pb_utils.Tensor("num_input_tokens", np.array([n_in], dtype=np.uint32)))
     if n_out is not None:
@@ -42,7 +46,9 @@ def _serve(request: Any) -> None:
         raise mock.MockError("temperature too high")
     max_tokens = int(params.get("max_tokens", DEFAULT_MAX_TOKENS))
     want_finish = bool(mock.scalar(request, "return_finish_reason", False))
-    n_in = mock.word_count(prompt) if mock.scalar(request, "return_num_input_tokens", False) else None
+    n_in = (
+        mock.word_count(prompt) if mock.scalar(request, "return_num_input_tokens", False) else None
+    )
     want_out = bool(mock.scalar(request, "return_num_output_tokens", False))
 
     pieces = mock.script(prompt, max_tokens)
@@ -50,7 +56,9 @@ def _serve(request: Any) -> None:
     finish = reason if want_finish else None
     if not stream or not pieces:
         text = (prompt if prepend else b"") + b"".join(pieces)
-        sender.send(_response(text, finish, n_in, len(pieces) if want_out else None), flags=mock.FINAL)
+        sender.send(
+            _response(text, finish, n_in, len(pieces) if want_out else None), flags=mock.FINAL
+        )
         return
     last = len(pieces) - 1
     for i, piece in enumerate(pieces):

@@ -1,0 +1,407 @@
+"""NVIDIA Triton over gRPC: one channel per node, one ModelStreamInfer call per request."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import msgspec
+from google.protobuf import json_format
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from airouter.backends.base import Backend, Call, Endpoint, Reply, Target
+from airouter.backends.triton_models import (
+    GenParams,
+    ModelInfo,
+    build_embed,
+    build_generate,
+    first_bytes,
+    gen_params,
+    parse_config,
+    scalar,
+)
+from airouter.config import ModelConfig, TritonBackendConfig
+from airouter.errors import (
+    BadGateway,
+    GatewayTimeout,
+    InvalidRequest,
+    RouterError,
+    ServiceUnavailable,
+)
+from airouter.streaming.chunks import ChunkWriter
+from airouter.streaming.textfix import TextPipeline
+from airouter.templates import ChatTemplate, PromptError, load_template
+
+log = logging.getLogger("airouter.triton")
+_encode = msgspec.json.Encoder().encode
+
+DEFAULT_CHAT_MAX_TOKENS = 512
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+def map_error(message: str, model: str) -> RouterError:
+    """Triton's in-band error text to the status a client should see."""
+    low = message.lower()
+    if "unknown model" in low or ("is not found" in low and "model" in low):
+        return BadGateway(f"The Triton server does not serve the model '{model}'.",
+                          code="backend_model_not_found")
+    if "unavailable" in low or "not ready" in low:
+        return ServiceUnavailable(f"The model '{model}' is unavailable: {message}")
+    return InvalidRequest(f"The model rejected the request: {message}", code="backend_rejected")
+
+
+def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
+    code = e.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return GatewayTimeout(f"The Triton server at {url} did not answer in time.")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return BadGateway(f"Could not reach the Triton server at {url}.")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequest(f"The model rejected the request: {e.details()}")
+    return map_error(e.details() or str(code), model)
+
+
+class _Plan:
+    """Everything about one (alias, backend model) pair that is fixed after start-up."""
+
+    __slots__ = ("info", "template", "special", "model")
+
+    def __init__(self, info: ModelInfo, template: ChatTemplate | None, model: ModelConfig) -> None:
+        self.info = info
+        self.template = template
+        self.special: tuple[str, ...] = template.stop_tokens if template else ()
+        self.model = model
+
+
+class _Generation:
+    """One streamed generation: reads Triton responses, yields chunk batches."""
+
+    __slots__ = ("call", "plan", "writer", "pipe", "params", "chat", "want_usage", "url",
+                 "idle", "prompt_tokens", "output_tokens", "responses", "_timer", "_last",
+                 "_idle_fired", "finished", "vllm_finish")
+
+    def __init__(self, call: Any, plan: _Plan, writer: ChunkWriter, pipe: TextPipeline,
+                 params: GenParams, chat: bool, want_usage: bool, url: str, idle: float) -> None:
+        self.call = call
+        self.plan = plan
+        self.writer = writer
+        self.pipe = pipe
+        self.params = params
+        self.chat = chat
+        self.want_usage = want_usage
+        self.url = url
+        self.idle = idle
+        self.prompt_tokens = 0
+        self.output_tokens = 0
+        self.responses = 0
+        self.finished = False
+        self.vllm_finish: str | None = None
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._idle_fired = False
+        self._timer = loop.call_later(idle, self._check_idle)
+
+    def _check_idle(self) -> None:
+        # One timer per request rather than one per token: each response only stamps _last.
+        loop = asyncio.get_running_loop()
+        due = self._last + self.idle
+        if loop.time() >= due:
+            self._idle_fired = True
+            self.call.cancel()
+        else:
+            self._timer = loop.call_at(due, self._check_idle)
+
+    async def next_response(self) -> service_pb2.ModelStreamInferResponse | None:
+        try:
+            resp = await self.call.read()
+        except asyncio.CancelledError:
+            if self._idle_fired:
+                raise GatewayTimeout(
+                    f"The Triton server at {self.url} sent nothing for {self.idle:g}s."
+                ) from None
+            raise
+        except grpc.aio.AioRpcError as e:
+            raise map_rpc_error(e, self.url, self.plan.info.name) from None
+        if resp is grpc.aio.EOF:
+            return None
+        self._last = asyncio.get_running_loop().time()
+        return resp  # type: ignore[no-any-return]
+
+    def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:
+        """Text to send for one response, and whether the backend said it was final."""
+        if resp.error_message:
+            raise map_error(resp.error_message, self.plan.info.name)
+        ir = resp.infer_response
+        raw = b""
+        counted = False
+        outputs = ir.outputs
+        contents = ir.raw_output_contents
+        for i in range(len(outputs)):
+            name = outputs[i].name
+            if name == "text_output":
+                raw = first_bytes(contents[i])
+            elif name == "num_output_tokens":
+                self.output_tokens += scalar(contents[i], outputs[i].datatype)
+                counted = True
+            elif name == "num_input_tokens":
+                self.prompt_tokens = scalar(contents[i], outputs[i].datatype)
+            elif name == "finish_reason":
+                reason = first_bytes(contents[i])
+                if reason:
+                    self.vllm_finish = reason.decode("utf-8", "replace")
+        if raw:
+            self.responses += 1
+            if not counted:
+                self.output_tokens += 1
+        final = ir.parameters["triton_final_response"].bool_param
+        return (self.pipe.feed(raw) if raw else ""), final
+
+    def finish_reason(self) -> str:
+        if self.pipe.finished:
+            return "stop"
+        if self.vllm_finish in ("length", "stop"):
+            return self.vllm_finish
+        return "length" if self.output_tokens >= self.params.max_tokens else "stop"
+
+    async def stream(self, first: list[bytes]) -> AsyncIterator[list[bytes]]:
+        writer = self.writer
+        if first:
+            yield first
+        while not self.pipe.finished and not self.finished:
+            resp = await self.next_response()
+            if resp is None:
+                break
+            text, final = self.absorb(resp)
+            if text:
+                yield [writer.text(text)]
+            if final:
+                break
+        self.finished = True
+        if self.pipe.finished:
+            self.call.cancel()  # a stop sequence ended it: the backend need not go on
+        tail = self.pipe.flush()
+        out = [writer.text(tail)] if tail else []
+        out.append(writer.finish(self.finish_reason()))
+        if self.want_usage:
+            out.append(writer.usage(self.prompt_tokens, self.output_tokens))
+        yield out
+
+    async def aclose(self) -> None:
+        self._timer.cancel()
+        if not self.call.done():
+            self.call.cancel()
+
+
+class TritonGrpcBackend(Backend):
+    """Formats chat prompts, maps OpenAI fields onto the model's declared inputs, fixes up streams."""
+
+    def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.url = cfg.url
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+        self._infos: dict[tuple[str, str, str], ModelInfo] = {}
+        self._plans: dict[tuple[int, str], _Plan] = {}
+        self._templates: dict[int, ChatTemplate | None] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(
+            self.url,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.http2.max_pings_without_data", 0),
+            ],
+        )
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+
+    def check(self, model: ModelConfig) -> None:
+        self.template_for(model)
+
+    def template_for(self, model: ModelConfig) -> ChatTemplate | None:
+        """Compile a model's chat template (start-up work; raises TemplateConfigError)."""
+        key = id(model)
+        if key not in self._templates:
+            if model.prompt_format or model.tokenizer_config or model.template_file:
+                self._templates[key] = load_template(
+                    format=model.prompt_format, tokenizer_config=model.tokenizer_config,
+                    template_file=model.template_file,
+                )
+            else:
+                self._templates[key] = None
+        return self._templates[key]
+
+    async def prepare(self, target: Target) -> None:
+        try:
+            await self._plan(target)
+        except RouterError as e:
+            log.warning("backend %s: model %s not ready yet: %s", self.name,
+                        target.backend_model, e.message)
+
+    async def _info(self, model: str, mc: ModelConfig) -> ModelInfo:
+        key = (model, mc.interface, mc.embedding_input)
+        info = self._infos.get(key)
+        if info is not None:
+            return info
+        assert self._stub is not None, "backend not started"
+        async with self._lock:
+            info = self._infos.get(key)
+            if info is None:
+                try:
+                    resp = await self._stub.ModelConfig(
+                        service_pb2.ModelConfigRequest(name=model), timeout=self.cfg.connect_timeout
+                    )
+                except grpc.aio.AioRpcError as e:
+                    if e.code() == grpc.StatusCode.UNAVAILABLE:
+                        raise BadGateway(f"Could not reach the Triton server at {self.url}.") from None
+                    raise map_error(e.details() or "", model) from None
+                cfg = json_format.MessageToDict(resp.config, preserving_proto_field_name=True)
+                try:
+                    info = parse_config(cfg, mc.interface, mc.embedding_input)
+                except ValueError as e:
+                    raise BadGateway(str(e)) from None
+                self._infos[key] = info
+        return info
+
+    async def _plan(self, target: Target) -> _Plan:
+        key = (id(target.model), target.backend_model)
+        plan = self._plans.get(key)
+        if plan is None:
+            info = await self._info(target.backend_model, target.model)
+            plan = self._plans[key] = _Plan(info, self.template_for(target.model), target.model)
+        return plan
+
+    async def open(self, call: Call) -> Reply:
+        plan = await self._plan(call.target)
+        if call.endpoint is Endpoint.EMBEDDINGS:
+            if plan.info.kind != "embedding":
+                raise InvalidRequest(f"The model '{call.target.alias}' does not serve embeddings.",
+                                     param="model", code="wrong_endpoint")
+            return await self._embed(call, plan)
+        if plan.info.kind == "embedding":
+            raise InvalidRequest(f"The model '{call.target.alias}' only serves embeddings.",
+                                 param="model", code="wrong_endpoint")
+        return await self._generate(call, plan)
+
+    def _prompt(self, call: Call, plan: _Plan) -> str:
+        body = call.body
+        if call.endpoint is Endpoint.CHAT:
+            if plan.template is None:
+                raise InvalidRequest(
+                    f"The model '{call.target.alias}' has no chat prompt format configured; "
+                    "use /v1/completions.", param="model", code="chat_not_configured")
+            try:
+                return plan.template.render(body["messages"], add_generation_prompt=True)
+            except PromptError as e:
+                raise InvalidRequest(str(e), param=e.param) from None
+        prompt = body["prompt"]
+        if isinstance(prompt, list):
+            if len(prompt) == 1 and isinstance(prompt[0], str):
+                return prompt[0]
+            raise InvalidRequest("This model's backend takes one prompt string.", param="prompt",
+                                 code="unsupported_parameter")
+        return str(prompt)
+
+    async def _generate(self, call: Call, plan: _Plan) -> Reply:
+        assert self._stub is not None, "backend not started"
+        chat = call.endpoint is Endpoint.CHAT
+        default_max = plan.model.max_tokens or (
+            DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS)
+        params = gen_params(call.body, default_max)
+        prompt = self._prompt(call, plan).encode()
+        info = plan.info
+        writer = ChunkWriter(call.endpoint, call.target.alias, call.include_usage)
+        stream = info.decoupled
+        req = build_generate(info, prompt, params, writer.id, stream=stream)
+        pipe = TextPipeline(
+            cumulative=info.cumulative if plan.model.cumulative is None else plan.model.cumulative,
+            echo_prompt=None if info.has("exclude_input_in_output") else prompt,
+            special_tokens=plan.special,
+            stops=params.stop,
+        )
+        metadata = tuple(call.headers.items()) if call.headers else None
+        grpc_call = self._stub.ModelStreamInfer(
+            iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
+        )
+        gen = _Generation(grpc_call, plan, writer, pipe, params, chat,
+                          call.include_usage or not call.stream, self.url, self.cfg.idle_timeout)
+        try:
+            first = await self._first(gen)
+        except BaseException:
+            await gen.aclose()
+            raise
+        return Reply(chunks=gen.stream(first), aclose=gen.aclose)
+
+    async def _first(self, gen: _Generation) -> list[bytes]:
+        """Wait for the first response, so errors before any output get a proper HTTP status."""
+        out = [gen.writer.role()] if gen.chat else []
+        while True:
+            resp = await gen.next_response()
+            if resp is None:
+                gen.finished = True
+                return out
+            text, final = gen.absorb(resp)
+            if text:
+                out.append(gen.writer.text(text))
+            if final:
+                gen.finished = True
+            if text or final or gen.pipe.finished:
+                return out
+
+    async def _embed(self, call: Call, plan: _Plan) -> Reply:
+        assert self._stub is not None, "backend not started"
+        raw = call.body["input"]
+        texts = [raw] if isinstance(raw, str) else raw
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise InvalidRequest("This model's backend takes input as a string or a list of "
+                                 "strings.", param="input", code="unsupported_parameter")
+        mc = plan.model
+        batch = plan.info.max_batch_size or 1
+        vectors: list[bytes] = []
+        metadata = tuple(call.headers.items()) if call.headers else None
+        for i in range(0, len(texts), batch):
+            part = [t.encode() for t in texts[i : i + batch]]
+            req = build_embed(plan.info, part, mc.embedding_input)
+            try:
+                resp = await self._stub.ModelInfer(req, timeout=self.cfg.request_timeout,
+                                                   metadata=metadata)
+            except grpc.aio.AioRpcError as e:
+                raise map_rpc_error(e, self.url, plan.info.name) from None
+            idx = [o.name for o in resp.outputs].index(mc.embedding_output) \
+                if mc.embedding_output in [o.name for o in resp.outputs] else -1
+            if idx < 0:
+                raise BadGateway(f"The model '{plan.info.name}' returned no "
+                                 f"'{mc.embedding_output}' output.")
+            data = resp.raw_output_contents[idx]
+            width = len(data) // len(part)
+            vectors.extend(data[j * width : (j + 1) * width] for j in range(len(part)))
+        b64 = call.body.get("encoding_format") == "base64"
+        items = []
+        for j, v in enumerate(vectors):
+            emb: Any = base64.b64encode(v).decode() if b64 else list(
+                memoryview(v).cast("f").tolist())
+            items.append({"object": "embedding", "index": j, "embedding": emb})
+        body = {"object": "list", "data": items, "model": call.target.alias,
+                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        return Reply(body=_encode(body))
+
+    def health(self) -> dict[str, Any]:
+        if self._channel is None:
+            return {"status": "unavailable"}
+        state = self._channel.get_state(try_to_connect=False)
+        ok = state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return {"status": "ok" if ok else "unavailable", "url": self.url, "channel": state.name}
+
