@@ -66,7 +66,9 @@ def build_app(cfg: Config) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", CompletionEndpoint(holder, Endpoint.CHAT), methods=["POST"]),
-        Route("/v1/completions", CompletionEndpoint(holder, Endpoint.COMPLETIONS), methods=["POST"]),
+        Route(
+            "/v1/completions", CompletionEndpoint(holder, Endpoint.COMPLETIONS), methods=["POST"]
+        ),
         Route("/v1/embeddings", CompletionEndpoint(holder, Endpoint.EMBEDDINGS), methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(holder), methods=["GET"]),
         Route("/v1/models/{model_id:path}", ModelsEndpoint(holder), methods=["GET"]),

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("file")
         return _check(p.parse_args(argv[1:]))
     p = argparse.ArgumentParser(prog="airouter", description="OpenAI-compatible router.")
-    p.add_argument("--config", help="backends.toml path (default: $AIROUTER_CONFIG or ./backends.toml)")
+    p.add_argument(
+        "--config", help="backends.toml path (default: $AIROUTER_CONFIG or ./backends.toml)"
+    )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)

@@ -1,4 +1,4 @@
-"""backends.toml: msgspec structs, ${VAR} expansion, and validation with messages that name the key."""
+"""backends.toml: msgspec structs, ${VAR} expansion, validation with messages naming the key."""
 
 from __future__ import annotations
 
@@ -96,6 +96,7 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def _expand(value: Any, where: str, env: dict[str, str]) -> Any:
     if isinstance(value, str):
+
         def sub(m: re.Match[str]) -> str:
             name, fallback = m.group(1), m.group(2)
             if name in env:

@@ -11,7 +11,16 @@ from typing import Any
 
 import msgspec
 
-from airouter.asgi import SSE_HEADERS, ClientGone, Receive, Scope, Send, read_body, send_error, send_json
+from airouter.asgi import (
+    SSE_HEADERS,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    read_body,
+    send_error,
+    send_json,
+)
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.errors import NotFound, RouterError, error_json, internal_error
 from airouter.protocol.requests import decode
@@ -122,7 +131,10 @@ class CompletionEndpoint:
             if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
                 body["max_tokens"] = default_max
         call = Call(
-            self.endpoint, target, body, stream,
+            self.endpoint,
+            target,
+            body,
+            stream,
             include_usage=bool(stream and opts is not None and opts.include_usage),
             headers=h.forward,
         )
@@ -155,7 +167,9 @@ class CompletionEndpoint:
         finally:
             await reply.aclose()
 
-    async def _whole(self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]) -> None:
+    async def _whole(
+        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]
+    ) -> None:
         try:
             if reply.body is not None:
                 body = reply.body
@@ -167,7 +181,9 @@ class CompletionEndpoint:
             return
         await send_json(send, 200, body, rh)
 
-    async def _stream(self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]) -> None:
+    async def _stream(
+        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]
+    ) -> None:
         try:
             chunks = reply.chunks
             if chunks is None:
@@ -228,7 +244,8 @@ class HealthEndpoint:
             return
         backends = {name: b.health() for name, b in state.backends.items()}
         routable = [
-            a for a in state.models.aliases
+            a
+            for a in state.models.aliases
             if backends[state.cfg.models[a].backend].get("status") == "ok"
         ] or [p for p, m in state.cfg.models.items() if backends[m.backend].get("status") == "ok"]
         ready = bool(routable)
@@ -248,5 +265,6 @@ def error_app(err_factory: Callable[[], RouterError]) -> Callable[..., Any]:
 
 
 def not_found(path: str) -> NotFound:
-    return NotFound(f"Unknown request URL: {path}. Please check the URL and method.",
-                    code="unknown_url")
+    return NotFound(
+        f"Unknown request URL: {path}. Please check the URL and method.", code="unknown_url"
+    )

@@ -113,7 +113,9 @@ def upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(scope="session")
-def router(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
+def router(
+    upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RouterProc]:
     tmp: Path = tmp_path_factory.mktemp("router")
     cfg = fake_config(upstream.url, dead_port=free_port())
     with run_router(cfg, tmp, env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}) as r:

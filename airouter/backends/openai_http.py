@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,7 +11,13 @@ import msgspec
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Target
 from airouter.config import OpenAIBackendConfig
-from airouter.errors import BadGateway, GatewayTimeout, RouterError, ServiceUnavailable, UpstreamError
+from airouter.errors import (
+    BadGateway,
+    GatewayTimeout,
+    RouterError,
+    ServiceUnavailable,
+    UpstreamError,
+)
 from airouter.streaming.sse import DONE, SSEDecoder
 
 _encode = msgspec.json.Encoder().encode
@@ -74,8 +79,9 @@ def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
     extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
     if status == 401 or status == 403:
         # The upstream rejected *our* key; the client's key was fine.
-        return BadGateway(f"The backend rejected the router's credentials: {message}",
-                          code="upstream_auth_failed")
+        return BadGateway(
+            f"The backend rejected the router's credentials: {message}", code="upstream_auth_failed"
+        )
     if 400 <= status < 500:
         err = UpstreamError(message, status=status, param=param, code=code, headers=extra)
         err.type = etype or "invalid_request_error"
@@ -87,7 +93,7 @@ def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
 
 
 class OpenAIHttpBackend(Backend):
-    """Forwards with the backend's own key; rewrites `model` both ways; relays streams as they arrive."""
+    """Forwards with the backend's own key; rewrites `model` both ways; relays streams live."""
 
     def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
         self.name = name
@@ -137,7 +143,7 @@ class OpenAIHttpBackend(Backend):
             resp = await self._session.post(
                 self._urls[call.endpoint], data=_encode(body), headers=call.headers or None
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
         except aiohttp.ClientError as e:
             raise BadGateway(
@@ -149,7 +155,7 @@ class OpenAIHttpBackend(Backend):
             if resp.content_type == "text/event-stream":
                 return Reply(chunks=self._relay(resp, call.target), aclose=_closer(resp))
             data = await resp.read()
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             resp.close()
             raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
         except aiohttp.ClientError as e:
@@ -167,7 +173,9 @@ class OpenAIHttpBackend(Backend):
             data = rewrite_model(data, call.target)
         return Reply(body=data)
 
-    async def _relay(self, resp: aiohttp.ClientResponse, target: Target) -> AsyncIterator[list[bytes]]:
+    async def _relay(
+        self, resp: aiohttp.ClientResponse, target: Target
+    ) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
         content = resp.content
         try:
@@ -175,16 +183,14 @@ class OpenAIHttpBackend(Backend):
                 data = await content.readany()
                 payloads = decoder.feed(data) if data else decoder.close()
                 if payloads:
-                    batch = [
-                        rewrite_model(p, target) for p in payloads if p != DONE
-                    ]
+                    batch = [rewrite_model(p, target) for p in payloads if p != DONE]
                     if batch:
                         yield batch
                     if len(batch) != len(payloads):
                         return
                 if not data:
                     return
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(
                 f"The backend '{self.name}' stopped sending for longer than the idle timeout."
             ) from None

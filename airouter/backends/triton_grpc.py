@@ -47,8 +47,9 @@ def map_error(message: str, model: str) -> RouterError:
     """Triton's in-band error text to the status a client should see."""
     low = message.lower()
     if "unknown model" in low or ("is not found" in low and "model" in low):
-        return BadGateway(f"The Triton server does not serve the model '{model}'.",
-                          code="backend_model_not_found")
+        return BadGateway(
+            f"The Triton server does not serve the model '{model}'.", code="backend_model_not_found"
+        )
     if "unavailable" in low or "not ready" in low:
         return ServiceUnavailable(f"The model '{model}' is unavailable: {message}")
     return InvalidRequest(f"The model rejected the request: {message}", code="backend_rejected")
@@ -82,12 +83,38 @@ class _Plan:
 class _Generation:
     """One streamed generation: reads Triton responses, yields chunk batches."""
 
-    __slots__ = ("call", "plan", "writer", "pipe", "params", "chat", "want_usage", "url",
-                 "idle", "prompt_tokens", "output_tokens", "responses", "_timer", "_last",
-                 "_idle_fired", "finished", "vllm_finish")
+    __slots__ = (
+        "call",
+        "plan",
+        "writer",
+        "pipe",
+        "params",
+        "chat",
+        "want_usage",
+        "url",
+        "idle",
+        "prompt_tokens",
+        "output_tokens",
+        "responses",
+        "_timer",
+        "_last",
+        "_idle_fired",
+        "finished",
+        "vllm_finish",
+    )
 
-    def __init__(self, call: Any, plan: _Plan, writer: ChunkWriter, pipe: TextPipeline,
-                 params: GenParams, chat: bool, want_usage: bool, url: str, idle: float) -> None:
+    def __init__(
+        self,
+        call: Any,
+        plan: _Plan,
+        writer: ChunkWriter,
+        pipe: TextPipeline,
+        params: GenParams,
+        chat: bool,
+        want_usage: bool,
+        url: str,
+        idle: float,
+    ) -> None:
         self.call = call
         self.plan = plan
         self.writer = writer
@@ -131,7 +158,7 @@ class _Generation:
         if resp is grpc.aio.EOF:
             return None
         self._last = asyncio.get_running_loop().time()
-        return resp  # type: ignore[no-any-return]
+        return resp
 
     def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:
         """Text to send for one response, and whether the backend said it was final."""
@@ -199,7 +226,7 @@ class _Generation:
 
 
 class TritonGrpcBackend(Backend):
-    """Formats chat prompts, maps OpenAI fields onto the model's declared inputs, fixes up streams."""
+    """Formats chat prompts, maps OpenAI fields onto declared model inputs, fixes up streams."""
 
     def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
         self.name = name
@@ -237,7 +264,8 @@ class TritonGrpcBackend(Backend):
         if key not in self._templates:
             if model.prompt_format or model.tokenizer_config or model.template_file:
                 self._templates[key] = load_template(
-                    format=model.prompt_format, tokenizer_config=model.tokenizer_config,
+                    format=model.prompt_format,
+                    tokenizer_config=model.tokenizer_config,
                     template_file=model.template_file,
                 )
             else:
@@ -248,8 +276,9 @@ class TritonGrpcBackend(Backend):
         try:
             await self._plan(target)
         except RouterError as e:
-            log.warning("backend %s: model %s not ready yet: %s", self.name,
-                        target.backend_model, e.message)
+            log.warning(
+                "backend %s: model %s not ready yet: %s", self.name, target.backend_model, e.message
+            )
 
     async def _info(self, model: str, mc: ModelConfig) -> ModelInfo:
         key = (model, mc.interface, mc.embedding_input)
@@ -266,7 +295,9 @@ class TritonGrpcBackend(Backend):
                     )
                 except grpc.aio.AioRpcError as e:
                     if e.code() == grpc.StatusCode.UNAVAILABLE:
-                        raise BadGateway(f"Could not reach the Triton server at {self.url}.") from None
+                        raise BadGateway(
+                            f"Could not reach the Triton server at {self.url}."
+                        ) from None
                     raise map_error(e.details() or "", model) from None
                 cfg = json_format.MessageToDict(resp.config, preserving_proto_field_name=True)
                 try:
@@ -288,12 +319,18 @@ class TritonGrpcBackend(Backend):
         plan = await self._plan(call.target)
         if call.endpoint is Endpoint.EMBEDDINGS:
             if plan.info.kind != "embedding":
-                raise InvalidRequest(f"The model '{call.target.alias}' does not serve embeddings.",
-                                     param="model", code="wrong_endpoint")
+                raise InvalidRequest(
+                    f"The model '{call.target.alias}' does not serve embeddings.",
+                    param="model",
+                    code="wrong_endpoint",
+                )
             return await self._embed(call, plan)
         if plan.info.kind == "embedding":
-            raise InvalidRequest(f"The model '{call.target.alias}' only serves embeddings.",
-                                 param="model", code="wrong_endpoint")
+            raise InvalidRequest(
+                f"The model '{call.target.alias}' only serves embeddings.",
+                param="model",
+                code="wrong_endpoint",
+            )
         return await self._generate(call, plan)
 
     def _prompt(self, call: Call, plan: _Plan) -> str:
@@ -302,7 +339,10 @@ class TritonGrpcBackend(Backend):
             if plan.template is None:
                 raise InvalidRequest(
                     f"The model '{call.target.alias}' has no chat prompt format configured; "
-                    "use /v1/completions.", param="model", code="chat_not_configured")
+                    "use /v1/completions.",
+                    param="model",
+                    code="chat_not_configured",
+                )
             try:
                 return plan.template.render(body["messages"], add_generation_prompt=True)
             except PromptError as e:
@@ -311,15 +351,19 @@ class TritonGrpcBackend(Backend):
         if isinstance(prompt, list):
             if len(prompt) == 1 and isinstance(prompt[0], str):
                 return prompt[0]
-            raise InvalidRequest("This model's backend takes one prompt string.", param="prompt",
-                                 code="unsupported_parameter")
+            raise InvalidRequest(
+                "This model's backend takes one prompt string.",
+                param="prompt",
+                code="unsupported_parameter",
+            )
         return str(prompt)
 
     async def _generate(self, call: Call, plan: _Plan) -> Reply:
         assert self._stub is not None, "backend not started"
         chat = call.endpoint is Endpoint.CHAT
         default_max = plan.model.max_tokens or (
-            DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS)
+            DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS
+        )
         params = gen_params(call.body, default_max)
         prompt = self._prompt(call, plan).encode()
         info = plan.info
@@ -336,8 +380,17 @@ class TritonGrpcBackend(Backend):
         grpc_call = self._stub.ModelStreamInfer(
             iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
         )
-        gen = _Generation(grpc_call, plan, writer, pipe, params, chat,
-                          call.include_usage or not call.stream, self.url, self.cfg.idle_timeout)
+        gen = _Generation(
+            grpc_call,
+            plan,
+            writer,
+            pipe,
+            params,
+            chat,
+            call.include_usage or not call.stream,
+            self.url,
+            self.cfg.idle_timeout,
+        )
         try:
             first = await self._first(gen)
         except BaseException:
@@ -366,8 +419,11 @@ class TritonGrpcBackend(Backend):
         raw = call.body["input"]
         texts = [raw] if isinstance(raw, str) else raw
         if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidRequest("This model's backend takes input as a string or a list of "
-                                 "strings.", param="input", code="unsupported_parameter")
+            raise InvalidRequest(
+                "This model's backend takes input as a string or a list of strings.",
+                param="input",
+                code="unsupported_parameter",
+            )
         mc = plan.model
         batch = plan.info.max_batch_size or 1
         vectors: list[bytes] = []
@@ -376,26 +432,36 @@ class TritonGrpcBackend(Backend):
             part = [t.encode() for t in texts[i : i + batch]]
             req = build_embed(plan.info, part, mc.embedding_input)
             try:
-                resp = await self._stub.ModelInfer(req, timeout=self.cfg.request_timeout,
-                                                   metadata=metadata)
+                resp = await self._stub.ModelInfer(
+                    req, timeout=self.cfg.request_timeout, metadata=metadata
+                )
             except grpc.aio.AioRpcError as e:
                 raise map_rpc_error(e, self.url, plan.info.name) from None
-            idx = [o.name for o in resp.outputs].index(mc.embedding_output) \
-                if mc.embedding_output in [o.name for o in resp.outputs] else -1
+            idx = (
+                [o.name for o in resp.outputs].index(mc.embedding_output)
+                if mc.embedding_output in [o.name for o in resp.outputs]
+                else -1
+            )
             if idx < 0:
-                raise BadGateway(f"The model '{plan.info.name}' returned no "
-                                 f"'{mc.embedding_output}' output.")
+                raise BadGateway(
+                    f"The model '{plan.info.name}' returned no '{mc.embedding_output}' output."
+                )
             data = resp.raw_output_contents[idx]
             width = len(data) // len(part)
             vectors.extend(data[j * width : (j + 1) * width] for j in range(len(part)))
         b64 = call.body.get("encoding_format") == "base64"
         items = []
         for j, v in enumerate(vectors):
-            emb: Any = base64.b64encode(v).decode() if b64 else list(
-                memoryview(v).cast("f").tolist())
+            emb: Any = (
+                base64.b64encode(v).decode() if b64 else list(memoryview(v).cast("f").tolist())
+            )
             items.append({"object": "embedding", "index": j, "embedding": emb})
-        body = {"object": "list", "data": items, "model": call.target.alias,
-                "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+        body = {
+            "object": "list",
+            "data": items,
+            "model": call.target.alias,
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
         return Reply(body=_encode(body))
 
     def health(self) -> dict[str, Any]:
@@ -404,4 +470,3 @@ class TritonGrpcBackend(Backend):
         state = self._channel.get_state(try_to_connect=False)
         ok = state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
         return {"status": "ok" if ok else "unavailable", "url": self.url, "channel": state.name}
-

@@ -16,18 +16,40 @@ Kind = Literal["trtllm", "vllm", "embedding"]
 
 # Triton config enums (model_config.proto DataType) to the wire names the gRPC API uses.
 _DTYPES = {
-    1: "BOOL", 2: "UINT8", 3: "UINT16", 4: "UINT32", 5: "UINT64", 6: "INT8", 7: "INT16",
-    8: "INT32", 9: "INT64", 10: "FP16", 11: "FP32", 12: "FP64", 13: "BYTES", 14: "BF16",
+    1: "BOOL",
+    2: "UINT8",
+    3: "UINT16",
+    4: "UINT32",
+    5: "UINT64",
+    6: "INT8",
+    7: "INT16",
+    8: "INT32",
+    9: "INT64",
+    10: "FP16",
+    11: "FP32",
+    12: "FP64",
+    13: "BYTES",
+    14: "BF16",
 }
 _CONTENTS = {
-    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
-    "UINT32": "uint_contents", "UINT64": "uint64_contents", "INT8": "int_contents",
-    "INT16": "int_contents", "INT32": "int_contents", "INT64": "int64_contents",
-    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 _U32 = struct.Struct("<I")
 _SCALAR_DECODE = {
-    "INT32": struct.Struct("<i"), "UINT32": struct.Struct("<I"), "INT64": struct.Struct("<q"),
+    "INT32": struct.Struct("<i"),
+    "UINT32": struct.Struct("<I"),
+    "INT64": struct.Struct("<q"),
     "UINT64": struct.Struct("<Q"),
 }
 
@@ -57,7 +79,9 @@ class ModelInfo:
         return name in self.inputs
 
 
-def parse_config(cfg: dict[str, Any], override: str = "auto", embed_input: str = "text") -> ModelInfo:
+def parse_config(
+    cfg: dict[str, Any], override: str = "auto", embed_input: str = "text"
+) -> ModelInfo:
     """`cfg` is the model config as JSON (gRPC ModelConfig or HTTP /config)."""
 
     def tensors(key: str) -> dict[str, Tensor]:
@@ -86,9 +110,15 @@ def parse_config(cfg: dict[str, Any], override: str = "auto", embed_input: str =
             f"{sorted(inputs)}; set `interface` for it in backends.toml"
         )
     acc = cfg.get("parameters", {}).get("accumulate_tokens", {}).get("string_value", "")
-    return ModelInfo(cfg.get("name", ""), kind, inputs, outputs,
-                     int(cfg.get("max_batch_size", 0)), decoupled,
-                     cumulative=str(acc).lower() in ("true", "1", "yes"))
+    return ModelInfo(
+        cfg.get("name", ""),
+        kind,
+        inputs,
+        outputs,
+        int(cfg.get("max_batch_size", 0)),
+        decoupled,
+        cumulative=str(acc).lower() in ("true", "1", "yes"),
+    )
 
 
 @dataclass(slots=True)
@@ -114,17 +144,23 @@ def gen_params(body: dict[str, Any], default_max: int) -> GenParams:
         v = body.get(name)
         if v not in (None, False, [], {}):
             raise InvalidRequest(
-                f"'{name}' is not supported by this model's backend.", param=name,
+                f"'{name}' is not supported by this model's backend.",
+                param=name,
                 code="unsupported_parameter",
             )
     if (body.get("n") or 1) > 1:
-        raise InvalidRequest("Only n=1 is supported by this model's backend.", param="n",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            "Only n=1 is supported by this model's backend.",
+            param="n",
+            code="unsupported_parameter",
+        )
     rf = body.get("response_format")
     if isinstance(rf, dict) and rf.get("type") not in (None, "text"):
-        raise InvalidRequest("Only response_format {'type': 'text'} is supported by this "
-                             "model's backend.", param="response_format",
-                             code="unsupported_parameter")
+        raise InvalidRequest(
+            "Only response_format {'type': 'text'} is supported by this model's backend.",
+            param="response_format",
+            code="unsupported_parameter",
+        )
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max
@@ -202,7 +238,9 @@ def build_generate(
     return req
 
 
-def build_embed(info: ModelInfo, texts: list[bytes], input_name: str) -> service_pb2.ModelInferRequest:
+def build_embed(
+    info: ModelInfo, texts: list[bytes], input_name: str
+) -> service_pb2.ModelInferRequest:
     req = service_pb2.ModelInferRequest()
     req.model_name = info.name
     spec = info.inputs[input_name]

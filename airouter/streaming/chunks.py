@@ -30,8 +30,14 @@ class ChunkWriter:
         self._usage_null = include_usage
         obj = "chat.completion.chunk" if endpoint is Endpoint.CHAT else "text_completion"
         self._head = (
-            b'{"id":"' + self.id.encode() + b'","object":"' + obj.encode()
-            + b'","created":' + str(self.created).encode() + b',"model":' + _encode(alias)
+            b'{"id":"'
+            + self.id.encode()
+            + b'","object":"'
+            + obj.encode()
+            + b'","created":'
+            + str(self.created).encode()
+            + b',"model":'
+            + _encode(alias)
         )
         tail = b',"usage":null}' if include_usage else b"}"
         if endpoint is Endpoint.CHAT:

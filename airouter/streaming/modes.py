@@ -54,23 +54,53 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
         finish = choice.get("finish_reason") or "stop"
         if endpoint is Endpoint.CHAT:
             msg = choice.get("message") or {}
-            emit({"index": index, "delta": {"role": msg.get("role", "assistant"), "content": ""},
-                  "logprobs": None, "finish_reason": None})
+            emit(
+                {
+                    "index": index,
+                    "delta": {"role": msg.get("role", "assistant"), "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            )
             if msg.get("content"):
-                emit({"index": index, "delta": {"content": msg["content"]},
-                      "logprobs": choice.get("logprobs"), "finish_reason": None})
+                emit(
+                    {
+                        "index": index,
+                        "delta": {"content": msg["content"]},
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": None,
+                    }
+                )
             if msg.get("refusal"):
-                emit({"index": index, "delta": {"refusal": msg["refusal"]},
-                      "logprobs": None, "finish_reason": None})
+                emit(
+                    {
+                        "index": index,
+                        "delta": {"refusal": msg["refusal"]},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
             if msg.get("tool_calls"):
                 calls = [{"index": j, **c} for j, c in enumerate(msg["tool_calls"])]
-                emit({"index": index, "delta": {"tool_calls": calls},
-                      "logprobs": None, "finish_reason": None})
+                emit(
+                    {
+                        "index": index,
+                        "delta": {"tool_calls": calls},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
             emit({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
         else:
             if choice.get("text"):
-                emit({"index": index, "text": choice["text"],
-                      "logprobs": choice.get("logprobs"), "finish_reason": None})
+                emit(
+                    {
+                        "index": index,
+                        "text": choice["text"],
+                        "logprobs": choice.get("logprobs"),
+                        "finish_reason": None,
+                    }
+                )
             emit({"index": index, "text": "", "logprobs": None, "finish_reason": finish})
     if include_usage and resp.get("usage") is not None:
         out.append(_encode({**head, "choices": [], "usage": resp["usage"]}))
@@ -123,22 +153,37 @@ class _Choice:
             self.logprobs = (self.logprobs or []) + lp["content"]
 
     def chat(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.role, "content": "".join(self.parts) or None,
-                                   "refusal": "".join(self.refusal) or None}
+        message: dict[str, Any] = {
+            "role": self.role,
+            "content": "".join(self.parts) or None,
+            "refusal": "".join(self.refusal) or None,
+        }
         if self.tools:
             message["tool_calls"] = [
-                {"id": t.get("id", ""), "type": t.get("type", "function"), "function": t["function"]}
+                {
+                    "id": t.get("id", ""),
+                    "type": t.get("type", "function"),
+                    "function": t["function"],
+                }
                 for _, t in sorted(self.tools.items())
             ]
         elif message["content"] is None:
             message["content"] = ""
         logprobs = {"content": self.logprobs, "refusal": None} if self.logprobs else None
-        return {"index": self.index, "message": message, "logprobs": logprobs,
-                "finish_reason": self.finish or "stop"}
+        return {
+            "index": self.index,
+            "message": message,
+            "logprobs": logprobs,
+            "finish_reason": self.finish or "stop",
+        }
 
     def text(self) -> dict[str, Any]:
-        return {"index": self.index, "text": "".join(self.parts), "logprobs": None,
-                "finish_reason": self.finish or "stop"}
+        return {
+            "index": self.index,
+            "text": "".join(self.parts),
+            "logprobs": None,
+            "finish_reason": self.finish or "stop",
+        }
 
 
 async def body_from_chunks(endpoint: Endpoint, batches: AsyncIterator[list[bytes]]) -> bytes:
@@ -170,9 +215,7 @@ async def body_from_chunks(endpoint: Endpoint, batches: AsyncIterator[list[bytes
         "object": "chat.completion" if chat else "text_completion",
         "created": head.get("created", 0),
         "model": head.get("model", ""),
-        "choices": [
-            (c.chat() if chat else c.text()) for _, c in sorted(choices.items())
-        ],
+        "choices": [(c.chat() if chat else c.text()) for _, c in sorted(choices.items())],
     }
     if head.get("system_fingerprint") is not None:
         resp["system_fingerprint"] = head["system_fingerprint"]

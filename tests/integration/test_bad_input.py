@@ -19,7 +19,10 @@ OK_BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def request(
-    router: RouterProc, method: str, path: str, body: bytes | None = None,
+    router: RouterProc,
+    method: str,
+    path: str,
+    body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=15)
@@ -31,8 +34,9 @@ def request(
         conn.close()
 
 
-def assert_error(status: int, body: bytes, want_status: int, *, param: str | None = None,
-                 code: str | None = None) -> dict:
+def assert_error(
+    status: int, body: bytes, want_status: int, *, param: str | None = None, code: str | None = None
+) -> dict:
     assert status == want_status, body
     err = json.loads(body)
     validate("ErrorResponse", err)
@@ -61,21 +65,42 @@ def still_serving(router: RouterProc) -> None:
         (b'{"model": "echo", "messages": "hi"}', 400, "messages", None),
         (b'{"model": "echo", "messages": []}', 400, "messages", None),
         (b'{"model": "echo", "messages": [{"content": "x"}]}', 400, "messages[0].role", None),
-        (b'{"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}', 400,
-         "messages[0].role", None),
+        (
+            b'{"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}',
+            400,
+            "messages[0].role",
+            None,
+        ),
         (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400, "model", None),
-        (b'{"model": "echo", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}',
-         400, "stream", None),
-        (b'{"model": "echo", "temperature": 9, "messages": [{"role": "user", "content": "x"}]}',
-         400, "temperature", None),
-        (b'{"model": "echo", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}',
-         400, "max_tokens", None),
-        (b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}', 404, "model",
-         "model_not_found"),
+        (
+            b'{"model": "echo", "stream": "yes", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "stream",
+            None,
+        ),
+        (
+            b'{"model": "echo", "temperature": 9, "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "temperature",
+            None,
+        ),
+        (
+            b'{"model": "echo", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "max_tokens",
+            None,
+        ),
+        (
+            b'{"model": "nope", "messages": [{"role": "user", "content": "x"}]}',
+            404,
+            "model",
+            "model_not_found",
+        ),
     ],
 )
-def test_chat_bad_bodies(router: RouterProc, body: bytes, status: int, param: str | None,
-                         code: str | None) -> None:
+def test_chat_bad_bodies(
+    router: RouterProc, body: bytes, status: int, param: str | None, code: str | None
+) -> None:
     s, _, b = request(router, "POST", CHAT, body, AUTH)
     assert_error(s, b, status, param=param, code=code)
     still_serving(router)
@@ -87,8 +112,11 @@ def test_chat_bad_bodies(router: RouterProc, body: bytes, status: int, param: st
         ("/v1/completions", b'{"model": "echo"}', "prompt"),
         ("/v1/completions", b'{"model": "echo", "prompt": {"a": 1}}', "prompt"),
         ("/v1/embeddings", b'{"model": "embed"}', "input"),
-        ("/v1/embeddings", b'{"model": "embed", "input": "x", "encoding_format": "hex"}',
-         "encoding_format"),
+        (
+            "/v1/embeddings",
+            b'{"model": "embed", "input": "x", "encoding_format": "hex"}',
+            "encoding_format",
+        ),
     ],
 )
 def test_other_endpoints_bad_bodies(router: RouterProc, path: str, body: bytes, param: str) -> None:
@@ -98,8 +126,13 @@ def test_other_endpoints_bad_bodies(router: RouterProc, path: str, body: bytes, 
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"},
-     {"Authorization": f"Bearer {CLIENT_KEY}x"}, {"Authorization": "Bearer"}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": f"Bearer {CLIENT_KEY}x"},
+        {"Authorization": "Bearer"},
+    ],
 )
 def test_missing_or_wrong_key_is_401(router: RouterProc, headers: dict[str, str]) -> None:
     s, _, b = request(router, "POST", CHAT, json.dumps(OK_BODY).encode(), headers)
@@ -130,12 +163,22 @@ def test_wrong_method_is_405_and_unknown_path_404(router: RouterProc) -> None:
     still_serving(router)
 
 
-ENDPOINTS = [CHAT, "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/echo",
-             "/health", "/health/ready", "/health/live"]
+ENDPOINTS = [
+    CHAT,
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/echo",
+    "/health",
+    "/health/ready",
+    "/health/live",
+]
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4)
+    ),
     max_leaves=20,
 )
 bodies = st.one_of(
@@ -144,11 +187,16 @@ bodies = st.one_of(
     st.fixed_dictionaries(
         {},
         optional={
-            "model": st.sampled_from(["echo", "embed", "nope", "gpt-x", "echo-nostream"]) | json_values,
+            "model": st.sampled_from(["echo", "embed", "nope", "gpt-x", "echo-nostream"])
+            | json_values,
             "messages": st.lists(
-                st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x"])},
-                                      optional={"content": json_values}),
-                max_size=3) | json_values,
+                st.fixed_dictionaries(
+                    {"role": st.sampled_from(["user", "system", "x"])},
+                    optional={"content": json_values},
+                ),
+                max_size=3,
+            )
+            | json_values,
             "prompt": st.text(max_size=10) | json_values,
             "input": st.text(max_size=10) | json_values,
             "stream": st.booleans() | json_values,
@@ -161,9 +209,7 @@ bodies = st.one_of(
 # RFC 3986 path characters. Request targets outside them (`/<`, say) never reach the app:
 # granian's HTTP layer answers a bare 400 (see test_invalid_request_target).
 PCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:@/"
-header_values = st.text(
-    alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40
-)
+header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
@@ -174,8 +220,9 @@ header_values = st.text(
     auth=st.sampled_from([f"Bearer {CLIENT_KEY}", "Bearer nope", ""]) | header_values,
     ctype=st.sampled_from(["application/json", "text/plain", ""]) | header_values,
 )
-def test_fuzz_never_5xx(router: RouterProc, method: str, path: str, body: bytes, auth: str,
-                        ctype: str) -> None:
+def test_fuzz_never_5xx(
+    router: RouterProc, method: str, path: str, body: bytes, auth: str, ctype: str
+) -> None:
     headers = {"Authorization": auth, "Content-Type": ctype}
     s, h, b = request(router, method, path, body if method != "GET" else None, headers)
     assert s < 500, (s, b)

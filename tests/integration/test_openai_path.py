@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import struct
 import time
 
 import aiohttp
@@ -27,7 +25,9 @@ def client(router: RouterProc) -> openai.OpenAI:
 
 @pytest.fixture
 def aclient(router: RouterProc) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20)
+    return openai.AsyncOpenAI(
+        base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20
+    )
 
 
 def check_stream(chunks: list[dict], alias: str, *, usage: bool) -> str:
@@ -56,15 +56,22 @@ def test_chat_non_stream_rewrites_model_and_uses_backend_key(
 ) -> None:
     upstream.clear()
     r = client.chat.completions.create(
-        model="echo", messages=MSGS,
-        extra_body={"tools_custom": {"x": [1, 2.5, None]}, "response_format": {"type": "text"},
-                    "logprobs": False},
+        model="echo",
+        messages=MSGS,
+        extra_body={
+            "tools_custom": {"x": [1, 2.5, None]},
+            "response_format": {"type": "text"},
+            "logprobs": False,
+        },
     )
     validate("CreateChatCompletionResponse", r.model_dump(exclude_unset=True))
     assert r.model == "echo"
     assert r.choices[0].message.content == "echo: hello there"
     assert r.choices[0].finish_reason == "stop"
-    assert r.usage is not None and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert (
+        r.usage is not None
+        and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    )
     sent = upstream.requests[-1]
     assert sent["json"]["model"] == "fake-echo"
     assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
@@ -96,11 +103,14 @@ async def test_async_client_stream_and_whole(aclient: openai.AsyncOpenAI) -> Non
 
 
 async def test_raw_sse_framing(router: RouterProc) -> None:
-    async with aiohttp.ClientSession() as s, s.post(
-        router.base_url + "/chat/completions",
-        json={"model": "echo", "messages": MSGS, "stream": True},
-        headers={"Authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "req-42"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            router.base_url + "/chat/completions",
+            json={"model": "echo", "messages": MSGS, "stream": True},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}", "x-request-id": "req-42"},
+        ) as r,
+    ):
         assert r.status == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         assert r.headers["x-request-id"] == "req-42"
@@ -131,10 +141,14 @@ def test_glob_aliases_most_specific_wins(client: openai.OpenAI, upstream: FakeUp
 
 
 async def test_default_model_when_none_named(router: RouterProc) -> None:
-    async with aiohttp.ClientSession() as s, s.post(
-        router.base_url + "/chat/completions", json={"messages": MSGS},
-        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            router.base_url + "/chat/completions",
+            json={"messages": MSGS},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as r,
+    ):
         body = await r.json()
     assert r.status == 200, body
     validate("CreateChatCompletionResponse", body)
@@ -170,7 +184,9 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, upstream: FakeUpstre
     assert [round(x, 5) for x in b.data[1].embedding] == [round(x, 5) for x in f.data[1].embedding]
 
 
-def test_stream_client_on_non_streaming_upstream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+def test_stream_client_on_non_streaming_upstream(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
     upstream.clear()
     stream = client.chat.completions.create(
         model="echo-nostream", messages=MSGS, stream=True, stream_options={"include_usage": True}
@@ -182,7 +198,9 @@ def test_stream_client_on_non_streaming_upstream(client: openai.OpenAI, upstream
     assert len(roles) == 1
 
 
-def test_whole_client_on_always_streaming_upstream(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+def test_whole_client_on_always_streaming_upstream(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
     upstream.clear()
     r = client.chat.completions.create(model="echo-always", messages=MSGS, max_tokens=1)
     sent = upstream.requests[-1]["json"]
@@ -255,7 +273,9 @@ def test_first_chunk_is_not_buffered(client: openai.OpenAI) -> None:
     assert arrivals[-1] - arrivals[0] > 0.3 * (len(arrivals) - 2)
 
 
-async def test_client_disconnect_closes_upstream(router: RouterProc, upstream: FakeUpstream) -> None:
+async def test_client_disconnect_closes_upstream(
+    router: RouterProc, upstream: FakeUpstream
+) -> None:
     upstream.clear()
     async with aiohttp.ClientSession() as s:
         r = await s.post(

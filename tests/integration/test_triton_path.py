@@ -24,10 +24,21 @@ pytestmark = pytest.mark.triton
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 FULL = "Hello, world! Café 😀 The end."
 MSGS = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello"}]
-CHATML = ("<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hello<|im_end|>\n"
-          "<|im_start|>assistant\n")
-MODELS = ["trtllm_ensemble", "trtllm_bls", "vllm_model", "trtllm_nonstream", "embed_model",
-          "error_model", "error_mid_stream", "slow_model", "cancel_model"]
+CHATML = (
+    "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nSay hello<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+MODELS = [
+    "trtllm_ensemble",
+    "trtllm_bls",
+    "vllm_model",
+    "trtllm_nonstream",
+    "embed_model",
+    "error_model",
+    "error_mid_stream",
+    "slow_model",
+    "cancel_model",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +49,24 @@ def cancel_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory, cancel_log: Path) -> Iterator[TritonServer]:
     tmp = tmp_path_factory.mktemp("triton")
-    with run_triton(REPO, log=tmp / "triton.log", models=MODELS,
-                    env={"AIROUTER_CANCEL_LOG": str(cancel_log)}) as server:
+    with run_triton(
+        REPO, log=tmp / "triton.log", models=MODELS, env={"AIROUTER_CANCEL_LOG": str(cancel_log)}
+    ) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterProc]:
     models = {
-        "ens": "trtllm_ensemble", "bls": "trtllm_bls", "vllm": "vllm_model",
-        "nonstream": "trtllm_nonstream", "err": "error_model", "err-mid": "error_mid_stream",
-        "slow": "slow_model", "cancel": "cancel_model", "missing": "no_such_model",
+        "ens": "trtllm_ensemble",
+        "bls": "trtllm_bls",
+        "vllm": "vllm_model",
+        "nonstream": "trtllm_nonstream",
+        "err": "error_model",
+        "err-mid": "error_mid_stream",
+        "slow": "slow_model",
+        "cancel": "cancel_model",
+        "missing": "no_such_model",
     }
     cfg = f"""
 [server]
@@ -111,8 +129,12 @@ def test_stream_equals_whole(client: openai.OpenAI, alias: str) -> None:
     assert whole.choices[0].message.content == FULL
     assert whole.choices[0].finish_reason == "stop"
     text, finish, chunks = collect(
-        client.chat.completions.create(model=alias, messages=MSGS, stream=True,
-                                       stream_options={"include_usage": True}), alias, True)
+        client.chat.completions.create(
+            model=alias, messages=MSGS, stream=True, stream_options={"include_usage": True}
+        ),
+        alias,
+        True,
+    )
     assert text == FULL and finish == "stop"
     assert whole.usage is not None
     assert chunks[-1]["usage"] == whole.usage.model_dump(exclude_unset=True)
@@ -125,35 +147,52 @@ def test_max_tokens_gives_length(client: openai.OpenAI, alias: str) -> None:
     whole = client.chat.completions.create(model=alias, messages=MSGS, max_completion_tokens=5)
     assert whole.choices[0].message.content == "Hello, world!"
     assert whole.choices[0].finish_reason == "length"
-    text, finish, _ = collect(client.chat.completions.create(
-        model=alias, messages=MSGS, max_tokens=5, stream=True), alias, False)
+    text, finish, _ = collect(
+        client.chat.completions.create(model=alias, messages=MSGS, max_tokens=5, stream=True),
+        alias,
+        False,
+    )
     assert (text, finish) == ("Hello, world!", "length")
 
 
 @pytest.mark.parametrize("alias", ["ens", "bls", "vllm", "nonstream"])
 @pytest.mark.parametrize(
     ("stop", "want"),
-    [(["wor"], "Hello, "), ([" Caf"], "Hello, world!"), (["é"], "Hello, world! Caf"),
-     (["😀", "world"], "Hello, "), (["xyz", "end."], "Hello, world! Café 😀 The "),
-     ("H", "")],
+    [
+        (["wor"], "Hello, "),
+        ([" Caf"], "Hello, world!"),
+        (["é"], "Hello, world! Caf"),
+        (["😀", "world"], "Hello, "),
+        (["xyz", "end."], "Hello, world! Café 😀 The "),
+        ("H", ""),
+    ],
 )
-def test_stop_sequences_cut_exactly(client: openai.OpenAI, alias: str, stop: list[str] | str,
-                                    want: str) -> None:
+def test_stop_sequences_cut_exactly(
+    client: openai.OpenAI, alias: str, stop: list[str] | str, want: str
+) -> None:
     whole = client.chat.completions.create(model=alias, messages=MSGS, stop=stop)
     assert whole.choices[0].message.content == want
     assert whole.choices[0].finish_reason == "stop"
-    text, finish, _ = collect(client.chat.completions.create(
-        model=alias, messages=MSGS, stop=stop, stream=True), alias, False)
+    text, finish, _ = collect(
+        client.chat.completions.create(model=alias, messages=MSGS, stop=stop, stream=True),
+        alias,
+        False,
+    )
     assert (text, finish) == (want, "stop")
 
 
 def test_chat_prompt_is_rendered_whole(client: openai.OpenAI) -> None:
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "[[echo]] U1"},
-            {"role": "assistant", "content": "A1"}, {"role": "user", "content": [
-                {"type": "text", "text": "U2"}]}]
-    prompt = ("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n[[echo]] U1<|im_end|>\n"
-              "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n"
-              "<|im_start|>assistant\n")
+    msgs = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "[[echo]] U1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": [{"type": "text", "text": "U2"}]},
+    ]
+    prompt = (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\n[[echo]] U1<|im_end|>\n"
+        "<|im_start|>assistant\nA1<|im_end|>\n<|im_start|>user\nU2<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     # The mock answers with the prompt itself; the router cuts at ChatML's end token.
     r = client.chat.completions.create(model="ens", messages=msgs, max_tokens=500)
     assert r.choices[0].message.content == prompt.split("<|im_end|>")[0]
@@ -165,8 +204,9 @@ def test_completions_send_prompt_as_given(client: openai.OpenAI) -> None:
     r = client.completions.create(model="ens", prompt=prompt, max_tokens=100)
     validate("CreateCompletionResponse", r.model_dump(exclude_unset=True))
     assert r.choices[0].text == prompt and r.model == "ens"
-    chunks = list(client.completions.create(model="ens", prompt=prompt, max_tokens=100,
-                                            stream=True))
+    chunks = list(
+        client.completions.create(model="ens", prompt=prompt, max_tokens=100, stream=True)
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices) == prompt
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
@@ -178,7 +218,8 @@ def test_embeddings(client: openai.OpenAI) -> None:
     validate("CreateEmbeddingResponse", f.model_dump(exclude_unset=True))
     assert f.model == "embed"
     assert [[round(x, 5) for x in d.embedding] for d in f.data] == [
-        [round(x, 5) for x in w] for w in want]
+        [round(x, 5) for x in w] for w in want
+    ]
     b = client.embeddings.create(model="embed", input="Café")  # base64 on the wire
     assert [round(x, 5) for x in b.data[0].embedding] == [round(x, 5) for x in want[2]]
 
@@ -211,7 +252,8 @@ def test_error_mid_stream_is_an_event_then_done(router: RouterProc) -> None:
     req = urllib.request.Request(
         router.base_url + "/chat/completions",
         data=json.dumps({"model": "err-mid", "messages": MSGS, "stream": True}).encode(),
-        headers={"Authorization": "Bearer sk-t", "Content-Type": "application/json"})
+        headers={"Authorization": "Bearer sk-t", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=20) as r:
         events = [e for e in r.read().decode().split("\n\n") if e]
     assert events[-1] == "data: [DONE]"
@@ -225,10 +267,16 @@ def test_error_mid_stream_is_an_event_then_done(router: RouterProc) -> None:
 async def test_client_disconnect_cancels_model(router: RouterProc, cancel_log: Path) -> None:
     marker = f"cancel-me-{time.time()}"
     async with aiohttp.ClientSession() as s:
-        r = await s.post(router.base_url + "/chat/completions", headers={
-            "Authorization": "Bearer sk-t"}, json={
-            "model": "cancel", "stream": True, "max_tokens": 2000,
-            "messages": [{"role": "user", "content": marker}]})
+        r = await s.post(
+            router.base_url + "/chat/completions",
+            headers={"Authorization": "Bearer sk-t"},
+            json={
+                "model": "cancel",
+                "stream": True,
+                "max_tokens": 2000,
+                "messages": [{"role": "user", "content": marker}],
+            },
+        )
         seen = 0
         async for line in r.content:
             if b'"content":"' in line and b'"role"' not in line:
@@ -241,7 +289,7 @@ async def test_client_disconnect_cancels_model(router: RouterProc, cancel_log: P
     cancelled = None
     while time.monotonic() < deadline and cancelled is None:
         await asyncio.sleep(0.05)
-        for line in cancel_log.read_text().splitlines():
+        for line in cancel_log.read_text().splitlines():  # noqa: ASYNC240 - tiny local file
             rec = json.loads(line)
             if marker in rec.get("prompt", "") and "cancelled_at" in rec:
                 cancelled = rec["cancelled_at"]
@@ -252,8 +300,7 @@ async def test_client_disconnect_cancels_model(router: RouterProc, cancel_log: P
 def test_slow_stream_arrives_progressively(client: openai.OpenAI) -> None:
     t0 = time.monotonic()
     times = []
-    for c in client.chat.completions.create(model="slow", messages=MSGS, stream=True,
-                                            max_tokens=6):
+    for c in client.chat.completions.create(model="slow", messages=MSGS, stream=True, max_tokens=6):
         if c.choices and c.choices[0].delta.content:
             times.append(time.monotonic() - t0)
     assert len(times) >= 4 and times[-1] - times[0] > 0.2 * (len(times) - 2)
@@ -265,7 +312,8 @@ def test_embedding_base64_roundtrip_raw(router: RouterProc) -> None:
     req = urllib.request.Request(
         router.base_url + "/embeddings",
         data=json.dumps({"model": "embed", "input": "hi", "encoding_format": "base64"}).encode(),
-        headers={"Authorization": "Bearer sk-t", "Content-Type": "application/json"})
+        headers={"Authorization": "Bearer sk-t", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=20) as r:
         body = json.loads(r.read())
     raw = base64.b64decode(body["data"][0]["embedding"])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-import subprocess
 
 from tests.support.procs import ROOT, free_port, spawn, wait_http
 
@@ -41,12 +41,26 @@ def run_router(
     cfg = tmp / f"router-{port}.toml"
     cfg.write_text(config)
     log = tmp / f"router-{port}.log"
-    cmd = [sys.executable, "-m", "airouter", "--config", str(cfg), "--host", "127.0.0.1",
-           "--port", str(port), "--workers", str(workers), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "airouter",
+        "--config",
+        str(cfg),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        *args,
+    ]
     with spawn(cmd, env=env, log=log, cwd=ROOT) as proc:
         url = f"http://127.0.0.1:{port}"
         try:
             wait_http(url + "/health/live", timeout=30, proc=proc)
         except Exception as e:
-            raise RuntimeError(f"router failed to start: {e}\n{log.read_text(errors='replace')}") from e
+            raise RuntimeError(
+                f"router failed to start: {e}\n{log.read_text(errors='replace')}"
+            ) from e
         yield RouterProc(url, port, proc, log, cfg)
