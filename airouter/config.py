@@ -114,9 +114,41 @@ def _expand(value: Any, where: str, env: dict[str, str]) -> Any:
 
 
 def _key_path(msgspec_path: str) -> str:
-    # msgspec says `$.backends['x'].base_url`; users wrote backends.x.base_url.
-    path = msgspec_path.removeprefix("$").lstrip(".")
-    return re.sub(r"\['([^']*)'\]", r".\1", path).lstrip(".") or "(top level)"
+    # msgspec says `$.server.port`; users wrote server.port.
+    path = msgspec_path.strip("`").removeprefix("$").lstrip(".")
+    return path or "(top level)"
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+
+
+def _convert_error(e: msgspec.ValidationError, prefix: str) -> ConfigError:
+    msg, _, path = str(e).rpartition(" - at ")
+    if not msg:
+        msg, path = str(e), "$"
+    where = _key_path(path)
+    unknown = _UNKNOWN.match(msg)
+    if unknown:
+        where = f"{where}.{unknown.group(1)}" if where != "(top level)" else unknown.group(1)
+    if prefix:
+        where = prefix if where == "(top level)" else f"{prefix}.{where}"
+    return ConfigError(f"{where}: {msg}")
+
+
+def _locate(raw: Any, e: msgspec.ValidationError) -> ConfigError:
+    """msgspec cannot name a dict key in its error path; find the table that fails."""
+    sections: dict[str, Any] = {"keys": KeyConfig, "backends": BackendConfig, "models": ModelConfig}
+    if isinstance(raw, dict):
+        for section, typ in sections.items():
+            tables = raw.get(section)
+            if not isinstance(tables, dict):
+                continue
+            for name, table in tables.items():
+                try:
+                    msgspec.convert(table, typ)
+                except msgspec.ValidationError as inner:
+                    return _convert_error(inner, f"{section}.{name}")
+    return _convert_error(e, "")
 
 
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
@@ -179,10 +211,7 @@ def parse(text: str, source: str = "<memory>", env: dict[str, str] | None = None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
     except msgspec.ValidationError as e:
-        msg, _, path = str(e).rpartition(" - at ")
-        if not msg:
-            msg, path = str(e), "$"
-        raise ConfigError(f"{source}: {_key_path(path)}: {msg}") from None
+        raise ConfigError(f"{source}: {_locate(raw, e)}") from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return cfg
