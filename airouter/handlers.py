@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -40,7 +41,8 @@ class Holder:
 
 
 def _request_id() -> bytes:
-    return os.urandom(12).hex().encode()
+    # UUID-shaped: some upstreams (starlette-context, behind llama.cpp's server) reject others.
+    return str(uuid.UUID(bytes=os.urandom(16), version=4)).encode()
 
 
 class _Headers:

@@ -46,6 +46,20 @@ class _ErrorProbe(msgspec.Struct):
 
 
 _probe = msgspec.json.Decoder(_Probe).decode
+_decode_any = msgspec.json.Decoder().decode
+
+
+def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
+    """Speak the alias, and fill members the spec requires that some servers leave out
+    (llama.cpp omits `message.refusal`, for one)."""
+    obj["model"] = alias
+    for choice in obj.get("choices") or ():
+        if isinstance(choice, dict):
+            choice.setdefault("logprobs", None)
+            msg = choice.get("message")
+            if isinstance(msg, dict):
+                msg.setdefault("refusal", None)
+    return obj
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
 
 
@@ -166,12 +180,17 @@ class OpenAIHttpBackend(Backend):
             raise
         resp.release()
         try:
-            probe = _probe(data)
+            if call.endpoint is Endpoint.EMBEDDINGS:
+                # Large float arrays: validate and rewrite `model` without re-encoding them.
+                if _probe(data).model != call.target.alias:
+                    data = rewrite_model(data, call.target)
+                return Reply(body=data)
+            obj = _decode_any(data)
         except msgspec.DecodeError:
             raise BadGateway(f"The backend '{self.name}' sent invalid JSON.") from None
-        if probe.model != call.target.alias:
-            data = rewrite_model(data, call.target)
-        return Reply(body=data)
+        if not isinstance(obj, dict):
+            raise BadGateway(f"The backend '{self.name}' sent a JSON {type(obj).__name__}.")
+        return Reply(body=_encode(complete_response(obj, call.target.alias)))
 
     async def _relay(
         self, resp: aiohttp.ClientResponse, target: Target
