@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -24,7 +25,12 @@ from airouter.handlers import (
     ModelsEndpoint,
     not_found,
 )
+from airouter.observability.metrics import MetricsEndpoint
+from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
+
+if TYPE_CHECKING:
+    from airouter.observability.tracing import Tracer
 
 log = logging.getLogger("airouter")
 
@@ -52,29 +58,53 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(internal_error())
 
 
+def _tracer(cfg: Config) -> Tracer | None:
+    endpoint = os.environ.get("OTLP_ENDPOINT") or cfg.server.otlp_endpoint
+    if not endpoint:
+        return None
+    from airouter.observability.tracing import Tracer
+
+    return Tracer(endpoint, os.environ.get("OTEL_SERVICE_NAME", "airouter"))
+
+
 def build_app(cfg: Config) -> Starlette:
     holder = Holder()
     holder.state = State.build(cfg)
+    observer = Observer(None, cfg.server.access_log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        observer.tracer = _tracer(cfg)
         await holder.state.start()
         try:
             yield
         finally:
             await holder.state.aclose()
+            if observer.tracer is not None:
+                observer.tracer.shutdown()
 
     routes = [
-        Route("/v1/chat/completions", CompletionEndpoint(holder, Endpoint.CHAT), methods=["POST"]),
         Route(
-            "/v1/completions", CompletionEndpoint(holder, Endpoint.COMPLETIONS), methods=["POST"]
+            "/v1/chat/completions",
+            CompletionEndpoint(holder, Endpoint.CHAT, observer),
+            methods=["POST"],
         ),
-        Route("/v1/embeddings", CompletionEndpoint(holder, Endpoint.EMBEDDINGS), methods=["POST"]),
+        Route(
+            "/v1/completions",
+            CompletionEndpoint(holder, Endpoint.COMPLETIONS, observer),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/embeddings",
+            CompletionEndpoint(holder, Endpoint.EMBEDDINGS, observer),
+            methods=["POST"],
+        ),
         Route("/v1/models", ModelsEndpoint(holder), methods=["GET"]),
         Route("/v1/models/{model_id:path}", ModelsEndpoint(holder), methods=["GET"]),
         Route("/health", HealthEndpoint(holder, "detail"), methods=["GET"]),
         Route("/health/live", HealthEndpoint(holder, "live"), methods=["GET"]),
         Route("/health/ready", HealthEndpoint(holder, "ready"), methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,
@@ -85,7 +115,21 @@ def build_app(cfg: Config) -> Starlette:
     return app
 
 
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    root = logging.getLogger("airouter")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
 def create_app() -> Starlette:
     """Factory for granian workers: the config path comes from AIROUTER_CONFIG."""
     path = os.environ.get("AIROUTER_CONFIG", config_mod.DEFAULT_CONFIG)
-    return build_app(config_mod.load(path))
+    cfg = config_mod.load(path)
+    setup_logging(os.environ.get("AIROUTER_LOG_LEVEL", cfg.server.log_level))
+    return build_app(cfg)

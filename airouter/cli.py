@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import shutil
 import sys
+import tempfile
 
 from airouter import config as config_mod
 from airouter.config import Config, ConfigError
@@ -58,6 +60,10 @@ def _serve(args: argparse.Namespace) -> int:
         print("airouter: no client keys configured: client authentication is OFF", file=sys.stderr)
     os.environ["AIROUTER_CONFIG"] = os.path.abspath(path)
     os.environ["AIROUTER_LOG_LEVEL"] = level
+    # Workers are processes: Prometheus metrics live in files every worker writes and
+    # /metrics sums. A fresh folder per run, so counters start at zero.
+    metrics_dir = tempfile.mkdtemp(prefix="airouter-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from granian import Granian
     from granian.constants import Interfaces, Loops
@@ -73,6 +79,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=level,  # type: ignore[arg-type]
         backlog=2048,
     ).serve()
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

@@ -8,7 +8,7 @@ import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,12 +24,22 @@ from airouter.asgi import (
 )
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.errors import NotFound, RouterError, error_json, internal_error
+from airouter.observability.record import Observer, Record, request_id_var
 from airouter.protocol.requests import decode
 from airouter.state import State
 from airouter.streaming.modes import body_from_chunks, chunks_from_body
 from airouter.streaming.sse import DONE_EVENT, frame
 
+if TYPE_CHECKING:
+    from airouter.observability.tracing import Tracer
+
 log = logging.getLogger("airouter")
+
+OPERATION = {
+    "chat.completions": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+}
 
 _FORWARD = frozenset({b"traceparent", b"tracestate", b"x-request-id"})
 
@@ -108,24 +118,47 @@ async def _once(items: list[bytes]) -> AsyncIterator[list[bytes]]:
 class CompletionEndpoint:
     """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
 
-    def __init__(self, holder: Holder, endpoint: Endpoint) -> None:
+    def __init__(self, holder: Holder, endpoint: Endpoint, observer: Observer) -> None:
         self.holder = holder
         self.endpoint = endpoint
+        self.observer = observer
+        self.path = "/v1/" + endpoint.value.replace(".", "/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
         h = _Headers(scope)
+        rid = (h.request_id or b"").decode("latin-1")
+        request_id_var.set(rid)
         rh = [(b"x-request-id", h.request_id or b"")]
+        rec = Record(rid, "POST", self.path, self.endpoint.value)
+        try:
+            await self._handle(state, h, rec, rh, receive, send)
+        finally:
+            self.observer.finish(rec)
+
+    async def _handle(
+        self,
+        state: State,
+        h: _Headers,
+        rec: Record,
+        rh: list[tuple[bytes, bytes]],
+        receive: Receive,
+        send: Send,
+    ) -> None:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
+            rec.key = key.name
             data = await read_body(receive, state.body_limit)
             body, view = decode(self.endpoint, data)
             target = state.models.resolve(view.model, key)
         except RouterError as e:
+            rec.status, rec.error = e.status, e.code or e.type
             await send_error(send, e, rh)
             return
         except ClientGone:
+            rec.status, rec.error = 499, "client_gone"
             return
+        rec.alias, rec.backend = target.alias, target.backend.name
         stream = bool(getattr(view, "stream", None))
         opts = getattr(view, "stream_options", None)
         default_max = target.model.max_tokens
@@ -140,38 +173,44 @@ class CompletionEndpoint:
             include_usage=bool(stream and opts is not None and opts.include_usage),
             headers=h.forward,
         )
+        rec.call = call
+        tracer = self.observer.tracer
+        if tracer is not None:
+            start_spans(tracer, rec, call, h.forward)
+        self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            await self._serve(call, send, rh, watch)
+            rec.status = await self._serve(call, send, rh, rec)
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            log.info("client disconnected", extra={"request_id": h.request_id})
+            rec.status, rec.error = 499, "client_disconnected"
+            log.info("client disconnected")
         finally:
             watch.stop()
 
     async def _serve(
-        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], watch: _DisconnectWatch
-    ) -> None:
+        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+    ) -> int:
         try:
             reply = await call.target.backend.open(call)
         except RouterError as e:
+            rec.error = e.code or e.type
             await send_error(send, e, rh)
-            return
+            return e.status
         try:
             if call.stream:
-                await self._stream(call, reply, send, rh)
-            else:
-                await self._whole(call, reply, send, rh)
+                return await self._stream(call, reply, send, rh, rec)
+            return await self._whole(reply, send, rh, rec)
         finally:
             await reply.aclose()
 
     async def _whole(
-        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]
-    ) -> None:
+        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+    ) -> int:
         try:
             if reply.body is not None:
                 body = reply.body
@@ -179,35 +218,78 @@ class CompletionEndpoint:
                 assert reply.chunks is not None
                 body = await body_from_chunks(self.endpoint, reply.chunks)
         except RouterError as e:
+            rec.error = e.code or e.type
             await send_error(send, e, rh)
-            return
+            return e.status
         await send_json(send, 200, body, rh)
+        return 200
 
     async def _stream(
-        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]]
-    ) -> None:
+        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+    ) -> int:
         try:
             chunks = reply.chunks
             if chunks is None:
                 assert reply.body is not None
                 chunks = _once(chunks_from_body(self.endpoint, reply.body, call.include_usage))
         except RouterError as e:
+            rec.error = e.code or e.type
             await send_error(send, e, rh)
-            return
+            return e.status
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + rh})
         tail = DONE_EVENT
         try:
             async for batch in chunks:
                 await send({"type": "http.response.body", "body": frame(batch), "more_body": True})
+                rec.chunk_sent()
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
+            rec.error = e.code or e.type
             tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
         except (asyncio.CancelledError, OSError):
             raise
         except Exception:
             log.exception("stream failed")
+            rec.error = "internal_error"
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        return 200
+
+
+def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]) -> None:
+    """A server span for the request and a client span for the backend call (GenAI semconv)."""
+    op = OPERATION[call.endpoint.value]
+    body = call.body
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": op,
+        "gen_ai.request.model": rec.alias,
+        "http.request.method": "POST",
+        "url.path": rec.path,
+    }
+    for k, attr in (
+        ("max_tokens", "gen_ai.request.max_tokens"),
+        ("max_completion_tokens", "gen_ai.request.max_tokens"),
+        ("temperature", "gen_ai.request.temperature"),
+        ("top_p", "gen_ai.request.top_p"),
+        ("seed", "gen_ai.request.seed"),
+    ):
+        v = body.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            attrs[attr] = v
+    rec.span = tracer.server_span(f"{op} {rec.alias}", forward, attrs)
+    backend = call.target.backend
+    client_attrs = {
+        **attrs,
+        "gen_ai.request.model": call.target.backend_model,
+        "gen_ai.provider.name": backend.provider,
+        "airouter.backend": backend.name,
+    }
+    client_attrs.pop("url.path")
+    client_attrs.pop("http.request.method")
+    rec.client_span = tracer.client_span(
+        rec.span, f"{op} {call.target.backend_model}", client_attrs
+    )
+    tracer.inject(rec.client_span, forward)
 
 
 class ModelsEndpoint:

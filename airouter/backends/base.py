@@ -31,6 +31,17 @@ class Target:
 
 
 @dataclass(slots=True)
+class Stats:
+    """What a backend learned while serving a call, for metrics, traces and the access log."""
+
+    node: str = ""
+    response_model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
 class Call:
     """One client request, decoded and validated, on its way to a backend."""
 
@@ -40,6 +51,7 @@ class Call:
     stream: bool
     include_usage: bool
     headers: dict[str, str] = field(default_factory=dict)
+    stats: Stats = field(default_factory=Stats)
 
 
 async def _noop() -> None:
@@ -64,6 +76,7 @@ class Backend(ABC):
     """A backend serves calls. Implementations never see the client's API key."""
 
     name: str
+    provider = "unknown"  # gen_ai.provider.name in traces
 
     async def start(self) -> None:
         """Open connections; called once at start-up, inside the event loop."""

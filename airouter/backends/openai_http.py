@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from airouter.backends.base import Backend, Call, Endpoint, Reply, Target
+from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -25,6 +26,9 @@ _encode = msgspec.json.Encoder().encode
 # The top-level "model" member. A JSON string value cannot contain an unescaped quote, so
 # `"model":` can only be a key; responses put the top-level key before nested objects.
 _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
+
+# A chunk worth decoding: it carries usage or a finish reason (not `null`).
+_NOTABLE = re.compile(rb'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*")')
 
 _PATHS = {
     Endpoint.CHAT: "/chat/completions",
@@ -60,6 +64,8 @@ def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
             if isinstance(msg, dict):
                 msg.setdefault("refusal", None)
     return obj
+
+
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
 
 
@@ -109,8 +115,11 @@ def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
 class OpenAIHttpBackend(Backend):
     """Forwards with the backend's own key; rewrites `model` both ways; relays streams live."""
 
+    provider = "openai"
+
     def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
         self.name = name
+        self.node = urlsplit(cfg.base_url).netloc
         self.cfg = cfg
         self.base_url = cfg.base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", **cfg.headers}
@@ -141,6 +150,7 @@ class OpenAIHttpBackend(Backend):
 
     async def open(self, call: Call) -> Reply:
         assert self._session is not None, "backend not started"
+        call.stats.node = self.node
         body = call.body
         body["model"] = call.target.backend_model
         stream = self._upstream_streams(call)
@@ -167,7 +177,9 @@ class OpenAIHttpBackend(Backend):
             if resp.status >= 400:
                 raise _upstream_error(resp.status, await resp.read(), resp.headers)
             if resp.content_type == "text/event-stream":
-                return Reply(chunks=self._relay(resp, call.target), aclose=_closer(resp))
+                return Reply(
+                    chunks=self._relay(resp, call.target, call.stats), aclose=_closer(resp)
+                )
             data = await resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             resp.close()
@@ -190,10 +202,11 @@ class OpenAIHttpBackend(Backend):
             raise BadGateway(f"The backend '{self.name}' sent invalid JSON.") from None
         if not isinstance(obj, dict):
             raise BadGateway(f"The backend '{self.name}' sent a JSON {type(obj).__name__}.")
+        record_usage(obj, call.stats)
         return Reply(body=_encode(complete_response(obj, call.target.alias)))
 
     async def _relay(
-        self, resp: aiohttp.ClientResponse, target: Target
+        self, resp: aiohttp.ClientResponse, target: Target, stats: Stats
     ) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
         content = resp.content
@@ -202,6 +215,10 @@ class OpenAIHttpBackend(Backend):
                 data = await content.readany()
                 payloads = decoder.feed(data) if data else decoder.close()
                 if payloads:
+                    for p in payloads:
+                        # Cheap byte checks first; decode only the rare chunks that matter.
+                        if (b'"usage"' in p or b'"finish_reason"' in p) and _NOTABLE.search(p):
+                            _note_chunk(p, stats)
                     batch = [rewrite_model(p, target) for p in payloads if p != DONE]
                     if batch:
                         yield batch
@@ -219,6 +236,29 @@ class OpenAIHttpBackend(Backend):
             ) from None
         finally:
             resp.close()
+
+
+def record_usage(obj: dict[str, Any], stats: Stats) -> None:
+    if stats.response_model is None and isinstance(obj.get("model"), str):
+        stats.response_model = obj["model"]
+    usage = obj.get("usage")
+    if isinstance(usage, dict):
+        if isinstance(usage.get("prompt_tokens"), int):
+            stats.prompt_tokens = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            stats.completion_tokens = usage["completion_tokens"]
+    for choice in obj.get("choices") or ():
+        if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+            stats.finish_reason = choice["finish_reason"]
+
+
+def _note_chunk(payload: bytes, stats: Stats) -> None:
+    try:
+        obj = _decode_any(payload)
+    except msgspec.DecodeError:
+        return
+    if isinstance(obj, dict):
+        record_usage(obj, stats)
 
 
 def _closer(resp: aiohttp.ClientResponse) -> Any:

@@ -13,7 +13,7 @@ import msgspec
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from airouter.backends.base import Backend, Call, Endpoint, Reply, Target
+from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
@@ -101,6 +101,7 @@ class _Generation:
         "_idle_fired",
         "finished",
         "vllm_finish",
+        "stats",
     )
 
     def __init__(
@@ -129,6 +130,7 @@ class _Generation:
         self.responses = 0
         self.finished = False
         self.vllm_finish: str | None = None
+        self.stats = Stats()
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle_fired = False
@@ -214,7 +216,11 @@ class _Generation:
             self.call.cancel()  # a stop sequence ended it: the backend need not go on
         tail = self.pipe.flush()
         out = [writer.text(tail)] if tail else []
-        out.append(writer.finish(self.finish_reason()))
+        reason = self.finish_reason()
+        stats = self.stats
+        stats.prompt_tokens, stats.completion_tokens = self.prompt_tokens, self.output_tokens
+        stats.finish_reason = reason
+        out.append(writer.finish(reason))
         if self.want_usage:
             out.append(writer.usage(self.prompt_tokens, self.output_tokens))
         yield out
@@ -226,6 +232,8 @@ class _Generation:
 
 
 class TritonGrpcBackend(Backend):
+    provider = "triton"
+
     """Formats chat prompts, maps OpenAI fields onto declared model inputs, fixes up streams."""
 
     def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
@@ -391,6 +399,9 @@ class TritonGrpcBackend(Backend):
             self.url,
             self.cfg.idle_timeout,
         )
+        gen.stats = call.stats
+        call.stats.node = self.url
+        call.stats.response_model = info.name
         try:
             first = await self._first(gen)
         except BaseException:
@@ -425,6 +436,8 @@ class TritonGrpcBackend(Backend):
                 code="unsupported_parameter",
             )
         mc = plan.model
+        call.stats.node = self.url
+        call.stats.response_model = plan.info.name
         batch = plan.info.max_batch_size or 1
         vectors: list[bytes] = []
         metadata = tuple(call.headers.items()) if call.headers else None

@@ -36,7 +36,9 @@ class ChatTemplate:
         origin: str | None = None,
     ) -> None:
         self._format = prompt_format
-        self._template = compile_template(prompt_format.template, origin=origin or prompt_format.name)
+        self._template = compile_template(
+            prompt_format.template, origin=origin or prompt_format.name
+        )
         self._context: dict[str, Any] = {
             "bos_token": prompt_format.bos_token,
             "eos_token": prompt_format.eos_token,
@@ -94,7 +96,9 @@ class ChatTemplate:
         except RaisedByTemplate as exc:
             raise PromptError(str(exc.message)) from exc
         except (jinja2.TemplateError, *_DATA_ERRORS) as exc:
-            raise PromptError(f"chat template {fmt.name!r} cannot render these messages: {exc}") from exc
+            raise PromptError(
+                f"chat template {fmt.name!r} cannot render these messages: {exc}"
+            ) from exc
 
 
 def _check_tools(

@@ -100,7 +100,9 @@ def get_format(name: str) -> PromptFormat:
     if spec is None:
         known = ", ".join(BUILTIN_FORMATS)
         raise TemplateConfigError(f"unknown prompt format {name!r}; known formats: {known}")
-    source = resources.files("airouter.templates").joinpath(f"{name}.j2").read_text(encoding="utf-8")
+    source = (
+        resources.files("airouter.templates").joinpath(f"{name}.j2").read_text(encoding="utf-8")
+    )
     return PromptFormat(
         name=name,
         template=source,

@@ -44,13 +44,16 @@ def load_template(
     elif template_file is not None:
         base = PromptFormat(name="", template="")
     else:
-        raise TemplateConfigError("no prompt template: set format, tokenizer_config or template_file")
+        raise TemplateConfigError(
+            "no prompt template: set format, tokenizer_config or template_file"
+        )
     origin = base.name
     if template_file is not None:
         path = Path(template_file)
         if path.suffix == ".json":
             raise TemplateConfigError(
-                f"template file {path} looks like JSON; pass a tokenizer_config.json as tokenizer_config"
+                f"template file {path} looks like JSON; "
+                "pass a tokenizer_config.json as tokenizer_config"
             )
         origin = str(path)
         base = replace(
@@ -83,11 +86,15 @@ def _from_tokenizer_config(path: Path, need_template: bool) -> tuple[PromptForma
         )
     eos = _token(path, config, "eos_token")
     extra: dict[str, Any] = {
-        key: _token(path, config, key) for key in _OTHER_SPECIAL_TOKENS if config.get(key) is not None
+        key: _token(path, config, key)
+        for key in _OTHER_SPECIAL_TOKENS
+        if config.get(key) is not None
     }
     additional = config.get("additional_special_tokens")
     if isinstance(additional, list):
-        extra["additional_special_tokens"] = [_token_text(path, "additional_special_tokens", t) for t in additional]
+        extra["additional_special_tokens"] = [
+            _token_text(path, "additional_special_tokens", t) for t in additional
+        ]
     fmt = PromptFormat(
         name=str(path),
         template=source or "",
@@ -102,16 +109,15 @@ def _chat_template(path: Path, value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, list):
-        # the named-templates form: [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        named = {
-            item.get("name"): item.get("template") for item in value if isinstance(item, dict)
-        }
+        # the named-templates form: [{"name": "default", "template": ...}, {"name": ...}, ...]
+        named = {item.get("name"): item.get("template") for item in value if isinstance(item, dict)}
         default = named.get("default")
         if isinstance(default, str):
             return default
         names = ", ".join(str(name) for name in named)
         raise TemplateConfigError(
-            f"tokenizer config {path}: chat_template lists templates ({names}) but none named 'default'"
+            f"tokenizer config {path}: chat_template lists templates ({names}) "
+            "but none named 'default'"
         )
     raise TemplateConfigError(f"tokenizer config {path}: chat_template must be a string or a list")
 
@@ -126,7 +132,9 @@ def _token_text(path: Path, key: str, value: object) -> str:
     if isinstance(value, dict):
         value = value.get("content")
     if not isinstance(value, str):
-        raise TemplateConfigError(f"tokenizer config {path}: {key} must be a string or an AddedToken")
+        raise TemplateConfigError(
+            f"tokenizer config {path}: {key} must be a string or an AddedToken"
+        )
     return value
 
 

@@ -76,9 +76,7 @@ def _text_part(where: str, part: object) -> str:
     # assistant turns may carry a refusal part in place of text
     key = "refusal" if kind == "refusal" else "text"
     if kind not in ("text", "refusal"):
-        raise PromptError(
-            f"{where} has type {kind!r}; this model accepts text content only"
-        )
+        raise PromptError(f"{where} has type {kind!r}; this model accepts text content only")
     text = part.get(key)
     if not isinstance(text, str):
         raise PromptError(f"{where}.{key} must be a string")

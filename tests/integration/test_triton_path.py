@@ -319,3 +319,23 @@ def test_embedding_base64_roundtrip_raw(router: RouterProc) -> None:
     raw = base64.b64decode(body["data"][0]["embedding"])
     vals = struct.unpack("<8f", raw)
     assert round(vals[1], 5) == round((sum(b"hi") * 2) % 97 / 97.0, 5)
+
+
+def test_metrics_count_triton_requests_and_tokens(client: openai.OpenAI, router: RouterProc,
+                                                  triton: TritonServer) -> None:
+    from tests.integration.test_observability import scrape, total
+
+    before = scrape(router)
+    client.chat.completions.create(model="vllm", messages=MSGS)
+    list(client.chat.completions.create(model="vllm", messages=MSGS, stream=True))
+    after = scrape(router)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("airouter_requests_total", model="vllm", status="200",
+                 node=triton.grpc_url, backend="triton") == 2
+    assert delta("airouter_completion_tokens_total", model="vllm") == 26
+    assert delta("airouter_prompt_tokens_total", model="vllm") == 2 * len(CHATML.split())
+    assert delta("airouter_time_to_first_token_seconds_count", model="vllm") == 1
+    assert delta("airouter_inter_token_latency_seconds_count", model="vllm") >= 5

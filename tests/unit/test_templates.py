@@ -26,14 +26,14 @@ from airouter.templates import (
 DATA = Path(__file__).resolve().parent.parent / "data" / "templates"
 TOKENIZER_CONFIG = DATA / "tokenizer_config.json"
 
-CONVERSATION = [
+CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a terse assistant."},
     {"role": "user", "content": "What is the capital of France?"},
     {"role": "assistant", "content": "Paris."},
     {"role": "user", "content": "And of Italy?"},
 ]
-SINGLE_USER = [{"role": "user", "content": "Hello!"}]
-TEXT_PARTS = [
+SINGLE_USER: list[dict[str, Any]] = [{"role": "user", "content": "Hello!"}]
+TEXT_PARTS: list[dict[str, Any]] = [
     {"role": "system", "content": [{"type": "text", "text": "Answer in English."}]},
     {
         "role": "user",
@@ -92,7 +92,8 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "<s>[INST] <<SYS>>\nYou are a terse assistant.\n<</SYS>>\n\n"
         "What is the capital of France? [/INST] Paris. </s><s>[INST] And of Italy? [/INST]",
         "<s>[INST] Hello! [/INST]",
-        "<s>[INST] <<SYS>>\nAnswer in English.\n<</SYS>>\n\nDescribe this:\nA cat on a mat. [/INST]",
+        "<s>[INST] <<SYS>>\nAnswer in English.\n<</SYS>>\n\n"
+        "Describe this:\nA cat on a mat. [/INST]",
     ),
     "mistral": (
         "<s>[INST] What is the capital of France?[/INST] Paris.</s>"
@@ -134,9 +135,13 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
     ),
 }
 
-CASES = {"conversation": CONVERSATION, "single_user": SINGLE_USER, "text_parts": TEXT_PARTS}
+CASES: dict[str, list[dict[str, Any]]] = {
+    "conversation": CONVERSATION,
+    "single_user": SINGLE_USER,
+    "text_parts": TEXT_PARTS,
+}
 
-WEATHER_TOOL = {
+WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -148,7 +153,7 @@ WEATHER_TOOL = {
         },
     },
 }
-TOOL_CONVERSATION = [
+TOOL_CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Weather in Paris?"},
     {
@@ -180,7 +185,11 @@ def _reference_render(source: str, **context: Any) -> str:
         sort_keys: bool = False,
     ) -> str:
         return json.dumps(
-            value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+            value,
+            ensure_ascii=ensure_ascii,
+            indent=indent,
+            separators=separators,
+            sort_keys=sort_keys,
         )
 
     env = ImmutableSandboxedEnvironment(
@@ -208,7 +217,7 @@ def test_every_builtin_format_has_reference_renderings() -> None:
 
 # llama.cpp's tests/test-chat-template.cpp renders this conversation through the official
 # templates (bos_token ""); an independent check of whitespace handling.
-LLAMA_CPP_CONVERSATION = [
+LLAMA_CPP_CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a helpful assistant"},
     {"role": "user", "content": "Hello"},
     {"role": "assistant", "content": "Hi there"},
@@ -282,7 +291,10 @@ def test_add_generation_prompt_false() -> None:
     rendered = chatml.render(SINGLE_USER, add_generation_prompt=False)
     assert rendered == "<|im_start|>user\nHello!<|im_end|>\n"
     phi3 = load_template(format="phi3")
-    assert phi3.render(SINGLE_USER, add_generation_prompt=False) == "<|user|>\nHello!<|end|>\n<|endoftext|>"
+    assert (
+        phi3.render(SINGLE_USER, add_generation_prompt=False)
+        == "<|user|>\nHello!<|end|>\n<|endoftext|>"
+    )
 
 
 def test_developer_role_is_system() -> None:
@@ -324,24 +336,30 @@ def test_llama31_tools_and_ipython_turns_match_official() -> None:
 
 
 def test_llama31_rejects_parallel_tool_calls() -> None:
-    calls = TOOL_CONVERSATION[2]["tool_calls"] * 2  # type: ignore[operator]
+    calls = TOOL_CONVERSATION[2]["tool_calls"] * 2
     messages = [*TOOL_CONVERSATION[:2], {"role": "assistant", "content": None, "tool_calls": calls}]
     with pytest.raises(PromptError, match="only supports single tool-calls"):
         load_template(format="llama3.1").render(messages)
 
 
 def test_mistral_tools_match_official_with_ids_shortened_to_nine() -> None:
+    follow_up = [
+        {"role": "assistant", "content": "21 °C and sunny."},
+        {"role": "user", "content": "And Rome?"},
+    ]
     rendered = load_template(format="mistral").render(
-        [*TOOL_CONVERSATION, {"role": "user", "content": "Thanks, and Rome?"}], tools=[WEATHER_TOOL]
+        [*TOOL_CONVERSATION, *follow_up], tools=[WEATHER_TOOL]
     )
     assert rendered == (
         "<s>[INST] Weather in Paris?[/INST]"
-        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, "id": "123XYZ987"}]</s>'
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris"}, '
+        '"id": "123XYZ987"}]</s>'
         '[TOOL_RESULTS] {"content": 21 °C, sunny, "call_id": "123XYZ987"}[/TOOL_RESULTS]'
+        " 21 °C and sunny.</s>"
         '[AVAILABLE_TOOLS] [{"type": "function", "function": {"name": "get_weather", '
         '"description": "Current weather for a city", "parameters": {"type": "object", '
         '"properties": {"city": {"type": "string"}}, "required": ["city"]}}}][/AVAILABLE_TOOLS]'
-        "[INST] Be brief.\n\nThanks, and Rome?[/INST]"
+        "[INST] Be brief.\n\nAnd Rome?[/INST]"
     )
 
 
@@ -382,7 +400,9 @@ def test_image_part_rejected() -> None:
             ],
         }
     ]
-    with pytest.raises(PromptError, match=r"messages\[0\]\.content\[1\] has type 'image_url'") as info:
+    with pytest.raises(
+        PromptError, match=r"messages\[0\]\.content\[1\] has type 'image_url'"
+    ) as info:
         load_template(format="chatml").render(messages)
     assert isinstance(info.value, ValueError)
     assert info.value.param == "messages"
@@ -477,7 +497,8 @@ def test_template_runtime_failure_is_prompt_error() -> None:
 def test_hf_environment_extras() -> None:
     source = (
         "{% generation %}{{ messages[0]['content'] }}{% endgeneration %}"
-        "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}|{{ m.role }}{% endfor %}"
+        "{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
+        "|{{ m.role }}{% endfor %}"
         "|{{ strftime_now('%Y') | length }}|{{ {'k': 'é'} | tojson(indent=1) }}|{{ extra }}"
     )
     template = ChatTemplate(PromptFormat(name="t", template=source), extra_context={"extra": "E"})
@@ -596,5 +617,23 @@ def test_loader_argument_errors() -> None:
         load_template(format="chatml", tokenizer_config=TOKENIZER_CONFIG)
     with pytest.raises(TemplateConfigError, match="no prompt template"):
         load_template()
-    with pytest.raises(TemplateConfigError, match="pass a tokenizer_config.json as tokenizer_config"):
+    with pytest.raises(
+        TemplateConfigError, match="pass a tokenizer_config.json as tokenizer_config"
+    ):
         load_template(template_file=TOKENIZER_CONFIG)
+
+
+def test_template_compiled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airouter.templates.environment import compile_template
+
+    compiled: list[str] = []
+
+    def counting(source: str, *, origin: str) -> jinja2.Template:
+        compiled.append(origin)
+        return compile_template(source, origin=origin)
+
+    monkeypatch.setattr("airouter.templates.chat_template.compile_template", counting)
+    template = load_template(format="chatml")
+    for _ in range(3):
+        template.render(CONVERSATION)
+    assert compiled == ["chatml"]

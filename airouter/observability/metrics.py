@@ -1,0 +1,138 @@
+"""Prometheus metrics (multiprocess-safe across granian workers) and the /metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from bisect import bisect_left
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from airouter.asgi import Receive, Scope, Send
+
+# LLM latencies span milliseconds (a cached answer) to minutes (a long generation).
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1)
+_ITL_BOUNDS = (*ITL_BUCKETS, float("inf"))
+
+REQUESTS = Counter(
+    "airouter_requests",
+    "Requests answered, by model alias, backend, node and HTTP status.",
+    ["model", "backend", "node", "endpoint", "status"],
+)
+DURATION = Histogram(
+    "airouter_request_duration_seconds",
+    "Time from request to the last byte of the answer.",
+    ["model", "backend", "endpoint"],
+    buckets=DURATION_BUCKETS,
+)
+TTFT = Histogram(
+    "airouter_time_to_first_token_seconds",
+    "Time from request to the first streamed chunk.",
+    ["model", "backend"],
+    buckets=TTFT_BUCKETS,
+)
+ITL = Histogram(
+    "airouter_inter_token_latency_seconds",
+    "Gaps between streamed chunks sent to the client.",
+    ["model", "backend"],
+    buckets=ITL_BUCKETS,
+)
+PROMPT_TOKENS = Counter(
+    "airouter_prompt_tokens", "Prompt tokens, as the backend counted them.", ["model", "backend"]
+)
+COMPLETION_TOKENS = Counter(
+    "airouter_completion_tokens",
+    "Completion tokens, as the backend counted them.",
+    ["model", "backend"],
+)
+IN_FLIGHT = Gauge(
+    "airouter_requests_in_flight",
+    "Requests being served now.",
+    ["model", "backend"],
+    multiprocess_mode="livesum",
+)
+NODE_UP = Gauge(
+    "airouter_backend_node_up",
+    "1 when a backend node is healthy, else 0.",
+    ["backend", "node"],
+    multiprocess_mode="livemax",
+)
+UPSTREAM_ERRORS = Counter(
+    "airouter_upstream_errors", "Backend failures by kind.", ["backend", "node", "kind"]
+)
+
+
+class GapHistogram:
+    """Inter-token gaps counted locally per request and added to ITL once at its end:
+    a bisect and an increment per chunk instead of a locked histogram update."""
+
+    __slots__ = ("counts", "total", "n")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(_ITL_BOUNDS)
+        self.total = 0.0
+        self.n = 0
+
+    def add(self, gap: float) -> None:
+        self.counts[bisect_left(_ITL_BOUNDS, gap)] += 1
+        self.total += gap
+        self.n += 1
+
+    def flush(self, model: str, backend: str) -> None:
+        if not self.n:
+            return
+        child: Any = ITL.labels(model, backend)
+        try:
+            child._sum.inc(self.total)
+            for i, c in enumerate(self.counts):
+                if c:
+                    child._buckets[i].inc(c)
+        except AttributeError:  # a prometheus-client without these internals
+            for i, c in enumerate(self.counts):
+                for _ in range(c):
+                    child.observe(_ITL_BOUNDS[i] if i < len(ITL_BUCKETS) else ITL_BUCKETS[-1])
+
+
+def _registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    from prometheus_client import REGISTRY
+
+    return REGISTRY
+
+
+class MetricsEndpoint:
+    """GET /metrics in Prometheus text format, summed over all workers."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Reading the workers' metric files is file I/O: keep it off the event loop.
+        body = await asyncio.to_thread(generate_latest, _registry())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", CONTENT_TYPE_LATEST.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def mark_process_dead(pid: int) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

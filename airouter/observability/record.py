@@ -1,0 +1,177 @@
+"""A record per request, filled as it goes; at the end: metrics, spans and an access-log line."""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from airouter.observability import metrics
+
+if TYPE_CHECKING:
+    from airouter.backends.base import Call
+    from airouter.observability.tracing import Span, Tracer
+
+access_log = logging.getLogger("airouter.access")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_encode = msgspec.json.Encoder().encode
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id on every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class Record:
+    __slots__ = (
+        "start",
+        "request_id",
+        "method",
+        "path",
+        "endpoint",
+        "alias",
+        "backend",
+        "node",
+        "status",
+        "first",
+        "last",
+        "gaps",
+        "key",
+        "call",
+        "span",
+        "client_span",
+        "error",
+        "in_flight",
+    )
+
+    def __init__(self, request_id: str, method: str, path: str, endpoint: str) -> None:
+        self.start = time.perf_counter()
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.endpoint = endpoint
+        self.alias = ""
+        self.backend = ""
+        self.node = ""
+        self.status = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.gaps: metrics.GapHistogram | None = None
+        self.key = ""
+        self.call: Call | None = None
+        self.span: Span | None = None
+        self.client_span: Span | None = None
+        self.error = ""
+        self.in_flight: Any = None
+
+    def chunk_sent(self) -> None:
+        now = time.perf_counter()
+        if not self.first:
+            self.first = now
+            if self.client_span is not None:
+                self.client_span.add_event("gen_ai.first_token")
+        else:
+            gaps = self.gaps
+            if gaps is None:
+                gaps = self.gaps = metrics.GapHistogram()
+            gaps.add(now - self.last)
+        self.last = now
+
+
+class Observer:
+    """Turns finished records into metrics, spans and access-log lines."""
+
+    def __init__(self, tracer: Tracer | None, access: bool) -> None:
+        self.tracer = tracer
+        self.access = access
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def started(self, rec: Record) -> None:
+        rec.in_flight = self._child(metrics.IN_FLIGHT, rec.alias, rec.backend)
+        rec.in_flight.inc()
+
+    def finish(self, rec: Record) -> None:
+        end = time.perf_counter()
+        duration = end - rec.start
+        if rec.in_flight is not None:
+            rec.in_flight.dec()
+        stats = rec.call.stats if rec.call is not None else None
+        node = (stats.node if stats else "") or rec.node
+        if rec.alias:
+            self._child(
+                metrics.REQUESTS, rec.alias, rec.backend, node, rec.endpoint, str(rec.status)
+            ).inc()
+            self._child(metrics.DURATION, rec.alias, rec.backend, rec.endpoint).observe(duration)
+            if rec.first:
+                self._child(metrics.TTFT, rec.alias, rec.backend).observe(rec.first - rec.start)
+            if rec.gaps is not None:
+                rec.gaps.flush(rec.alias, rec.backend)
+            if stats is not None:
+                if stats.prompt_tokens:
+                    self._child(metrics.PROMPT_TOKENS, rec.alias, rec.backend).inc(
+                        stats.prompt_tokens
+                    )
+                if stats.completion_tokens:
+                    self._child(metrics.COMPLETION_TOKENS, rec.alias, rec.backend).inc(
+                        stats.completion_tokens
+                    )
+            if rec.status >= 500 and rec.backend:
+                self._child(
+                    metrics.UPSTREAM_ERRORS, rec.backend, node, rec.error or str(rec.status)
+                ).inc()
+        if self.tracer is not None:
+            self._end_spans(rec, stats)
+        if self.access:
+            line: dict[str, Any] = {
+                "request_id": rec.request_id,
+                "method": rec.method,
+                "path": rec.path,
+                "status": rec.status,
+                "model": rec.alias or None,
+                "backend": rec.backend or None,
+                "node": node or None,
+                "key": rec.key or None,
+                "duration_ms": round(duration * 1000, 2),
+                "ttft_ms": round((rec.first - rec.start) * 1000, 2) if rec.first else None,
+                "tokens_in": stats.prompt_tokens if stats else None,
+                "tokens_out": stats.completion_tokens if stats else None,
+            }
+            if rec.error:
+                line["error"] = rec.error
+            access_log.info(_encode(line).decode())
+
+    def _end_spans(self, rec: Record, stats: Any) -> None:
+        assert self.tracer is not None
+        for span in (rec.client_span, rec.span):
+            if span is None:
+                continue
+            if stats is not None:
+                if stats.response_model:
+                    span.set_attribute("gen_ai.response.model", stats.response_model)
+                if stats.prompt_tokens is not None:
+                    span.set_attribute("gen_ai.usage.input_tokens", stats.prompt_tokens)
+                if stats.completion_tokens is not None:
+                    span.set_attribute("gen_ai.usage.output_tokens", stats.completion_tokens)
+                if stats.finish_reason:
+                    span.set_attribute("gen_ai.response.finish_reasons", [stats.finish_reason])
+            if rec.status >= 400:
+                self.tracer.fail(span, rec.error or str(rec.status), rec.error)
+        if rec.span is not None:
+            rec.span.set_attribute("http.response.status_code", rec.status)
+        if rec.client_span is not None:
+            rec.client_span.end()
+        if rec.span is not None:
+            rec.span.end()

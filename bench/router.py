@@ -1,0 +1,120 @@
+"""The router under test: one granian worker pinned to its own core, and its CPU and memory."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import bodies
+from bench.procs import HOST, ProcStats, children, free_port, pinned, proc_stats, spawn, wait_http
+
+
+def openai_config(json_url: str, sse_url: str, paced_url: str | None) -> str:
+    """Auth on, aliases that differ from the upstream's model name (so every answer is
+    rewritten), and a pool big enough for thousands of concurrent streams."""
+    cfg = f"""
+[server]
+api_keys = ["{bodies.CLIENT_KEY}"]
+log_level = "warning"
+
+[backends.json]
+type = "openai"
+base_url = "{json_url}"
+api_key = "sk-bench-upstream"
+max_connections = 4096
+
+[backends.sse]
+type = "openai"
+base_url = "{sse_url}"
+api_key = "sk-bench-upstream"
+max_connections = 4096
+
+[models.{bodies.ALIAS_JSON}]
+backend = "json"
+backend_model = "{bodies.UPSTREAM_MODEL}"
+
+[models.{bodies.ALIAS_SSE}]
+backend = "sse"
+backend_model = "{bodies.UPSTREAM_MODEL}"
+"""
+    if paced_url:
+        cfg += f"""
+[backends.paced]
+type = "openai"
+base_url = "{paced_url}"
+api_key = "sk-bench-upstream"
+max_connections = 8192
+idle_timeout = 60
+
+[models.{bodies.ALIAS_PACED}]
+backend = "paced"
+backend_model = "{bodies.UPSTREAM_MODEL}"
+"""
+    return cfg
+
+
+def triton_config(grpc_url: str) -> str:
+    return f"""
+[server]
+api_keys = ["{bodies.CLIENT_KEY}"]
+log_level = "warning"
+
+[backends.triton]
+type = "triton"
+url = "{grpc_url}"
+
+[models.{bodies.ALIAS_TRITON}]
+backend = "triton"
+backend_model = "trtllm_ensemble"
+prompt_format = "chatml"
+"""
+
+
+@dataclass
+class Router:
+    port: int
+    pid: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def workers(self) -> list[int]:
+        return children(self.pid)
+
+    def stats(self) -> ProcStats:
+        """CPU summed over the main process and its workers; memory of the largest worker
+        (the main process only supervises)."""
+        pids = self.workers()
+        main = proc_stats(self.pid)
+        ws = [proc_stats(p) for p in pids]
+        cpu = main.cpu_s + sum(w.cpu_s for w in ws)
+        rss = max((w.rss_kb for w in ws), default=main.rss_kb)
+        hwm = max((w.hwm_kb for w in ws), default=main.hwm_kb)
+        return ProcStats(cpu, rss, hwm)
+
+
+@contextlib.contextmanager
+def run(tmp: Path, name: str, config: str, core: int) -> Iterator[Router]:
+    port = free_port()
+    cfg = tmp / f"router-{name}.toml"
+    cfg.write_text(config)
+    log = tmp / f"router-{name}.log"
+    args = pinned(core, [sys.executable, "-m", "airouter", "--config", str(cfg),
+                         "--host", HOST, "--port", str(port), "--workers", "1",
+                         "--log-level", "warning"])
+    with spawn(args, log=log) as proc:
+        try:
+            wait_http(f"http://{HOST}:{port}/health/ready", timeout=60, proc=proc)
+        except Exception as e:
+            raise RuntimeError(f"router failed to start: {e}\n{log.read_text(errors='replace')}") from e
+        router = Router(port, proc.pid, log)
+        deadline = time.monotonic() + 10
+        while not router.workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield router

@@ -1,0 +1,165 @@
+"""Triton gRPC streaming: tokens/s through the router versus a direct gRPC client.
+
+Both sides send the same generation (the chatml prompt of the bench chat, the mock's 13
+pieces) with a fixed number of concurrent streams for a fixed time, one ModelStreamInfer
+call per request, as the router itself does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+import uvloop
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from airouter.templates import load_template
+from bench import bodies
+from bench.procs import ROOT
+from tests.support.triton import TritonServer, build_request, run_triton
+
+REPO = ROOT / "tests" / "triton_models"
+MODEL = "trtllm_ensemble"
+PIECES = 13  # what the mock generates for any prompt without [[echo]]
+MAX_TOKENS = 64
+
+
+@contextlib.contextmanager
+def server(tmp: Path) -> Iterator[TritonServer]:
+    with run_triton(REPO, log=tmp / "triton.log", models=[MODEL], ready_timeout=120) as s:
+        yield s
+
+
+@dataclass
+class TritonResult:
+    concurrency: int
+    requests: int
+    tokens: int  # backend pieces delivered (13 per request)
+    errors: int
+    seconds: float
+    rps: float
+    tokens_per_s: float
+    p50_ms: float  # whole-stream latency
+    p99_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _load(one: Callable[[], Awaitable[int]], concurrency: int, seconds: float,
+                warmup_s: float) -> TritonResult:
+    """Run `one` (a whole request; returns pieces seen, 0 on error) in `concurrency` loops."""
+    lat: list[float] = []
+    counts = {"requests": 0, "tokens": 0, "errors": 0}
+    t0 = time.perf_counter()
+    start, stop = t0 + warmup_s, t0 + warmup_s + seconds
+
+    async def worker() -> None:
+        while True:
+            t = time.perf_counter()
+            if t >= stop:
+                return
+            try:
+                n = await one()
+            except (aiohttp.ClientError, grpc.RpcError, TimeoutError):
+                n = 0
+            done = time.perf_counter()
+            if t >= start and done <= stop:
+                if n == PIECES:
+                    counts["requests"] += 1
+                    counts["tokens"] += n
+                    lat.append(done - t)
+                else:
+                    counts["errors"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    arr = np.array(lat) * 1e3 if lat else np.array([float("nan")])
+    return TritonResult(
+        concurrency=concurrency, requests=counts["requests"], tokens=counts["tokens"],
+        errors=counts["errors"], seconds=seconds,
+        rps=round(counts["requests"] / seconds, 1),
+        tokens_per_s=round(counts["tokens"] / seconds, 1),
+        p50_ms=round(float(np.percentile(arr, 50)), 3),
+        p99_ms=round(float(np.percentile(arr, 99)), 3),
+    )
+
+
+def _direct_request() -> service_pb2.ModelInferRequest:
+    prompt = load_template(format="chatml").render(bodies.MESSAGES).encode()
+
+    def flag(v: bool) -> np.ndarray:
+        return np.array([[v]], dtype=np.bool_)
+
+    return build_request(MODEL, {
+        "text_input": np.array([[prompt]], dtype=np.object_),
+        "max_tokens": np.array([[MAX_TOKENS]], dtype=np.int32),
+        "stream": flag(True),
+        "exclude_input_in_output": flag(True),
+        "return_num_input_tokens": flag(True),
+        "return_num_output_tokens": flag(True),
+        "temperature": np.array([[0.7]], dtype=np.float32),
+    }, request_id="bench-direct")
+
+
+async def _direct(grpc_url: str, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+    req = _direct_request()
+    async with grpc.aio.insecure_channel(grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        async def one() -> int:
+            call = stub.ModelStreamInfer(iter((req,)), timeout=30)
+            pieces = 0
+            async for msg in call:
+                if msg.error_message:
+                    return 0
+                ir = msg.infer_response
+                if ir.raw_output_contents:
+                    pieces += 1
+                if ir.parameters["triton_final_response"].bool_param:
+                    break
+            return pieces
+
+        return await _load(one, concurrency, seconds, warmup_s)
+
+
+async def _routed(url: str, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+    body = bodies.chat_request(bodies.ALIAS_TRITON, stream=True, max_tokens=MAX_TOKENS)
+    headers = {"Authorization": f"Bearer {bodies.CLIENT_KEY}", "Content-Type": "application/json"}
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, headers=headers,
+                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+
+        async def fetch() -> bytes | None:
+            async with session.post(url + "/v1/chat/completions", data=body) as resp:
+                data = await resp.read()
+            ok = resp.status == 200 and data.endswith(b"data: [DONE]\n\n")
+            return data if ok else None
+
+        # The router joins split UTF-8 characters, so it sends fewer chunks than the mock's
+        # pieces: learn the chunk count of a good answer once, then hold every answer to it.
+        probe = await fetch()
+        if probe is None or b'"finish_reason":"stop"' not in probe:
+            raise RuntimeError(f"the router's Triton path does not work: {probe!r}")
+        expect = probe.count(b'"content"')
+
+        async def one() -> int:
+            data = await fetch()
+            return PIECES if data is not None and data.count(b'"content"') == expect else 0
+
+        return await _load(one, concurrency, seconds, warmup_s)
+
+
+def run_direct(grpc_url: str, *, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+    return uvloop.run(_direct(grpc_url, concurrency, seconds, warmup_s))
+
+
+def run_routed(url: str, *, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+    return uvloop.run(_routed(url, concurrency, seconds, warmup_s))

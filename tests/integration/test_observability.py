@@ -1,0 +1,174 @@
+"""Metrics, traces and access logs, observed from outside: /metrics, an OTLP receiver, the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.otlp import Receiver, run_receiver
+from tests.support.procs import free_port
+from tests.support.router import RouterProc, run_router
+
+MSGS = [{"role": "user", "content": "one two three"}]
+
+
+def scrape(router: RouterProc) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, lab), v in samples.items()
+               if n == name and all(dict(lab).get(k) == want for k, want in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def two_workers(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[RouterProc]:
+    cfg = fake_config(upstream.url, dead_port=free_port())
+    with run_router(cfg, tmp_path_factory.mktemp("obs"), workers=2,
+                    env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}) as r:
+        yield r
+
+
+def test_metrics_add_up_across_two_workers(two_workers: RouterProc) -> None:
+    before = scrape(two_workers)
+    n_whole, n_stream = 12, 8
+    for _ in range(n_whole):
+        # A new client per request: new connections spread over both workers.
+        c = openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY, max_retries=0)
+        r = c.chat.completions.create(model="echo", messages=MSGS)
+        assert r.usage is not None
+        c.close()
+    for _ in range(n_stream):
+        c = openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY, max_retries=0)
+        list(c.chat.completions.create(model="echo", messages=MSGS, stream=True,
+                                       stream_options={"include_usage": True}))
+        c.close()
+    for _ in range(2):
+        # fake-slow spaces its content chunks 0.3 s apart: real inter-token gaps.
+        c = openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY, max_retries=0)
+        list(c.chat.completions.create(model="slow", messages=MSGS, stream=True))
+        c.close()
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY,
+                      max_retries=0).chat.completions.create(model="nope", messages=MSGS)
+    with pytest.raises(openai.InternalServerError):
+        openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY,
+                      max_retries=0).chat.completions.create(model="dead", messages=MSGS)
+    # Several scrapes land on different workers: each must show the sum over both.
+    for _ in range(4):
+        after = scrape(two_workers)
+
+        def delta(name: str, **labels: str) -> float:
+            return total(after, name, **labels) - total(before, name, **labels)
+
+        assert delta("airouter_requests_total", model="echo", status="200") == n_whole + n_stream
+        assert delta("airouter_requests_total", model="dead", status="502") == 1
+        assert delta("airouter_request_duration_seconds_count", model="echo") == n_whole + n_stream
+        assert delta("airouter_time_to_first_token_seconds_count", model="echo") == n_stream
+        assert delta("airouter_time_to_first_token_seconds_count", model="slow") == 2
+        assert delta("airouter_inter_token_latency_seconds_count", model="slow") >= 8
+        assert delta("airouter_inter_token_latency_seconds_sum", model="slow") > 0.25 * 8
+        assert delta("airouter_inter_token_latency_seconds_bucket", model="slow", le="0.25") < 4
+        # fake-echo: 3 prompt words, reply "echo: one two three" = 4 words.
+        assert delta("airouter_prompt_tokens_total", model="echo") == 3 * (n_whole + n_stream)
+        assert delta("airouter_completion_tokens_total", model="echo") == 4 * (n_whole + n_stream)
+        assert delta("airouter_upstream_errors_total", backend="dead") == 1
+        assert total(after, "airouter_requests_in_flight", model="echo") == 0
+        node = [dict(lab)["node"] for (n, lab) in after if n == "airouter_requests_total"
+                and dict(lab).get("model") == "echo"]
+        assert node and node[0].startswith("127.0.0.1:")
+
+
+def test_access_log_has_one_line_per_request_and_no_keys(router: RouterProc) -> None:
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    r = c.chat.completions.with_raw_response.create(model="echo", messages=MSGS,
+                                                    extra_headers={"x-request-id": "rid-777"})
+    assert r.headers["x-request-id"] == "rid-777"
+    lines: list[dict] = []
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:  # the line is written after the reply
+        time.sleep(0.02)
+        lines = [json.loads(line.split(" airouter.access [rid-777] ", 1)[1])
+                 for line in router.log_text().splitlines() if "airouter.access [rid-777]" in line]
+    assert len(lines) == 1
+    rec = lines[0]
+    assert rec["request_id"] == "rid-777" and rec["status"] == 200 and rec["model"] == "echo"
+    assert rec["backend"] == "fake" and rec["key"].startswith("key-0-")
+    assert rec["tokens_in"] == 3 and rec["tokens_out"] == 4 and rec["duration_ms"] > 0
+    assert CLIENT_KEY not in router.log_text() and UPSTREAM_KEY not in router.log_text()
+
+
+@pytest.fixture(scope="module")
+def traced(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[RouterProc, Receiver]]:
+    cfg = fake_config(upstream.url, dead_port=free_port())
+    with run_receiver() as receiver, run_router(
+        cfg, tmp_path_factory.mktemp("traced"),
+        env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "OTLP_ENDPOINT": f"127.0.0.1:{receiver.port}"},
+    ) as r:
+        yield r, receiver
+
+
+def test_traces_continue_incoming_context_and_reach_the_backend(
+    traced: tuple[RouterProc, Receiver], upstream: FakeUpstream
+) -> None:
+    router, receiver = traced
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    upstream.clear()
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    stream = c.chat.completions.create(
+        model="echo", messages=MSGS, stream=True, max_tokens=50, temperature=0.5,
+        stream_options={"include_usage": True},
+        extra_headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    list(stream)
+    spans = [s for s in receiver.wait_for(2) if s.trace_id == trace_id]
+    server = next(s for s in spans if s.kind == 2)  # SPAN_KIND_SERVER
+    client = next(s for s in spans if s.kind == 3)  # SPAN_KIND_CLIENT
+    assert server.parent_span_id == parent
+    assert client.parent_span_id == server.span_id
+    assert server.name == "chat echo" and client.name == "chat fake-echo"
+    assert server.service == "airouter"
+    a = client.attributes
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.request.model"] == "fake-echo"
+    assert a["gen_ai.response.model"] == "fake-echo-0613"
+    assert a["gen_ai.request.max_tokens"] == 50 and a["gen_ai.request.temperature"] == 0.5
+    assert a["gen_ai.usage.input_tokens"] == 3 and a["gen_ai.usage.output_tokens"] == 4
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert a["gen_ai.provider.name"] == "openai"
+    assert "gen_ai.first_token" in client.events
+    assert server.attributes["http.response.status_code"] == 200
+    # The backend saw our client span as its parent, in the same trace.
+    sent = upstream.requests[-1]["headers"]["traceparent"]
+    assert sent == f"00-{trace_id}-{client.span_id}-01"
+
+
+def test_errors_are_recorded_on_spans(traced: tuple[RouterProc, Receiver]) -> None:
+    router, receiver = traced
+    trace_id = os.urandom(16).hex()
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        c.chat.completions.create(model="dead", messages=MSGS, extra_headers={
+            "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
+    deadline_spans = receiver.wait_for(4)
+    mine = [s for s in deadline_spans if s.trace_id == trace_id]
+    assert len(mine) == 2
+    assert all(s.status_code == 2 for s in mine)  # STATUS_CODE_ERROR
+    assert all(s.attributes["error.type"] == "bad_gateway" for s in mine)
