@@ -75,7 +75,7 @@ def test_metrics_add_up_across_two_workers(two_workers: RouterProc) -> None:
     for _ in range(4):
         after = scrape(two_workers)
 
-        def delta(name: str, **labels: str) -> float:
+        def delta(name: str, after: dict = after, **labels: str) -> float:
             return total(after, name, **labels) - total(before, name, **labels)
 
         assert delta("airouter_requests_total", model="echo", status="200") == n_whole + n_stream
