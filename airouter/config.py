@@ -34,6 +34,8 @@ class ServerConfig(Base):
     max_body_mb: Annotated[float, msgspec.Meta(gt=0)] = 16.0
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     access_log: bool = True
+    # On SIGTERM: stop accepting, give in-flight streams this long, then end them cleanly.
+    shutdown_grace: Seconds = 30.0
     otlp_endpoint: str | None = None
 
 
@@ -42,23 +44,57 @@ class KeyConfig(Base):
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
 
-class OpenAIBackendConfig(Base, tag="openai", tag_field="type"):
-    base_url: str
+class NodeConfig(Base):
+    url: str
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+
+
+class NodesConfig(Base):
+    """What every backend type shares: its nodes and how to treat them."""
+
+    urls: list[str | NodeConfig] = []
+    balance: Literal["least_inflight", "round_robin"] = "least_inflight"
+    # Attempts on other nodes when one fails before any byte reached the client.
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 2
+    connect_timeout: Seconds = 5.0
+    first_token_timeout: Seconds = 120.0
+    idle_timeout: Seconds = 120.0
+    max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0  # per node; 0 = no limit
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 100
+    queue_timeout: Seconds = 30.0
+    health_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # 0 = no active checks
+    health_timeout: Seconds = 2.0
+    unhealthy_after: Annotated[int, msgspec.Meta(ge=1)] = 2
+    healthy_after: Annotated[int, msgspec.Meta(ge=1)] = 1
+    eject_after: Annotated[int, msgspec.Meta(ge=1)] = 3
+    cooldown: Seconds = 10.0
+
+
+class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):
+    base_url: str | None = None
     api_key: str | None = None
     headers: dict[str, str] = {}
     # "auto" follows the client; "never" always asks the upstream for one JSON answer;
     # "always" always streams from the upstream. The router re-chunks either way.
     stream: Literal["auto", "never", "always"] = "auto"
-    connect_timeout: Seconds = 5.0
-    idle_timeout: Seconds = 120.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
 
+    def node_urls(self) -> list[NodeConfig]:
+        return _nodes(self.base_url, self.urls)
 
-class TritonBackendConfig(Base, tag="triton", tag_field="type"):
-    url: str
-    connect_timeout: Seconds = 5.0
-    idle_timeout: Seconds = 120.0
+
+class TritonBackendConfig(NodesConfig, tag="triton", tag_field="type"):
+    url: str | None = None
     request_timeout: Seconds = 600.0
+
+    def node_urls(self) -> list[NodeConfig]:
+        return _nodes(self.url, self.urls)
+
+
+def _nodes(single: str | None, many: list[str | NodeConfig]) -> list[NodeConfig]:
+    out = [NodeConfig(url=single)] if single else []
+    out += [NodeConfig(url=n) if isinstance(n, str) else n for n in many]
+    return out
 
 
 BackendConfig = OpenAIBackendConfig | TritonBackendConfig
@@ -77,6 +113,8 @@ class ModelConfig(Base):
     interface: Literal["auto", "trtllm", "vllm", "embedding"] = "auto"
     cumulative: bool | None = None
     embedding_input: str = "text"
+    # Aliases to try, in order, when every node of this model's backend is unavailable.
+    fallbacks: list[str] = []
     embedding_output: str = "embedding"
 
 
@@ -167,14 +205,25 @@ def _check_host_port(url: str, where: str) -> None:
         raise ConfigError(f"{where}: {url!r} must be host:port")
 
 
+def is_glob(alias: str) -> bool:
+    return any(c in alias for c in "*?[")
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks msgspec cannot express; raises ConfigError naming the key."""
     for name, b in cfg.backends.items():
         where = f"backends.{name}"
-        if isinstance(b, OpenAIBackendConfig):
-            _check_url(b.base_url, f"{where}.base_url", ("http", "https"))
-        else:
-            _check_host_port(b.url, f"{where}.url")
+        single = "base_url" if isinstance(b, OpenAIBackendConfig) else "url"
+        nodes = b.node_urls()
+        if not nodes:
+            raise ConfigError(f"{where}: set {single} or urls")
+        for i, n in enumerate(nodes):
+            key = f"{where}.{single}" if i == 0 and getattr(b, single) else \
+                f"{where}.urls[{i - (1 if getattr(b, single) else 0)}]"
+            if isinstance(b, OpenAIBackendConfig):
+                _check_url(n.url, key, ("http", "https"))
+            else:
+                _check_host_port(n.url, key)
     defaults = [alias for alias, m in cfg.models.items() if m.default]
     if len(defaults) > 1:
         raise ConfigError(f"models: more than one default model ({', '.join(defaults)})")
@@ -183,8 +232,11 @@ def validate(cfg: Config) -> None:
         if m.backend not in cfg.backends:
             known = ", ".join(sorted(cfg.backends)) or "none defined"
             raise ConfigError(f"{where}.backend: unknown backend {m.backend!r} (known: {known})")
-        if m.default and any(c in alias for c in "*?["):
+        if m.default and is_glob(alias):
             raise ConfigError(f"{where}.default: a glob pattern cannot be the default model")
+        for fb in m.fallbacks:
+            if fb not in cfg.models or is_glob(fb):
+                raise ConfigError(f"{where}.fallbacks: {fb!r} is not a model alias")
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")

@@ -97,6 +97,8 @@ def extend_config(config: Path, state: Path) -> tuple[Path, list[str]]:
     llama.cpp's server, ...), `upstream` goes there as AIROUTER_UPSTREAM_MODEL (with the
     optional key AIROUTER_UPSTREAM_KEY). The result is written to the state directory; secrets
     stay in the environment as ${VAR} references. Backends the config already has are kept.
+    (Relative tokenizer_config / template_file paths would then resolve from the state
+    directory: use absolute ones in a config served this way.)
     """
     text = config.read_text(encoding="utf-8")
     try:
@@ -144,7 +146,7 @@ class Child:
 
 
 def start(name: str, args: Sequence[str], env: dict[str, str], log: Path) -> Child:
-    with open(log, "ab") as out:
+    with open(log, "wb") as out:  # the log of this run only
         proc = subprocess.Popen(
             list(args),
             env=env,
@@ -270,6 +272,8 @@ def backend_folder(ts: Path, state: Path) -> Path:
 
 
 def model_repository(state: Path) -> Path:
+    if not EXAMPLE_REPO.is_dir():
+        raise DemoError(f"{EXAMPLE_REPO} not found: run the demo from a checkout of airouter")
     dest = state / "models"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(EXAMPLE_REPO, dest, ignore=shutil.ignore_patterns("__pycache__", "*.md"))
@@ -306,7 +310,7 @@ def print_usage(port: int, aliases: list[str]) -> None:
     base = f"http://localhost:{port}/v1"
     py = shown(Path(sys.executable))
     sdk = f'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="none")'
-    ask = 'model="smollm2", messages=[{"role": "user", "content": "Tell me about the Moon"}]'
+    ask = 'model="smollm2", messages=[{"role": "user", "content": "Name three planets."}]'
     print(
         f"""
 Try it (model "smollm2", SmolLM2-135M on Triton; OpenAI API at {base}):

@@ -11,6 +11,8 @@ class RouterError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    # True when another node may well succeed: connection refused, 503, node unavailable.
+    retryable = False
 
     def __init__(
         self,
@@ -20,8 +22,11 @@ class RouterError(Exception):
         code: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
         self.message = message
         self.param = param
         if code is not None:
@@ -76,6 +81,12 @@ class UnsupportedMediaType(RouterError):
     code = "unsupported_media_type"
 
 
+class RateLimited(RouterError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamError(RouterError):
     """The backend answered with an error; status and body are relayed in OpenAI's shape."""
 
@@ -92,6 +103,7 @@ class ServiceUnavailable(RouterError):
     status = 503
     type = "upstream_error"
     code = "service_unavailable"
+    retryable = True
 
 
 class GatewayTimeout(RouterError):

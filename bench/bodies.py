@@ -55,18 +55,17 @@ def completion_json() -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def chunk_json(content: str | None, *, model: str = UPSTREAM_MODEL, role: bool = False,
-               finish: str | None = None, cid: str = "chatcmpl-bench0000000000000000000002") -> bytes:
+def chunk_json(content: str | None, *, role: bool = False, finish: str | None = None) -> bytes:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
     if content is not None:
         delta["content"] = content
     body = {
-        "id": cid,
+        "id": "chatcmpl-bench0000000000000000000002",
         "object": "chat.completion.chunk",
         "created": CREATED,
-        "model": model,
+        "model": UPSTREAM_MODEL,
         "system_fingerprint": "fp_bench",
         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
     }

@@ -9,11 +9,10 @@ microsecond it spends per token would be blamed on whatever sits in the middle.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import time
 from array import array
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import uvloop

@@ -59,7 +59,8 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | N
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
         try:
-            req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+            data = b"{}" if method == "POST" else None
+            req = urllib.request.Request(url, method=method, data=data)
             with urllib.request.urlopen(req, timeout=2) as r:
                 if 200 <= r.status < 300:
                     return
@@ -129,3 +130,14 @@ def proc_stats(pid: int) -> ProcStats:
         if name in kb:
             kb[name] = int(value.split()[0])
     return ProcStats(cpu, kb["VmRSS"], kb["VmHWM"])
+
+
+def group_stats(pid: int) -> ProcStats:
+    """A server's main process and its workers: CPU summed; memory of the largest worker
+    (the main process only supervises), or of the main process when it has none."""
+    main = proc_stats(pid)
+    ws = [proc_stats(p) for p in children(pid)]
+    cpu = main.cpu_s + sum(w.cpu_s for w in ws)
+    rss = max((w.rss_kb for w in ws), default=main.rss_kb)
+    hwm = max((w.hwm_kb for w in ws), default=main.hwm_kb)
+    return ProcStats(round(cpu, 3), rss, hwm)

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import bodies
-from bench.procs import HOST, ProcStats, children, free_port, pinned, proc_stats, spawn, wait_http
+from bench.procs import (
+    HOST,
+    ProcStats,
+    children,
+    free_port,
+    group_stats,
+    pinned,
+    spawn,
+    wait_http,
+)
 
 
 def openai_config(json_url: str, sse_url: str, paced_url: str | None) -> str:
@@ -20,6 +29,7 @@ def openai_config(json_url: str, sse_url: str, paced_url: str | None) -> str:
 [server]
 api_keys = ["{bodies.CLIENT_KEY}"]
 log_level = "warning"
+access_log = false
 
 [backends.json]
 type = "openai"
@@ -62,6 +72,7 @@ def triton_config(grpc_url: str) -> str:
 [server]
 api_keys = ["{bodies.CLIENT_KEY}"]
 log_level = "warning"
+access_log = false
 
 [backends.triton]
 type = "triton"
@@ -88,15 +99,7 @@ class Router:
         return children(self.pid)
 
     def stats(self) -> ProcStats:
-        """CPU summed over the main process and its workers; memory of the largest worker
-        (the main process only supervises)."""
-        pids = self.workers()
-        main = proc_stats(self.pid)
-        ws = [proc_stats(p) for p in pids]
-        cpu = main.cpu_s + sum(w.cpu_s for w in ws)
-        rss = max((w.rss_kb for w in ws), default=main.rss_kb)
-        hwm = max((w.hwm_kb for w in ws), default=main.hwm_kb)
-        return ProcStats(cpu, rss, hwm)
+        return group_stats(self.pid)
 
 
 @contextlib.contextmanager
@@ -112,7 +115,8 @@ def run(tmp: Path, name: str, config: str, core: int) -> Iterator[Router]:
         try:
             wait_http(f"http://{HOST}:{port}/health/ready", timeout=60, proc=proc)
         except Exception as e:
-            raise RuntimeError(f"router failed to start: {e}\n{log.read_text(errors='replace')}") from e
+            text = log.read_text(errors="replace")
+            raise RuntimeError(f"router failed to start: {e}\n{text[-4000:]}") from e
         router = Router(port, proc.pid, log)
         deadline = time.monotonic() + 10
         while not router.workers() and time.monotonic() < deadline:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import cast
 import contextlib
 import signal
+from typing import cast
 
 import uvloop
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ import aiohttp
 import msgspec
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
+from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -119,14 +121,30 @@ class OpenAIHttpBackend(Backend):
 
     def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
         self.name = name
-        self.node = urlsplit(cfg.base_url).netloc
         self.cfg = cfg
-        self.base_url = cfg.base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
-        self._urls = {ep: self.base_url + path for ep, path in _PATHS.items()}
+        specs = [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
+        self.pool = NodePool(
+            name,
+            specs,
+            balance=cfg.balance,
+            max_concurrent=cfg.max_concurrent,
+            max_queue=cfg.max_queue,
+            queue_timeout=cfg.queue_timeout,
+            eject_after=cfg.eject_after,
+            cooldown=cfg.cooldown,
+            unhealthy_after=cfg.unhealthy_after,
+            healthy_after=cfg.healthy_after,
+        )
+        # Per node, computed once: the endpoint URLs and the label used in metrics and logs.
+        self._urls = {
+            n.url: {ep: n.url + path for ep, path in _PATHS.items()} for n in self.pool.nodes
+        }
+        self._labels = {n.url: urlsplit(n.url).netloc for n in self.pool.nodes}
         self._session: aiohttp.ClientSession | None = None
+        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -138,10 +156,34 @@ class OpenAIHttpBackend(Backend):
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
         )
+        if self.cfg.health_interval > 0:
+            self._health = asyncio.create_task(
+                self.pool.run_checks(self._check, self.cfg.health_interval)
+            )
 
     async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
         if self._session is not None:
             await self._session.close()
+
+    async def _check(self, node: Node) -> bool:
+        """Active health check: the node answers GET {base_url}/models without a 5xx."""
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                node.url + "/models", timeout=aiohttp.ClientTimeout(total=self.cfg.health_timeout)
+            ) as r:
+                await r.read()
+                return r.status < 500
+        except (TimeoutError, aiohttp.ClientError):
+            return False
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.pool.any_available else "unavailable",
+            "nodes": self.pool.status(),
+        }
 
     def _upstream_streams(self, call: Call) -> bool:
         if call.endpoint is Endpoint.EMBEDDINGS or self.cfg.stream == "never":
@@ -150,7 +192,6 @@ class OpenAIHttpBackend(Backend):
 
     async def open(self, call: Call) -> Reply:
         assert self._session is not None, "backend not started"
-        call.stats.node = self.node
         body = call.body
         body["model"] = call.target.backend_model
         stream = self._upstream_streams(call)
@@ -163,12 +204,35 @@ class OpenAIHttpBackend(Backend):
             elif call.stream:
                 body["stream"] = False
                 body.pop("stream_options", None)
+        data = _encode(body)
+        return await with_failover(
+            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data)
+        )
+
+    async def _attempt(self, node: Node, call: Call, data: bytes) -> Reply:
+        assert self._session is not None
+        call.stats.node = self._labels[node.url]
+        try:
+            async with asyncio.timeout(self.cfg.first_token_timeout):
+                return await self._send(node, call, data)
+        except TimeoutError:
+            raise GatewayTimeout(
+                f"The backend '{self.name}' sent no answer within "
+                f"{self.cfg.first_token_timeout:g}s."
+            ) from None
+
+    async def _send(self, node: Node, call: Call, data: bytes) -> Reply:
+        assert self._session is not None
         try:
             resp = await self._session.post(
-                self._urls[call.endpoint], data=_encode(body), headers=call.headers or None
+                self._urls[node.url][call.endpoint], data=data, headers=call.headers or None
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
+        except aiohttp.ClientConnectorError as e:
+            raise BadGateway(
+                f"Could not reach the backend '{self.name}': {type(e).__name__}.", retryable=True
+            ) from None
         except aiohttp.ClientError as e:
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}."
@@ -177,9 +241,10 @@ class OpenAIHttpBackend(Backend):
             if resp.status >= 400:
                 raise _upstream_error(resp.status, await resp.read(), resp.headers)
             if resp.content_type == "text/event-stream":
-                return Reply(
-                    chunks=self._relay(resp, call.target, call.stats), aclose=_closer(resp)
-                )
+                relay = _Relay(self.name, resp, call.target, call.stats)
+                # Wait for the first event, so a node that fails before it can be replaced.
+                first = await relay.next_batch()
+                return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             resp.close()
@@ -205,27 +270,43 @@ class OpenAIHttpBackend(Backend):
         record_usage(obj, call.stats)
         return Reply(body=_encode(complete_response(obj, call.target.alias)))
 
-    async def _relay(
-        self, resp: aiohttp.ClientResponse, target: Target, stats: Stats
-    ) -> AsyncIterator[list[bytes]]:
-        decoder = SSEDecoder()
-        content = resp.content
+
+class _Relay:
+    """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
+
+    __slots__ = ("name", "resp", "target", "stats", "decoder", "done")
+
+    def __init__(
+        self, name: str, resp: aiohttp.ClientResponse, target: Target, stats: Stats
+    ) -> None:
+        self.name = name
+        self.resp = resp
+        self.target = target
+        self.stats = stats
+        self.decoder = SSEDecoder()
+        self.done = False
+
+    async def next_batch(self) -> list[bytes] | None:
+        """The next non-empty batch, or None at the end of the stream."""
+        content = self.resp.content
+        target, stats = self.target, self.stats
         try:
-            while True:
+            while not self.done:
                 data = await content.readany()
-                payloads = decoder.feed(data) if data else decoder.close()
-                if payloads:
-                    for p in payloads:
-                        # Cheap byte checks first; decode only the rare chunks that matter.
-                        if (b'"usage"' in p or b'"finish_reason"' in p) and _NOTABLE.search(p):
-                            _note_chunk(p, stats)
-                    batch = [rewrite_model(p, target) for p in payloads if p != DONE]
-                    if batch:
-                        yield batch
-                    if len(batch) != len(payloads):
-                        return
+                payloads = self.decoder.feed(data) if data else self.decoder.close()
                 if not data:
-                    return
+                    self.done = True
+                if not payloads:
+                    continue
+                for p in payloads:
+                    # Cheap byte checks first; decode only the rare chunks that matter.
+                    if (b'"usage"' in p or b'"finish_reason"' in p) and _NOTABLE.search(p):
+                        _note_chunk(p, stats)
+                batch = [rewrite_model(p, target) for p in payloads if p != DONE]
+                if len(batch) != len(payloads):
+                    self.done = True
+                if batch:
+                    return batch
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(
                 f"The backend '{self.name}' stopped sending for longer than the idle timeout."
@@ -234,8 +315,18 @@ class OpenAIHttpBackend(Backend):
             raise BadGateway(
                 f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
             ) from None
-        finally:
-            resp.close()
+        return None
+
+    async def iterate(self, first: list[bytes] | None) -> AsyncIterator[list[bytes]]:
+        batch = first
+        while batch is not None:
+            yield batch
+            batch = await self.next_batch()
+
+    async def aclose(self) -> None:
+        # close(), not release(): an unfinished stream must not go back to the pool, and
+        # closing the socket is how the upstream learns the client went away.
+        self.resp.close()
 
 
 def record_usage(obj: dict[str, Any], stats: Stats) -> None:
@@ -259,12 +350,3 @@ def _note_chunk(payload: bytes, stats: Stats) -> None:
         return
     if isinstance(obj, dict):
         record_usage(obj, stats)
-
-
-def _closer(resp: aiohttp.ClientResponse) -> Any:
-    async def aclose() -> None:
-        # close(), not release(): an unfinished stream must not go back to the pool, and
-        # closing the socket is how the upstream learns the client went away.
-        resp.close()
-
-    return aclose

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
+from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
@@ -60,7 +61,7 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return GatewayTimeout(f"The Triton server at {url} did not answer in time.")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return BadGateway(f"Could not reach the Triton server at {url}.")
+        return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -102,6 +103,7 @@ class _Generation:
         "finished",
         "vllm_finish",
         "stats",
+        "_limit",
     )
 
     def __init__(
@@ -114,6 +116,7 @@ class _Generation:
         chat: bool,
         want_usage: bool,
         url: str,
+        first_timeout: float,
         idle: float,
     ) -> None:
         self.call = call
@@ -134,12 +137,13 @@ class _Generation:
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle_fired = False
-        self._timer = loop.call_later(idle, self._check_idle)
+        self._limit = first_timeout
+        self._timer = loop.call_later(first_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
         # One timer per request rather than one per token: each response only stamps _last.
         loop = asyncio.get_running_loop()
-        due = self._last + self.idle
+        due = self._last + self._limit
         if loop.time() >= due:
             self._idle_fired = True
             self.call.cancel()
@@ -152,7 +156,7 @@ class _Generation:
         except asyncio.CancelledError:
             if self._idle_fired:
                 raise GatewayTimeout(
-                    f"The Triton server at {self.url} sent nothing for {self.idle:g}s."
+                    f"The Triton server at {self.url} sent nothing for {self._limit:g}s."
                 ) from None
             raise
         except grpc.aio.AioRpcError as e:
@@ -160,6 +164,7 @@ class _Generation:
         if resp is grpc.aio.EOF:
             return None
         self._last = asyncio.get_running_loop().time()
+        self._limit = self.idle
         return resp
 
     def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:
@@ -239,29 +244,78 @@ class TritonGrpcBackend(Backend):
     def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self.url = cfg.url
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: service_pb2_grpc.GRPCInferenceServiceStub | None = None
+        specs = [NodeSpec(n.url, n.weight) for n in cfg.node_urls()]
+        self.pool = NodePool(
+            name,
+            specs,
+            balance=cfg.balance,
+            max_concurrent=cfg.max_concurrent,
+            max_queue=cfg.max_queue,
+            queue_timeout=cfg.queue_timeout,
+            eject_after=cfg.eject_after,
+            cooldown=cfg.cooldown,
+            unhealthy_after=cfg.unhealthy_after,
+            healthy_after=cfg.healthy_after,
+        )
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._infos: dict[tuple[str, str, str], ModelInfo] = {}
         self._plans: dict[tuple[int, str], _Plan] = {}
         self._templates: dict[int, ChatTemplate | None] = {}
         self._lock = asyncio.Lock()
+        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(
-            self.url,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.http2.max_pings_without_data", 0),
-            ],
-        )
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        for node in self.pool.nodes:
+            # One long-lived HTTP/2 channel per node; every request is a stream on it.
+            channel = grpc.aio.insecure_channel(
+                node.url,
+                options=[
+                    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                    ("grpc.keepalive_time_ms", 30_000),
+                    ("grpc.http2.max_pings_without_data", 0),
+                    # Reconnect quickly once a restarted node is back.
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 2_000),
+                ],
+            )
+            self._channels[node.url] = channel
+            self._stubs[node.url] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        if self.cfg.health_interval > 0:
+            self._health = asyncio.create_task(
+                self.pool.run_checks(self._check, self.cfg.health_interval)
+            )
 
     async def aclose(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        if self._health is not None:
+            self._health.cancel()
+        for channel in self._channels.values():
+            await channel.close(grace=None)
+
+    async def _check(self, node: Node) -> bool:
+        """Active health check: the server is ready, and so is every model we use on it."""
+        stub = self._stubs[node.url]
+        timeout = self.cfg.health_timeout
+        try:
+            ready = await stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=timeout)
+            if not ready.ready:
+                return False
+            for model in {k[0] for k in self._infos}:
+                r = await stub.ModelReady(
+                    service_pb2.ModelReadyRequest(name=model), timeout=timeout
+                )
+                if not r.ready:
+                    return False
+        except grpc.aio.AioRpcError:
+            return False
+        return True
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.pool.any_available else "unavailable",
+            "nodes": self.pool.status(),
+        }
 
     def check(self, model: ModelConfig) -> None:
         self.template_for(model)
@@ -293,27 +347,39 @@ class TritonGrpcBackend(Backend):
         info = self._infos.get(key)
         if info is not None:
             return info
-        assert self._stub is not None, "backend not started"
         async with self._lock:
             info = self._infos.get(key)
             if info is None:
-                try:
-                    resp = await self._stub.ModelConfig(
-                        service_pb2.ModelConfigRequest(name=model), timeout=self.cfg.connect_timeout
-                    )
-                except grpc.aio.AioRpcError as e:
-                    if e.code() == grpc.StatusCode.UNAVAILABLE:
-                        raise BadGateway(
-                            f"Could not reach the Triton server at {self.url}."
-                        ) from None
-                    raise map_error(e.details() or "", model) from None
-                cfg = json_format.MessageToDict(resp.config, preserving_proto_field_name=True)
+                cfg = await self._model_config(model)
                 try:
                     info = parse_config(cfg, mc.interface, mc.embedding_input)
                 except ValueError as e:
                     raise BadGateway(str(e)) from None
                 self._infos[key] = info
         return info
+
+    async def _model_config(self, model: str) -> dict[str, Any]:
+        """The model's config from the first node that answers (nodes serve the same models)."""
+        last: RouterError | None = None
+        nodes = [n for n in self.pool.nodes if n.available(0)] or self.pool.nodes
+        for node in nodes:
+            try:
+                resp = await self._stubs[node.url].ModelConfig(
+                    service_pb2.ModelConfigRequest(name=model), timeout=self.cfg.connect_timeout
+                )
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    last = BadGateway(
+                        f"Could not reach the Triton server at {node.url}.", retryable=True
+                    )
+                    continue
+                raise map_error(e.details() or "", model) from None
+            cfg: dict[str, Any] = json_format.MessageToDict(
+                resp.config, preserving_proto_field_name=True
+            )
+            return cfg
+        assert last is not None
+        raise last
 
     async def _plan(self, target: Target) -> _Plan:
         key = (id(target.model), target.backend_model)
@@ -367,7 +433,6 @@ class TritonGrpcBackend(Backend):
         return str(prompt)
 
     async def _generate(self, call: Call, plan: _Plan) -> Reply:
-        assert self._stub is not None, "backend not started"
         chat = call.endpoint is Endpoint.CHAT
         default_max = plan.model.max_tokens or (
             DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS
@@ -384,30 +449,35 @@ class TritonGrpcBackend(Backend):
             special_tokens=plan.special,
             stops=params.stop,
         )
-        metadata = tuple(call.headers.items()) if call.headers else None
-        grpc_call = self._stub.ModelStreamInfer(
-            iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
-        )
-        gen = _Generation(
-            grpc_call,
-            plan,
-            writer,
-            pipe,
-            params,
-            chat,
-            call.include_usage or not call.stream,
-            self.url,
-            self.cfg.idle_timeout,
-        )
-        gen.stats = call.stats
-        call.stats.node = self.url
         call.stats.response_model = info.name
-        try:
-            first = await self._first(gen)
-        except BaseException:
-            await gen.aclose()
-            raise
-        return Reply(chunks=gen.stream(first), aclose=gen.aclose)
+        metadata = tuple(call.headers.items()) if call.headers else None
+
+        async def attempt(node: Node) -> Reply:
+            grpc_call = self._stubs[node.url].ModelStreamInfer(
+                iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
+            )
+            call.stats.node = node.url
+            gen = _Generation(
+                grpc_call,
+                plan,
+                writer,
+                pipe,
+                params,
+                chat,
+                call.include_usage or not call.stream,
+                node.url,
+                self.cfg.first_token_timeout,
+                self.cfg.idle_timeout,
+            )
+            gen.stats = call.stats
+            try:
+                first = await self._first(gen)
+            except BaseException:
+                await gen.aclose()
+                raise
+            return Reply(chunks=gen.stream(first), aclose=gen.aclose)
+
+        return await with_failover(self.pool, self.cfg.retries, attempt)
 
     async def _first(self, gen: _Generation) -> list[bytes]:
         """Wait for the first response, so errors before any output get a proper HTTP status."""
@@ -426,7 +496,6 @@ class TritonGrpcBackend(Backend):
                 return out
 
     async def _embed(self, call: Call, plan: _Plan) -> Reply:
-        assert self._stub is not None, "backend not started"
         raw = call.body["input"]
         texts = [raw] if isinstance(raw, str) else raw
         if not texts or not all(isinstance(t, str) for t in texts):
@@ -435,9 +504,15 @@ class TritonGrpcBackend(Backend):
                 param="input",
                 code="unsupported_parameter",
             )
-        mc = plan.model
-        call.stats.node = self.url
         call.stats.response_model = plan.info.name
+        return await with_failover(
+            self.pool, self.cfg.retries, lambda node: self._embed_on(node, call, plan, texts)
+        )
+
+    async def _embed_on(self, node: Node, call: Call, plan: _Plan, texts: list[str]) -> Reply:
+        mc = plan.model
+        call.stats.node = node.url
+        stub = self._stubs[node.url]
         batch = plan.info.max_batch_size or 1
         vectors: list[bytes] = []
         metadata = tuple(call.headers.items()) if call.headers else None
@@ -445,11 +520,11 @@ class TritonGrpcBackend(Backend):
             part = [t.encode() for t in texts[i : i + batch]]
             req = build_embed(plan.info, part, mc.embedding_input)
             try:
-                resp = await self._stub.ModelInfer(
+                resp = await stub.ModelInfer(
                     req, timeout=self.cfg.request_timeout, metadata=metadata
                 )
             except grpc.aio.AioRpcError as e:
-                raise map_rpc_error(e, self.url, plan.info.name) from None
+                raise map_rpc_error(e, node.url, plan.info.name) from None
             idx = (
                 [o.name for o in resp.outputs].index(mc.embedding_output)
                 if mc.embedding_output in [o.name for o in resp.outputs]
@@ -476,10 +551,3 @@ class TritonGrpcBackend(Backend):
             "usage": {"prompt_tokens": 0, "total_tokens": 0},
         }
         return Reply(body=_encode(body))
-
-    def health(self) -> dict[str, Any]:
-        if self._channel is None:
-            return {"status": "unavailable"}
-        state = self._channel.get_state(try_to_connect=False)
-        ok = state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
-        return {"status": "ok" if ok else "unavailable", "url": self.url, "channel": state.name}

@@ -71,6 +71,7 @@ def test_metrics_add_up_across_two_workers(two_workers: RouterProc) -> None:
     with pytest.raises(openai.InternalServerError):
         openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY,
                       max_retries=0).chat.completions.create(model="dead", messages=MSGS)
+    time.sleep(0.3)  # metrics are recorded just after the last byte is sent
     # Several scrapes land on different workers: each must show the sum over both.
     for _ in range(4):
         after = scrape(two_workers)

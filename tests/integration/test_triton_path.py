@@ -328,7 +328,13 @@ def test_metrics_count_triton_requests_and_tokens(client: openai.OpenAI, router:
     before = scrape(router)
     client.chat.completions.create(model="vllm", messages=MSGS)
     list(client.chat.completions.create(model="vllm", messages=MSGS, stream=True))
+    # Metrics are recorded just after the last byte is sent: let the router catch up.
+    deadline = time.monotonic() + 3
     after = scrape(router)
+    while total(after, "airouter_requests_total", model="vllm") - total(
+            before, "airouter_requests_total", model="vllm") < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = scrape(router)
 
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)

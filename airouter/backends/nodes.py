@@ -1,0 +1,284 @@
+"""Nodes of a backend: balancing, per-node concurrency limits with a bounded queue, passive
+ejection after consecutive failures, and active health state."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from airouter.backends.base import Reply
+from airouter.errors import RateLimited, RouterError, ServiceUnavailable
+from airouter.observability import metrics
+
+log = logging.getLogger("airouter.nodes")
+
+
+@dataclass(slots=True, frozen=True)
+class NodeSpec:
+    url: str
+    weight: float = 1.0
+
+
+class Node:
+    __slots__ = (
+        "url",
+        "weight",
+        "in_flight",
+        "healthy",
+        "ejected_until",
+        "failures",
+        "checks_ok",
+        "checks_bad",
+        "waiters",
+        "served",
+        "_up",
+        "backend",
+    )
+
+    def __init__(self, backend: str, spec: NodeSpec) -> None:
+        self.backend = backend
+        self.url = spec.url
+        self.weight = spec.weight
+        self.in_flight = 0
+        self.healthy = True  # the active checks' verdict
+        self.ejected_until = 0.0  # passive ejection after consecutive failures
+        self.failures = 0
+        self.checks_ok = 0
+        self.checks_bad = 0
+        self.served = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._up = metrics.NODE_UP.labels(backend, spec.url)
+        self._up.set(1)
+
+    def available(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+    def status(self) -> dict[str, object]:
+        now = time.monotonic()
+        state = "up" if self.available(now) else ("ejected" if self.healthy else "down")
+        return {
+            "url": self.url,
+            "status": state,
+            "in_flight": self.in_flight,
+            "queued": len(self.waiters),
+            "weight": self.weight,
+        }
+
+    def _publish(self) -> None:
+        self._up.set(1 if self.available(time.monotonic()) else 0)
+
+
+class NodePool:
+    """Picks a node per attempt, holds a concurrency slot while the call runs, and learns
+    from the outcome. All of it runs on the event loop: no locks needed."""
+
+    def __init__(
+        self,
+        backend: str,
+        specs: Sequence[NodeSpec],
+        *,
+        balance: str = "least_inflight",
+        max_concurrent: int = 0,
+        max_queue: int = 100,
+        queue_timeout: float = 30.0,
+        eject_after: int = 3,
+        cooldown: float = 10.0,
+        unhealthy_after: int = 2,
+        healthy_after: int = 1,
+    ) -> None:
+        self.backend = backend
+        self.nodes = [Node(backend, s) for s in specs]
+        self.balance = balance
+        self.max_concurrent = max_concurrent
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.eject_after = eject_after
+        self.cooldown = cooldown
+        self.unhealthy_after = unhealthy_after
+        self.healthy_after = healthy_after
+        self._rr = 0
+        self._rr_credit = [0.0] * len(self.nodes)
+
+    @property
+    def any_available(self) -> bool:
+        now = time.monotonic()
+        return any(n.available(now) for n in self.nodes)
+
+    def pick(self, exclude: Sequence[Node] = ()) -> Node | None:
+        now = time.monotonic()
+        nodes = self.nodes
+        if len(nodes) == 1:
+            n = nodes[0]
+            return n if n.available(now) and n not in exclude else None
+        candidates = [n for n in nodes if n.available(now) and n not in exclude]
+        if not candidates:
+            return None
+        if self.balance == "round_robin":
+            return self._weighted_rr(candidates)
+        # Least in-flight relative to weight; ties go to the node that served fewer.
+        return min(candidates, key=lambda n: ((n.in_flight + 1) / n.weight, n.served))
+
+    def _weighted_rr(self, candidates: list[Node]) -> Node:
+        # Smooth weighted round-robin (as nginx does): even spread, proportional to weight.
+        total = 0.0
+        best: Node | None = None
+        best_credit = 0.0
+        for i, n in enumerate(self.nodes):
+            if n not in candidates:
+                continue
+            self._rr_credit[i] += n.weight
+            total += n.weight
+            if best is None or self._rr_credit[i] > best_credit:
+                best, best_credit = n, self._rr_credit[i]
+        assert best is not None
+        self._rr_credit[self.nodes.index(best)] -= total
+        return best
+
+    async def acquire(self, node: Node) -> None:
+        """Take a concurrency slot on `node`, queueing (bounded) when it is full."""
+        limit = self.max_concurrent
+        if limit and node.in_flight >= limit:
+            if len(node.waiters) >= self.max_queue:
+                raise RateLimited(
+                    f"The backend '{self.backend}' is at capacity; retry shortly.",
+                    headers={"Retry-After": "1"},
+                )
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            node.waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, self.queue_timeout)
+            except BaseException as e:
+                if fut.done() and not fut.cancelled():
+                    self.release(node)  # handed a slot at the last moment: pass it on
+                elif fut in node.waiters:
+                    node.waiters.remove(fut)
+                if isinstance(e, TimeoutError):
+                    raise ServiceUnavailable(
+                        f"The backend '{self.backend}' stayed at capacity for "
+                        f"{self.queue_timeout:g}s.",
+                        headers={"Retry-After": "2"},
+                        code="queue_timeout",
+                    ) from None
+                raise
+            # The releaser handed its slot over to us: in_flight already counts it.
+            return
+        node.in_flight += 1
+        node.served += 1
+
+    def release(self, node: Node) -> None:
+        while node.waiters:
+            fut = node.waiters.popleft()
+            if not fut.done():
+                node.served += 1
+                fut.set_result(None)  # hand the slot over; in_flight stays the same
+                return
+        node.in_flight -= 1
+
+    def succeeded(self, node: Node) -> None:
+        if node.failures:
+            node.failures = 0
+            node.ejected_until = 0.0
+            node._publish()
+
+    def failed(self, node: Node, why: str) -> None:
+        """A connect error or 5xx: after `eject_after` in a row, rest the node for `cooldown`."""
+        node.failures += 1
+        if node.failures >= self.eject_after:
+            node.ejected_until = time.monotonic() + self.cooldown
+            log.warning(
+                "backend %s: node %s ejected for %gs after %d failures (%s)",
+                self.backend,
+                node.url,
+                self.cooldown,
+                node.failures,
+                why,
+            )
+            node._publish()
+
+    def checked(self, node: Node, ok: bool) -> None:
+        """The active health check's result for `node`."""
+        if ok:
+            node.checks_bad = 0
+            node.checks_ok += 1
+            if not node.healthy and node.checks_ok >= self.healthy_after:
+                node.healthy = True
+                node.failures = 0
+                node.ejected_until = 0.0
+                log.warning("backend %s: node %s is healthy again", self.backend, node.url)
+        else:
+            node.checks_ok = 0
+            node.checks_bad += 1
+            if node.healthy and node.checks_bad >= self.unhealthy_after:
+                node.healthy = False
+                log.warning(
+                    "backend %s: node %s failed %d health checks",
+                    self.backend,
+                    node.url,
+                    node.checks_bad,
+                )
+        node._publish()
+
+    async def run_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
+        """Check every node every `interval` seconds, forever (cancel to stop)."""
+        while True:
+            results = await asyncio.gather(*(check(n) for n in self.nodes), return_exceptions=True)
+            for node, ok in zip(self.nodes, results, strict=True):
+                self.checked(node, ok is True)
+            await asyncio.sleep(interval)
+
+    def status(self) -> list[dict[str, object]]:
+        return [n.status() for n in self.nodes]
+
+
+async def with_failover(
+    pool: NodePool, retries: int, attempt: Callable[[Node], Awaitable[Reply]]
+) -> Reply:
+    """Run `attempt` on a node; on a retryable failure (nothing reached the client yet) try
+    another node, at most `retries` more times. The node's slot is held until the reply closes."""
+    tried: list[Node] = []
+    last: RouterError | None = None
+    for _ in range(retries + 1):
+        node = pool.pick(tried)
+        if node is None:
+            break
+        await pool.acquire(node)
+        try:
+            reply = await attempt(node)
+        except RouterError as e:
+            pool.release(node)
+            if e.status >= 500:
+                pool.failed(node, e.code or str(e.status))
+            if not e.retryable:
+                raise
+            tried.append(node)
+            last = e
+            continue
+        except BaseException:
+            pool.release(node)
+            raise
+        pool.succeeded(node)
+        reply.aclose = _releasing(reply, pool, node)
+        return reply
+    if last is not None:
+        raise last
+    raise ServiceUnavailable(
+        f"No node of the backend '{pool.backend}' is available.",
+        headers={"Retry-After": str(max(1, int(pool.cooldown)))},
+        code="no_healthy_node",
+    )
+
+
+def _releasing(reply: Reply, pool: NodePool, node: Node) -> Callable[[], Awaitable[None]]:
+    inner = reply.aclose
+
+    async def aclose() -> None:
+        try:
+            await inner()
+        finally:
+            pool.release(node)
+
+    return aclose

@@ -1,0 +1,146 @@
+"""`python -m bench [--quick] [--profile]`: start the pieces, run the scenarios, report.
+
+Writes bench/results/<timestamp>.json and .png. Every process it starts runs in its own
+process group and is stopped on the way out, Ctrl-C and errors included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import deps, nginx, report, scenarios
+from bench.procs import (
+    HOST,
+    LOAD_CORE,
+    ROOT,
+    ROUTER_CORE,
+    free_port,
+    pin_self,
+    raise_nofile,
+    spawn,
+    wait_http,
+)
+
+ALL = ("chat", "stream", "paced", "triton")
+RESULTS = ROOT / "bench" / "results"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _version(args: list[str]) -> str:
+    try:
+        r = subprocess.run(args, capture_output=True, text=True, timeout=10)
+    except OSError:
+        return "?"
+    out = (r.stdout + r.stderr).strip().splitlines()
+    return out[0] if out else "?"
+
+
+def _meta(quick: bool, stamp: str) -> dict[str, Any]:
+    import aiohttp
+    import granian
+
+    return {
+        "timestamp": stamp, "quick": quick, "router_core": ROUTER_CORE, "load_core": LOAD_CORE,
+        "cpu": _cpu_model(), "python": scenarios.python_version(),
+        "granian": granian.__version__, "aiohttp": aiohttp.__version__,
+        "nginx": _version([deps.nginx_bin() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
+    }
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM unwinds like Ctrl-C, so every context manager stops what it started.
+    raise KeyboardInterrupt
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="short runs, 500 paced streams (< 2 min)")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the router worker with py-spy during its runs (skews its numbers)")
+    p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
+    p.add_argument("--streams", type=int, help="paced streams (default 2000, quick 500)")
+    p.add_argument("--no-install", action="store_true", help="fail rather than apt/pip install")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(only) - set(ALL)
+    if unknown:
+        print(f"bench: unknown scenario(s) {sorted(unknown)}; choose from {ALL}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    if not args.no_install:
+        deps.ensure_tools()
+        deps.ensure_pip("matplotlib")
+    pin_self(LOAD_CORE)
+    raise_nofile()
+    settings = scenarios.Settings.make(args.quick, args.profile, args.streams)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"meta": _meta(args.quick, stamp), "settings": vars(settings),
+                               "scenarios": {}}
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="airouter-bench-") as d, \
+                contextlib.ExitStack() as stack:
+            tmp = Path(d)
+            paced_port = free_port()
+            up = stack.enter_context(spawn(
+                [sys.executable, "-m", "bench.upstreams", "--port", str(paced_port),
+                 "--tokens", str(settings.paced_tokens),
+                 "--interval", str(settings.paced_interval)],
+                log=tmp / "paced-upstream.log"))
+            wait_http(f"http://{HOST}:{paced_port}/health", proc=up)
+            upstream = stack.enter_context(nginx.run_upstream(tmp, LOAD_CORE))
+            # The proxy under comparison gets the router's core: same budget, same pinning.
+            proxy = stack.enter_context(nginx.run_proxy(
+                tmp, ROUTER_CORE, {"up": upstream.port, "paced": paced_port},
+                "/up" + nginx.JSON_PATH))
+            env = scenarios.Env(tmp, RESULTS, stamp, upstream, proxy, paced_port)
+            sc = results["scenarios"]
+            if "chat" in only:
+                sc["chat"] = scenarios.wrk_scenario(env, settings, "chat", stream=False)
+            if "stream" in only:
+                sc["stream"] = scenarios.wrk_scenario(env, settings, "stream", stream=True)
+            if "paced" in only:
+                sc["paced"] = scenarios.paced_scenario(env, settings)
+            if "triton" in only:
+                sc["triton"] = scenarios.triton_scenario(env, settings)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; every process it started has been stopped", file=sys.stderr)
+        return 130
+    results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    report.add_ratios(results)
+    tgts = report.targets(results)
+    print()
+    print(report.table(results, tgts))
+    out = RESULTS / f"{stamp}.json"
+    report.write_json(results, tgts, out)
+    png = RESULTS / f"{stamp}.png"
+    drew = report.chart(results, png)
+    print(f"\nwrote {out.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if drew else "")
+          + f" in {results['meta']['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""The four scenarios; each compares direct, nginx (where it applies) and the router."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import bodies, nginx, paced, profile, router, triton, wrk
+from bench.procs import HOST, ROUTER_CORE, ProcStats, group_stats
+
+
+@dataclass(frozen=True)
+class Settings:
+    quick: bool
+    wrk_seconds: float
+    wrk_warmup: float
+    connections: int
+    paced_streams: int
+    paced_tokens: int
+    paced_interval: float
+    paced_ramp: float
+    paced_seconds: float
+    triton_concurrency: int
+    triton_seconds: float
+    triton_warmup: float
+    profile: bool
+
+    @classmethod
+    def make(cls, quick: bool, prof: bool, streams: int | None = None) -> Settings:
+        if quick:
+            return cls(True, 4, 1, 64, streams or 500, 40, 0.05, 1.0, 4, 32, 5, 1, prof)
+        return cls(False, 15, 3, 64, streams or 2000, 40, 0.05, 3.0, 15, 32, 10, 2, prof)
+
+
+@dataclass
+class Env:
+    """The long-lived pieces every scenario shares."""
+
+    tmp: Path
+    results: Path  # where profiles go
+    stamp: str
+    upstream: nginx.Nginx  # static JSON/SSE upstream
+    proxy: nginx.Nginx  # reverse proxy: /up/ -> upstream, /paced/ -> paced upstream
+    paced_port: int
+
+
+def _say(msg: str) -> None:
+    print(f">> {msg}", flush=True)
+
+
+def _post(url: str, body: bytes, key: str | None = None) -> tuple[int, bytes]:
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, r.read()
+
+
+def _check(url: str, body: bytes, key: str | None, *, stream: bool, model: str) -> None:
+    """One request before the load: the path must answer what a client expects, or the
+    numbers would measure error pages."""
+    status, data = _post(url, body, key)
+    if stream:
+        events = data.count(b"data: ")
+        ok = (status == 200 and events == bodies.SSE_CHUNKS + 1
+              and data.endswith(b"data: [DONE]\n\n") and f'"model":"{model}"'.encode() in data)
+    else:
+        ok = status == 200 and json.loads(data).get("model") == model
+    if not ok:
+        raise RuntimeError(f"{url} answered {status} with an unexpected body: {data[:300]!r}")
+
+
+def _delta(before: ProcStats, after: ProcStats) -> dict[str, Any]:
+    return {"cpu_s": round(after.cpu_s - before.cpu_s, 3), "rss_mb": round(after.rss_kb / 1024, 1),
+            "max_rss_mb": round(after.hwm_kb / 1024, 1)}
+
+
+def _profiled(env: Env, s: Settings, rt: router.Router, name: str, seconds: float) -> Any:
+    pid = (rt.workers() or [rt.pid])[0]
+    return profile.record(pid, env.results / f"{env.stamp}-profile-{name}.txt", seconds, s.profile)
+
+
+def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str, Any]:
+    """Scenarios 1 and 2: wrk at 64 connections, the same body to each path."""
+    alias = bodies.ALIAS_SSE if stream else bodies.ALIAS_JSON
+    path = nginx.SSE_PATH if stream else nginx.JSON_PATH
+    up = env.upstream.url
+    cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", None)
+    out: dict[str, Any] = {"connections": s.connections, "seconds": s.wrk_seconds}
+    with router.run(env.tmp, name, cfg, ROUTER_CORE) as rt:
+        paths = {
+            "direct": (up + path, bodies.chat_request(bodies.UPSTREAM_MODEL, stream=stream), None,
+                       bodies.UPSTREAM_MODEL),
+            "nginx": (env.proxy.url + "/up" + path,
+                      bodies.chat_request(bodies.UPSTREAM_MODEL, stream=stream), None,
+                      bodies.UPSTREAM_MODEL),
+            "router": (rt.url + "/v1/chat/completions", bodies.chat_request(alias, stream=stream),
+                       bodies.CLIENT_KEY, alias),
+        }
+        for who, (url, body, key, model) in paths.items():
+            _check(url, body, key, stream=stream, model=model)
+            script = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
+            if s.wrk_warmup:
+                wrk.run(url, script, seconds=s.wrk_warmup, connections=s.connections)
+            watched = rt.pid if who == "router" else env.proxy.pid if who == "nginx" else None
+            before = group_stats(watched) if watched else None
+            with (_profiled(env, s, rt, name, s.wrk_seconds) if who == "router"
+                  else _null()) as prof:
+                res = wrk.run(url, script, seconds=s.wrk_seconds, connections=s.connections)
+            entry = res.as_dict()
+            if watched and before:
+                d = _delta(before, group_stats(watched))
+                d["cpu_us_per_req"] = round(d["cpu_s"] / max(res.requests, 1) * 1e6, 1)
+                entry.update(d)
+            if prof:
+                entry["profile"] = _profile_dict(prof[0])
+            out[who] = entry
+            _say(f"{name:7} {who:7} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
+                 f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}")
+    return out
+
+
+def _profile_dict(p: profile.Profile) -> dict[str, Any]:
+    return {"file": str(p.path), "samples": p.samples, "self_top": p.self_top,
+            "inclusive_top": p.incl_top}
+
+
+def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
+    """Scenario 3: N concurrent streams of paced tokens; TTFT and inter-token gaps."""
+    up = env.upstream.url
+    paced_url = f"http://{HOST}:{env.paced_port}/v1"
+    cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", paced_url)
+    out: dict[str, Any] = {"streams": s.paced_streams, "tokens_per_stream": s.paced_tokens,
+                           "interval_ms": s.paced_interval * 1e3, "seconds": s.paced_seconds}
+    with router.run(env.tmp, "paced", cfg, ROUTER_CORE) as rt:
+        idle = rt.stats()
+        out["router_idle_rss_mb"] = round(idle.rss_kb / 1024, 1)
+        paths = {
+            "direct": (env.paced_port, "/v1/chat/completions", bodies.UPSTREAM_MODEL, None),
+            "nginx": (env.proxy.port, "/paced/v1/chat/completions", bodies.UPSTREAM_MODEL, None),
+            "router": (rt.port, "/v1/chat/completions", bodies.ALIAS_PACED, bodies.CLIENT_KEY),
+        }
+        for who, (port, path, model, key) in paths.items():
+            watched = rt.pid if who == "router" else env.proxy.pid if who == "nginx" else None
+            before = group_stats(watched) if watched else None
+            length = s.paced_ramp + s.paced_seconds + s.paced_tokens * s.paced_interval
+            with (_profiled(env, s, rt, "paced", length) if who == "router"
+                  else _null()) as prof:
+                res = paced.run(port, path, model, key, connections=s.paced_streams,
+                                tokens=s.paced_tokens, interval=s.paced_interval,
+                                ramp_s=s.paced_ramp, seconds=s.paced_seconds)
+            entry = res.as_dict()
+            if watched and before:
+                d = _delta(before, group_stats(watched))
+                d["cpu_us_per_token"] = round(d["cpu_s"] / max(res.tokens, 1) * 1e6, 1)
+                entry.update(d)
+            if prof:
+                entry["profile"] = _profile_dict(prof[0])
+            out[who] = entry
+            _say(f"paced   {who:7} {res.streams:>6} streams  TTFT p50 {res.ttft_p50_ms:7.2f} "
+                 f"p99 {res.ttft_p99_ms:7.2f} ms  ITL p50 {res.itl_p50_ms:6.2f} "
+                 f"p99 {res.itl_p99_ms:6.2f} ms  errors {res.errors + res.short_streams}")
+    return out
+
+
+class _null:
+    def __enter__(self) -> list[profile.Profile]:
+        return []
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
+    """Scenario 4: streaming chat through the router to Triton vs a direct gRPC client."""
+    out: dict[str, Any] = {"concurrency": s.triton_concurrency, "seconds": s.triton_seconds,
+                           "model": triton.MODEL}
+    t0 = time.monotonic()
+    with triton.server(env.tmp) as srv:
+        out["triton_startup_s"] = round(time.monotonic() - t0, 1)
+        with router.run(env.tmp, "triton", router.triton_config(srv.grpc_url), ROUTER_CORE) as rt:
+            res_d = triton.run_direct(srv.grpc_url, concurrency=s.triton_concurrency,
+                                      seconds=s.triton_seconds, warmup_s=s.triton_warmup)
+            out["direct"] = res_d.as_dict()
+            _say(f"triton  direct  {res_d.tokens_per_s:>10,.0f} tokens/s  "
+                 f"p50 {res_d.p50_ms:7.2f} ms  errors {res_d.errors}")
+            before = rt.stats()
+            with _profiled(env, s, rt, "triton", s.triton_seconds + s.triton_warmup) as prof:
+                res_r = triton.run_routed(rt.url, concurrency=s.triton_concurrency,
+                                          seconds=s.triton_seconds, warmup_s=s.triton_warmup)
+            entry = res_r.as_dict()
+            d = _delta(before, rt.stats())
+            # Warm-up requests count too: CPU per token over everything the router did.
+            total_s = s.triton_seconds + s.triton_warmup
+            d["cpu_us_per_token"] = round(
+                d["cpu_s"] / max(res_r.tokens_per_s * total_s, 1) * 1e6, 1)
+            entry.update(d)
+            if prof:
+                entry["profile"] = _profile_dict(prof[0])
+            out["router"] = entry
+            _say(f"triton  router  {res_r.tokens_per_s:>10,.0f} tokens/s  "
+                 f"p50 {res_r.p50_ms:7.2f} ms  errors {res_r.errors}")
+    return out
+
+
+def python_version() -> str:
+    return sys.version.split()[0]
