@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -67,6 +70,29 @@ def _tracer(cfg: Config) -> Tracer | None:
     return Tracer(endpoint, os.environ.get("OTEL_SERVICE_NAME", "airouter"))
 
 
+def _drain_on_sigterm(holder: Holder, grace: float) -> None:
+    """SIGTERM: granian stops accepting and waits for in-flight requests; we bound the wait.
+
+    The server installs its own SIGTERM/SIGINT handlers before the lifespan starts: ours
+    replaces the SIGTERM one, arms the grace timer, and hands over through SIGINT."""
+    loop = asyncio.get_running_loop()
+    armed = False
+
+    def on_term() -> None:
+        nonlocal armed
+        if armed:
+            return
+        armed = True
+        log.info("SIGTERM: draining %d in-flight requests (grace %gs)", len(holder.tasks), grace)
+        loop.call_later(grace, holder.end_all)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_term)
+    except (NotImplementedError, RuntimeError):  # not the main thread (an embedded app)
+        pass
+
+
 def build_app(cfg: Config) -> Starlette:
     holder = Holder()
     holder.state = State.build(cfg)
@@ -75,6 +101,7 @@ def build_app(cfg: Config) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         observer.tracer = _tracer(cfg)
+        _drain_on_sigterm(holder, cfg.server.shutdown_grace)
         await holder.state.start()
         try:
             yield
@@ -130,6 +157,7 @@ def setup_logging(level: str) -> None:
 def create_app() -> Starlette:
     """Factory for granian workers: the config path comes from AIROUTER_CONFIG."""
     path = os.environ.get("AIROUTER_CONFIG", config_mod.DEFAULT_CONFIG)
-    cfg = config_mod.load(path)
+    base = os.environ.get("AIROUTER_CONFIG_BASE")
+    cfg = config_mod.load(path, Path(base) if base else None)
     setup_logging(os.environ.get("AIROUTER_LOG_LEVEL", cfg.server.log_level))
     return build_app(cfg)

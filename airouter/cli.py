@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from airouter import config as config_mod
 from airouter.config import Config, ConfigError
@@ -39,12 +40,31 @@ def _with_source(message: str, path: str) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    path = args.config or os.environ.get("AIROUTER_CONFIG") or config_mod.DEFAULT_CONFIG
+    path = os.path.abspath(
+        args.config or os.environ.get("AIROUTER_CONFIG") or config_mod.DEFAULT_CONFIG
+    )
+    # Workers are processes: Prometheus metrics live in files every worker writes and
+    # /metrics sums. A fresh folder per run, so counters start at zero. This must happen
+    # before prometheus_client is first imported: it picks its storage at import time.
+    runtime = tempfile.mkdtemp(prefix="airouter-")
+    os.makedirs(os.path.join(runtime, "metrics"))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(runtime, "metrics"))
+    try:
+        return _run(args, path, runtime)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     from airouter.state import State
 
     try:
-        cfg = config_mod.load(path)
+        text = Path(path).read_text(encoding="utf-8")
+        cfg = config_mod.parse(text, path, base_dir=Path(path).parent)
         State.build(cfg)
+    except OSError as e:
+        print(f"airouter: {path}: cannot read config: {e.strerror or e}", file=sys.stderr)
+        return 2
     except ConfigError as e:
         print(f"airouter: {_with_source(str(e), path)}", file=sys.stderr)
         return 2
@@ -58,17 +78,32 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     if not (cfg.server.api_keys or cfg.keys):
         print("airouter: no client keys configured: client authentication is OFF", file=sys.stderr)
-    os.environ["AIROUTER_CONFIG"] = os.path.abspath(path)
+    # Workers load a snapshot of the last config that validated. On SIGHUP the file is checked
+    # again: a valid one replaces the snapshot, an invalid one is logged and the old one stays.
+    # Either way granian then replaces the workers one by one, and the old ones finish their
+    # in-flight streams.
+    snapshot = Path(runtime) / "backends.toml"
+    snapshot.write_text(text, encoding="utf-8")
+    os.environ["AIROUTER_CONFIG"] = str(snapshot)
+    os.environ["AIROUTER_CONFIG_BASE"] = str(Path(path).parent)
     os.environ["AIROUTER_LOG_LEVEL"] = level
-    # Workers are processes: Prometheus metrics live in files every worker writes and
-    # /metrics sums. A fresh folder per run, so counters start at zero.
-    metrics_dir = tempfile.mkdtemp(prefix="airouter-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+    def reload() -> None:
+        try:
+            new = Path(path).read_text(encoding="utf-8")
+            State.build(config_mod.parse(new, path, base_dir=Path(path).parent))
+        except (OSError, ConfigError) as e:
+            print(f"airouter: reload rejected, keeping the running config: {e}", file=sys.stderr)
+            return
+        tmp = snapshot.with_suffix(".new")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(snapshot)
+        print(f"airouter: reloading {path}", file=sys.stderr)
 
     from granian import Granian
     from granian.constants import Interfaces, Loops
 
-    Granian(
+    server = Granian(
         "airouter.app:create_app",
         factory=True,
         address=host,
@@ -78,8 +113,12 @@ def _serve(args: argparse.Namespace) -> int:
         loop=Loops.uvloop,
         log_level=level,  # type: ignore[arg-type]
         backlog=2048,
-    ).serve()
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+        # After the grace period a worker ends its streams itself; this is the backstop.
+        workers_kill_timeout=int(cfg.server.shutdown_grace) + 10,
+        respawn_interval=1.0,
+    )
+    server.on_reload(reload)
+    server.serve()
     return 0
 
 

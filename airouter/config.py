@@ -253,7 +253,12 @@ def validate(cfg: Config) -> None:
         seen.add(k.key)
 
 
-def parse(text: str, source: str = "<memory>", env: dict[str, str] | None = None) -> Config:
+def parse(
+    text: str,
+    source: str = "<memory>",
+    env: dict[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
     """Parse and validate TOML text; raises ConfigError with `source` and the key in the message."""
     try:
         raw = tomllib.loads(text)
@@ -266,20 +271,20 @@ def parse(text: str, source: str = "<memory>", env: dict[str, str] | None = None
         raise ConfigError(f"{source}: {_locate(raw, e)}") from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
+    if base_dir is not None:
+        # Template paths are relative to the config file, not to where the router started.
+        for m in cfg.models.values():
+            for attr in ("tokenizer_config", "template_file"):
+                value = getattr(m, attr)
+                if value and not os.path.isabs(value):
+                    setattr(m, attr, str((base_dir / value).resolve()))
     return cfg
 
 
-def load(path: str | os.PathLike[str]) -> Config:
+def load(path: str | os.PathLike[str], base_dir: Path | None = None) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror or e}") from None
-    cfg = parse(text, str(p))
-    # Template paths are relative to the config file, not to wherever the router was started.
-    for m in cfg.models.values():
-        for attr in ("tokenizer_config", "template_file"):
-            value = getattr(m, attr)
-            if value and not os.path.isabs(value):
-                setattr(m, attr, str((p.parent / value).resolve()))
-    return cfg
+    return parse(text, str(p), base_dir=base_dir or p.parent)

@@ -23,7 +23,13 @@ from airouter.asgi import (
     send_json,
 )
 from airouter.backends.base import Call, Endpoint, Reply
-from airouter.errors import NotFound, RouterError, error_json, internal_error
+from airouter.errors import (
+    NotFound,
+    RouterError,
+    ServiceUnavailable,
+    error_json,
+    internal_error,
+)
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.protocol.requests import decode
 from airouter.state import State
@@ -45,9 +51,20 @@ _FORWARD = frozenset({b"traceparent", b"tracestate", b"x-request-id"})
 
 
 class Holder:
-    """The live State; a reload swaps it while in-flight requests keep the one they started with."""
+    """The live State, and the requests being served (ended cleanly if a shutdown's grace
+    period runs out)."""
 
     state: State
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def end_all(self) -> None:
+        """Grace period over: in-flight requests end now, each with a clean error."""
+        self.draining = True
+        for t in list(self.tasks):
+            t.cancel()
 
 
 def _request_id() -> bytes:
@@ -131,9 +148,14 @@ class CompletionEndpoint:
         request_id_var.set(rid)
         rh = [(b"x-request-id", h.request_id or b"")]
         rec = Record(rid, "POST", self.path, self.endpoint.value)
+        task = asyncio.current_task()
+        tasks = self.holder.tasks
+        if task is not None:
+            tasks.add(task)
         try:
             await self._handle(state, h, rec, rh, receive, send)
         finally:
+            tasks.discard(task)
             self.observer.finish(rec)
 
     async def _handle(
@@ -182,13 +204,18 @@ class CompletionEndpoint:
         try:
             rec.status = await self._serve(call, send, rh, rec)
         except asyncio.CancelledError:
-            if not watch.gone:
+            if not (watch.gone or self.holder.draining):
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            rec.status, rec.error = 499, "client_disconnected"
-            log.info("client disconnected")
+            if watch.gone:
+                rec.status, rec.error = 499, "client_disconnected"
+                log.info("client disconnected")
+            else:
+                rec.status, rec.error = 503, "shutdown"
+                if not rec.started:
+                    await send_error(send, _shutting_down(), rh)
         finally:
             watch.stop()
 
@@ -196,7 +223,7 @@ class CompletionEndpoint:
         self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
     ) -> int:
         try:
-            reply = await call.target.backend.open(call)
+            reply = await self._open(call, rec)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
@@ -207,6 +234,36 @@ class CompletionEndpoint:
             return await self._whole(reply, send, rh, rec)
         finally:
             await reply.aclose()
+
+    async def _open(self, call: Call, rec: Record) -> Reply:
+        """Open the call on its target; when every node of it is down, on its fallbacks."""
+        try:
+            return await call.target.backend.open(call)
+        except RouterError as e:
+            fallbacks = call.target.model.fallbacks
+            if not (e.retryable and fallbacks):
+                raise
+            first = e
+        state = self.holder.state
+        for alias in fallbacks:
+            target = state.models.lookup(alias)
+            if target is None:
+                continue
+            log.warning(
+                "model %s unavailable (%s); falling back to %s",
+                call.target.alias,
+                first.message,
+                alias,
+            )
+            call.target = target
+            rec.alias, rec.backend = target.alias, target.backend.name
+            call.body["model"] = target.backend_model
+            try:
+                return await target.backend.open(call)
+            except RouterError as e:
+                if not e.retryable:
+                    raise
+        raise first
 
     async def _whole(
         self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
@@ -237,6 +294,7 @@ class CompletionEndpoint:
             await send_error(send, e, rh)
             return e.status
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + rh})
+        rec.started = True
         tail = DONE_EVENT
         try:
             async for batch in chunks:
@@ -246,7 +304,15 @@ class CompletionEndpoint:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
             rec.error = e.code or e.type
             tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
-        except (asyncio.CancelledError, OSError):
+        except asyncio.CancelledError:
+            if not self.holder.draining:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            rec.error = "shutdown"
+            tail = b"data: " + error_json(_shutting_down()) + b"\n\n" + DONE_EVENT
+        except OSError:
             raise
         except Exception:
             log.exception("stream failed")
@@ -254,6 +320,14 @@ class CompletionEndpoint:
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200
+
+
+def _shutting_down() -> RouterError:
+    return ServiceUnavailable(
+        "The server is shutting down; retry on another instance.",
+        code="shutting_down",
+        headers={"Retry-After": "1"},
+    )
 
 
 def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]) -> None:

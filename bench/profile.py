@@ -23,6 +23,7 @@ class Profile:
     samples: int = 0
     self_top: list[tuple[str, float]] = field(default_factory=list)  # (frame, % of samples)
     incl_top: list[tuple[str, float]] = field(default_factory=list)
+    by_package: list[tuple[str, float]] = field(default_factory=list)  # self time per package
 
 
 def _short(frame: str) -> str:
@@ -37,26 +38,48 @@ def _short(frame: str) -> str:
     return f"{m.group('func')} ({path})"
 
 
+# Self time in these frames is native code they called (py-spy without --native).
+NO_PYTHON = "(native thread, no Python frame: granian's Rust runtime)"
+_LOOP_FRAME = "MPServer._spawn_asgi_lifespan_worker"
+
+
+def _package(frame: str) -> str:
+    if frame == NO_PYTHON:
+        return "granian Rust threads"
+    if frame.startswith(_LOOP_FRAME):
+        return "event loop (uvloop/granian native)"
+    m = _FRAME.match(frame)
+    path = m.group("path") if m else frame
+    top = path.split("/", 1)[0]
+    return top.removesuffix(".py") if "/" in path else "stdlib/other"
+
+
 def summarize(raw: Path, top: int = 15) -> Profile:
     self_c: Counter[str] = Counter()
     incl_c: Counter[str] = Counter()
+    pkg_c: Counter[str] = Counter()
     total = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
+        if not n.isdigit():
             continue
         count = int(n)
-        # The first two entries name the process and the thread.
-        frames = [_short(f) for f in stack.split(";")[2:]] or ["(no python frame)"]
+        # A stack that starts mid-way (no module frame) is a callback the native loop ran.
+        frames = [_short(f) for f in stack.split(";") if f] or [NO_PYTHON]
         total += count
         self_c[frames[-1]] += count
+        pkg_c[_package(frames[-1])] += count
         for f in set(frames):
             incl_c[f] += count
     prof = Profile(raw, total)
     if total:
-        prof.self_top = [(f, round(100 * c / total, 1)) for f, c in self_c.most_common(top)]
-        mine = [(f, c) for f, c in incl_c.most_common() if "airouter/" in f or "granian" in f]
-        prof.incl_top = [(f, round(100 * c / total, 1)) for f, c in mine[:top]]
+        def pct(c: int) -> float:
+            return round(100 * c / total, 1)
+
+        prof.self_top = [(f, pct(c)) for f, c in self_c.most_common(top)]
+        mine = [(f, c) for f, c in incl_c.most_common() if "airouter/" in f]
+        prof.incl_top = [(f, pct(c)) for f, c in mine[:top]]
+        prof.by_package = [(k, pct(c)) for k, c in pkg_c.most_common()]
     return prof
 
 

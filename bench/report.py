@@ -194,6 +194,10 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"{p['file']}): top self time")
         for frame, pct in p["self_top"][:12]:
             add(f"  {pct:5.1f}%  {frame}")
+        add("  self time by package: " + ", ".join(
+            f"{k} {v:.0f}%" for k, v in p["self_by_package"][:8]))
+        add("  inclusive, airouter: " + ", ".join(
+            f"{k.split(' (')[0]} {v:.0f}%" for k, v in p["inclusive_top"][:8]))
     return "\n".join(lines)
 
 
@@ -230,6 +234,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                         (b.get_x() + b.get_width() / 2, b.get_height()), ha="center",
                         va="bottom", fontsize=7)
     ax.set_xticks(range(len(wrk_names)), [labels[n] for n in wrk_names])
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
     ax.set_ylabel("requests/s (64 connections)")
     ax.set_title("Throughput: direct vs nginx proxy vs router")
     ax.legend()
@@ -241,7 +246,8 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         ax.bar([x + (k - 0.5) * 0.4 for x in xs], [sc[n][w][q] for n, w in groups], 0.4,
                color=[colors[w] for _, w in groups], hatch=hatch, edgecolor="black",
                linewidth=0.3, label=q.replace("_ms", ""))
-    ax.set_xticks(xs, [f"{labels[n]}\n{w}" for n, w in groups], fontsize=7)
+    short = {"chat": "non-stream", "stream": "stream"}
+    ax.set_xticks(xs, [f"{short[n]}\n{w}" for n, w in groups], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("latency ms (log)")
     ax.set_title("wrk latency percentiles (plain p50, hatched p99)")

@@ -128,7 +128,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
 
 def _profile_dict(p: profile.Profile) -> dict[str, Any]:
     return {"file": str(p.path), "samples": p.samples, "self_top": p.self_top,
-            "inclusive_top": p.incl_top}
+            "inclusive_top": p.incl_top, "self_by_package": p.by_package}
 
 
 def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:

@@ -48,6 +48,7 @@ class Record:
         "client_span",
         "error",
         "in_flight",
+        "started",
     )
 
     def __init__(self, request_id: str, method: str, path: str, endpoint: str) -> None:
@@ -69,6 +70,7 @@ class Record:
         self.client_span: Span | None = None
         self.error = ""
         self.in_flight: Any = None
+        self.started = False  # response headers sent
 
     def chunk_sent(self) -> None:
         now = time.perf_counter()

@@ -339,6 +339,7 @@ def test_metrics_count_triton_requests_and_tokens(client: openai.OpenAI, router:
     def delta(name: str, **labels: str) -> float:
         return total(after, name, **labels) - total(before, name, **labels)
 
+    print({k: v for k, v in after.items() if k[0] == "airouter_requests_total"})
     assert delta("airouter_requests_total", model="vllm", status="200",
                  node=triton.grpc_url, backend="triton") == 2
     assert delta("airouter_completion_tokens_total", model="vllm") == 26

@@ -108,6 +108,8 @@ def run_triton(
     env: Mapping[str, str] | None = None,
     backend_dir: Path | None = None,
     ready_timeout: float = 60.0,
+    grpc_port: int | None = None,
+    http_port: int | None = None,
 ) -> Iterator[TritonServer]:
     """Start tritonserver on 127.0.0.1 with `repo`, wait until ready, stop it on exit.
 
@@ -119,7 +121,8 @@ def run_triton(
         if backend_dir is None:
             tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="triton-be-")))
             backend_dir = triton_backend_dir(tmp)
-        http_port, grpc_port = free_port(), free_port()
+        http_port = http_port or free_port()
+        grpc_port = grpc_port or free_port()
         args = [
             str(tritonserver_bin()),
             f"--model-repository={repo}",
