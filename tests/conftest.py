@@ -32,21 +32,27 @@ base_url = "{up_url}"
 api_key = "${{FAKE_UPSTREAM_KEY}}"
 connect_timeout = 2
 idle_timeout = 2
+# Exact request assertions: no background health checks mixed into the fake's log.
+health_interval = 0
 
 [backends.fake-nostream]
 type = "openai"
 base_url = "{up_url}"
 stream = "never"
+health_interval = 0
 
 [backends.fake-always]
 type = "openai"
 base_url = "{up_url}"
 stream = "always"
+health_interval = 0
 
 [backends.dead]
 type = "openai"
 base_url = "http://127.0.0.1:{dead_port}/v1"
 connect_timeout = 1
+health_interval = 0
+eject_after = 1000000  # always the plain connection failure (502), never "ejected" (503)
 
 [models.echo]
 backend = "fake"

@@ -157,7 +157,7 @@ def test_traces_continue_incoming_context_and_reach_the_backend(
     assert "gen_ai.first_token" in client.events
     assert server.attributes["http.response.status_code"] == 200
     # The backend saw our client span as its parent, in the same trace.
-    sent = upstream.requests[-1]["headers"]["traceparent"]
+    sent = [r for r in upstream.requests if r["method"] == "POST"][-1]["headers"]["traceparent"]
     assert sent == f"00-{trace_id}-{client.span_id}-01"
 
 
