@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from airouter.backends.base import Reply
+from airouter.config import NodesConfig
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 from airouter.observability import metrics
 
@@ -100,8 +101,23 @@ class NodePool:
         self.cooldown = cooldown
         self.unhealthy_after = unhealthy_after
         self.healthy_after = healthy_after
-        self._rr = 0
         self._rr_credit = [0.0] * len(self.nodes)
+        self._checks: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, backend: str, cfg: NodesConfig, specs: Sequence[NodeSpec]) -> NodePool:
+        return cls(
+            backend,
+            specs,
+            balance=cfg.balance,
+            max_concurrent=cfg.max_concurrent,
+            max_queue=cfg.max_queue,
+            queue_timeout=cfg.queue_timeout,
+            eject_after=cfg.eject_after,
+            cooldown=cfg.cooldown,
+            unhealthy_after=cfg.unhealthy_after,
+            healthy_after=cfg.healthy_after,
+        )
 
     @property
     def any_available(self) -> bool:
@@ -221,6 +237,15 @@ class NodePool:
                     node.checks_bad,
                 )
         node._publish()
+
+    def start_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
+        """Active health checks in the background; interval 0 means none."""
+        if interval > 0:
+            self._checks = asyncio.create_task(self.run_checks(check, interval))
+
+    def stop_checks(self) -> None:
+        if self._checks is not None:
+            self._checks.cancel()
 
     async def run_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
         """Check every node every `interval` seconds, forever (cancel to stop)."""

@@ -125,18 +125,8 @@ class OpenAIHttpBackend(Backend):
         self._headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
-        specs = [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
-        self.pool = NodePool(
-            name,
-            specs,
-            balance=cfg.balance,
-            max_concurrent=cfg.max_concurrent,
-            max_queue=cfg.max_queue,
-            queue_timeout=cfg.queue_timeout,
-            eject_after=cfg.eject_after,
-            cooldown=cfg.cooldown,
-            unhealthy_after=cfg.unhealthy_after,
-            healthy_after=cfg.healthy_after,
+        self.pool = NodePool.from_config(
+            name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
         )
         # Per node, computed once: the endpoint URLs and the label used in metrics and logs.
         self._urls = {
@@ -144,7 +134,6 @@ class OpenAIHttpBackend(Backend):
         }
         self._labels = {n.url: urlsplit(n.url).netloc for n in self.pool.nodes}
         self._session: aiohttp.ClientSession | None = None
-        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -156,14 +145,10 @@ class OpenAIHttpBackend(Backend):
             skip_auto_headers=("User-Agent",),
             auto_decompress=True,
         )
-        if self.cfg.health_interval > 0:
-            self._health = asyncio.create_task(
-                self.pool.run_checks(self._check, self.cfg.health_interval)
-            )
+        self.pool.start_checks(self._check, self.cfg.health_interval)
 
     async def aclose(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
+        self.pool.stop_checks()
         if self._session is not None:
             await self._session.close()
 

@@ -244,18 +244,8 @@ class TritonGrpcBackend(Backend):
     def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
         self.name = name
         self.cfg = cfg
-        specs = [NodeSpec(n.url, n.weight) for n in cfg.node_urls()]
-        self.pool = NodePool(
-            name,
-            specs,
-            balance=cfg.balance,
-            max_concurrent=cfg.max_concurrent,
-            max_queue=cfg.max_queue,
-            queue_timeout=cfg.queue_timeout,
-            eject_after=cfg.eject_after,
-            cooldown=cfg.cooldown,
-            unhealthy_after=cfg.unhealthy_after,
-            healthy_after=cfg.healthy_after,
+        self.pool = NodePool.from_config(
+            name, cfg, [NodeSpec(n.url, n.weight) for n in cfg.node_urls()]
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
@@ -263,7 +253,6 @@ class TritonGrpcBackend(Backend):
         self._plans: dict[tuple[int, str], _Plan] = {}
         self._templates: dict[int, ChatTemplate | None] = {}
         self._lock = asyncio.Lock()
-        self._health: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for node in self.pool.nodes:
@@ -282,14 +271,10 @@ class TritonGrpcBackend(Backend):
             )
             self._channels[node.url] = channel
             self._stubs[node.url] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        if self.cfg.health_interval > 0:
-            self._health = asyncio.create_task(
-                self.pool.run_checks(self._check, self.cfg.health_interval)
-            )
+        self.pool.start_checks(self._check, self.cfg.health_interval)
 
     async def aclose(self) -> None:
-        if self._health is not None:
-            self._health.cancel()
+        self.pool.stop_checks()
         for channel in self._channels.values():
             await channel.close(grace=None)
 
