@@ -77,6 +77,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
     p.add_argument("--streams", type=int, help="paced streams (default 2000, quick 500)")
     p.add_argument("--no-install", action="store_true", help="fail rather than apt/pip install")
+    p.add_argument("--router-prelude", default="", metavar="CODE",
+                   help="Python to run in the router before it starts, to A/B runtime knobs, "
+                        "e.g. 'sys.setswitchinterval(0.0005)'")
     return p.parse_args(argv)
 
 
@@ -93,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         deps.ensure_pip("matplotlib")
     pin_self(LOAD_CORE)
     raise_nofile()
-    settings = scenarios.Settings.make(args.quick, args.profile, args.streams)
+    settings = scenarios.Settings.make(args.quick, args.profile, args.streams,
+                                       args.router_prelude)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"meta": _meta(args.quick, stamp), "settings": vars(settings),

@@ -103,14 +103,17 @@ class Router:
 
 
 @contextlib.contextmanager
-def run(tmp: Path, name: str, config: str, core: int) -> Iterator[Router]:
+def run(tmp: Path, name: str, config: str, core: int, prelude: str = "") -> Iterator[Router]:
+    """`prelude`: Python run before the CLI (granian forks its worker, which inherits it),
+    to try runtime knobs such as sys.setswitchinterval without touching the router."""
     port = free_port()
     cfg = tmp / f"router-{name}.toml"
     cfg.write_text(config)
     log = tmp / f"router-{name}.log"
-    args = pinned(core, [sys.executable, "-m", "airouter", "--config", str(cfg),
-                         "--host", HOST, "--port", str(port), "--workers", "1",
-                         "--log-level", "warning"])
+    entry = ["-m", "airouter"] if not prelude else [
+        "-c", f"import sys\n{prelude}\nfrom airouter.cli import main\nsys.exit(main())"]
+    args = pinned(core, [sys.executable, *entry, "--config", str(cfg), "--host", HOST,
+                         "--port", str(port), "--workers", "1", "--log-level", "warning"])
     with spawn(args, log=log) as proc:
         try:
             wait_http(f"http://{HOST}:{port}/health/ready", timeout=60, proc=proc)

@@ -29,12 +29,14 @@ class Settings:
     triton_seconds: float
     triton_warmup: float
     profile: bool
+    prelude: str = ""
 
     @classmethod
-    def make(cls, quick: bool, prof: bool, streams: int | None = None) -> Settings:
+    def make(cls, quick: bool, prof: bool, streams: int | None = None, prelude: str = ""
+             ) -> Settings:
         if quick:
-            return cls(True, 4, 1, 64, streams or 500, 40, 0.05, 1.0, 4, 32, 5, 1, prof)
-        return cls(False, 15, 3, 64, streams or 2000, 40, 0.05, 3.0, 15, 32, 10, 2, prof)
+            return cls(True, 4, 1, 64, streams or 500, 40, 0.05, 1.0, 4, 32, 5, 1, prof, prelude)
+        return cls(False, 15, 3, 64, streams or 2000, 40, 0.05, 3.0, 15, 32, 10, 2, prof, prelude)
 
 
 @dataclass
@@ -93,7 +95,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
     up = env.upstream.url
     cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", None)
     out: dict[str, Any] = {"connections": s.connections, "seconds": s.wrk_seconds}
-    with router.run(env.tmp, name, cfg, ROUTER_CORE) as rt:
+    with router.run(env.tmp, name, cfg, ROUTER_CORE, s.prelude) as rt:
         paths = {
             "direct": (up + path, bodies.chat_request(bodies.UPSTREAM_MODEL, stream=stream), None,
                        bodies.UPSTREAM_MODEL),
@@ -138,7 +140,7 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
     cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", paced_url)
     out: dict[str, Any] = {"streams": s.paced_streams, "tokens_per_stream": s.paced_tokens,
                            "interval_ms": s.paced_interval * 1e3, "seconds": s.paced_seconds}
-    with router.run(env.tmp, "paced", cfg, ROUTER_CORE) as rt:
+    with router.run(env.tmp, "paced", cfg, ROUTER_CORE, s.prelude) as rt:
         idle = rt.stats()
         out["router_idle_rss_mb"] = round(idle.rss_kb / 1024, 1)
         paths = {
@@ -184,7 +186,8 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
     t0 = time.monotonic()
     with triton.server(env.tmp) as srv:
         out["triton_startup_s"] = round(time.monotonic() - t0, 1)
-        with router.run(env.tmp, "triton", router.triton_config(srv.grpc_url), ROUTER_CORE) as rt:
+        cfg = router.triton_config(srv.grpc_url)
+        with router.run(env.tmp, "triton", cfg, ROUTER_CORE, s.prelude) as rt:
             res_d = triton.run_direct(srv.grpc_url, concurrency=s.triton_concurrency,
                                       seconds=s.triton_seconds, warmup_s=s.triton_warmup)
             out["direct"] = res_d.as_dict()
