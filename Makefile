@@ -39,10 +39,11 @@ fmt: $(STAMP)
 	@$(VENV)/bin/ruff check --fix airouter tests bench
 
 bench: $(STAMP)
-	@$(PY) -m bench $(if $(QUICK),--quick,)
+	@$(PY) -m bench $(if $(QUICK),--quick,) $(BENCH_ARGS)
 
 bench-micro: $(STAMP)
-	@$(PY) -m pytest bench/micro --benchmark-only -p no:cacheprovider
+	@$(PY) -m pytest bench/micro --benchmark-only -p no:cacheprovider \
+		--benchmark-columns=median,mean,min,stddev,ops,rounds --benchmark-sort=median
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

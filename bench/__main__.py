@@ -24,6 +24,7 @@ from bench.procs import (
     LOAD_CORE,
     ROOT,
     ROUTER_CORE,
+    busy_percent,
     free_port,
     pin_self,
     raise_nofile,
@@ -76,6 +77,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="sample the router worker with py-spy during its runs (skews its numbers)")
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
     p.add_argument("--streams", type=int, help="paced streams (default 2000, quick 500)")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="wait up to this long for other work on the machine to stop first")
     p.add_argument("--no-install", action="store_true", help="fail rather than apt/pip install")
     p.add_argument("--router-prelude", default="", metavar="CODE",
                    help="Python to run in the router before it starts, to A/B runtime knobs, "
@@ -94,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_install:
         deps.ensure_tools()
         deps.ensure_pip("matplotlib")
+    busy = busy_percent()
+    deadline = time.monotonic() + args.wait_idle
+    while busy > 15 and time.monotonic() < deadline:
+        busy = busy_percent(2.0)
+    if busy > 15:
+        print(f">> warning: the machine is {busy:.0f}% busy before the bench starts; other "
+              "work on these cores will skew the numbers", flush=True)
     pin_self(LOAD_CORE)
     raise_nofile()
     settings = scenarios.Settings.make(args.quick, args.profile, args.streams,
@@ -102,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"meta": _meta(args.quick, stamp), "settings": vars(settings),
                                "scenarios": {}}
+    results["meta"]["busy_before_pct"] = round(busy, 1)
     started = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="airouter-bench-") as d, \

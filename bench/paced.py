@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 import uvloop
 
 from bench import bodies
@@ -194,7 +195,7 @@ async def _drive(port: int, path: str, model: str, key: str | None, connections:
     ttft = np.frombuffer(run.ttft, dtype=np.float64) * 1e3
     gaps = np.frombuffer(run.gaps, dtype=np.float64) * 1e3
 
-    def pct(a: np.ndarray, q: float) -> float:
+    def pct(a: npt.NDArray[np.float64], q: float) -> float:
         return round(float(np.percentile(a, q)), 3) if a.size else float("nan")
 
     return PacedResult(

@@ -141,3 +141,19 @@ def group_stats(pid: int) -> ProcStats:
     rss = max((w.rss_kb for w in ws), default=main.rss_kb)
     hwm = max((w.hwm_kb for w in ws), default=main.hwm_kb)
     return ProcStats(round(cpu, 3), rss, hwm)
+
+
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+
+
+def busy_percent(seconds: float = 1.0) -> float:
+    """How much of the machine other work uses right now: a busy machine skews every number."""
+    try:
+        t0, i0 = _cpu_times()
+        time.sleep(seconds)
+        t1, i1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return 100.0 * (1 - (i1 - i0) / max(t1 - t0, 1))

@@ -49,6 +49,10 @@ def add_ratios(results: dict[str, Any]) -> None:
             "router_added_p99_ms_vs_direct": round(r["p99_ms"] - d["p99_ms"], 3),
             "router_added_p50_ms_vs_nginx": round(r["p50_ms"] - n["p50_ms"], 3),
             "router_added_p99_ms_vs_nginx": round(r["p99_ms"] - n["p99_ms"], 3),
+            # CPU per request does not depend on which core ran out first, so it still
+            # compares the two when the load core (wrk + upstream) caps nginx's req/s.
+            "router_vs_nginx_cpu_efficiency": _round(
+                _ratio(n.get("cpu_us_per_req"), r.get("cpu_us_per_req")), 4),
         }
     sc = results["scenarios"].get("paced")
     if sc:
@@ -127,6 +131,9 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
     add(f"airouter bench {meta['timestamp']}  ({'QUICK' if meta['quick'] else 'full'}; "
         f"router: 1 worker on core {meta['router_core']}; load, upstreams on core "
         f"{meta['load_core']}; {meta['cpu']})")
+    if meta.get("busy_before_pct", 0) > 15:
+        add(f"WARNING: the machine was {meta['busy_before_pct']:.0f}% busy with other work at "
+            "the start; these numbers are noisy")
     wrk_labels = (("chat", "(1) chat, non-streaming"), ("stream", "(2) chat, stream 64 chunks"))
     for name, label in wrk_labels:
         s = sc.get(name)
@@ -146,7 +153,11 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
         ra = s["ratios"]
         add(f"  router adds p50 {ra['router_added_p50_ms_vs_direct']:+.2f} ms / p99 "
             f"{ra['router_added_p99_ms_vs_direct']:+.2f} ms vs direct; router max RSS "
-            f"{_fmt(s['router'].get('max_rss_mb'), '.1f')} MB")
+            f"{_fmt(s['router'].get('max_rss_mb'), '.1f')} MB; CPU per request: router needs "
+            f"{_fmt(_ratio(1, ra['router_vs_nginx_cpu_efficiency']), '.1f')}x nginx's")
+        if s["nginx"]["rps"] >= 0.9 * s["direct"]["rps"]:
+            add("  note: nginx is within 10% of direct, so the load core (wrk + upstream) capped "
+                "it: its req/s is a lower bound and router/nginx an upper bound")
     s = sc.get("paced")
     if s:
         add("")
@@ -278,10 +289,10 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     ax = axes[1][1]
     if "triton" in sc:
         t = sc["triton"]
-        whos = ["direct", "router"]
-        bars = ax.bar(whos, [t[w]["tokens_per_s"] for w in whos],
+        paths = ["direct", "router"]
+        bars = ax.bar(paths, [t[w]["tokens_per_s"] for w in paths],
                       color=[colors["direct"], colors["router"]])
-        for b, w in zip(bars, whos, strict=True):
+        for b, w in zip(bars, paths, strict=True):
             ax.annotate(f"{t[w]['tokens_per_s']:,.0f}", (b.get_x() + b.get_width() / 2,
                         b.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_ylabel("tokens/s")

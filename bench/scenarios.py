@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -113,7 +114,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
             watched = rt.pid if who == "router" else env.proxy.pid if who == "nginx" else None
             before = group_stats(watched) if watched else None
             with (_profiled(env, s, rt, name, s.wrk_seconds) if who == "router"
-                  else _null()) as prof:
+                  else contextlib.nullcontext([])) as prof:
                 res = wrk.run(url, script, seconds=s.wrk_seconds, connections=s.connections)
             entry = res.as_dict()
             if watched and before:
@@ -153,7 +154,7 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
             before = group_stats(watched) if watched else None
             length = s.paced_ramp + s.paced_seconds + s.paced_tokens * s.paced_interval
             with (_profiled(env, s, rt, "paced", length) if who == "router"
-                  else _null()) as prof:
+                  else contextlib.nullcontext([])) as prof:
                 res = paced.run(port, path, model, key, connections=s.paced_streams,
                                 tokens=s.paced_tokens, interval=s.paced_interval,
                                 ramp_s=s.paced_ramp, seconds=s.paced_seconds)
@@ -169,14 +170,6 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
                  f"p99 {res.ttft_p99_ms:7.2f} ms  ITL p50 {res.itl_p50_ms:6.2f} "
                  f"p99 {res.itl_p99_ms:6.2f} ms  errors {res.errors + res.short_streams}")
     return out
-
-
-class _null:
-    def __enter__(self) -> list[profile.Profile]:
-        return []
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import grpc
 import numpy as np
+import numpy.typing as npt
 import uvloop
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -95,7 +96,7 @@ async def _load(one: Callable[[], Awaitable[int]], concurrency: int, seconds: fl
 def _direct_request() -> service_pb2.ModelInferRequest:
     prompt = load_template(format="chatml").render(bodies.MESSAGES).encode()
 
-    def flag(v: bool) -> np.ndarray:
+    def flag(v: bool) -> npt.NDArray[np.bool_]:
         return np.array([[v]], dtype=np.bool_)
 
     return build_request(MODEL, {

@@ -48,8 +48,11 @@ def map_error(message: str, model: str) -> RouterError:
     """Triton's in-band error text to the status a client should see."""
     low = message.lower()
     if "unknown model" in low or ("is not found" in low and "model" in low):
+        # Retryable: another node may serve it (a stopping server unloads its models first).
         return BadGateway(
-            f"The Triton server does not serve the model '{model}'.", code="backend_model_not_found"
+            f"The Triton server does not serve the model '{model}'.",
+            code="backend_model_not_found",
+            retryable=True,
         )
     if "unavailable" in low or "not ready" in low:
         return ServiceUnavailable(f"The model '{model}' is unavailable: {message}")

@@ -120,7 +120,8 @@ prompt_format = "chatml"
                         tasks = [asyncio.create_task(one(i)) for i in range(200)]
                         while len(results) < 60:
                             await asyncio.sleep(0.01)
-                        b_ctx.__exit__(None, None, None)  # node B goes away mid-run
+                        os.killpg(b.proc.pid, signal.SIGKILL)  # node B dies mid-run
+                        b_ctx.__exit__(None, None, None)
                         b_alive = False
                         await asyncio.gather(*tasks)
                     return results

@@ -1,0 +1,100 @@
+"""Micro-benchmarks of the router's per-request and per-token pieces (pytest-benchmark).
+
+Run: make bench-micro. Each test also checks its result, so a change that breaks a piece
+fails here instead of getting faster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_benchmark.fixture import BenchmarkFixture
+
+from airouter.backends.base import Endpoint, Target
+from airouter.backends.openai_http import rewrite_model
+from airouter.protocol.requests import ChatRequest, decode
+from airouter.streaming.chunks import ChunkWriter
+from airouter.streaming.sse import SSEDecoder, frame
+from airouter.streaming.textfix import StopMatcher, TextPipeline
+from airouter.templates import load_template
+from bench import bodies
+
+TCP_PIECE = 1448  # one loopback/Ethernet MSS: what a read returns from a fast upstream
+CHAT_BODY = bodies.chat_request(bodies.ALIAS_SSE, stream=True, max_tokens=256)
+SSE = bodies.sse_body()
+SSE_PIECES = [SSE[i : i + TCP_PIECE] for i in range(0, len(SSE), TCP_PIECE)]
+CHUNK = bodies.chunk_json(" Denmark")
+TOKENS = [" The", " prince", " of", " Den", "mark", " seeks", " re", "venge", ".", "\n"] * 7
+# The Triton mock's pieces, two of them splitting a UTF-8 character.
+MOCK_PIECES = [b"Hello", b",", b" wor", b"ld", b"!", b" Caf", b"\xc3", b"\xa9", b" \xf0\x9f",
+               b"\x98\x80", b" The", b" end", b"."]
+MESSAGES: list[dict[str, Any]] = [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Germany? Answer in one word, please."},
+]
+
+
+def test_request_decode(benchmark: BenchmarkFixture) -> None:
+    body, view = benchmark(decode, Endpoint.CHAT, CHAT_BODY)
+    assert isinstance(view, ChatRequest) and view.stream and body["max_tokens"] == 256
+
+
+def test_chunk_encode(benchmark: BenchmarkFixture) -> None:
+    writer = ChunkWriter(Endpoint.CHAT, bodies.ALIAS_SSE, include_usage=False)
+    out = benchmark(writer.text, " Denmark")
+    assert out.endswith(b'"finish_reason":null}]}') and b'"content":" Denmark"' in out
+
+
+def test_sse_parse_64_events(benchmark: BenchmarkFixture) -> None:
+    def parse() -> list[bytes]:
+        decoder = SSEDecoder()
+        out: list[bytes] = []
+        for piece in SSE_PIECES:
+            out += decoder.feed(piece)
+        return out + decoder.close()
+
+    events = benchmark(parse)
+    assert len(events) == bodies.SSE_CHUNKS + 1 and events[-1] == b"[DONE]"
+
+
+def test_sse_frame_batch(benchmark: BenchmarkFixture) -> None:
+    batch = [CHUNK] * 8
+    out = benchmark(frame, batch)
+    assert out.count(b"data: ") == 8
+
+
+def test_model_rewrite_chunk(benchmark: BenchmarkFixture, target: Target) -> None:
+    out = benchmark(rewrite_model, CHUNK, target)
+    assert f'"model":"{bodies.ALIAS_SSE}"'.encode() in out
+
+
+def test_model_rewrite_completion(benchmark: BenchmarkFixture, target: Target) -> None:
+    body = bodies.completion_json()
+    out = benchmark(rewrite_model, body, target)
+    assert f'"model":"{bodies.ALIAS_SSE}"'.encode() in out
+
+
+def test_stop_matcher_70_tokens(benchmark: BenchmarkFixture) -> None:
+    def run() -> str:
+        m = StopMatcher(["\n\nUser:", "</answer>", "###"])
+        return "".join(m.feed(t) for t in TOKENS) + m.flush()
+
+    out = benchmark(run)
+    assert out == "".join(TOKENS)
+
+
+def test_text_pipeline_mock_stream(benchmark: BenchmarkFixture) -> None:
+    def run() -> str:
+        p = TextPipeline(special_tokens=("<|im_end|>", "<|endoftext|>"), stops=["###"])
+        return "".join(p.feed(raw) for raw in MOCK_PIECES) + p.flush()
+
+    out = benchmark(run)
+    assert out == "Hello, world! Café 😀 The end."
+
+
+def test_template_render_chatml(benchmark: BenchmarkFixture) -> None:
+    template = load_template(format="chatml")
+    out = benchmark(template.render, MESSAGES)
+    assert out.startswith("<|im_start|>system\n") and out.endswith("<|im_start|>assistant\n")
