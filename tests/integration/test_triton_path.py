@@ -33,6 +33,7 @@ MODELS = [
     "trtllm_bls",
     "vllm_model",
     "trtllm_nonstream",
+    "trtllm_echo",
     "embed_model",
     "error_model",
     "error_mid_stream",
@@ -62,6 +63,7 @@ def router(triton: TritonServer, tmp_path_factory: pytest.TempPathFactory) -> It
         "bls": "trtllm_bls",
         "vllm": "vllm_model",
         "nonstream": "trtllm_nonstream",
+        "echo": "trtllm_echo",
         "err": "error_model",
         "err-mid": "error_mid_stream",
         "slow": "slow_model",
@@ -121,7 +123,7 @@ def collect(stream: openai.Stream, alias: str, usage: bool) -> tuple[str, str, l
     return text, finishing[0]["choices"][0]["finish_reason"], chunks
 
 
-@pytest.mark.parametrize("alias", ["ens", "bls", "vllm", "nonstream"])
+@pytest.mark.parametrize("alias", ["ens", "bls", "vllm", "nonstream", "echo"])
 def test_stream_equals_whole(client: openai.OpenAI, alias: str) -> None:
     whole = client.chat.completions.create(model=alias, messages=MSGS)
     validate("CreateChatCompletionResponse", whole.model_dump(exclude_unset=True))
@@ -155,7 +157,7 @@ def test_max_tokens_gives_length(client: openai.OpenAI, alias: str) -> None:
     assert (text, finish) == ("Hello, world!", "length")
 
 
-@pytest.mark.parametrize("alias", ["ens", "bls", "vllm", "nonstream"])
+@pytest.mark.parametrize("alias", ["ens", "bls", "vllm", "nonstream", "echo"])
 @pytest.mark.parametrize(
     ("stop", "want"),
     [
