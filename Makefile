@@ -43,7 +43,7 @@ bench: $(STAMP)
 
 bench-micro: $(STAMP)
 	@$(PY) -m pytest bench/micro --benchmark-only -p no:cacheprovider \
-		--benchmark-columns=median,mean,min,stddev,ops,rounds --benchmark-sort=median
+		--benchmark-columns=median,mean,min,stddev,ops,rounds --benchmark-sort=mean
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

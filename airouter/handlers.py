@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import uuid
@@ -67,9 +68,14 @@ class Holder:
             t.cancel()
 
 
+# UUID-shaped (some upstreams, starlette-context behind llama.cpp's server for one, reject
+# anything else): a random per-process prefix and a counter, cheaper than uuid4 per request.
+_RID_PREFIX = str(uuid.UUID(bytes=os.urandom(16), version=4))[:24]
+_rid_counter = itertools.count(int.from_bytes(os.urandom(4)))
+
+
 def _request_id() -> bytes:
-    # UUID-shaped: some upstreams (starlette-context, behind llama.cpp's server) reject others.
-    return str(uuid.UUID(bytes=os.urandom(16), version=4)).encode()
+    return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFFFFFFFF:012x}".encode()
 
 
 class _Headers:
@@ -154,6 +160,13 @@ class CompletionEndpoint:
             tasks.add(task)
         try:
             await self._handle(state, h, rec, rh, receive, send)
+        except Exception:
+            # A bug, not a client or backend problem: log it, never show a traceback.
+            log.exception("request failed")
+            rec.status, rec.error = 500, "internal_error"
+            if not rec.started:
+                with contextlib.suppress(Exception):
+                    await send_error(send, internal_error(), rh)
         finally:
             tasks.discard(task)
             self.observer.finish(rec)
@@ -278,6 +291,7 @@ class CompletionEndpoint:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
             return e.status
+        rec.started = True
         await send_json(send, 200, body, rh)
         return 200
 

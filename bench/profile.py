@@ -77,7 +77,9 @@ def summarize(raw: Path, top: int = 15) -> Profile:
             return round(100 * c / total, 1)
 
         prof.self_top = [(f, pct(c)) for f, c in self_c.most_common(top)]
-        mine = [(f, c) for f, c in incl_c.most_common() if "airouter/" in f]
+        # The CLI frames sit under the whole event loop: they say nothing about the work.
+        mine = [(f, c) for f, c in incl_c.most_common()
+                if "airouter/" in f and "airouter/cli.py" not in f and "__main__" not in f]
         prof.incl_top = [(f, pct(c)) for f, c in mine[:top]]
         prof.by_package = [(k, pct(c)) for k, c in pkg_c.most_common()]
     return prof

@@ -186,6 +186,15 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
             out["direct"] = res_d.as_dict()
             _say(f"triton  direct  {res_d.tokens_per_s:>10,.0f} tokens/s  "
                  f"p50 {res_d.p50_ms:7.2f} ms  errors {res_d.errors}")
+            # The same client on the (idle) router core: Triton then has core 1 to itself,
+            # the most a client can get out of it.
+            res_0 = triton.run_direct_on(ROUTER_CORE, srv.grpc_url,
+                                         concurrency=s.triton_concurrency,
+                                         seconds=s.triton_seconds, warmup_s=s.triton_warmup)
+            out["direct_core0"] = res_0.as_dict()
+            _say(f"triton  direct0 {res_0.tokens_per_s:>10,.0f} tokens/s  "
+                 f"p50 {res_0.p50_ms:7.2f} ms  errors {res_0.errors}  (client on core "
+                 f"{ROUTER_CORE})")
             before = rt.stats()
             with _profiled(env, s, rt, "triton", s.triton_seconds + s.triton_warmup) as prof:
                 res_r = triton.run_routed(rt.url, concurrency=s.triton_concurrency,

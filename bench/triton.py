@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -24,7 +27,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.templates import load_template
 from bench import bodies
-from bench.procs import ROOT
+from bench.procs import ROOT, pinned
 from tests.support.triton import TritonServer, build_request, run_triton
 
 REPO = ROOT / "tests" / "triton_models"
@@ -164,3 +167,21 @@ def run_direct(grpc_url: str, *, concurrency: int, seconds: float, warmup_s: flo
 
 def run_routed(url: str, *, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
     return uvloop.run(_routed(url, concurrency, seconds, warmup_s))
+
+
+def run_direct_on(core: int, grpc_url: str, *, concurrency: int, seconds: float,
+                  warmup_s: float) -> TritonResult:
+    """The direct client in its own process pinned to `core` (e.g. the idle router core)."""
+    args = pinned(core, [sys.executable, "-m", "bench.triton", grpc_url, str(concurrency),
+                         str(seconds), str(warmup_s)])
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
+                       timeout=seconds + warmup_s + 60)
+    if r.returncode != 0:
+        raise RuntimeError(f"direct Triton client failed:\n{r.stderr[-2000:]}")
+    return TritonResult(**json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    url, conc, secs, warm = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    res = run_direct(url, concurrency=conc, seconds=secs, warmup_s=warm)
+    print(json.dumps(res.as_dict()))

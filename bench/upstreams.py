@@ -3,7 +3,7 @@
 Raw asyncio protocol on uvloop rather than aiohttp.web: it shares a core with the load
 generator, and at 2,000 streams x 20 tokens/s it must stay far from saturating that core,
 or its own lateness would read as router latency. Each token is one timer callback and one
-write; no per-stream coroutine.
+write; no per-stream coroutine, and one shared 1 ms ticker instead of a timer per token.
 
 Run: python -m bench.upstreams --port P [--tokens 40] [--interval 0.05]
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import signal
+from collections.abc import Callable
 from typing import cast
 
 import uvloop
@@ -35,15 +37,45 @@ TAIL = _chunked(b"data: " + bodies.chunk_json(None, finish="stop") + b"\n\ndata:
     + b"0\r\n\r\n"
 
 
+class Ticker:
+    """Runs callbacks at their due time to the millisecond (libuv's timer resolution
+    anyway), from one timer: cheaper than a TimerHandle per token at 40,000 tokens/s."""
+
+    RES = 0.001
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.due: dict[int, list[Callable[[], None]]] = {}
+        self.done = int(self.loop.time() / self.RES)
+        self.loop.call_soon(self._tick)
+
+    def at(self, when: float, fn: Callable[[], None]) -> None:
+        key = max(math.ceil(when / self.RES), self.done + 1)
+        fns = self.due.get(key)
+        if fns is None:
+            self.due[key] = [fn]
+        else:
+            fns.append(fn)
+
+    def _tick(self) -> None:
+        now = int(self.loop.time() / self.RES)
+        pop = self.due.pop
+        for key in range(self.done + 1, now + 1):
+            for fn in pop(key, ()):
+                fn()
+        self.done = max(self.done, now)
+        self.loop.call_at((now + 1) * self.RES, self._tick)
+
+
 class PacedSSE(asyncio.Protocol):
-    def __init__(self, tokens: int, interval: float) -> None:
+    def __init__(self, tokens: int, interval: float, ticker: Ticker) -> None:
         self.tokens = tokens
         self.interval = interval
+        self.ticker = ticker
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buf = b""
         self.need = -1  # body bytes still to read; -1 while reading the head
-        self.timer: asyncio.TimerHandle | None = None
         self.start = 0.0
         self.sent = 0
         self.busy = False
@@ -54,9 +86,7 @@ class PacedSSE(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.transport = None
+        self.transport = None  # a pending tick finds no transport and stops
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -99,10 +129,9 @@ class PacedSSE(asyncio.Protocol):
         if self.sent < self.tokens:
             t.write(TOKEN)
             # Absolute deadlines, so timer lateness does not accumulate over a stream.
-            self.timer = self.loop.call_at(self.start + self.sent * self.interval, self._tick)
+            self.ticker.at(self.start + self.sent * self.interval, self._tick)
             return
         t.write(TOKEN + TAIL)
-        self.timer = None
         self.busy = False
         while self._request():
             if self.busy:
@@ -111,7 +140,8 @@ class PacedSSE(asyncio.Protocol):
 
 async def serve(port: int, tokens: int, interval: float) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: PacedSSE(tokens, interval), HOST, port,
+    ticker = Ticker()
+    server = await loop.create_server(lambda: PacedSSE(tokens, interval, ticker), HOST, port,
                                       backlog=8192)
     stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

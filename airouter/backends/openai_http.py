@@ -29,8 +29,7 @@ _encode = msgspec.json.Encoder().encode
 # `"model":` can only be a key; responses put the top-level key before nested objects.
 _MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
 
-# A chunk worth decoding: it carries usage or a finish reason (not `null`).
-_NOTABLE = re.compile(rb'"(?:usage"\s*:\s*\{|finish_reason"\s*:\s*")')
+_MODEL_VALUE = re.compile(rb':\s*"(.*)"$')
 
 _PATHS = {
     Endpoint.CHAT: "/chat/completions",
@@ -259,22 +258,37 @@ class OpenAIHttpBackend(Backend):
 class _Relay:
     """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
 
-    __slots__ = ("name", "resp", "target", "stats", "decoder", "done")
+    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "seen", "tail")
 
-    def __init__(
-        self, name: str, resp: aiohttp.ClientResponse, target: Target, stats: Stats
-    ) -> None:
+    def __init__(self, name: str, resp: aiohttp.ClientResponse, target: Target,
+                 stats: Stats) -> None:
         self.name = name
         self.resp = resp
         self.target = target
         self.stats = stats
         self.decoder = SSEDecoder()
         self.done = False
+        # The exact `"model":"..."` member the upstream writes: it repeats it in every chunk,
+        # so after the first a plain bytes.replace does what the regex did.
+        self.seen: bytes | None = None
+        # The last two payloads: finish_reason and usage ride there.
+        self.tail: tuple[bytes, bytes] = (b"", b"")
+
+    def _rewrite(self, p: bytes) -> bytes:
+        seen = self.seen
+        if seen is not None:
+            q = p.replace(seen, self.target.model_repl, 1)
+            if q is not p or seen == self.target.model_repl:
+                return q
+        m = _MODEL.search(p)
+        if m is None:
+            return p
+        self.seen = m.group(0)
+        return p[: m.start()] + self.target.model_repl + p[m.end():]
 
     async def next_batch(self) -> list[bytes] | None:
         """The next non-empty batch, or None at the end of the stream."""
         content = self.resp.content
-        target, stats = self.target, self.stats
         try:
             while not self.done:
                 data = await content.readany()
@@ -283,15 +297,13 @@ class _Relay:
                     self.done = True
                 if not payloads:
                     continue
-                for p in payloads:
-                    # Cheap byte checks first; decode only the rare chunks that matter.
-                    if (b'"usage"' in p or b'"finish_reason"' in p) and _NOTABLE.search(p):
-                        _note_chunk(p, stats)
-                batch = [rewrite_model(p, target) for p in payloads if p != DONE]
-                if len(batch) != len(payloads):
+                if DONE in payloads:
                     self.done = True
-                if batch:
-                    return batch
+                    del payloads[payloads.index(DONE) :]
+                if payloads:
+                    tail = self.tail
+                    self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
+                    return [self._rewrite(p) for p in payloads]
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(
                 f"The backend '{self.name}' stopped sending for longer than the idle timeout."
@@ -300,7 +312,24 @@ class _Relay:
             raise BadGateway(
                 f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
             ) from None
+        self._note_tail()
         return None
+
+    def _note_tail(self) -> None:
+        # Decode only the last chunks (finish reason, usage) for metrics and traces.
+        for p in self.tail:
+            if not p:
+                continue
+            try:
+                obj = _decode_any(p)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(obj, dict):
+                record_usage(obj, self.stats)
+        if self.stats.response_model is None and self.seen is not None:
+            m = _MODEL_VALUE.search(self.seen)
+            if m:
+                self.stats.response_model = m.group(1).decode("utf-8", "replace")
 
     async def iterate(self, first: list[bytes] | None) -> AsyncIterator[list[bytes]]:
         batch = first
@@ -326,12 +355,3 @@ def record_usage(obj: dict[str, Any], stats: Stats) -> None:
     for choice in obj.get("choices") or ():
         if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
             stats.finish_reason = choice["finish_reason"]
-
-
-def _note_chunk(payload: bytes, stats: Stats) -> None:
-    try:
-        obj = _decode_any(payload)
-    except msgspec.DecodeError:
-        return
-    if isinstance(obj, dict):
-        record_usage(obj, stats)

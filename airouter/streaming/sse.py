@@ -28,6 +28,19 @@ class SSEDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        if not self._buf and not self._data and chunk.endswith(b"\n\n") and b"\r" not in chunk:
+            # The common case, in C: whole `data: ...` events, one line each.
+            events = chunk[:-2].split(b"\n\n")
+            out = []
+            for e in events:
+                if e.startswith(b"data: ") and b"\n" not in e:
+                    out.append(e[6:])
+                else:
+                    return self._feed(chunk)
+            return out
+        return self._feed(chunk)
+
+    def _feed(self, chunk: bytes) -> list[bytes]:
         buf = self._buf + chunk if self._buf else chunk
         if b"\r" in buf:
             if buf.endswith(b"\r"):
