@@ -58,10 +58,16 @@ def _meta(quick: bool, stamp: str) -> dict[str, Any]:
     import granian
 
     return {
-        "timestamp": stamp, "quick": quick, "router_core": ROUTER_CORE, "load_core": LOAD_CORE,
-        "cpu": _cpu_model(), "python": scenarios.python_version(),
-        "granian": granian.__version__, "aiohttp": aiohttp.__version__,
-        "nginx": _version([deps.nginx_bin() or "nginx", "-v"]), "wrk": _version(["wrk", "-v"]),
+        "timestamp": stamp,
+        "quick": quick,
+        "router_core": ROUTER_CORE,
+        "load_core": LOAD_CORE,
+        "cpu": _cpu_model(),
+        "python": scenarios.python_version(),
+        "granian": granian.__version__,
+        "aiohttp": aiohttp.__version__,
+        "nginx": _version([deps.nginx_bin() or "nginx", "-v"]),
+        "wrk": _version(["wrk", "-v"]),
     }
 
 
@@ -73,16 +79,28 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
 def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short runs, 500 paced streams (< 2 min)")
-    p.add_argument("--profile", action="store_true",
-                   help="sample the router worker with py-spy during its runs (skews its numbers)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the router worker with py-spy during its runs (skews its numbers)",
+    )
     p.add_argument("--only", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
     p.add_argument("--streams", type=int, help="paced streams (default 2000, quick 500)")
-    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                   help="wait up to this long for other work on the machine to stop first")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="wait up to this long for other work on the machine to stop first",
+    )
     p.add_argument("--no-install", action="store_true", help="fail rather than apt/pip install")
-    p.add_argument("--router-prelude", default="", metavar="CODE",
-                   help="Python to run in the router before it starts, to A/B runtime knobs, "
-                        "e.g. 'sys.setswitchinterval(0.0005)'")
+    p.add_argument(
+        "--router-prelude",
+        default="",
+        metavar="CODE",
+        help="Python to run in the router before it starts, to A/B runtime knobs, "
+        "e.g. 'sys.setswitchinterval(0.0005)'",
+    )
     return p.parse_args(argv)
 
 
@@ -102,34 +120,57 @@ def main(argv: list[str] | None = None) -> int:
     while busy > 15 and time.monotonic() < deadline:
         busy = busy_percent(2.0)
     if busy > 15:
-        print(f">> warning: the machine is {busy:.0f}% busy before the bench starts; other "
-              "work on these cores will skew the numbers", flush=True)
+        print(
+            f">> warning: the machine is {busy:.0f}% busy before the bench starts; other "
+            "work on these cores will skew the numbers",
+            flush=True,
+        )
     pin_self(LOAD_CORE)
     raise_nofile()
-    settings = scenarios.Settings.make(args.quick, args.profile, args.streams,
-                                       args.router_prelude)
+    settings = scenarios.Settings.make(args.quick, args.profile, args.streams, args.router_prelude)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"meta": _meta(args.quick, stamp), "settings": vars(settings),
-                               "scenarios": {}}
+    results: dict[str, Any] = {
+        "meta": _meta(args.quick, stamp),
+        "settings": vars(settings),
+        "scenarios": {},
+    }
     results["meta"]["busy_before_pct"] = round(busy, 1)
     started = time.monotonic()
     try:
-        with tempfile.TemporaryDirectory(prefix="airouter-bench-") as d, \
-                contextlib.ExitStack() as stack:
+        with (
+            tempfile.TemporaryDirectory(prefix="airouter-bench-") as d,
+            contextlib.ExitStack() as stack,
+        ):
             tmp = Path(d)
             paced_port = free_port()
-            up = stack.enter_context(spawn(
-                [sys.executable, "-m", "bench.upstreams", "--port", str(paced_port),
-                 "--tokens", str(settings.paced_tokens),
-                 "--interval", str(settings.paced_interval)],
-                log=tmp / "paced-upstream.log"))
+            up = stack.enter_context(
+                spawn(
+                    [
+                        sys.executable,
+                        "-m",
+                        "bench.upstreams",
+                        "--port",
+                        str(paced_port),
+                        "--tokens",
+                        str(settings.paced_tokens),
+                        "--interval",
+                        str(settings.paced_interval),
+                    ],
+                    log=tmp / "paced-upstream.log",
+                )
+            )
             wait_http(f"http://{HOST}:{paced_port}/health", proc=up)
             upstream = stack.enter_context(nginx.run_upstream(tmp, LOAD_CORE))
             # The proxy under comparison gets the router's core: same budget, same pinning.
-            proxy = stack.enter_context(nginx.run_proxy(
-                tmp, ROUTER_CORE, {"up": upstream.port, "paced": paced_port},
-                "/up" + nginx.JSON_PATH))
+            proxy = stack.enter_context(
+                nginx.run_proxy(
+                    tmp,
+                    ROUTER_CORE,
+                    {"up": upstream.port, "paced": paced_port},
+                    "/up" + nginx.JSON_PATH,
+                )
+            )
             env = scenarios.Env(tmp, RESULTS, stamp, upstream, proxy, paced_port)
             sc = results["scenarios"]
             if "chat" in only:
@@ -152,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(results, tgts, out)
     png = RESULTS / f"{stamp}.png"
     drew = report.chart(results, png)
-    print(f"\nwrote {out.relative_to(ROOT)}" + (f" and {png.relative_to(ROOT)}" if drew else "")
-          + f" in {results['meta']['wall_s']:.0f} s")
+    print(
+        f"\nwrote {out.relative_to(ROOT)}"
+        + (f" and {png.relative_to(ROOT)}" if drew else "")
+        + f" in {results['meta']['wall_s']:.0f} s"
+    )
     return 0
 
 

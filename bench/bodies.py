@@ -32,8 +32,25 @@ def chat_request(model: str, *, stream: bool, max_tokens: int = 128) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-_WORDS = ("The", " prince", " of", " Denmark", " seeks", " revenge", " for", " his", " father",
-          "'s", " murder", ",", " feigns", " madness", " and", " dies", ".")
+_WORDS = (
+    "The",
+    " prince",
+    " of",
+    " Denmark",
+    " seeks",
+    " revenge",
+    " for",
+    " his",
+    " father",
+    "'s",
+    " murder",
+    ",",
+    " feigns",
+    " madness",
+    " and",
+    " dies",
+    ".",
+)
 
 
 def completion_json() -> bytes:
@@ -44,12 +61,14 @@ def completion_json() -> bytes:
         "created": CREATED,
         "model": UPSTREAM_MODEL,
         "system_fingerprint": "fp_bench",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": {"prompt_tokens": 31, "completion_tokens": SSE_CHUNKS, "total_tokens": 95},
     }
     return json.dumps(body, separators=(",", ":")).encode()

@@ -28,8 +28,9 @@ def nginx_bin() -> str | None:
 
 def _apt_install(packages: list[str]) -> None:
     if os.geteuid() != 0:
-        raise MissingTool(f"{' '.join(packages)} missing and not root: apt-get install -y "
-                          + " ".join(packages))
+        raise MissingTool(
+            f"{' '.join(packages)} missing and not root: apt-get install -y " + " ".join(packages)
+        )
     _say(f"installing {' '.join(packages)} with apt-get (once; needs the Debian registry)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     # Debian's nginx package starts a service on 0.0.0.0:80 unless policy-rc.d forbids it.
@@ -40,8 +41,12 @@ def _apt_install(packages: list[str]) -> None:
         made_policy = True
     try:
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
-        r = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                            *packages], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             raise MissingTool(f"apt-get install {' '.join(packages)} failed:\n{r.stderr[-2000:]}")
     finally:
@@ -74,8 +79,11 @@ def ensure_pip(module: str, package: str | None = None) -> bool:
     if importlib.util.find_spec(module) is not None:
         return True
     _say(f"installing {package or module} into {sys.prefix} with pip")
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", package or module],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", package or module],
+        capture_output=True,
+        text=True,
+    )
     importlib.invalidate_caches()
     if r.returncode != 0:
         print(r.stderr[-2000:], file=sys.stderr)

@@ -57,7 +57,9 @@ def upstream_conf(tmp: Path, port: int) -> str:
         f = www / path.lstrip("/")
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_bytes(body)
-    return _common(tmp, "upstream") + f"""
+    return (
+        _common(tmp, "upstream")
+        + f"""
 http {{
 {_http_common(tmp, "upstream")}
     client_max_body_size 1m;
@@ -76,6 +78,7 @@ http {{
     }}
 }}
 """
+    )
 
 
 def proxy_conf(tmp: Path, port: int, upstreams: dict[str, int]) -> str:
@@ -98,7 +101,9 @@ def proxy_conf(tmp: Path, port: int, upstreams: dict[str, int]) -> str:
         }}"""
         for name in upstreams
     )
-    return _common(tmp, "proxy") + f"""
+    return (
+        _common(tmp, "proxy")
+        + f"""
 http {{
 {_http_common(tmp, "proxy")}
     client_max_body_size 16m;
@@ -114,6 +119,7 @@ http {{
     }}
 }}
 """
+    )
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ def run(tmp: Path, name: str, conf: str, port: int, core: int, ready_path: str) 
         try:
             wait_http(f"http://{HOST}:{port}{ready_path}", timeout=15, proc=proc, method="POST")
         except Exception as e:
-            err = (tmp / f"{name}-error.log")
+            err = tmp / f"{name}-error.log"
             raise RuntimeError(
                 f"nginx ({name}) did not start: {e}\n"
                 f"{err.read_text(errors='replace') if err.exists() else ''}"

@@ -30,6 +30,7 @@ class PacedResult:
     connections: int
     streams: int  # started in the measured window (and completed)
     tokens: int
+    all_tokens: int  # the whole run's, ramp and tail included: what the CPU figures cover
     errors: int
     short_streams: int  # completed with fewer tokens than the upstream sends
     seconds: float
@@ -57,6 +58,7 @@ class _Run:
         self.streams = 0
         self.tokens = 0
         self.window_tokens = 0  # every token that arrived inside the measured window
+        self.all_tokens = 0  # every token of the run, ramp and tail included
         self.errors = 0
         self.short = 0
         self.open = 0
@@ -105,7 +107,7 @@ class _Conn(asyncio.Protocol):
             if not self.head.startswith(b"HTTP/1.1 200"):
                 self._fail()
                 return
-            data = self.head[end + 4:]
+            data = self.head[end + 4 :]
             self.in_head = False
         buf = self.carry + data
         self.carry = buf[-_CARRY:]
@@ -120,6 +122,7 @@ class _Conn(asyncio.Protocol):
                 for _ in range(n - 1):
                     self.run.gaps.append(0.0)
             self.n += n
+            self.run.all_tokens += n
             self.last = now
             if self.run.steady_at <= now < self.run.stop_at:
                 self.run.window_tokens += n
@@ -159,15 +162,26 @@ class _Conn(asyncio.Protocol):
 
 def _request(port: int, path: str, model: str, key: str | None) -> bytes:
     body = bodies.chat_request(model, stream=True, max_tokens=64)
-    head = (f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    )
     if key:
         head += f"Authorization: Bearer {key}\r\n"
     return head.encode() + b"\r\n" + body
 
 
-async def _drive(port: int, path: str, model: str, key: str | None, connections: int,
-                 tokens: int, ramp_s: float, seconds: float, stream_s: float) -> PacedResult:
+async def _drive(
+    port: int,
+    path: str,
+    model: str,
+    key: str | None,
+    connections: int,
+    tokens: int,
+    ramp_s: float,
+    seconds: float,
+    stream_s: float,
+) -> PacedResult:
     loop = asyncio.get_running_loop()
     t0 = time.perf_counter()
     run = _Run(_request(port, path, model, key), tokens, t0 + ramp_s, t0 + ramp_s + seconds)
@@ -199,17 +213,39 @@ async def _drive(port: int, path: str, model: str, key: str | None, connections:
         return round(float(np.percentile(a, q)), 3) if a.size else float("nan")
 
     return PacedResult(
-        connections=connections, streams=run.streams, tokens=run.tokens,
-        errors=run.errors + failed, short_streams=run.short, seconds=seconds,
+        connections=connections,
+        streams=run.streams,
+        tokens=run.tokens,
+        all_tokens=run.all_tokens,
+        errors=run.errors + failed,
+        short_streams=run.short,
+        seconds=seconds,
         tokens_per_s=round(run.window_tokens / seconds, 1),
-        ttft_p50_ms=pct(ttft, 50), ttft_p99_ms=pct(ttft, 99),
-        itl_p50_ms=pct(gaps, 50), itl_p90_ms=pct(gaps, 90), itl_p99_ms=pct(gaps, 99),
-        itl_p999_ms=pct(gaps, 99.9), itl_max_ms=round(float(gaps.max()), 3) if gaps.size else 0.0,
+        ttft_p50_ms=pct(ttft, 50),
+        ttft_p99_ms=pct(ttft, 99),
+        itl_p50_ms=pct(gaps, 50),
+        itl_p90_ms=pct(gaps, 90),
+        itl_p99_ms=pct(gaps, 99),
+        itl_p999_ms=pct(gaps, 99.9),
+        itl_max_ms=round(float(gaps.max()), 3) if gaps.size else 0.0,
     )
 
 
-def run(port: int, path: str, model: str, key: str | None, *, connections: int, tokens: int,
-        interval: float, ramp_s: float, seconds: float) -> PacedResult:
+def run(
+    port: int,
+    path: str,
+    model: str,
+    key: str | None,
+    *,
+    connections: int,
+    tokens: int,
+    interval: float,
+    ramp_s: float,
+    seconds: float,
+) -> PacedResult:
     raise_nofile()
-    return uvloop.run(_drive(port, path, model, key, connections, tokens, ramp_s, seconds,
-                             stream_s=tokens * interval))
+    return uvloop.run(
+        _drive(
+            port, path, model, key, connections, tokens, ramp_s, seconds, stream_s=tokens * interval
+        )
+    )

@@ -51,8 +51,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
-              method: str = "GET") -> None:
+def wait_http(
+    url: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    method: str = "GET",
+) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -85,13 +89,23 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def spawn(args: Sequence[str], *, log: Path, env: dict[str, str] | None = None,
-          cwd: Path | None = None, grace: float = 10.0) -> Iterator[subprocess.Popen[bytes]]:
+def spawn(
+    args: Sequence[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    grace: float = 10.0,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Start a process in its own process group; always stop it (and its group) on exit."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            list(args), env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-            cwd=cwd or ROOT, start_new_session=True,
+            list(args),
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd or ROOT,
+            start_new_session=True,
         )
         try:
             yield proc

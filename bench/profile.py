@@ -73,13 +73,17 @@ def summarize(raw: Path, top: int = 15) -> Profile:
             incl_c[f] += count
     prof = Profile(raw, total)
     if total:
+
         def pct(c: int) -> float:
             return round(100 * c / total, 1)
 
         prof.self_top = [(f, pct(c)) for f, c in self_c.most_common(top)]
         # The CLI frames sit under the whole event loop: they say nothing about the work.
-        mine = [(f, c) for f, c in incl_c.most_common()
-                if "airouter/" in f and "airouter/cli.py" not in f and "__main__" not in f]
+        mine = [
+            (f, c)
+            for f, c in incl_c.most_common()
+            if "airouter/" in f and "airouter/cli.py" not in f and "__main__" not in f
+        ]
         prof.incl_top = [(f, pct(c)) for f, c in mine[:top]]
         prof.by_package = [(k, pct(c)) for k, c in pkg_c.most_common()]
     return prof
@@ -93,8 +97,24 @@ def record(pid: int | None, out: Path, seconds: float, enabled: bool) -> Iterato
     if exe is None or pid is None:
         yield found
         return
-    args = pinned(LOAD_CORE, [exe, "record", "-p", str(pid), "-d", str(int(seconds) + 60),
-                              "-r", "250", "--nonblocking", "-f", "raw", "-o", str(out)])
+    args = pinned(
+        LOAD_CORE,
+        [
+            exe,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds) + 60),
+            "-r",
+            "250",
+            "--nonblocking",
+            "-f",
+            "raw",
+            "-o",
+            str(out),
+        ],
+    )
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         yield found

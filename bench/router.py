@@ -110,10 +110,28 @@ def run(tmp: Path, name: str, config: str, core: int, prelude: str = "") -> Iter
     cfg = tmp / f"router-{name}.toml"
     cfg.write_text(config)
     log = tmp / f"router-{name}.log"
-    entry = ["-m", "airouter"] if not prelude else [
-        "-c", f"import sys\n{prelude}\nfrom airouter.cli import main\nsys.exit(main())"]
-    args = pinned(core, [sys.executable, *entry, "--config", str(cfg), "--host", HOST,
-                         "--port", str(port), "--workers", "1", "--log-level", "warning"])
+    entry = (
+        ["-m", "airouter"]
+        if not prelude
+        else ["-c", f"import sys\n{prelude}\nfrom airouter.cli import main\nsys.exit(main())"]
+    )
+    args = pinned(
+        core,
+        [
+            sys.executable,
+            *entry,
+            "--config",
+            str(cfg),
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+    )
     with spawn(args, log=log) as proc:
         try:
             wait_http(f"http://{HOST}:{port}/health/ready", timeout=60, proc=proc)

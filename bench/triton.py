@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,43 @@ class TritonResult:
         return asdict(self)
 
 
-async def _load(one: Callable[[], Awaitable[int]], concurrency: int, seconds: float,
-                warmup_s: float) -> TritonResult:
-    """Run `one` (a whole request; returns pieces seen, 0 on error) in `concurrency` loops."""
-    lat: list[float] = []
-    counts = {"requests": 0, "tokens": 0, "errors": 0}
+@dataclass
+class Tally:
+    """Completions inside measured windows; rounds of one path add up."""
+
+    requests: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.errors += other.errors
+        self.seconds += other.seconds
+        self.latencies_ms += other.latencies_ms
+
+    def result(self, concurrency: int) -> TritonResult:
+        arr = np.array(self.latencies_ms or [float("nan")])
+        secs = self.seconds or float("nan")
+        return TritonResult(
+            concurrency=concurrency,
+            requests=self.requests,
+            tokens=self.requests * PIECES,
+            errors=self.errors,
+            seconds=round(self.seconds, 2),
+            rps=round(self.requests / secs, 1),
+            tokens_per_s=round(self.requests * PIECES / secs, 1),
+            p50_ms=round(float(np.percentile(arr, 50)), 3),
+            p99_ms=round(float(np.percentile(arr, 99)), 3),
+        )
+
+
+async def _load(
+    one: Callable[[], Awaitable[int]], concurrency: int, seconds: float, warmup_s: float
+) -> Tally:
+    """Run `one` (a whole request; returns pieces seen, 0 on error) in `concurrency` loops;
+    count what completes inside the window (throughput = completions / window)."""
+    tally = Tally(seconds=seconds)
     t0 = time.perf_counter()
     start, stop = t0 + warmup_s, t0 + warmup_s + seconds
 
@@ -76,24 +108,15 @@ async def _load(one: Callable[[], Awaitable[int]], concurrency: int, seconds: fl
             except (aiohttp.ClientError, grpc.RpcError, TimeoutError):
                 n = 0
             done = time.perf_counter()
-            if t >= start and done <= stop:
+            if start <= done <= stop:
                 if n == PIECES:
-                    counts["requests"] += 1
-                    counts["tokens"] += n
-                    lat.append(done - t)
+                    tally.requests += 1
+                    tally.latencies_ms.append((done - t) * 1e3)
                 else:
-                    counts["errors"] += 1
+                    tally.errors += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    arr = np.array(lat) * 1e3 if lat else np.array([float("nan")])
-    return TritonResult(
-        concurrency=concurrency, requests=counts["requests"], tokens=counts["tokens"],
-        errors=counts["errors"], seconds=seconds,
-        rps=round(counts["requests"] / seconds, 1),
-        tokens_per_s=round(counts["tokens"] / seconds, 1),
-        p50_ms=round(float(np.percentile(arr, 50)), 3),
-        p99_ms=round(float(np.percentile(arr, 99)), 3),
-    )
+    return tally
 
 
 def _direct_request() -> service_pb2.ModelInferRequest:
@@ -102,18 +125,22 @@ def _direct_request() -> service_pb2.ModelInferRequest:
     def flag(v: bool) -> npt.NDArray[np.bool_]:
         return np.array([[v]], dtype=np.bool_)
 
-    return build_request(MODEL, {
-        "text_input": np.array([[prompt]], dtype=np.object_),
-        "max_tokens": np.array([[MAX_TOKENS]], dtype=np.int32),
-        "stream": flag(True),
-        "exclude_input_in_output": flag(True),
-        "return_num_input_tokens": flag(True),
-        "return_num_output_tokens": flag(True),
-        "temperature": np.array([[0.7]], dtype=np.float32),
-    }, request_id="bench-direct")
+    return build_request(
+        MODEL,
+        {
+            "text_input": np.array([[prompt]], dtype=np.object_),
+            "max_tokens": np.array([[MAX_TOKENS]], dtype=np.int32),
+            "stream": flag(True),
+            "exclude_input_in_output": flag(True),
+            "return_num_input_tokens": flag(True),
+            "return_num_output_tokens": flag(True),
+            "temperature": np.array([[0.7]], dtype=np.float32),
+        },
+        request_id="bench-direct",
+    )
 
 
-async def _direct(grpc_url: str, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+async def _direct(grpc_url: str, concurrency: int, seconds: float, warmup_s: float) -> Tally:
     req = _direct_request()
     async with grpc.aio.insecure_channel(grpc_url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -134,12 +161,13 @@ async def _direct(grpc_url: str, concurrency: int, seconds: float, warmup_s: flo
         return await _load(one, concurrency, seconds, warmup_s)
 
 
-async def _routed(url: str, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+async def _routed(url: str, concurrency: int, seconds: float, warmup_s: float) -> Tally:
     body = bodies.chat_request(bodies.ALIAS_TRITON, stream=True, max_tokens=MAX_TOKENS)
     headers = {"Authorization": f"Bearer {bodies.CLIENT_KEY}", "Content-Type": "application/json"}
     conn = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=conn, headers=headers,
-                                     timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(
+        connector=conn, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
 
         async def fetch() -> bytes | None:
             async with session.post(url + "/v1/chat/completions", data=body) as resp:
@@ -161,27 +189,39 @@ async def _routed(url: str, concurrency: int, seconds: float, warmup_s: float) -
         return await _load(one, concurrency, seconds, warmup_s)
 
 
-def run_direct(grpc_url: str, *, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+def run_direct(grpc_url: str, *, concurrency: int, seconds: float, warmup_s: float) -> Tally:
     return uvloop.run(_direct(grpc_url, concurrency, seconds, warmup_s))
 
 
-def run_routed(url: str, *, concurrency: int, seconds: float, warmup_s: float) -> TritonResult:
+def run_routed(url: str, *, concurrency: int, seconds: float, warmup_s: float) -> Tally:
     return uvloop.run(_routed(url, concurrency, seconds, warmup_s))
 
 
-def run_direct_on(core: int, grpc_url: str, *, concurrency: int, seconds: float,
-                  warmup_s: float) -> TritonResult:
+def run_direct_on(
+    core: int, grpc_url: str, *, concurrency: int, seconds: float, warmup_s: float
+) -> Tally:
     """The direct client in its own process pinned to `core` (e.g. the idle router core)."""
-    args = pinned(core, [sys.executable, "-m", "bench.triton", grpc_url, str(concurrency),
-                         str(seconds), str(warmup_s)])
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT,
-                       timeout=seconds + warmup_s + 60)
+    args = pinned(
+        core,
+        [
+            sys.executable,
+            "-m",
+            "bench.triton",
+            grpc_url,
+            str(concurrency),
+            str(seconds),
+            str(warmup_s),
+        ],
+    )
+    r = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, timeout=seconds + warmup_s + 60
+    )
     if r.returncode != 0:
         raise RuntimeError(f"direct Triton client failed:\n{r.stderr[-2000:]}")
-    return TritonResult(**json.loads(r.stdout.strip().splitlines()[-1]))
+    return Tally(**json.loads(r.stdout.strip().splitlines()[-1]))
 
 
 if __name__ == "__main__":
     url, conc, secs, warm = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
     res = run_direct(url, concurrency=conc, seconds=secs, warmup_s=warm)
-    print(json.dumps(res.as_dict()))
+    print(json.dumps(asdict(res)))

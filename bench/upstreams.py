@@ -23,8 +23,10 @@ import uvloop
 from bench import bodies
 from bench.procs import HOST, raise_nofile
 
-_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-         b"Transfer-Encoding: chunked\r\n\r\n")
+_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n"
+)
 _HEALTH = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
 
@@ -33,8 +35,10 @@ def _chunked(data: bytes) -> bytes:
 
 
 TOKEN = _chunked(b"data: " + bodies.chunk_json(" tok") + b"\n\n")
-TAIL = _chunked(b"data: " + bodies.chunk_json(None, finish="stop") + b"\n\ndata: [DONE]\n\n") \
+TAIL = (
+    _chunked(b"data: " + bodies.chunk_json(None, finish="stop") + b"\n\ndata: [DONE]\n\n")
     + b"0\r\n\r\n"
+)
 
 
 class Ticker:
@@ -100,7 +104,7 @@ class PacedSSE(asyncio.Protocol):
             if end < 0:
                 return False
             head = self.buf[:end].lower()
-            self.buf = self.buf[end + 4:]
+            self.buf = self.buf[end + 4 :]
             self.need = 0
             for line in head.split(b"\r\n")[1:]:
                 if line.startswith(b"content-length:"):
@@ -108,7 +112,7 @@ class PacedSSE(asyncio.Protocol):
             self.get = head.startswith(b"get ")
         if len(self.buf) < self.need:
             return False
-        self.buf = self.buf[self.need:]
+        self.buf = self.buf[self.need :]
         self.need = -1
         assert self.transport is not None
         if self.get:
@@ -141,8 +145,9 @@ class PacedSSE(asyncio.Protocol):
 async def serve(port: int, tokens: int, interval: float) -> None:
     loop = asyncio.get_running_loop()
     ticker = Ticker()
-    server = await loop.create_server(lambda: PacedSSE(tokens, interval, ticker), HOST, port,
-                                      backlog=8192)
+    server = await loop.create_server(
+        lambda: PacedSSE(tokens, interval, ticker), HOST, port, backlog=8192
+    )
     stopped = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)

@@ -30,8 +30,11 @@ end
 def lua_script(path: Path, body: bytes, key: str | None) -> Path:
     text = body.decode()
     assert "]==]" not in text
-    lines = ['wrk.method = "POST"', f"wrk.body = [==[{text}]==]",
-             'wrk.headers["Content-Type"] = "application/json"']
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = [==[{text}]==]",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
     if key:
         lines.append(f'wrk.headers["Authorization"] = "Bearer {key}"')
     path.write_text("\n".join(lines) + "\n" + _DONE)
@@ -56,23 +59,47 @@ class WrkResult:
         return asdict(self)
 
 
-def run(url: str, script: Path, *, seconds: float, connections: int = 64, threads: int = 1,
-        timeout_s: int = 10) -> WrkResult:
+def run(
+    url: str,
+    script: Path,
+    *,
+    seconds: float,
+    connections: int = 64,
+    threads: int = 1,
+    timeout_s: int = 10,
+) -> WrkResult:
     exe = shutil.which("wrk")
     assert exe is not None
-    args = pinned(LOAD_CORE, [exe, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s",
-                              f"--timeout={timeout_s}s", "-s", str(script), url])
+    args = pinned(
+        LOAD_CORE,
+        [
+            exe,
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{seconds:g}s",
+            f"--timeout={timeout_s}s",
+            "-s",
+            str(script),
+            url,
+        ],
+    )
     r = subprocess.run(args, capture_output=True, text=True, timeout=seconds + timeout_s + 30)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith(_MARK)), None)
     if r.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    d = json.loads(line[len(_MARK):])
+    d = json.loads(line[len(_MARK) :])
     secs = d["duration_us"] / 1e6
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
     return WrkResult(
-        requests=d["requests"], seconds=round(secs, 3), rps=round(d["requests"] / secs, 1),
+        requests=d["requests"],
+        seconds=round(secs, 3),
+        rps=round(d["requests"] / secs, 1),
         mbps=round(d["bytes"] / secs / 1e6, 2),
-        p50_ms=d["p50"] / 1e3, p90_ms=d["p90"] / 1e3, p99_ms=d["p99"] / 1e3,
-        p999_ms=d["p999"] / 1e3, max_ms=d["max"] / 1e3, mean_ms=round(d["mean"] / 1e3, 3),
+        p50_ms=d["p50"] / 1e3,
+        p90_ms=d["p90"] / 1e3,
+        p99_ms=d["p99"] / 1e3,
+        p999_ms=d["p999"] / 1e3,
+        max_ms=d["max"] / 1e3,
+        mean_ms=round(d["mean"] / 1e3, 3),
         errors=errors,
     )

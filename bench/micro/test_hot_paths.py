@@ -26,8 +26,21 @@ SSE_PIECES = [SSE[i : i + TCP_PIECE] for i in range(0, len(SSE), TCP_PIECE)]
 CHUNK = bodies.chunk_json(" Denmark")
 TOKENS = [" The", " prince", " of", " Den", "mark", " seeks", " re", "venge", ".", "\n"] * 7
 # The Triton mock's pieces, two of them splitting a UTF-8 character.
-MOCK_PIECES = [b"Hello", b",", b" wor", b"ld", b"!", b" Caf", b"\xc3", b"\xa9", b" \xf0\x9f",
-               b"\x98\x80", b" The", b" end", b"."]
+MOCK_PIECES = [
+    b"Hello",
+    b",",
+    b" wor",
+    b"ld",
+    b"!",
+    b" Caf",
+    b"\xc3",
+    b"\xa9",
+    b" \xf0\x9f",
+    b"\x98\x80",
+    b" The",
+    b" end",
+    b".",
+]
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
     {"role": "user", "content": "What is the capital of France?"},
