@@ -133,6 +133,11 @@ class _DisconnectWatch:
         self._watcher.cancel()
 
 
+async def _framed(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]:
+    async for batch in chunks:
+        yield frame(batch)
+
+
 async def _once(items: list[bytes]) -> AsyncIterator[list[bytes]]:
     if items:
         yield items
@@ -299,10 +304,14 @@ class CompletionEndpoint:
         self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
     ) -> int:
         try:
-            chunks = reply.chunks
-            if chunks is None:
-                assert reply.body is not None
-                chunks = _once(chunks_from_body(self.endpoint, reply.body, call.include_usage))
+            events = reply.sse
+            if events is None:
+                chunks = reply.chunks
+                if chunks is None:
+                    assert reply.body is not None
+                    chunks = _once(chunks_from_body(self.endpoint, reply.body,
+                                                    call.include_usage))
+                events = _framed(chunks)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
@@ -311,8 +320,8 @@ class CompletionEndpoint:
         rec.started = True
         tail = DONE_EVENT
         try:
-            async for batch in chunks:
-                await send({"type": "http.response.body", "body": frame(batch), "more_body": True})
+            async for data in events:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
                 rec.chunk_sent()
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.

@@ -71,6 +71,10 @@ backend_model = "fake-echo"
 backend = "fake"
 backend_model = "fake-split"
 
+[models.tricky]
+backend = "fake"
+backend_model = "fake-tricky"
+
 [models.slow]
 backend = "fake"
 backend_model = "fake-slow"

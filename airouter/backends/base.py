@@ -62,13 +62,15 @@ async def _noop() -> None:
 class Reply:
     """A backend's answer, already speaking the alias.
 
-    Exactly one of `body` (a whole JSON response) and `chunks` (batches of JSON chunk
-    payloads, without SSE framing and without the final [DONE]) is set. `aclose` releases
-    the backend's resources and cancels its work if the stream was not consumed to the end.
+    Exactly one of `body` (a whole JSON response), `chunks` (batches of JSON chunk payloads,
+    without SSE framing and without the final [DONE]) and `sse` (whole SSE events, already
+    framed, without [DONE]; only for streaming clients) is set. `aclose` releases the
+    backend's resources and cancels its work if the stream was not consumed to the end.
     """
 
     body: bytes | None = None
     chunks: AsyncIterator[list[bytes]] | None = None
+    sse: AsyncIterator[bytes] | None = None
     aclose: Callable[[], Awaitable[None]] = _noop
 
 

@@ -21,7 +21,7 @@ from airouter.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
-from airouter.streaming.sse import DONE, SSEDecoder
+from airouter.streaming.sse import DONE, SSEDecoder, frame
 
 _encode = msgspec.json.Encoder().encode
 
@@ -227,6 +227,9 @@ class OpenAIHttpBackend(Backend):
             if resp.content_type == "text/event-stream":
                 relay = _Relay(self.name, resp, call.target, call.stats)
                 # Wait for the first event, so a node that fails before it can be replaced.
+                if call.stream:
+                    raw = await relay.next_raw()
+                    return Reply(sse=relay.iterate_raw(raw), aclose=relay.aclose)
                 first = await relay.next_batch()
                 return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()
@@ -258,7 +261,8 @@ class OpenAIHttpBackend(Backend):
 class _Relay:
     """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
 
-    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "seen", "tail")
+    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "seen", "tail",
+                 "pending", "raw_ok")
 
     def __init__(self, name: str, resp: aiohttp.ClientResponse, target: Target,
                  stats: Stats) -> None:
@@ -273,6 +277,8 @@ class _Relay:
         self.seen: bytes | None = None
         # The last two payloads: finish_reason and usage ride there.
         self.tail: tuple[bytes, bytes] = (b"", b"")
+        self.pending = b""  # pass-through: an event not yet complete
+        self.raw_ok = True  # pass-through until the upstream's framing needs the decoder
 
     def _rewrite(self, p: bytes) -> bytes:
         seen = self.seen
@@ -315,7 +321,110 @@ class _Relay:
         self._note_tail()
         return None
 
+    async def next_raw(self) -> bytes | None:
+        """Streaming clients: whole SSE events, passed through as read, with one bytes.replace
+        for `model` per read instead of a decode, rewrite and re-frame per event. Upstream
+        framing that is not plain `data: ...` + blank line falls back to the decoder."""
+        if not self.raw_ok:
+            batch = await self.next_batch()
+            return frame(batch) if batch is not None else None
+        content = self.resp.content
+        repl = self.target.model_repl
+        try:
+            while not self.done:
+                data = await content.readany()
+                if not data:
+                    self.done = True
+                    if self.pending:
+                        return self._fallback(b"", final=True)
+                    break
+                buf = self.pending + data if self.pending else data
+                cut = buf.rfind(b"\n\n")
+                if cut < 0:
+                    if b"\r" in buf:
+                        return self._fallback(data)
+                    self.pending = buf
+                    continue
+                out = buf[: cut + 2]
+                if b"\r" in out or not out.startswith(b"data: "):
+                    return self._fallback(data)
+                self.pending = buf[cut + 2 :]
+                if out.endswith(b"data: [DONE]\n\n"):
+                    self.done = True
+                    out = out[:-14]
+                if b"[DONE]" in out:  # not a plain last event: let the decoder judge
+                    self.done = False
+                    self.pending = b""
+                    return self._fallback(buf)
+                if not out:
+                    continue
+                seen = self.seen
+                if seen is None:
+                    m = _MODEL.search(out)
+                    if m is not None:
+                        seen = self.seen = m.group(0)
+                if seen is not None and seen != repl:
+                    if out.count(seen) != out.count(b'"model"'):
+                        self.pending = b""
+                        return self._fallback(buf)  # a chunk naming another model
+                    out = out.replace(seen, repl)
+                self._keep_tail(out)
+                return out
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise GatewayTimeout(
+                f"The backend '{self.name}' stopped sending for longer than the idle timeout."
+            ) from None
+        except aiohttp.ClientError as e:
+            raise BadGateway(
+                f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
+            ) from None
+        self._note_tail()
+        return None
+
+    def _fallback(self, data: bytes, final: bool = False) -> bytes | None:
+        """Hand what was read to the decoder and keep using it for the rest of the stream."""
+        self.raw_ok = False
+        data, self.pending = self.pending + data, b""
+        payloads = self.decoder.feed(data)
+        if final:
+            payloads += self.decoder.close()
+        if DONE in payloads:
+            self.done = True
+            del payloads[payloads.index(DONE) :]
+        if not payloads:
+            if self.done:
+                self._note_tail()
+                return None
+            return b""  # nothing whole yet; the caller reads on
+        tail = self.tail
+        self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
+        return frame([self._rewrite(p) for p in payloads])
+
+    def _keep_tail(self, out: bytes) -> None:
+        # The last two events' payloads, found from the end without parsing the rest.
+        end = len(out) - 2
+        start = out.rfind(b"\n\ndata: ", 0, end)
+        last = out[start + 8 : end] if start >= 0 else out[6:end]
+        if start >= 0:
+            prev_start = out.rfind(b"\n\ndata: ", 0, start)
+            prev = out[prev_start + 8 : start] if prev_start >= 0 else out[6:start]
+        else:
+            prev = self.tail[1]
+        self.tail = (prev, last)
+
+    async def iterate_raw(self, first: bytes | None) -> AsyncIterator[bytes]:
+        data = first
+        while data is not None:
+            if data:
+                yield data
+            data = await self.next_raw()
+
     def _note_tail(self) -> None:
+        # The backend's own model name, from the member we replaced (payloads carry the alias).
+        if self.stats.response_model is None and self.seen is not None:
+            m = _MODEL_VALUE.search(self.seen)
+            if m:
+                self.stats.response_model = m.group(1).decode("utf-8", "replace")
         # Decode only the last chunks (finish reason, usage) for metrics and traces.
         for p in self.tail:
             if not p:
@@ -326,10 +435,6 @@ class _Relay:
                 continue
             if isinstance(obj, dict):
                 record_usage(obj, self.stats)
-        if self.stats.response_model is None and self.seen is not None:
-            m = _MODEL_VALUE.search(self.seen)
-            if m:
-                self.stats.response_model = m.group(1).decode("utf-8", "replace")
 
     async def iterate(self, first: list[bytes] | None) -> AsyncIterator[list[bytes]]:
         batch = first

@@ -127,6 +127,14 @@ def test_split_sse_lines_and_utf8(client: openai.OpenAI) -> None:
     assert check_stream(chunks, "split", usage=False) == "echo: hello there — café 😀"
 
 
+def test_relay_of_awkward_streams(client: openai.OpenAI) -> None:
+    """Events cut every 5 bytes, "[DONE]" inside content, a chunk naming another model."""
+    stream = client.chat.completions.create(model="tricky", messages=MSGS, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = [c.model_dump(exclude_unset=True) for c in stream]
+    assert check_stream(chunks, "tricky", usage=True) == " [DONE]  otherecho: hello there"
+
+
 def test_glob_aliases_most_specific_wins(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.clear()
     a = client.chat.completions.create(model="gpt-3.5-turbo", messages=MSGS)

@@ -40,6 +40,7 @@ MODELS = (
     "fake-echo",
     "fake-embed",
     "fake-split",
+    "fake-tricky",
     "fake-slow",
     "fake-die",
     "fake-hang",
@@ -577,6 +578,7 @@ class FakeUpstream:
         generation: dict[str, Handler] = {
             "fake-echo": self._echo,
             "fake-split": self._split,
+            "fake-tricky": self._tricky,
             "fake-slow": self._slow,
             "fake-disconnect": self._disconnect,
             "fake-nostream": _nostream,
@@ -614,6 +616,23 @@ class FakeUpstream:
         request[_COMPLETE] = True  # the last piece completes `data: [DONE]`
         await resp.write(last)
         return await _finish(request, resp, done=False)
+
+    async def _tricky(self, request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
+        """Plain `data: ...` framing cut every 5 bytes, a content chunk saying "[DONE]", and a
+        chunk naming another model: what a pass-through relay must not get wrong."""
+        reply = _reply(endpoint, body)
+        if not body.get("stream"):
+            return web.json_response(reply.body)
+        resp = await _open_sse(request)
+        other = {**reply.tick(" other"), "model": "other-model"}
+        first, *rest = [c for _, c in reply.chunks]
+        data = b"".join(sse(c) for c in (first, reply.tick(" [DONE] "), other, *rest))
+        data += sse("[DONE]")
+        request[_COMPLETE] = True
+        for i in range(0, len(data), 5):
+            await resp.write(data[i : i + 5])
+        await resp.write_eof()
+        return resp
 
     async def _hang(self, request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
         await asyncio.sleep(HANG_SECONDS)  # cancelled on client disconnect or shutdown
