@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -14,6 +12,10 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# Port choice and process-group shutdown are the test suite's: one implementation.
+from tests.support.procs import free_port as free_port
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -45,12 +47,6 @@ def raise_nofile(want: int = 65536) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(
     url: str,
     timeout: float = 30.0,
@@ -72,20 +68,6 @@ def wait_http(
             last = e
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout}s: {last}")
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM the process group (the child leads its own), then SIGKILL after `grace`."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 @contextlib.contextmanager

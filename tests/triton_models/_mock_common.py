@@ -219,3 +219,18 @@ async def serve_ensemble(
 async def serve_all(requests: list[Any], serve: Callable[[Any], Any]) -> None:
     """Run every request of the batch concurrently (async execute lets requests overlap)."""
     await asyncio.gather(*(serve(r) for r in requests))
+
+
+def whole_text_responses(requests: list[Any]) -> list[Any]:
+    """Non-decoupled ensemble mocks: one response per request with the whole text (the
+    prompt first unless the request set exclude_input_in_output)."""
+    responses = []
+    for request in requests:
+        try:
+            p = parse_ensemble(request)
+            pieces = script(p.prompt, p.max_tokens)
+            prefix = b"" if p.exclude_input else p.prompt
+            responses.append(ensemble_response(p, prefix + b"".join(pieces), len(pieces)))
+        except Exception as e:  # noqa: BLE001 - reported to the client in-band
+            responses.append(error_response(str(e)))
+    return responses

@@ -14,13 +14,4 @@ import _mock_common as mock  # noqa: E402
 
 class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            try:
-                p = mock.parse_ensemble(request)
-                pieces = mock.script(p.prompt, p.max_tokens)
-                prefix = b"" if p.exclude_input else p.prompt
-                responses.append(mock.ensemble_response(p, prefix + b"".join(pieces), len(pieces)))
-            except Exception as e:  # noqa: BLE001
-                responses.append(mock.error_response(str(e)))
-        return responses
+        return mock.whole_text_responses(requests)
