@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from airouter.asgi import (
     send_error,
     send_json,
 )
+from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.errors import (
     NotFound,
@@ -48,6 +50,7 @@ OPERATION = {
     "embeddings": "embeddings",
 }
 
+_UNSAFE = re.compile(rb"[^\x20-\x7e]")
 _FORWARD = frozenset({b"traceparent", b"tracestate", b"x-request-id"})
 
 
@@ -92,6 +95,8 @@ class _Headers:
             elif k == b"api-key":
                 self.api_key = v
             elif k in _FORWARD:
+                if _UNSAFE.search(v):
+                    continue  # not printable ASCII: not fit for our headers, logs or gRPC metadata
                 if k == b"x-request-id":
                     # Bound what we echo back and log.
                     v = v[:128]
@@ -121,12 +126,17 @@ class _DisconnectWatch:
         self._watcher.add_done_callback(self._fire)
 
     def _fire(self, w: asyncio.Future[None]) -> None:
-        if self._active and not w.cancelled():
+        if w.cancelled():
+            return
+        if w.exception() is not None:  # receive() itself failed: retrieved, not a disconnect
+            return
+        if self._active:
             self._task.cancel()
 
     @property
     def gone(self) -> bool:
-        return self._watcher.done() and not self._watcher.cancelled()
+        w = self._watcher
+        return w.done() and not w.cancelled() and w.exception() is None
 
     def stop(self) -> None:
         self._active = False
@@ -198,7 +208,7 @@ class CompletionEndpoint:
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
-        rec.alias, rec.backend = target.alias, target.backend.name
+        rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
         stream = bool(getattr(view, "stream", None))
         opts = getattr(view, "stream_options", None)
         default_max = target.model.max_tokens
@@ -220,7 +230,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec)
+            rec.status = await self._serve(call, send, rh, rec, key)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -238,10 +248,10 @@ class CompletionEndpoint:
             watch.stop()
 
     async def _serve(
-        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], rec: Record, key: ClientKey
     ) -> int:
         try:
-            reply = await self._open(call, rec)
+            reply = await self._open(call, rec, key)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
@@ -253,7 +263,7 @@ class CompletionEndpoint:
         finally:
             await reply.aclose()
 
-    async def _open(self, call: Call, rec: Record) -> Reply:
+    async def _open(self, call: Call, rec: Record, key: ClientKey) -> Reply:
         """Open the call on its target; when every node of it is down, on its fallbacks."""
         try:
             return await call.target.backend.open(call)
@@ -265,7 +275,7 @@ class CompletionEndpoint:
         state = self.holder.state
         for alias in fallbacks:
             target = state.models.lookup(alias)
-            if target is None:
+            if target is None or not key.allows(target.alias):
                 continue
             log.warning(
                 "model %s unavailable (%s); falling back to %s",
@@ -274,7 +284,7 @@ class CompletionEndpoint:
                 alias,
             )
             call.target = target
-            rec.alias, rec.backend = target.alias, target.backend.name
+            rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
             call.body["model"] = target.backend_model
             try:
                 return await target.backend.open(call)

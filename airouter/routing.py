@@ -50,6 +50,7 @@ class ModelMap:
         m = self._cfg.models[key]
         return Target(
             alias=name,
+            label=key,
             backend_model=m.backend_model or name,
             backend=self._backends[m.backend],
             model=m,

@@ -24,6 +24,8 @@ class Target:
 
     alias: str
     backend_model: str
+    # The configured alias or glob pattern: bounded, so safe as a metric label.
+    label: str
     backend: Backend
     model: ModelConfig
     # `"model":"<alias>"` as a re.sub template, precomputed once for rewriting responses.

@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from airouter.backends.base import Reply
 from airouter.config import NodesConfig
@@ -16,6 +17,15 @@ from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 from airouter.observability import metrics
 
 log = logging.getLogger("airouter.nodes")
+
+
+def redact(url: str) -> str:
+    """A URL fit for /health, metrics and logs: no user:password, no query string."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc and not parts.query:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,6 +36,7 @@ class NodeSpec:
 
 class Node:
     __slots__ = (
+        "label",
         "url",
         "weight",
         "in_flight",
@@ -52,8 +63,10 @@ class Node:
         self.checks_bad = 0
         self.served = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self._up = metrics.NODE_UP.labels(backend, spec.url)
-        self._up.set(1)
+        # Set from the workers only (start_checks): the main process also builds nodes to
+        # validate the config, and a value of its own would pin this livemax gauge at 1.
+        self.label = redact(spec.url)
+        self._up = metrics.NODE_UP.labels(backend, self.label)
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -62,7 +75,7 @@ class Node:
         now = time.monotonic()
         state = "up" if self.available(now) else ("ejected" if self.healthy else "down")
         return {
-            "url": self.url,
+            "url": self.label,
             "status": state,
             "in_flight": self.in_flight,
             "queued": len(self.waiters),
@@ -133,6 +146,10 @@ class NodePool:
         candidates = [n for n in nodes if n.available(now) and n not in exclude]
         if not candidates:
             return None
+        limit = self.max_concurrent
+        if limit:
+            # A node with a free slot beats queueing behind a full one.
+            candidates = [n for n in candidates if n.in_flight < limit] or candidates
         if self.balance == "round_robin":
             return self._weighted_rr(candidates)
         # Least in-flight relative to weight; ties go to the node that served fewer.
@@ -166,7 +183,8 @@ class NodePool:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             node.waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, self.queue_timeout)
+                async with asyncio.timeout(self.queue_timeout):
+                    await fut
             except BaseException as e:
                 if fut.done() and not fut.cancelled():
                     self.release(node)  # handed a slot at the last moment: pass it on
@@ -240,6 +258,8 @@ class NodePool:
 
     def start_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
         """Active health checks in the background; interval 0 means none."""
+        for node in self.nodes:
+            node._publish()
         if interval > 0:
             self._checks = asyncio.create_task(self.run_checks(check, interval))
 
@@ -275,7 +295,7 @@ async def with_failover(
             reply = await attempt(node)
         except RouterError as e:
             pool.release(node)
-            if e.status >= 500:
+            if e.status >= 500 and e.status != 504:
                 pool.failed(node, e.code or str(e.status))
             if not e.retryable:
                 raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,6 +25,7 @@ from airouter.errors import (
 from airouter.streaming.sse import DONE, SSEDecoder, frame
 
 _encode = msgspec.json.Encoder().encode
+log = logging.getLogger("airouter.openai")
 
 # The top-level "model" member. A JSON string value cannot contain an unescaped quote, so
 # `"model":` can only be a key; responses put the top-level key before nested objects.
@@ -70,6 +72,12 @@ def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
 
 
+def _host_port(url: str) -> str:
+    """A node's label for metrics, logs and /health: never credentials from the URL."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
 def rewrite_model(payload: bytes, target: Target) -> bytes:
     return _MODEL.sub(target.model_repl, payload, count=1)
 
@@ -100,8 +108,10 @@ def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
     extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
     if status == 401 or status == 403:
         # The upstream rejected *our* key; the client's key was fine.
+        # Its message may quote (part of) our key: log it, never relay it.
+        log.warning("upstream rejected the router's credentials (HTTP %d)", status)
         return BadGateway(
-            f"The backend rejected the router's credentials: {message}", code="upstream_auth_failed"
+            "The backend rejected the router's credentials.", code="upstream_auth_failed"
         )
     if 400 <= status < 500:
         err = UpstreamError(message, status=status, param=param, code=code, headers=extra)
@@ -131,7 +141,7 @@ class OpenAIHttpBackend(Backend):
         self._urls = {
             n.url: {ep: n.url + path for ep, path in _PATHS.items()} for n in self.pool.nodes
         }
-        self._labels = {n.url: urlsplit(n.url).netloc for n in self.pool.nodes}
+        self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -190,14 +200,16 @@ class OpenAIHttpBackend(Backend):
                 body.pop("stream_options", None)
         data = _encode(body)
         return await with_failover(
-            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data)
+            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream)
         )
 
-    async def _attempt(self, node: Node, call: Call, data: bytes) -> Reply:
+    async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
         assert self._session is not None
         call.stats.node = self._labels[node.url]
+        # A whole answer arrives only when the generation is done: no first-token deadline for
+        # it (the idle timeout still bounds the silence).
         try:
-            async with asyncio.timeout(self.cfg.first_token_timeout):
+            async with asyncio.timeout(self.cfg.first_token_timeout if stream else None):
                 return await self._send(node, call, data)
         except TimeoutError:
             raise GatewayTimeout(
@@ -346,7 +358,11 @@ class _Relay:
                     self.pending = buf
                     continue
                 out = buf[: cut + 2]
-                if b"\r" in out or not out.startswith(b"data: "):
+                events = out.count(b"\n\n")
+                # Pass through only one-line `data: ` events; anything else goes to the decoder.
+                if (b"\r" in out or not out.startswith(b"data: ")
+                        or out.count(b"\n") != 2 * events
+                        or out.count(b"\n\ndata: ") != events - 1):
                     return self._fallback(data)
                 self.pending = buf[cut + 2 :]
                 if out.endswith(b"data: [DONE]\n\n"):

@@ -430,17 +430,24 @@ class TritonGrpcBackend(Backend):
         info = plan.info
         writer = ChunkWriter(call.endpoint, call.target.alias, call.include_usage)
         stream = info.decoupled
-        req = build_generate(info, prompt, params, writer.id, stream=stream)
-        pipe = TextPipeline(
-            cumulative=info.cumulative if plan.model.cumulative is None else plan.model.cumulative,
-            echo_prompt=None if info.has("exclude_input_in_output") else prompt,
-            special_tokens=plan.special,
-            stops=params.stop,
-        )
+        try:
+            req = build_generate(info, prompt, params, writer.id, stream=stream)
+        except (ValueError, TypeError, OverflowError) as e:
+            # A value the model's declared tensor type cannot hold (a negative UINT64 seed...).
+            raise InvalidRequest(f"A parameter does not fit this model's inputs: {e}",
+                                 code="invalid_value") from None
+        cumulative = info.cumulative if plan.model.cumulative is None else plan.model.cumulative
         call.stats.response_model = info.name
         metadata = tuple(call.headers.items()) if call.headers else None
 
         async def attempt(node: Node) -> Reply:
+            # Fresh per attempt: a failed node may have fed the previous one part of a stream.
+            pipe = TextPipeline(
+                cumulative=cumulative,
+                echo_prompt=None if info.has("exclude_input_in_output") else prompt,
+                special_tokens=plan.special,
+                stops=params.stop,
+            )
             grpc_call = self._stubs[node.url].ModelStreamInfer(
                 iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
             )

@@ -36,6 +36,7 @@ class Record:
         "path",
         "endpoint",
         "alias",
+        "label",
         "backend",
         "node",
         "status",
@@ -58,6 +59,7 @@ class Record:
         self.path = path
         self.endpoint = endpoint
         self.alias = ""
+        self.label = ""  # the configured alias or pattern: what metrics are labelled with
         self.backend = ""
         self.node = ""
         self.status = 0
@@ -102,7 +104,7 @@ class Observer:
         return child
 
     def started(self, rec: Record) -> None:
-        rec.in_flight = self._child(metrics.IN_FLIGHT, rec.alias, rec.backend)
+        rec.in_flight = self._child(metrics.IN_FLIGHT, rec.label, rec.backend)
         rec.in_flight.inc()
 
     def finish(self, rec: Record) -> None:
@@ -112,22 +114,22 @@ class Observer:
             rec.in_flight.dec()
         stats = rec.call.stats if rec.call is not None else None
         node = (stats.node if stats else "") or rec.node
-        if rec.alias:
+        if rec.label:
             self._child(
-                metrics.REQUESTS, rec.alias, rec.backend, node, rec.endpoint, str(rec.status)
+                metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status)
             ).inc()
-            self._child(metrics.DURATION, rec.alias, rec.backend, rec.endpoint).observe(duration)
+            self._child(metrics.DURATION, rec.label, rec.backend, rec.endpoint).observe(duration)
             if rec.first:
-                self._child(metrics.TTFT, rec.alias, rec.backend).observe(rec.first - rec.start)
+                self._child(metrics.TTFT, rec.label, rec.backend).observe(rec.first - rec.start)
             if rec.gaps is not None:
-                rec.gaps.flush(rec.alias, rec.backend)
+                rec.gaps.flush(rec.label, rec.backend)
             if stats is not None:
                 if stats.prompt_tokens:
-                    self._child(metrics.PROMPT_TOKENS, rec.alias, rec.backend).inc(
+                    self._child(metrics.PROMPT_TOKENS, rec.label, rec.backend).inc(
                         stats.prompt_tokens
                     )
                 if stats.completion_tokens:
-                    self._child(metrics.COMPLETION_TOKENS, rec.alias, rec.backend).inc(
+                    self._child(metrics.COMPLETION_TOKENS, rec.label, rec.backend).inc(
                         stats.completion_tokens
                     )
             if rec.status >= 500 and rec.backend:

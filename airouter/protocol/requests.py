@@ -34,6 +34,7 @@ class Sampling(View, kw_only=True):
     stream_options: StreamOptions | None = None
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     max_tokens: PositiveInt | None = None
+    max_completion_tokens: PositiveInt | None = None
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     top_p: Probability | None = None
     presence_penalty: Annotated[float, msgspec.Meta(ge=-2, le=2)] | None = None
@@ -44,7 +45,6 @@ class Sampling(View, kw_only=True):
 
 class ChatRequest(Sampling, kw_only=True):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
-    max_completion_tokens: PositiveInt | None = None
 
 
 # msgspec allows one array type per union, so mixed lists are accepted here and the backend judges.

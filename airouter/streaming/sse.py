@@ -6,11 +6,16 @@ DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
+def _line(p: bytes) -> bytes:
+    # A payload with line breaks (multi-line `data:` upstream) stays one event.
+    return p.replace(b"\n", b"\ndata: ") if b"\n" in p else p
+
+
 def frame(payloads: list[bytes]) -> bytes:
     """SSE-frame JSON payloads as `data: ...` events, in one buffer for one send."""
     if len(payloads) == 1:
-        return b"data: " + payloads[0] + b"\n\n"
-    return b"".join([b"data: " + p + b"\n\n" for p in payloads])
+        return b"data: " + _line(payloads[0]) + b"\n\n"
+    return b"".join([b"data: " + _line(p) + b"\n\n" for p in payloads])
 
 
 class SSEDecoder:

@@ -97,6 +97,33 @@ def test_metrics_add_up_across_two_workers(two_workers: RouterProc) -> None:
         assert node and node[0].startswith("127.0.0.1:")
 
 
+def test_glob_aliases_are_labelled_by_their_pattern(router: RouterProc) -> None:
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    for name in ("gpt-a1", "gpt-b2", "gpt-c3"):
+        assert c.chat.completions.create(model=name, messages=MSGS).model == name
+    time.sleep(0.3)
+    samples = scrape(router)
+    models = {dict(lab).get("model") for (n, lab) in samples if n == "airouter_requests_total"}
+    assert "gpt-*" in models and not {"gpt-a1", "gpt-b2", "gpt-c3"} & models
+
+
+def test_unprintable_request_ids_are_replaced(router: RouterProc) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Authorization", f"Bearer {CLIENT_KEY}")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("x-request-id", b"bad\xe9id")  # obs-text: valid HTTP, not ASCII
+    body = json.dumps({"model": "echo", "messages": MSGS}).encode()
+    conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    r = conn.getresponse()
+    r.read()
+    assert r.status == 200 and "bad" not in r.headers["x-request-id"]
+    conn.close()
+
+
 def test_access_log_has_one_line_per_request_and_no_keys(router: RouterProc) -> None:
     c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
     r = c.chat.completions.with_raw_response.create(model="echo", messages=MSGS,

@@ -209,6 +209,7 @@ api_keys = ["{CLIENT_KEY}"]
 type = "openai"
 base_url = "http://127.0.0.1:{silent.port}/v1"
 first_token_timeout = 1
+idle_timeout = 1
 health_interval = 0
 [backends.stuck-grpc]
 type = "triton"

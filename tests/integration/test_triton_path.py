@@ -245,6 +245,11 @@ def test_errors(client: openai.OpenAI) -> None:
     assert e.value.body["param"] == "n"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="ens", input="x")
+    # Values the model's tensor types cannot hold: 400 naming the problem, not a 500.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ens", messages=MSGS, seed=-1)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="ens", messages=MSGS, max_tokens=3_000_000_000)
     assert client.chat.completions.create(model="ens", messages=MSGS).choices[0].message.content
 
 

@@ -52,3 +52,7 @@ def test_unterminated_last_event_is_dispatched_on_close() -> None:
 def test_frame() -> None:
     assert frame([b"1"]) == b"data: 1\n\n"
     assert frame([b"1", b"2"]) == b"data: 1\n\ndata: 2\n\n"
+    # A multi-line payload stays one event, and decodes back to itself.
+    framed = frame([b'{"a":\n1}'])
+    assert framed == b'data: {"a":\ndata: 1}\n\n'
+    assert SSEDecoder().feed(framed) == [b'{"a":\n1}']
