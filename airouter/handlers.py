@@ -230,7 +230,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key)
+            rec.status = await self._serve(call, send, rh, rec, key, watch)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -248,7 +248,13 @@ class CompletionEndpoint:
             watch.stop()
 
     async def _serve(
-        self, call: Call, send: Send, rh: list[tuple[bytes, bytes]], rec: Record, key: ClientKey
+        self,
+        call: Call,
+        send: Send,
+        rh: list[tuple[bytes, bytes]],
+        rec: Record,
+        key: ClientKey,
+        watch: _DisconnectWatch,
     ) -> int:
         try:
             reply = await self._open(call, rec, key)
@@ -261,6 +267,9 @@ class CompletionEndpoint:
                 return await self._stream(call, reply, send, rh, rec)
             return await self._whole(reply, send, rh, rec)
         finally:
+            if not watch.gone:
+                # The answer is complete: a disconnect now must not cancel the clean-up.
+                watch.stop()
             await reply.aclose()
 
     async def _open(self, call: Call, rec: Record, key: ClientKey) -> Reply:

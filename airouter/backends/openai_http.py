@@ -459,9 +459,22 @@ class _Relay:
             batch = await self.next_batch()
 
     async def aclose(self) -> None:
-        # close(), not release(): an unfinished stream must not go back to the pool, and
-        # closing the socket is how the upstream learns the client went away.
-        self.resp.close()
+        resp = self.resp
+        if not self.done:
+            # close(), not release(): an unfinished stream must not go back to the pool, and
+            # closing the socket is how the upstream learns the client went away.
+            resp.close()
+            return
+        if not resp.content.at_eof():
+            # [DONE] came before the body's end marker: wait a moment for it, so the
+            # connection can be reused instead of paying a new handshake per stream.
+            try:
+                async with asyncio.timeout(0.05):
+                    await resp.content.read()
+            except (TimeoutError, aiohttp.ClientError):
+                resp.close()
+                return
+        resp.release()
 
 
 def record_usage(obj: dict[str, Any], stats: Stats) -> None:
