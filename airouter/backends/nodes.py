@@ -290,7 +290,12 @@ async def with_failover(
         node = pool.pick(tried)
         if node is None:
             break
-        await pool.acquire(node)
+        try:
+            await pool.acquire(node)
+        except RateLimited as e:  # this node's queue is full: another node may have room
+            tried.append(node)
+            last = e
+            continue
         try:
             reply = await attempt(node)
         except RouterError as e:
