@@ -107,6 +107,7 @@ class _Generation:
         "vllm_finish",
         "stats",
         "_limit",
+        "final_seen",
     )
 
     def __init__(
@@ -136,6 +137,7 @@ class _Generation:
         self.responses = 0
         self.finished = False
         self.vllm_finish: str | None = None
+        self.final_seen = False
         self.stats = Stats()
         loop = asyncio.get_running_loop()
         self._last = loop.time()
@@ -197,6 +199,8 @@ class _Generation:
             if not counted:
                 self.output_tokens += 1
         final = ir.parameters["triton_final_response"].bool_param
+        if final:
+            self.final_seen = True
         return (self.pipe.feed(raw) if raw else ""), final
 
     def finish_reason(self) -> str:
@@ -221,7 +225,7 @@ class _Generation:
                 break
         self.finished = True
         if self.pipe.finished:
-            self.call.cancel()  # a stop sequence ended it: the backend need not go on
+            pass  # a stop sequence ended it: aclose() winds the backend call down
         tail = self.pipe.flush()
         out = [writer.text(tail)] if tail else []
         reason = self.finish_reason()
@@ -234,9 +238,24 @@ class _Generation:
         yield out
 
     async def aclose(self) -> None:
+        """End the gRPC call. Cancelling is kept for calls that must stop now (the client left,
+        an error): cancelling one that is about to end anyway races inside Triton (a known
+        server-side crash on cancellation, fixed in releases after 2.51). A call that sent its
+        final response is read to its end; one cut short by a stop sequence is drained briefly
+        (models given `stop_words` end on their own) and cancelled only if it goes on."""
         self._timer.cancel()
-        if not self.call.done():
-            self.call.cancel()
+        call = self.call
+        if call.done():
+            return
+        if self.final_seen or (self.finished and self.pipe.finished):
+            try:
+                async with asyncio.timeout(0.5 if self.final_seen else 2.0):
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+                return
+            except (TimeoutError, grpc.aio.AioRpcError):
+                pass
+        call.cancel()
 
 
 class TritonGrpcBackend(Backend):
