@@ -47,12 +47,6 @@ class Unauthorized(RouterError):
     code = "invalid_api_key"
 
 
-class Forbidden(RouterError):
-    status = 403
-    type = "invalid_request_error"
-    code = "forbidden"
-
-
 class NotFound(RouterError):
     status = 404
     type = "invalid_request_error"
@@ -73,12 +67,6 @@ class BodyTooLarge(RouterError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
-
-
-class UnsupportedMediaType(RouterError):
-    status = 415
-    type = "invalid_request_error"
-    code = "unsupported_media_type"
 
 
 class RateLimited(RouterError):

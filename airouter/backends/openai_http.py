@@ -304,24 +304,10 @@ class _Relay:
         self.seen = m.group(0)
         return p[: m.start()] + self.target.model_repl + p[m.end():]
 
-    async def next_batch(self) -> list[bytes] | None:
-        """The next non-empty batch, or None at the end of the stream."""
-        content = self.resp.content
+    async def _read(self) -> bytes:
+        """What the upstream sent next (b"" at its end), its failures as router errors."""
         try:
-            while not self.done:
-                data = await content.readany()
-                payloads = self.decoder.feed(data) if data else self.decoder.close()
-                if not data:
-                    self.done = True
-                if not payloads:
-                    continue
-                if DONE in payloads:
-                    self.done = True
-                    del payloads[payloads.index(DONE) :]
-                if payloads:
-                    tail = self.tail
-                    self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
-                    return [self._rewrite(p) for p in payloads]
+            return await self.resp.content.readany()
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise GatewayTimeout(
                 f"The backend '{self.name}' stopped sending for longer than the idle timeout."
@@ -330,6 +316,23 @@ class _Relay:
             raise BadGateway(
                 f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
             ) from None
+
+    async def next_batch(self) -> list[bytes] | None:
+        """The next non-empty batch, or None at the end of the stream."""
+        while not self.done:
+            data = await self._read()
+            payloads = self.decoder.feed(data) if data else self.decoder.close()
+            if not data:
+                self.done = True
+            if not payloads:
+                continue
+            if DONE in payloads:
+                self.done = True
+                del payloads[payloads.index(DONE) :]
+            if payloads:
+                tail = self.tail
+                self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
+                return [self._rewrite(p) for p in payloads]
         self._note_tail()
         return None
 
@@ -340,60 +343,50 @@ class _Relay:
         if not self.raw_ok:
             batch = await self.next_batch()
             return frame(batch) if batch is not None else None
-        content = self.resp.content
         repl = self.target.model_repl
-        try:
-            while not self.done:
-                data = await content.readany()
-                if not data:
-                    self.done = True
-                    if self.pending:
-                        return self._fallback(b"", final=True)
-                    break
-                buf = self.pending + data if self.pending else data
-                cut = buf.rfind(b"\n\n")
-                if cut < 0:
-                    if b"\r" in buf:
-                        return self._fallback(data)
-                    self.pending = buf
-                    continue
-                out = buf[: cut + 2]
-                events = out.count(b"\n\n")
-                # Pass through only one-line `data: ` events; anything else goes to the decoder.
-                if (b"\r" in out or not out.startswith(b"data: ")
-                        or out.count(b"\n") != 2 * events
-                        or out.count(b"\n\ndata: ") != events - 1):
+        while not self.done:
+            data = await self._read()
+            if not data:
+                self.done = True
+                if self.pending:
+                    return self._fallback(b"", final=True)
+                break
+            buf = self.pending + data if self.pending else data
+            cut = buf.rfind(b"\n\n")
+            if cut < 0:
+                if b"\r" in buf:
                     return self._fallback(data)
-                self.pending = buf[cut + 2 :]
-                if out.endswith(b"data: [DONE]\n\n"):
-                    self.done = True
-                    out = out[:-14]
-                if b"[DONE]" in out:  # not a plain last event: let the decoder judge
-                    self.done = False
+                self.pending = buf
+                continue
+            out = buf[: cut + 2]
+            events = out.count(b"\n\n")
+            # Pass through only one-line `data: ` events; anything else goes to the decoder.
+            if (b"\r" in out or not out.startswith(b"data: ")
+                    or out.count(b"\n") != 2 * events
+                    or out.count(b"\n\ndata: ") != events - 1):
+                return self._fallback(data)
+            self.pending = buf[cut + 2 :]
+            if out.endswith(b"data: [DONE]\n\n"):
+                self.done = True
+                out = out[:-14]
+            if b"[DONE]" in out:  # not a plain last event: let the decoder judge
+                self.done = False
+                self.pending = b""
+                return self._fallback(buf)
+            if not out:
+                continue
+            seen = self.seen
+            if seen is None:
+                m = _MODEL.search(out)
+                if m is not None:
+                    seen = self.seen = m.group(0)
+            if seen is not None and seen != repl:
+                if out.count(seen) != out.count(b'"model"'):
                     self.pending = b""
-                    return self._fallback(buf)
-                if not out:
-                    continue
-                seen = self.seen
-                if seen is None:
-                    m = _MODEL.search(out)
-                    if m is not None:
-                        seen = self.seen = m.group(0)
-                if seen is not None and seen != repl:
-                    if out.count(seen) != out.count(b'"model"'):
-                        self.pending = b""
-                        return self._fallback(buf)  # a chunk naming another model
-                    out = out.replace(seen, repl)
-                self._keep_tail(out)
-                return out
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise GatewayTimeout(
-                f"The backend '{self.name}' stopped sending for longer than the idle timeout."
-            ) from None
-        except aiohttp.ClientError as e:
-            raise BadGateway(
-                f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
-            ) from None
+                    return self._fallback(buf)  # a chunk naming another model
+                out = out.replace(seen, repl)
+            self._keep_tail(out)
+            return out
         self._note_tail()
         return None
 

@@ -131,8 +131,3 @@ class MetricsEndpoint:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-def mark_process_dead(pid: int) -> None:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import DefaultGetter
 from opentelemetry.sdk.resources import Resource
@@ -77,4 +76,4 @@ class Tracer:
         self.provider.shutdown()
 
 
-__all__ = ["Span", "Tracer", "otel_context"]
+__all__ = ["Span", "Tracer"]

@@ -18,6 +18,7 @@ from airouter.streaming.sse import SSEDecoder, frame
 from airouter.streaming.textfix import StopMatcher, TextPipeline
 from airouter.templates import load_template
 from bench import bodies
+from tests.integration.test_triton_mocks import PIECES
 
 TCP_PIECE = 1448  # one loopback/Ethernet MSS: what a read returns from a fast upstream
 CHAT_BODY = bodies.chat_request(bodies.ALIAS_SSE, stream=True, max_tokens=256)
@@ -25,22 +26,8 @@ SSE = bodies.sse_body()
 SSE_PIECES = [SSE[i : i + TCP_PIECE] for i in range(0, len(SSE), TCP_PIECE)]
 CHUNK = bodies.chunk_json(" Denmark")
 TOKENS = [" The", " prince", " of", " Den", "mark", " seeks", " re", "venge", ".", "\n"] * 7
-# The Triton mock's pieces, two of them splitting a UTF-8 character.
-MOCK_PIECES = [
-    b"Hello",
-    b",",
-    b" wor",
-    b"ld",
-    b"!",
-    b" Caf",
-    b"\xc3",
-    b"\xa9",
-    b" \xf0\x9f",
-    b"\x98\x80",
-    b" The",
-    b" end",
-    b".",
-]
+# The Triton mock's pieces, two of them splitting a UTF-8 character (pinned by its tests).
+MOCK_PIECES = PIECES
 MESSAGES: list[dict[str, Any]] = [
     {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
     {"role": "user", "content": "What is the capital of France?"},
