@@ -563,3 +563,70 @@ def test_feed_is_incremental(fmt: str) -> None:
         assert len(sent) > 1000
     # Held-back characters are looked at again with the next piece; that must stay bounded.
     assert p.scanned <= 3 * len(text)  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------
+# fuzz: text made of markup pieces never breaks a parser
+# ---------------------------------------------------------------------------
+
+PIECES = [
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_",
+    "[TOOL_CALLS]",
+    "[ARGS]",
+    "[CALL_ID]",
+    "[TOOL",
+    "<|python_tag|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    '{"name": "f", ',
+    '"arguments": ',
+    '"parameters": ',
+    '"name": "g"',
+    '"name": "zz"',
+    "{",
+    "}",
+    "[",
+    "]",
+    "(",
+    ")",
+    ":",
+    ",",
+    ";",
+    "=",
+    '"',
+    "'",
+    "\\",
+    "\\u12",
+    "a",
+    "f",
+    "g(",
+    "f(a=",
+    "1",
+    "-2.5e",
+    "true",
+    "nul",
+    " ",
+    "\n",
+    "é😀",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fmt=st.sampled_from(sorted(TOOL_PARSERS)),
+    parts=st.lists(st.sampled_from(PIECES), max_size=25),
+    tools=st.sampled_from([None, TOOLS]),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
+def test_markup_soup_is_chunking_independent(
+    fmt: str, parts: list[str], tools: Sequence[str] | None, cuts: list[int]
+) -> None:
+    text = "".join(parts)
+    whole = run(lambda: tool_parser(fmt, tools), [text])  # fold() checks every invariant
+    for pieces in (split_at(text, cuts), list(text)):
+        got = run(lambda: tool_parser(fmt, tools), pieces)
+        assert (got.text, got.calls, got.raw_args) == (whole.text, whole.calls, whole.raw_args)
+    if not whole.calls:
+        assert whole.text == text  # nothing is lost when nothing was a call

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from airouter.streaming.parsed import Event
+from airouter.streaming.parsed import Event, Text
 from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text
 
 __all__ = ["Llama3JsonParser"]
@@ -55,6 +55,9 @@ class Llama3JsonParser:
         return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
+        if self._state == _PLAIN:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
         s = self._tail + text if self._tail else text
         self._tail = ""
         self._scanned += len(s)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.parsed import CallArgs, Event
+from airouter.streaming.parsed import CallArgs, Event, Text
 from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
 
 __all__ = ["MistralParser"]
@@ -89,6 +89,9 @@ class MistralParser:
         return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
+        if self._state == _TEXT and not self._tail and "[" not in text:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
         s = self._tail + text if self._tail else text
         self._tail = ""
         self._scanned += len(s)

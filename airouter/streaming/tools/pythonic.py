@@ -27,7 +27,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from airouter.streaming.parsed import CallArgs, Event
+from airouter.streaming.parsed import CallArgs, Event, Text
 from airouter.streaming.tools.base import WS_RUN, CallLog, emit_text
 
 __all__ = ["PythonicParser"]
@@ -82,6 +82,9 @@ class PythonicParser:
         return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
+        if self._state == _PLAIN:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
         s = self._tail + text if self._tail else text
         self._tail = ""
         self._scanned += len(s)
