@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
+from airouter.streaming.tools.base import CallLog, CallObject, emit_text
 
 __all__ = ["HermesParser"]
 

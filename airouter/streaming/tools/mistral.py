@@ -22,8 +22,9 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.jsonscan import JsonScan
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
+from airouter.streaming.tools.base import CallLog, CallObject, emit_text
 
 __all__ = ["MistralParser"]
 
