@@ -88,7 +88,7 @@ CHAINED: list[tuple[str, str, str, str, str, list[tuple[str, Any]]]] = [
         '<think>I should call f.</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n'
         "</tool_call>",
         "I should call f.",
-        "\n\n",
+        "",  # whitespace-only text before a call is dropped
         [("f", {"a": 1})],
     ),
     (

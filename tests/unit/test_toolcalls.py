@@ -52,6 +52,8 @@ HERMES: list[Case] = [
         None,
     ),
     ("empty", "", "", [], None),
+    ("whitespace_only", " \n ", " \n ", [], None),
+    ("whitespace_before_call_dropped", "\n\n " + _h("f", "{}"), "", [("f", {})], None),
     (
         "one_call_after_text",
         "Let me check.\n" + _h("get_weather", '{"city": "Paris"}'),

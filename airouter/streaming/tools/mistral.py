@@ -4,8 +4,9 @@
 
 Policy:
 
-* Text outside the markup is ``Text``; ``[TOOL_CALLS]`` may come after some text. Whitespace
-  between or after calls is markup unless more text follows it.
+* Text outside the markup is ``Text``; ``[TOOL_CALLS]`` may come after some text.
+  Whitespace-only runs before, between or after calls are markup (dropped) unless more text
+  follows them; an output of only whitespace stays text.
 * A call starts once its name is complete and allowed (for ``name[ARGS]``, at ``[ARGS]``);
   its arguments stream.
 * Before the start, anything wrong (not a call, unknown name, unterminated at the end) turns
@@ -69,9 +70,9 @@ class MistralParser:
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
         self._log = CallLog(tools)
-        self._state = _TEXT
+        self._state = _GAP  # leading whitespace is dropped if a call follows it
         self._tail = ""  # a possible partial tag, scanned again with the next piece
-        self._gap: list[str] = []  # whitespace after a call
+        self._gap: list[str] = []  # whitespace before a call or after one
         self._raw: list[str] = []  # markup since the last started call, text if it fails
         self._obj = CallObject(self._log)
         self._name: list[str] = []
@@ -272,7 +273,7 @@ class MistralParser:
         if state == _TEXT:
             emit_text(out, self._tail)
         elif state == _GAP:
-            if self._tail:
+            if self._tail or not self.called:
                 emit_text(out, "".join(self._gap) + self._tail)
         elif state == _ARGS_START:
             out.append(CallArgs(self._index, "{}"))
