@@ -54,6 +54,7 @@ HERMES: list[Case] = [
     ("empty", "", "", [], None),
     ("whitespace_only", " \n ", " \n ", [], None),
     ("whitespace_before_call_dropped", "\n\n " + _h("f", "{}"), "", [("f", {})], None),
+    ("whitespace_before_non_call_kept", " \n<tool_call>x", " \n<tool_call>x", [], None),
     (
         "one_call_after_text",
         "Let me check.\n" + _h("get_weather", '{"city": "Paris"}'),
@@ -262,6 +263,9 @@ def _m(*calls: tuple[str, str]) -> str:
 
 
 MISTRAL: list[Case] = [
+    ("whitespace_only", " \n ", " \n ", [], None),
+    ("whitespace_before_call_dropped", "\n [TOOL_CALLS]f[ARGS]{}", "", [("f", {})], None),
+    ("whitespace_before_non_call_kept", " [TOOL_CALLS]x[", " [TOOL_CALLS]x[", [], None),
     ("no_call", "Plain [TOOL] text [TOOL_CALL", "Plain [TOOL] text [TOOL_CALL", [], None),
     ("empty", "", "", [], None),
     (

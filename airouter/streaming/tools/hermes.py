@@ -82,7 +82,6 @@ class HermesParser:
                 if i >= n:
                     break
                 if s.startswith(_OPEN, i):
-                    self._gap.clear()
                     i = self._open(i)
                 elif n - i < len(_OPEN) and _OPEN.startswith(s[i:]):
                     self._tail = s[i:]
@@ -131,7 +130,9 @@ class HermesParser:
     def _open(self, p: int) -> int:
         self._state = _CALL
         self._obj = CallObject(self._log)
-        self._raw = [_OPEN]
+        self._raw = self._gap  # the whitespace before stays text if this is no call
+        self._raw.append(_OPEN)
+        self._gap = []
         return p + len(_OPEN)
 
     def finish(self) -> list[Event]:

@@ -118,7 +118,6 @@ class MistralParser:
                 if i >= n:
                     break
                 if s.startswith(_TAG, i):
-                    self._gap.clear()
                     i = self._open(i)
                 elif n - i < len(_TAG) and _TAG.startswith(s[i:]):
                     self._tail = s[i:]
@@ -141,7 +140,9 @@ class MistralParser:
 
     def _open(self, p: int) -> int:
         self._state = _AFTER_TAG
-        self._raw = [_TAG]
+        self._raw = self._gap  # the whitespace before stays text if this is no call
+        self._raw.append(_TAG)
+        self._gap = []
         self._group = False
         return p + len(_TAG)
 
