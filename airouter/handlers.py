@@ -198,7 +198,7 @@ class CompletionEndpoint:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
-            data = await read_body(receive, state.body_limit)
+            data = await read_body(receive, state.body_limit, state.body_timeout)
             body, view = decode(self.endpoint, data)
             target = state.models.resolve(view.model, key)
         except RouterError as e:
