@@ -45,6 +45,8 @@ class Sampling(View, kw_only=True):
 
 class ChatRequest(Sampling, kw_only=True):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
 # msgspec allows one array type per union, so mixed lists are accepted here and the backend judges.
@@ -89,6 +91,16 @@ def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {e}", code="invalid_json"
         ) from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it is not valid UTF-8.",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it is nested too deeply.",
+            code="invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     try:
@@ -105,4 +117,25 @@ def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
         else:
             message = f"Invalid value for '{param}': {message}." if param else f"{message}."
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The request body is nested too deeply.", code="invalid_json"
+        ) from None
+    _check_combinations(view)
     return body, view
+
+
+def _check_combinations(view: Request) -> None:
+    """Fields that are valid alone but not together; OpenAI refuses these, so do we."""
+    if isinstance(view, Sampling) and view.stream_options is not None and not view.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    if isinstance(view, ChatRequest) and view.top_logprobs is not None and not view.logprobs:
+        raise InvalidRequest(
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )
