@@ -32,6 +32,7 @@ from airouter.handlers import (
     ModelsEndpoint,
     not_found,
 )
+from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
@@ -61,7 +62,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
+    log.error("unhandled error on %s %s: %s", request.method, bounded(request.url.path),
+              bounded(repr(exc)))
     return _error_response(internal_error())
 
 

@@ -33,6 +33,7 @@ from airouter.errors import (
     RouterError,
     ServiceUnavailable,
 )
+from airouter.observability.bounds import bounded
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.textfix import TextPipeline
 from airouter.templates import ChatTemplate, PromptError, load_template
@@ -346,7 +347,10 @@ class TritonGrpcBackend(Backend):
             await self._plan(target)
         except RouterError as e:
             log.warning(
-                "backend %s: model %s not ready yet: %s", self.name, target.backend_model, e.message
+                "backend %s: model %s not ready yet: %s",
+                self.name,
+                bounded(target.backend_model),
+                bounded(e.message),
             )
 
     async def _info(self, model: str, mc: ModelConfig) -> ModelInfo:

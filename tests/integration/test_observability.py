@@ -200,3 +200,43 @@ def test_errors_are_recorded_on_spans(traced: tuple[RouterProc, Receiver]) -> No
     assert len(mine) == 2
     assert all(s.status_code == 2 for s in mine)  # STATUS_CODE_ERROR
     assert all(s.attributes["error.type"] == "bad_gateway" for s in mine)
+
+
+def test_client_strings_are_bounded_in_logs_and_labels(router: RouterProc) -> None:
+    name = "gpt-" + "x" * 1_000_000  # matched by the glob alias "gpt-*"
+    before = len(router.log.read_bytes())
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    r = c.chat.completions.with_raw_response.create(
+        model=name, messages=MSGS, extra_headers={"x-request-id": "rid-long-name"})
+    assert r.parse().model == name
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="nope" + "y" * 1_000_000, messages=MSGS)
+    lines: list[str] = []
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = [ln for ln in router.log_text().splitlines() if "[rid-long-name]" in ln]
+    assert lines
+    logged = json.loads(lines[0].split(" airouter.access [rid-long-name] ", 1)[1])["model"]
+    assert logged == name[:256] + f"...[{len(name) - 256} more chars]"
+    assert len(router.log.read_bytes()) - before < 4096
+    samples = scrape(router)
+    assert all(len(dict(lab).get("model", "")) <= 256 for (_, lab) in samples)
+
+
+def test_span_attributes_are_bounded(traced: tuple[RouterProc, Receiver]) -> None:
+    router, receiver = traced
+    trace_id = os.urandom(16).hex()
+    name = "gpt-" + "z" * 100_000
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    c.chat.completions.create(model=name, messages=MSGS, extra_headers={
+        "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
+    deadline = time.monotonic() + 10
+    mine: list = []
+    while len(mine) < 2 and time.monotonic() < deadline:
+        mine = [s for s in receiver.wait_for(1) if s.trace_id == trace_id]
+    server = next(s for s in mine if s.kind == 2)
+    assert server.attributes["gen_ai.request.model"].startswith("gpt-zzz")
+    assert len(server.attributes["gen_ai.request.model"]) < 300
+    assert len(server.name) < 320
+
