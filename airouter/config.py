@@ -248,6 +248,8 @@ def validate(cfg: Config) -> None:
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+    if cfg.server.metrics_key is not None and not cfg.server.metrics_key:
+        raise ConfigError("server.metrics_key: empty key (leave it unset to keep /metrics open)")
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -240,3 +241,48 @@ def test_span_attributes_are_bounded(traced: tuple[RouterProc, Receiver]) -> Non
     assert len(server.attributes["gen_ai.request.model"]) < 300
     assert len(server.name) < 320
 
+
+@pytest.fixture(scope="module")
+def guarded(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[RouterProc]:
+    cfg = fake_config(upstream.url, dead_port=free_port()).replace(
+        "[server]\n", '[server]\nmetrics_key = "${METRICS_KEY}"\n', 1)
+    with run_router(cfg, tmp_path_factory.mktemp("guarded"),
+                    env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "METRICS_KEY": "mk-secret-1"}) as r:
+        yield r
+
+
+def _get(url: str, auth: str | None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_metrics_key_guards_metrics_and_health_detail(guarded: RouterProc) -> None:
+    from tests.integration.test_bad_input import assert_error
+
+    for path in ("/metrics", "/health"):
+        for auth in (None, "Bearer wrong", f"Bearer {CLIENT_KEY}", "mk-secret-1",
+                     "Basic mk-secret-1", "Bearer mk-secret-1x"):
+            status, headers, body = _get(guarded.url + path, auth)
+            assert_error(status, body, 401, code="invalid_api_key")
+            assert headers["content-type"].startswith("application/json")
+            assert b"mk-secret" not in body
+        status, headers, body = _get(guarded.url + path, "Bearer mk-secret-1")
+        assert status == 200, body
+    status, _, body = _get(guarded.url + "/metrics", "Bearer mk-secret-1")
+    assert b"airouter_" in body
+    status, _, body = _get(guarded.url + "/health", "Bearer mk-secret-1")
+    assert "backends" in json.loads(body)
+    for path in ("/health/live", "/health/ready"):
+        assert _get(guarded.url + path, None)[0] == 200
+    assert "mk-secret-1" not in guarded.log_text()
+
+
+def test_metrics_and_health_detail_open_without_metrics_key(router: RouterProc) -> None:
+    assert _get(router.url + "/metrics", None)[0] == 200
+    status, _, body = _get(router.url + "/health", None)
+    assert status == 200 and "backends" in json.loads(body)
