@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 import msgspec
-from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.triton_lookup import ConfigLookup
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
@@ -275,7 +275,7 @@ class TritonGrpcBackend(Backend):
         self._infos: dict[tuple[str, str, str], ModelInfo] = {}
         self._plans: dict[tuple[int, str], _Plan] = {}
         self._templates: dict[int, ChatTemplate | None] = {}
-        self._lock = asyncio.Lock()
+        self._lookup = ConfigLookup(self.pool, self._stubs, cfg.health_timeout)
 
     async def start(self) -> None:
         for node in self.pool.nodes:
@@ -358,39 +358,15 @@ class TritonGrpcBackend(Backend):
         info = self._infos.get(key)
         if info is not None:
             return info
-        async with self._lock:
-            info = self._infos.get(key)
-            if info is None:
-                cfg = await self._model_config(model)
-                try:
-                    info = parse_config(cfg, mc.interface, mc.embedding_input)
-                except ValueError as e:
-                    raise BadGateway(str(e)) from None
-                self._infos[key] = info
-        return info
-
-    async def _model_config(self, model: str) -> dict[str, Any]:
-        """The model's config from the first node that answers (nodes serve the same models)."""
-        last: RouterError | None = None
-        nodes = [n for n in self.pool.nodes if n.available(0)] or self.pool.nodes
-        for node in nodes:
+        cfg = await self._lookup.get(model)
+        info = self._infos.get(key)
+        if info is None:
             try:
-                resp = await self._stubs[node.url].ModelConfig(
-                    service_pb2.ModelConfigRequest(name=model), timeout=self.cfg.connect_timeout
-                )
-            except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    last = BadGateway(
-                        f"Could not reach the Triton server at {node.url}.", retryable=True
-                    )
-                    continue
-                raise map_error(e.details() or "", model) from None
-            cfg: dict[str, Any] = json_format.MessageToDict(
-                resp.config, preserving_proto_field_name=True
-            )
-            return cfg
-        assert last is not None
-        raise last
+                info = parse_config(cfg, mc.interface, mc.embedding_input)
+            except ValueError as e:
+                raise BadGateway(str(e)) from None
+            self._infos[key] = info
+        return info
 
     async def _plan(self, target: Target) -> _Plan:
         key = (id(target.model), target.backend_model)
