@@ -425,7 +425,10 @@ class TritonGrpcBackend(Backend):
             DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS
         )
         params = gen_params(call.body, default_max)
-        prompt = self._prompt(call, plan).encode()
+        prompt_text = self._prompt(call, plan)
+        prompt = prompt_text.encode()
+        # Completions `echo`: the prompt comes first, as its own text chunk when streamed.
+        echo = not chat and call.body.get("echo") is True and bool(prompt_text)
         info = plan.info
         writer = ChunkWriter(call.endpoint, call.target.alias, call.include_usage)
         stream = info.decoupled
@@ -469,6 +472,8 @@ class TritonGrpcBackend(Backend):
             except BaseException:
                 await gen.aclose()
                 raise
+            if echo:
+                first.insert(0, writer.text(prompt_text))
             return Reply(chunks=gen.stream(first), aclose=gen.aclose)
 
         return await with_failover(self.pool, self.cfg.retries, attempt)
