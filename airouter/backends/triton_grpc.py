@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,11 +13,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.triton_embed import embed_problem, inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton_lookup import ConfigLookup
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
-    build_embed,
     build_generate,
     first_bytes,
     gen_params,
@@ -379,7 +378,7 @@ class TritonGrpcBackend(Backend):
     async def open(self, call: Call) -> Reply:
         plan = await self._plan(call.target)
         if call.endpoint is Endpoint.EMBEDDINGS:
-            if plan.info.kind != "embedding":
+            if not plan.info.embed_interface:
                 raise InvalidRequest(
                     f"The model '{call.target.alias}' does not serve embeddings.",
                     param="model",
@@ -495,58 +494,24 @@ class TritonGrpcBackend(Backend):
                 return out
 
     async def _embed(self, call: Call, plan: _Plan) -> Reply:
-        raw = call.body["input"]
-        texts = [raw] if isinstance(raw, str) else raw
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidRequest(
-                "This model's backend takes input as a string or a list of strings.",
-                param="input",
-                code="unsupported_parameter",
+        info = plan.info
+        problem = embed_problem(info, plan.model)
+        if problem:
+            raise BadGateway(
+                f"The model '{info.name}' cannot serve embeddings: {problem}.",
+                code="unsupported_model",
             )
-        call.stats.response_model = plan.info.name
-        return await with_failover(
-            self.pool, self.cfg.retries, lambda node: self._embed_on(node, call, plan, texts)
-        )
+        vllm = info.embed_interface == "vllm"
+        items = inputs_of(call.body, vllm)
+        call.stats.response_model = info.name
+        timeout = self.cfg.request_timeout
 
-    async def _embed_on(self, node: Node, call: Call, plan: _Plan, texts: list[str]) -> Reply:
-        mc = plan.model
-        call.stats.node = node.url
-        stub = self._stubs[node.url]
-        batch = plan.info.max_batch_size or 1
-        vectors: list[bytes] = []
-        metadata = tuple(call.headers.items()) if call.headers else None
-        for i in range(0, len(texts), batch):
-            part = [t.encode() for t in texts[i : i + batch]]
-            req = build_embed(plan.info, part, mc.embedding_input)
-            try:
-                resp = await stub.ModelInfer(
-                    req, timeout=self.cfg.request_timeout, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as e:
-                raise map_rpc_error(e, node.url, plan.info.name) from None
-            idx = (
-                [o.name for o in resp.outputs].index(mc.embedding_output)
-                if mc.embedding_output in [o.name for o in resp.outputs]
-                else -1
-            )
-            if idx < 0:
-                raise BadGateway(
-                    f"The model '{plan.info.name}' returned no '{mc.embedding_output}' output."
-                )
-            data = resp.raw_output_contents[idx]
-            width = len(data) // len(part)
-            vectors.extend(data[j * width : (j + 1) * width] for j in range(len(part)))
-        b64 = call.body.get("encoding_format") == "base64"
-        items = []
-        for j, v in enumerate(vectors):
-            emb: Any = (
-                base64.b64encode(v).decode() if b64 else list(memoryview(v).cast("f").tolist())
-            )
-            items.append({"object": "embedding", "index": j, "embedding": emb})
-        body = {
-            "object": "list",
-            "data": items,
-            "model": call.target.alias,
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
-        }
-        return Reply(body=_encode(body))
+        async def attempt(node: Node) -> Reply:
+            call.stats.node = node.url
+            stub = self._stubs[node.url]
+            if vllm:
+                return await vllm_embed(stub, node.url, call, info, items, timeout)
+            texts = [t for t in items if isinstance(t, str)]
+            return await tensor_embed(stub, node.url, call, info, plan.model, texts, timeout)
+
+        return await with_failover(self.pool, self.cfg.retries, attempt)

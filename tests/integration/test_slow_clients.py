@@ -63,7 +63,7 @@ def closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
             if not data:
                 return True, got
             got += data
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return False, got
     except ConnectionResetError:
         return True, got
