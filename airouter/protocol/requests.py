@@ -83,6 +83,22 @@ def _param(path: str) -> str | None:
     return p or None
 
 
+MAX_DEPTH = 128
+
+
+def _depth_over(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
     """Decode and validate a request body; raises InvalidRequest with `param` set."""
     try:
@@ -103,6 +119,15 @@ def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # The decoder stops near Python's recursion limit; a body just under it would still blow
+    # the stack later (re-encoding it for the backend, rendering a template). Bracket counting
+    # is C-fast, so only bodies that could be that deep are walked.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: it is nested more than "
+            f"{MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        )
     try:
         view = msgspec.convert(body, _VIEWS[endpoint])
     except msgspec.ValidationError as e:

@@ -133,6 +133,12 @@ def test_chat_bad_bodies(
     still_serving(router)
 
 
+def test_deep_but_reasonable_nesting_is_accepted(router: RouterProc) -> None:
+    body = json.dumps(OK_BODY).encode()[:-1] + b', "x": ' + _deep(100) + b"}"
+    s, _, b = request(router, "POST", CHAT, body, AUTH)
+    assert s == 200, b
+
+
 def test_stream_options_with_stream_and_logprobs_pair_are_accepted(router: RouterProc) -> None:
     ok = {**OK_BODY, "stream": True, "stream_options": {"include_usage": True}}
     s, _, b = request(router, "POST", CHAT, json.dumps(ok).encode(), AUTH)
@@ -155,6 +161,9 @@ UNDECODABLE = [
     b"[" * 5000 + b"]" * 5000,
     _deep(3000),
     MSG + b"[" * 5000 + b"]" * 5000 + b"}]}",
+    # Under the decoder's own limit, still too deep to pass on safely.
+    MSG + b'"hi"}], "x": ' + b"[" * 990 + b"]" * 990 + b"}",
+    _deep(129),
 ]
 
 
