@@ -75,13 +75,15 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
 class _Plan:
     """Everything about one (alias, backend model) pair that is fixed after start-up."""
 
-    __slots__ = ("info", "template", "special", "model")
+    __slots__ = ("info", "template", "special", "model", "embed_problem")
 
     def __init__(self, info: ModelInfo, template: ChatTemplate | None, model: ModelConfig) -> None:
         self.info = info
         self.template = template
         self.special: tuple[str, ...] = template.stop_tokens if template else ()
         self.model = model
+        # Why the model's tensors cannot serve embeddings (checked once, here), or None.
+        self.embed_problem = embed_problem(info, model) if info.embed_interface else None
 
 
 class _Generation:
@@ -343,7 +345,14 @@ class TritonGrpcBackend(Backend):
 
     async def prepare(self, target: Target) -> None:
         try:
-            await self._plan(target)
+            plan = await self._plan(target)
+            if plan.embed_problem:
+                log.warning(
+                    "backend %s: model %s cannot serve embeddings: %s",
+                    self.name,
+                    plan.info.name,
+                    plan.embed_problem,
+                )
         except RouterError as e:
             log.warning(
                 "backend %s: model %s not ready yet: %s",
@@ -495,10 +504,9 @@ class TritonGrpcBackend(Backend):
 
     async def _embed(self, call: Call, plan: _Plan) -> Reply:
         info = plan.info
-        problem = embed_problem(info, plan.model)
-        if problem:
+        if plan.embed_problem:
             raise BadGateway(
-                f"The model '{info.name}' cannot serve embeddings: {problem}.",
+                f"The model '{info.name}' cannot serve embeddings: {plan.embed_problem}.",
                 code="unsupported_model",
             )
         vllm = info.embed_interface == "vllm"

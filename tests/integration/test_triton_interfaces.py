@@ -205,7 +205,10 @@ def test_fp16_embeddings_are_decoded(client: openai.OpenAI) -> None:
     assert [from_b64(d.embedding) for d in r.data] == want  # type: ignore[arg-type]
 
 
-def test_a_model_with_unusable_tensors_is_refused_by_name(client: openai.OpenAI) -> None:
+def test_a_model_with_unusable_tensors_is_refused_by_name(
+    client: openai.OpenAI, router: RouterProc
+) -> None:
+    assert "model embed_fp16_input cannot serve embeddings" in router.log_text()  # at start-up
     with pytest.raises(openai.APIStatusError) as e:
         client.embeddings.create(model="fp16-input", input="x")
     assert e.value.status_code == 502
