@@ -10,7 +10,7 @@ import logging.handlers
 import os
 import queue
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from airouter import config as config_mod
-from airouter.asgi import Receive, Scope, Send
+from airouter.asgi import Receive, Scope, Send, send_error
 from airouter.backends.base import Endpoint
 from airouter.config import Config
 from airouter.errors import MethodNotAllowed, RouterError, error_json, internal_error
@@ -32,6 +32,7 @@ from airouter.handlers import (
     ModelsEndpoint,
     not_found,
 )
+from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
@@ -61,7 +62,8 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
+    log.error("unhandled error on %s %s: %s", request.method, bounded(request.url.path),
+              bounded(repr(exc)))
     return _error_response(internal_error())
 
 
@@ -95,6 +97,23 @@ def _drain_on_sigterm(holder: Holder, grace: float) -> None:
         loop.add_signal_handler(signal.SIGTERM, on_term)
     except (NotImplementedError, RuntimeError):  # not the main thread (an embedded app)
         pass
+
+
+class MetricsGuard:
+    """/metrics and the /health detail answer only with [server] metrics_key, when one is set."""
+
+    def __init__(self, holder: Holder, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+        self.holder = holder
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+        try:
+            self.holder.state.keys.authorize_metrics(authorization)
+        except RouterError as e:
+            await send_error(send, e)
+            return
+        await self.app(scope, receive, send)
 
 
 class FastPath:
@@ -142,10 +161,10 @@ def build_app(cfg: Config) -> FastPath:
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
         Route("/v1/models", ModelsEndpoint(holder), methods=["GET"]),
         Route("/v1/models/{model_id:path}", ModelsEndpoint(holder), methods=["GET"]),
-        Route("/health", HealthEndpoint(holder, "detail"), methods=["GET"]),
+        Route("/health", MetricsGuard(holder, HealthEndpoint(holder, "detail")), methods=["GET"]),
         Route("/health/live", HealthEndpoint(holder, "live"), methods=["GET"]),
         Route("/health/ready", HealthEndpoint(holder, "ready"), methods=["GET"]),
-        Route("/metrics", MetricsEndpoint(), methods=["GET"]),
+        Route("/metrics", MetricsGuard(holder, MetricsEndpoint()), methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from airouter.errors import BodyTooLarge, RouterError, error_json
+from airouter.errors import BodyTooLarge, RequestTimeout, RouterError, error_json
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -24,8 +25,23 @@ class ClientGone(Exception):
     """The client disconnected before the request body arrived."""
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    msg = await receive()
+async def _next(receive: Receive, stall: float | None) -> Message:
+    if stall is None:
+        return await receive()
+    try:
+        async with asyncio.timeout(stall):
+            return await receive()
+    except TimeoutError:
+        # nginx's client_body_timeout: the limit is between two reads, not on the whole body.
+        raise RequestTimeout(
+            f"The request body did not arrive: nothing was received for {stall:g}s.",
+            headers={"Connection": "close"},
+        ) from None
+
+
+async def read_body(receive: Receive, limit: int, stall: float | None = None) -> bytes:
+    """The whole request body; 413 past `limit` bytes, 408 when it stalls for `stall`s."""
+    msg = await _next(receive, stall)
     if msg["type"] != "http.request":
         raise ClientGone
     body: bytes = msg.get("body", b"")
@@ -36,7 +52,7 @@ async def read_body(receive: Receive, limit: int) -> bytes:
     parts = [body]
     size = len(body)
     while True:
-        msg = await receive()
+        msg = await _next(receive, stall)
         if msg["type"] != "http.request":
             raise ClientGone
         chunk = msg.get("body", b"")

@@ -58,6 +58,25 @@ class KeyStore:
             d = _digest(kc.key)
             self._by_digest[d] = ClientKey(name, d, tuple(kc.models))
         self.enabled = bool(self._by_digest)
+        mk = cfg.server.metrics_key
+        self._metrics_digest = _digest(mk) if mk else None
+
+    def authorize_metrics(self, authorization: bytes | None) -> None:
+        """/metrics and the /health detail: open unless [server] metrics_key is set."""
+        want = self._metrics_digest
+        if want is None:
+            return
+        scheme, _, value = (authorization or b"").partition(b" ")
+        token = value.strip() if scheme.lower() == b"bearer" else b""
+        if not token:
+            raise Unauthorized(
+                "Missing metrics key. Send it as 'Authorization: Bearer <key>'.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(hashlib.sha256(token).digest(), want):
+            raise Unauthorized(
+                "Incorrect metrics key provided.", headers={"WWW-Authenticate": "Bearer"}
+            )
 
     def authenticate(self, authorization: bytes | None, api_key: bytes | None) -> ClientKey:
         if not self.enabled:

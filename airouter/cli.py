@@ -101,7 +101,10 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         print(f"airouter: reloading {path}", file=sys.stderr)
 
     from granian import Granian
-    from granian.constants import Interfaces, Loops
+    from granian.constants import HTTPModes, Interfaces, Loops
+    from granian.http import HTTP1Settings
+
+    _raise_fd_limit(cfg.server.max_connections * workers + 1024)
 
     server = Granian(
         "airouter.app:create_app",
@@ -113,6 +116,11 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         loop=Loops.uvloop,
         log_level=level,  # type: ignore[arg-type]
         backlog=2048,
+        # Open connections per worker. Granian's default follows the backlog (2048), which a
+        # few thousand silent sockets exhaust; header_timeout is what reclaims those.
+        backpressure=cfg.server.max_connections,
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(header_read_timeout=int(cfg.server.header_timeout * 1000)),
         # After the grace period a worker ends its streams itself; this is the backstop.
         workers_kill_timeout=int(cfg.server.shutdown_grace) + 10,
         respawn_interval=1.0,
@@ -120,6 +128,20 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     server.on_reload(reload)
     server.serve()
     return 0
+
+
+def _raise_fd_limit(want: int) -> None:
+    """Every connection is a file descriptor: lift the soft limit toward what the connection
+    cap needs (never above the hard limit), as nginx's worker_rlimit_nofile does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -37,6 +37,14 @@ class ServerConfig(Base):
     # On SIGTERM: stop accepting, give in-flight streams this long, then end them cleanly.
     shutdown_grace: Seconds = 30.0
     otlp_endpoint: str | None = None
+    # Bearer key for /metrics and the /health detail; unset leaves them open.
+    metrics_key: str | None = None
+    # Slow or silent clients: a connection that sends no request headers for header_timeout
+    # (idle keep-alive connections included) is closed; a body that stalls for body_timeout
+    # between two reads gets 408. max_connections caps open connections per worker.
+    header_timeout: Seconds = 60.0
+    body_timeout: Seconds = 60.0
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384
 
 
 class KeyConfig(Base):
@@ -240,6 +248,8 @@ def validate(cfg: Config) -> None:
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+    if cfg.server.metrics_key is not None and not cfg.server.metrics_key:
+        raise ConfigError("server.metrics_key: empty key (leave it unset to keep /metrics open)")
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:

@@ -63,6 +63,12 @@ class MethodNotAllowed(RouterError):
     code = "method_not_allowed"
 
 
+class RequestTimeout(RouterError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class BodyTooLarge(RouterError):
     status = 413
     type = "invalid_request_error"

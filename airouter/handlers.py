@@ -33,6 +33,7 @@ from airouter.errors import (
     error_json,
     internal_error,
 )
+from airouter.observability.bounds import bounded
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.protocol.requests import decode
 from airouter.state import State
@@ -198,7 +199,7 @@ class CompletionEndpoint:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
-            data = await read_body(receive, state.body_limit)
+            data = await read_body(receive, state.body_limit, state.body_timeout)
             body, view = decode(self.endpoint, data)
             target = state.models.resolve(view.model, key)
         except RouterError as e:
@@ -208,7 +209,7 @@ class CompletionEndpoint:
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
-        rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
+        rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         stream = bool(getattr(view, "stream", None))
         opts = getattr(view, "stream_options", None)
         default_max = target.model.max_tokens
@@ -288,12 +289,13 @@ class CompletionEndpoint:
                 continue
             log.warning(
                 "model %s unavailable (%s); falling back to %s",
-                call.target.alias,
-                first.message,
+                bounded(call.target.alias),
+                bounded(first.message),
                 alias,
             )
             call.target = target
-            rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
+            rec.alias, rec.label = bounded(target.alias), target.label
+            rec.backend = target.backend.name
             call.body["model"] = target.backend_model
             try:
                 return await target.backend.open(call)
@@ -396,14 +398,14 @@ def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]
     backend = call.target.backend
     client_attrs = {
         **attrs,
-        "gen_ai.request.model": call.target.backend_model,
+        "gen_ai.request.model": bounded(call.target.backend_model),
         "gen_ai.provider.name": backend.provider,
         "airouter.backend": backend.name,
     }
     client_attrs.pop("url.path")
     client_attrs.pop("http.request.method")
     rec.client_span = tracer.client_span(
-        rec.span, f"{op} {call.target.backend_model}", client_attrs
+        rec.span, f"{op} {client_attrs['gen_ai.request.model']}", client_attrs
     )
     tracer.inject(rec.client_span, forward)
 

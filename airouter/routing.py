@@ -69,7 +69,8 @@ class ModelMap:
         for pattern, key in self._patterns:
             if fnmatchcase(name, pattern):
                 t = self._target(name, key)
-                if len(self._cache) < 10_000:
+                # Bounded in count and in name length: a client could send megabyte names.
+                if len(self._cache) < 10_000 and len(name) <= 256:
                     self._cache[name] = t
                 return t
         return None

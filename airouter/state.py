@@ -32,6 +32,7 @@ class State:
     backends: dict[str, Backend]
     models: ModelMap
     body_limit: int
+    body_timeout: float = 60.0
     created: int = field(default_factory=lambda: int(time.time()))
     _listings: dict[str, bytes] = field(default_factory=dict)
 
@@ -43,7 +44,14 @@ class State:
                 backends[m.backend].check(m)
             except ValueError as e:
                 raise ConfigError(f"models.{alias}: {e}") from None
-        return cls(cfg, KeyStore(cfg), backends, ModelMap(cfg, backends), cfg.max_body_bytes)
+        return cls(
+            cfg,
+            KeyStore(cfg),
+            backends,
+            ModelMap(cfg, backends),
+            cfg.max_body_bytes,
+            cfg.server.body_timeout,
+        )
 
     async def start(self) -> None:
         started: list[Backend] = []

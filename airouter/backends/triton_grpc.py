@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import msgspec
-from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.triton_embed import embed_problem, inputs_of, tensor_embed, vllm_embed
+from airouter.backends.triton_lookup import ConfigLookup
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
-    build_embed,
     build_generate,
     first_bytes,
     gen_params,
@@ -33,6 +32,7 @@ from airouter.errors import (
     RouterError,
     ServiceUnavailable,
 )
+from airouter.observability.bounds import bounded
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.textfix import TextPipeline
 from airouter.templates import ChatTemplate, PromptError, load_template
@@ -75,13 +75,15 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
 class _Plan:
     """Everything about one (alias, backend model) pair that is fixed after start-up."""
 
-    __slots__ = ("info", "template", "special", "model")
+    __slots__ = ("info", "template", "special", "model", "embed_problem")
 
     def __init__(self, info: ModelInfo, template: ChatTemplate | None, model: ModelConfig) -> None:
         self.info = info
         self.template = template
         self.special: tuple[str, ...] = template.stop_tokens if template else ()
         self.model = model
+        # Why the model's tensors cannot serve embeddings (checked once, here), or None.
+        self.embed_problem = embed_problem(info, model) if info.embed_interface else None
 
 
 class _Generation:
@@ -274,7 +276,7 @@ class TritonGrpcBackend(Backend):
         self._infos: dict[tuple[str, str, str], ModelInfo] = {}
         self._plans: dict[tuple[int, str], _Plan] = {}
         self._templates: dict[int, ChatTemplate | None] = {}
-        self._lock = asyncio.Lock()
+        self._lookup = ConfigLookup(self.pool, self._stubs, cfg.health_timeout)
 
     async def start(self) -> None:
         for node in self.pool.nodes:
@@ -343,10 +345,20 @@ class TritonGrpcBackend(Backend):
 
     async def prepare(self, target: Target) -> None:
         try:
-            await self._plan(target)
+            plan = await self._plan(target)
+            if plan.embed_problem:
+                log.warning(
+                    "backend %s: model %s cannot serve embeddings: %s",
+                    self.name,
+                    plan.info.name,
+                    plan.embed_problem,
+                )
         except RouterError as e:
             log.warning(
-                "backend %s: model %s not ready yet: %s", self.name, target.backend_model, e.message
+                "backend %s: model %s not ready yet: %s",
+                self.name,
+                bounded(target.backend_model),
+                bounded(e.message),
             )
 
     async def _info(self, model: str, mc: ModelConfig) -> ModelInfo:
@@ -354,39 +366,15 @@ class TritonGrpcBackend(Backend):
         info = self._infos.get(key)
         if info is not None:
             return info
-        async with self._lock:
-            info = self._infos.get(key)
-            if info is None:
-                cfg = await self._model_config(model)
-                try:
-                    info = parse_config(cfg, mc.interface, mc.embedding_input)
-                except ValueError as e:
-                    raise BadGateway(str(e)) from None
-                self._infos[key] = info
-        return info
-
-    async def _model_config(self, model: str) -> dict[str, Any]:
-        """The model's config from the first node that answers (nodes serve the same models)."""
-        last: RouterError | None = None
-        nodes = [n for n in self.pool.nodes if n.available(0)] or self.pool.nodes
-        for node in nodes:
+        cfg = await self._lookup.get(model)
+        info = self._infos.get(key)
+        if info is None:
             try:
-                resp = await self._stubs[node.url].ModelConfig(
-                    service_pb2.ModelConfigRequest(name=model), timeout=self.cfg.connect_timeout
-                )
-            except grpc.aio.AioRpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    last = BadGateway(
-                        f"Could not reach the Triton server at {node.url}.", retryable=True
-                    )
-                    continue
-                raise map_error(e.details() or "", model) from None
-            cfg: dict[str, Any] = json_format.MessageToDict(
-                resp.config, preserving_proto_field_name=True
-            )
-            return cfg
-        assert last is not None
-        raise last
+                info = parse_config(cfg, mc.interface, mc.embedding_input)
+            except ValueError as e:
+                raise BadGateway(str(e)) from None
+            self._infos[key] = info
+        return info
 
     async def _plan(self, target: Target) -> _Plan:
         key = (id(target.model), target.backend_model)
@@ -399,7 +387,7 @@ class TritonGrpcBackend(Backend):
     async def open(self, call: Call) -> Reply:
         plan = await self._plan(call.target)
         if call.endpoint is Endpoint.EMBEDDINGS:
-            if plan.info.kind != "embedding":
+            if not plan.info.embed_interface:
                 raise InvalidRequest(
                     f"The model '{call.target.alias}' does not serve embeddings.",
                     param="model",
@@ -445,7 +433,10 @@ class TritonGrpcBackend(Backend):
             DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS
         )
         params = gen_params(call.body, default_max)
-        prompt = self._prompt(call, plan).encode()
+        prompt_text = self._prompt(call, plan)
+        prompt = prompt_text.encode()
+        # Completions `echo`: the prompt comes first, as its own text chunk when streamed.
+        echo = not chat and call.body.get("echo") is True and bool(prompt_text)
         info = plan.info
         writer = ChunkWriter(call.endpoint, call.target.alias, call.include_usage)
         stream = info.decoupled
@@ -489,6 +480,8 @@ class TritonGrpcBackend(Backend):
             except BaseException:
                 await gen.aclose()
                 raise
+            if echo:
+                first.insert(0, writer.text(prompt_text))
             return Reply(chunks=gen.stream(first), aclose=gen.aclose)
 
         return await with_failover(self.pool, self.cfg.retries, attempt)
@@ -510,58 +503,23 @@ class TritonGrpcBackend(Backend):
                 return out
 
     async def _embed(self, call: Call, plan: _Plan) -> Reply:
-        raw = call.body["input"]
-        texts = [raw] if isinstance(raw, str) else raw
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise InvalidRequest(
-                "This model's backend takes input as a string or a list of strings.",
-                param="input",
-                code="unsupported_parameter",
+        info = plan.info
+        if plan.embed_problem:
+            raise BadGateway(
+                f"The model '{info.name}' cannot serve embeddings: {plan.embed_problem}.",
+                code="unsupported_model",
             )
-        call.stats.response_model = plan.info.name
-        return await with_failover(
-            self.pool, self.cfg.retries, lambda node: self._embed_on(node, call, plan, texts)
-        )
+        vllm = info.embed_interface == "vllm"
+        items = inputs_of(call.body, vllm)
+        call.stats.response_model = info.name
+        timeout = self.cfg.request_timeout
 
-    async def _embed_on(self, node: Node, call: Call, plan: _Plan, texts: list[str]) -> Reply:
-        mc = plan.model
-        call.stats.node = node.url
-        stub = self._stubs[node.url]
-        batch = plan.info.max_batch_size or 1
-        vectors: list[bytes] = []
-        metadata = tuple(call.headers.items()) if call.headers else None
-        for i in range(0, len(texts), batch):
-            part = [t.encode() for t in texts[i : i + batch]]
-            req = build_embed(plan.info, part, mc.embedding_input)
-            try:
-                resp = await stub.ModelInfer(
-                    req, timeout=self.cfg.request_timeout, metadata=metadata
-                )
-            except grpc.aio.AioRpcError as e:
-                raise map_rpc_error(e, node.url, plan.info.name) from None
-            idx = (
-                [o.name for o in resp.outputs].index(mc.embedding_output)
-                if mc.embedding_output in [o.name for o in resp.outputs]
-                else -1
-            )
-            if idx < 0:
-                raise BadGateway(
-                    f"The model '{plan.info.name}' returned no '{mc.embedding_output}' output."
-                )
-            data = resp.raw_output_contents[idx]
-            width = len(data) // len(part)
-            vectors.extend(data[j * width : (j + 1) * width] for j in range(len(part)))
-        b64 = call.body.get("encoding_format") == "base64"
-        items = []
-        for j, v in enumerate(vectors):
-            emb: Any = (
-                base64.b64encode(v).decode() if b64 else list(memoryview(v).cast("f").tolist())
-            )
-            items.append({"object": "embedding", "index": j, "embedding": emb})
-        body = {
-            "object": "list",
-            "data": items,
-            "model": call.target.alias,
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
-        }
-        return Reply(body=_encode(body))
+        async def attempt(node: Node) -> Reply:
+            call.stats.node = node.url
+            stub = self._stubs[node.url]
+            if vllm:
+                return await vllm_embed(stub, node.url, call, info, items, timeout)
+            texts = [t for t in items if isinstance(t, str)]
+            return await tensor_embed(stub, node.url, call, info, plan.model, texts, timeout)
+
+        return await with_failover(self.pool, self.cfg.retries, attempt)

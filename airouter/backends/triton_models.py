@@ -74,6 +74,9 @@ class ModelInfo:
     decoupled: bool
     # TensorRT-LLM's BLS with accumulate_tokens streams cumulative text, not deltas.
     cumulative: bool = False
+    # How it serves embeddings: "tensor" (text in, float tensor out), "vllm" (the vLLM
+    # backend's embedding_request input), or "" (it does not).
+    embed_interface: str = ""
 
     def has(self, name: str) -> bool:
         return name in self.inputs
@@ -100,6 +103,8 @@ def parse_config(
         kind: Kind = override  # type: ignore[assignment]
     elif "sampling_parameters" in inputs:
         kind = "vllm"
+    elif "embedding_request" in inputs:
+        kind = "embedding"
     elif "text_input" in inputs:
         kind = "trtllm"
     elif embed_input in inputs:
@@ -110,6 +115,12 @@ def parse_config(
             f"{sorted(inputs)}; set `interface` for it in backends.toml"
         )
     acc = cfg.get("parameters", {}).get("accumulate_tokens", {}).get("string_value", "")
+    # The vLLM backend declares embedding_request on every model it serves; whether the
+    # engine can embed is its own answer to the request.
+    if "embedding_request" in inputs and kind in ("vllm", "embedding"):
+        embed_interface = "vllm"
+    else:
+        embed_interface = "tensor" if kind == "embedding" else ""
     return ModelInfo(
         cfg.get("name", ""),
         kind,
@@ -118,6 +129,7 @@ def parse_config(
         int(cfg.get("max_batch_size", 0)),
         decoupled,
         cumulative=str(acc).lower() in ("true", "1", "yes"),
+        embed_interface=embed_interface,
     )
 
 

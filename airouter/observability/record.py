@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from airouter.observability import metrics
+from airouter.observability.bounds import MAX_LOGGED, bounded
 
 if TYPE_CHECKING:
     from airouter.backends.base import Call
@@ -114,6 +115,8 @@ class Observer:
             rec.in_flight.dec()
         stats = rec.call.stats if rec.call is not None else None
         node = (stats.node if stats else "") or rec.node
+        if len(rec.error) > MAX_LOGGED:  # an upstream's error code, relayed
+            rec.error = bounded(rec.error)
         if rec.label:
             self._child(
                 metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status)
@@ -164,7 +167,7 @@ class Observer:
                 continue
             if stats is not None:
                 if stats.response_model:
-                    span.set_attribute("gen_ai.response.model", stats.response_model)
+                    span.set_attribute("gen_ai.response.model", bounded(stats.response_model))
                 if stats.prompt_tokens is not None:
                     span.set_attribute("gen_ai.usage.input_tokens", stats.prompt_tokens)
                 if stats.completion_tokens is not None:

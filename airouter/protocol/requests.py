@@ -45,6 +45,8 @@ class Sampling(View, kw_only=True):
 
 class ChatRequest(Sampling, kw_only=True):
     messages: Annotated[list[Message], msgspec.Meta(min_length=1)]
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
 # msgspec allows one array type per union, so mixed lists are accepted here and the backend judges.
@@ -81,6 +83,22 @@ def _param(path: str) -> str | None:
     return p or None
 
 
+MAX_DEPTH = 128
+
+
+def _depth_over(obj: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
 def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
     """Decode and validate a request body; raises InvalidRequest with `param` set."""
     try:
@@ -89,8 +107,27 @@ def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
         raise InvalidRequest(
             f"We could not parse the JSON body of your request: {e}", code="invalid_json"
         ) from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it is not valid UTF-8.",
+            code="invalid_json",
+        ) from None
+    except RecursionError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request: it is nested too deeply.",
+            code="invalid_json",
+        ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # The decoder stops near Python's recursion limit; a body just under it would still blow
+    # the stack later (re-encoding it for the backend, rendering a template). Bracket counting
+    # is C-fast, so only bodies that could be that deep are walked.
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth_over(body, MAX_DEPTH):
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: it is nested more than "
+            f"{MAX_DEPTH} levels deep.",
+            code="invalid_json",
+        )
     try:
         view = msgspec.convert(body, _VIEWS[endpoint])
     except msgspec.ValidationError as e:
@@ -105,4 +142,25 @@ def decode(endpoint: Endpoint, data: bytes) -> tuple[dict[str, Any], Request]:
         else:
             message = f"Invalid value for '{param}': {message}." if param else f"{message}."
         raise InvalidRequest(message, param=param, code="invalid_value") from None
+    except RecursionError:
+        raise InvalidRequest(
+            "The request body is nested too deeply.", code="invalid_json"
+        ) from None
+    _check_combinations(view)
     return body, view
+
+
+def _check_combinations(view: Request) -> None:
+    """Fields that are valid alone but not together; OpenAI refuses these, so do we."""
+    if isinstance(view, Sampling) and view.stream_options is not None and not view.stream:
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            param="stream_options",
+            code="invalid_value",
+        )
+    if isinstance(view, ChatRequest) and view.top_logprobs is not None and not view.logprobs:
+        raise InvalidRequest(
+            "The 'top_logprobs' parameter is only allowed when 'logprobs' is true.",
+            param="top_logprobs",
+            code="invalid_value",
+        )

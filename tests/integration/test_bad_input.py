@@ -96,6 +96,33 @@ def still_serving(router: RouterProc) -> None:
             "model",
             "model_not_found",
         ),
+        (
+            b'{"model": "echo", "stream_options": {"include_usage": true},'
+            b' "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "stream_options",
+            None,
+        ),
+        (
+            b'{"model": "echo", "stream": false, "stream_options": {"include_usage": true},'
+            b' "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "stream_options",
+            None,
+        ),
+        (
+            b'{"model": "echo", "top_logprobs": 2, "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "top_logprobs",
+            None,
+        ),
+        (
+            b'{"model": "echo", "logprobs": false, "top_logprobs": 2,'
+            b' "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "top_logprobs",
+            None,
+        ),
     ],
 )
 def test_chat_bad_bodies(
@@ -106,9 +133,58 @@ def test_chat_bad_bodies(
     still_serving(router)
 
 
+def test_deep_but_reasonable_nesting_is_accepted(router: RouterProc) -> None:
+    body = json.dumps(OK_BODY).encode()[:-1] + b', "x": ' + _deep(100) + b"}"
+    s, _, b = request(router, "POST", CHAT, body, AUTH)
+    assert s == 200, b
+
+
+def test_stream_options_with_stream_and_logprobs_pair_are_accepted(router: RouterProc) -> None:
+    ok = {**OK_BODY, "stream": True, "stream_options": {"include_usage": True}}
+    s, _, b = request(router, "POST", CHAT, json.dumps(ok).encode(), AUTH)
+    assert s == 200 and b.rstrip().endswith(b"data: [DONE]"), b
+    ok = {**OK_BODY, "logprobs": True, "top_logprobs": 2}
+    s, _, b = request(router, "POST", CHAT, json.dumps(ok).encode(), AUTH)
+    assert s == 200, b
+
+
+def _deep(depth: int, inner: bytes = b"1") -> bytes:
+    return b'{"a":' * depth + inner + b"}" * depth
+
+
+MSG = b'{"model": "echo", "messages": [{"role": "user", "content": '
+UNDECODABLE = [
+    MSG + b'"caf\xe9 \xff\xfe"}]}',
+    MSG + b'"caf\xe9"}]}',
+    b'{"model": "\xc3\x28", "prompt": "x", "input": "x"}',
+    b"\xff\xfe{}",
+    b"[" * 5000 + b"]" * 5000,
+    _deep(3000),
+    MSG + b"[" * 5000 + b"]" * 5000 + b"}]}",
+    # Under the decoder's own limit, still too deep to pass on safely.
+    MSG + b'"hi"}], "x": ' + b"[" * 990 + b"]" * 990 + b"}",
+    _deep(129),
+]
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/completions", "/v1/embeddings"])
+@pytest.mark.parametrize("body", UNDECODABLE, ids=range(len(UNDECODABLE)))
+def test_undecodable_bodies_are_400_without_traceback(
+    router: RouterProc, path: str, body: bytes
+) -> None:
+    before = len(router.log_text())
+    s, _, b = request(router, "POST", path, body, AUTH)
+    assert_error(s, b, 400, code="invalid_json")
+    logged = router.log_text()[before:]
+    assert "Traceback" not in logged and "Error" not in logged, logged[-2000:]
+    still_serving(router)
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param"),
     [
+        ("/v1/completions", b'{"model": "echo", "stream_options": {}, "prompt": "x"}',
+         "stream_options"),
         ("/v1/completions", b'{"model": "echo"}', "prompt"),
         ("/v1/completions", b'{"model": "echo", "prompt": {"a": 1}}', "prompt"),
         ("/v1/embeddings", b'{"model": "embed"}', "input"),
@@ -169,11 +245,35 @@ ENDPOINTS = [
     "/v1/embeddings",
     "/v1/models",
     "/v1/models/echo",
+    "/v1/models/gpt-x",
+    "/v1/models/nope",
     "/health",
     "/health/ready",
     "/health/live",
+    "/metrics",
 ]
 
+# Raw bytes a JSON library may choke on: invalid UTF-8, deep nesting, numbers past float and
+# int64 range, duplicate keys; each placed inside an otherwise valid request.
+FIELDS = ["model", "max_tokens", "temperature", "n", "seed", "top_p", "prompt", "input",
+          "stream", "dimensions", "x"]
+bad_values = st.one_of(
+    st.sampled_from([b"1e400", b"-1e400", b"1" * 400, b"-" + b"9" * 30, b"1e-400", b"0.1e999999",
+                     b"18446744073709551616", b"-9223372036854775809", b"NaN", b"Infinity"]),
+    st.binary(min_size=1, max_size=12).map(lambda junk: b'"' + junk.replace(b'"', b"") + b'"'),
+    st.integers(1, 3000).map(lambda d: b"[" * d + b"]" * d),
+    st.integers(1, 3000).map(lambda d: b'{"a":' * d + b"0" + b"}" * d),
+)
+raw_bodies = st.builds(
+    lambda field, value, dup: (
+        b'{"model": "echo", "messages": [{"role": "user", "content": "hi"}], "prompt": "p", '
+        b'"input": "i", "' + field.encode() + b'": ' + value
+        + (b', "' + field.encode() + b'": 1' if dup else b"") + b"}"
+    ),
+    st.sampled_from(FIELDS),
+    bad_values,
+    st.booleans(),
+)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda kids: (
@@ -183,6 +283,7 @@ json_values = st.recursive(
 )
 bodies = st.one_of(
     st.binary(max_size=200),
+    raw_bodies,
     json_values.map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries(
         {},
@@ -212,7 +313,7 @@ PCHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'
 header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
     path=st.sampled_from(ENDPOINTS) | st.text(alphabet=PCHARS, max_size=30).map(lambda p: "/" + p),
@@ -225,6 +326,21 @@ def test_fuzz_never_5xx(
 ) -> None:
     headers = {"Authorization": auth, "Content-Type": ctype}
     s, h, b = request(router, method, path, body if method != "GET" else None, headers)
+    assert s < 500, (s, b)
+    if s >= 400:
+        assert h.get("content-type", "").startswith("application/json"), (s, b)
+        assert_error(s, b, s)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=st.sampled_from([CHAT, "/v1/completions", "/v1/embeddings"]), body=raw_bodies,
+       stream=st.booleans())
+def test_fuzz_raw_json_bytes_never_5xx(
+    router: RouterProc, path: str, body: bytes, stream: bool
+) -> None:
+    if stream:
+        body = body[:-1] + b', "stream": true}'
+    s, h, b = request(router, "POST", path, body, AUTH)
     assert s < 500, (s, b)
     if s >= 400:
         assert h.get("content-type", "").startswith("application/json"), (s, b)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -200,3 +201,88 @@ def test_errors_are_recorded_on_spans(traced: tuple[RouterProc, Receiver]) -> No
     assert len(mine) == 2
     assert all(s.status_code == 2 for s in mine)  # STATUS_CODE_ERROR
     assert all(s.attributes["error.type"] == "bad_gateway" for s in mine)
+
+
+def test_client_strings_are_bounded_in_logs_and_labels(router: RouterProc) -> None:
+    name = "gpt-" + "x" * 1_000_000  # matched by the glob alias "gpt-*"
+    before = len(router.log.read_bytes())
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+    r = c.chat.completions.with_raw_response.create(
+        model=name, messages=MSGS, extra_headers={"x-request-id": "rid-long-name"})
+    assert r.parse().model == name
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model="nope" + "y" * 1_000_000, messages=MSGS)
+    lines: list[str] = []
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+        lines = [ln for ln in router.log_text().splitlines() if "[rid-long-name]" in ln]
+    assert lines
+    logged = json.loads(lines[0].split(" airouter.access [rid-long-name] ", 1)[1])["model"]
+    assert logged == name[:256] + f"...[{len(name) - 256} more chars]"
+    assert len(router.log.read_bytes()) - before < 4096
+    samples = scrape(router)
+    assert all(len(dict(lab).get("model", "")) <= 256 for (_, lab) in samples)
+
+
+def test_span_attributes_are_bounded(traced: tuple[RouterProc, Receiver]) -> None:
+    router, receiver = traced
+    trace_id = os.urandom(16).hex()
+    name = "gpt-" + "z" * 100_000
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    c.chat.completions.create(model=name, messages=MSGS, extra_headers={
+        "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
+    deadline = time.monotonic() + 10
+    mine: list = []
+    while len(mine) < 2 and time.monotonic() < deadline:
+        mine = [s for s in receiver.wait_for(1) if s.trace_id == trace_id]
+    server = next(s for s in mine if s.kind == 2)
+    assert server.attributes["gen_ai.request.model"].startswith("gpt-zzz")
+    assert len(server.attributes["gen_ai.request.model"]) < 300
+    assert len(server.name) < 320
+
+
+@pytest.fixture(scope="module")
+def guarded(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[RouterProc]:
+    cfg = fake_config(upstream.url, dead_port=free_port()).replace(
+        "[server]\n", '[server]\nmetrics_key = "${METRICS_KEY}"\n', 1)
+    with run_router(cfg, tmp_path_factory.mktemp("guarded"),
+                    env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY, "METRICS_KEY": "mk-secret-1"}) as r:
+        yield r
+
+
+def _get(url: str, auth: str | None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers={"Authorization": auth} if auth else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_metrics_key_guards_metrics_and_health_detail(guarded: RouterProc) -> None:
+    from tests.integration.test_bad_input import assert_error
+
+    for path in ("/metrics", "/health"):
+        for auth in (None, "Bearer wrong", f"Bearer {CLIENT_KEY}", "mk-secret-1",
+                     "Basic mk-secret-1", "Bearer mk-secret-1x"):
+            status, headers, body = _get(guarded.url + path, auth)
+            assert_error(status, body, 401, code="invalid_api_key")
+            assert headers["content-type"].startswith("application/json")
+            assert b"mk-secret" not in body
+        status, headers, body = _get(guarded.url + path, "Bearer mk-secret-1")
+        assert status == 200, body
+    status, _, body = _get(guarded.url + "/metrics", "Bearer mk-secret-1")
+    assert b"airouter_" in body
+    status, _, body = _get(guarded.url + "/health", "Bearer mk-secret-1")
+    assert "backends" in json.loads(body)
+    for path in ("/health/live", "/health/ready"):
+        assert _get(guarded.url + path, None)[0] == 200
+    assert "mk-secret-1" not in guarded.log_text()
+
+
+def test_metrics_and_health_detail_open_without_metrics_key(router: RouterProc) -> None:
+    assert _get(router.url + "/metrics", None)[0] == 200
+    status, _, body = _get(router.url + "/health", None)
+    assert status == 200 and "backends" in json.loads(body)

@@ -234,3 +234,35 @@ def whole_text_responses(requests: list[Any]) -> list[Any]:
         except Exception as e:  # noqa: BLE001 - reported to the client in-band
             responses.append(error_response(str(e)))
     return responses
+
+
+def embedding_values(data: bytes, dim: int) -> list[float]:
+    """The mocks' deterministic embedding: e[i] = (sum(data) * (i + 1)) % 97 / 97."""
+    total = sum(data)
+    return [(total * (i + 1)) % 97 / 97.0 for i in range(dim)]
+
+
+VLLM_EMBED_DIM = 8
+
+
+def vllm_embed_response(request: Any) -> Any:
+    """Triton vLLM backend's embedding interface: `embedding_request` = JSON
+    {"input": str | [token ids], "pooling_params": {"dimensions": [d]}?}; the answer is
+    `text_output` = [JSON array of floats] and, when asked, `num_input_tokens` (UINT32)."""
+    import json
+
+    raw = scalar(request, "embedding_request")
+    if raw is None:
+        return error_response("this model only serves embeddings (embedding_request)")
+    req = json.loads(as_bytes(raw))
+    item = req["input"]
+    dims = req.get("pooling_params", {}).get("dimensions", [VLLM_EMBED_DIM])[0]
+    if isinstance(item, str):
+        data, n_tokens = item.encode(), word_count(item.encode())
+    else:
+        data, n_tokens = bytes(x % 256 for x in item), len(item)
+    vector = embedding_values(data, int(dims))
+    tensors = [pb_utils.Tensor("text_output", np.array([json.dumps(vector)], dtype=np.object_))]
+    if bool(scalar(request, "return_num_input_tokens", False)):
+        tensors.append(pb_utils.Tensor("num_input_tokens", np.asarray(n_tokens, dtype=np.uint32)))
+    return pb_utils.InferenceResponse(output_tensors=tensors)

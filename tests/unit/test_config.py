@@ -94,3 +94,25 @@ def test_router_refuses_public_bind_without_keys(tmp_path: Path) -> None:
                         "--port", "1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "allow_unauthenticated" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_key_is_documented_in_the_reference_config() -> None:
+    text = (ROOT / "backends.toml").read_text()
+    structs = (config.ServerConfig, config.KeyConfig, config.NodeConfig, config.NodesConfig,
+               config.OpenAIBackendConfig, config.TritonBackendConfig, config.ModelConfig)
+    missing = [f"{s.__name__}.{name}" for s in structs for name in s.__struct_fields__
+               if not any(line.lstrip("# ").startswith(name) or f"`{name}`" in line
+                          or f" {name} " in line for line in text.splitlines())]
+    assert missing == []
+
+
+def test_slow_client_limits_and_metrics_key() -> None:
+    cfg = config.parse(
+        '[server]\nheader_timeout = 5\nbody_timeout = 2.5\nmax_connections = 100\n'
+        'metrics_key = "${MK}"\n', env={"MK": "m-1"})
+    s = cfg.server
+    assert (s.header_timeout, s.body_timeout, s.max_connections, s.metrics_key) == (
+        5, 2.5, 100, "m-1")
+    d = config.parse("").server
+    assert (d.header_timeout, d.body_timeout, d.max_connections, d.metrics_key) == (
+        60, 60, 16384, None)

@@ -1,0 +1,13 @@
+"""Client-supplied strings (a glob-matched model name, a path) are cut to a bounded length
+before they reach logs, span attributes or metric labels: one request must not grow the log
+by megabytes."""
+
+from __future__ import annotations
+
+MAX_LOGGED = 256
+
+
+def bounded(text: str, limit: int = MAX_LOGGED) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more chars]"
