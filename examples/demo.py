@@ -327,21 +327,28 @@ def print_usage(port: int, aliases: list[str]) -> None:
     base = f"http://localhost:{port}/v1"
     py = shown(Path(sys.executable))
     sdk = f'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="none")'
-    ask = 'model="smollm2", messages=[{"role": "user", "content": "Name three planets."}]'
+    ask = ('model="smollm2", max_tokens=20, '
+           'messages=[{"role": "user", "content": "Name three planets."}]')
+    json_header = "-H 'Content-Type: application/json'"
     print(
         f"""
 Try it (model "smollm2", SmolLM2-135M on Triton; OpenAI API at {base}):
 
-  curl {base}/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/chat/completions {json_header} \\
+    -d '{{"model": "smollm2", "max_tokens": 16, "messages": [{{"role": "user",
+         "content": "What is the capital of France? Answer in one word."}}]}}'
 
-  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Hi"}}], "stream": true}}'
+  curl -N {base}/chat/completions {json_header} \\
+    -d '{{"model": "smollm2", "max_tokens": 20, "stream": true,
+         "messages": [{{"role": "user", "content": "Name three planets."}}]}}'
 
   {py} -c '{sdk}; print(c.chat.completions.create({ask}).choices[0].message.content)'
 
   {py} -u -c 'import sys; {sdk}; s = c.chat.completions.create({ask}, stream=True); \\
     sys.stdout.writelines(k.choices[0].delta.content or "" for k in s); print()'
+
+  curl {base}/embeddings {json_header} \\
+    -d '{{"model": "smollm2-embed", "input": "The sea is calm tonight."}}'
 
   curl {base}/models
 """,

@@ -87,7 +87,9 @@ def guide_grammar(kind: str, guide: str | None) -> str | None:
             raise ValueError("a JSON schema is a JSON object")
         return str(llama_grammar.json_schema_to_gbnf(guide))
     except Exception as e:  # noqa: BLE001 - the converter asserts on what it cannot do
-        raise ValueError(f"guided_decoding_guide is not a JSON schema llama.cpp can use: {e}") from None
+        raise ValueError(
+            f"guided_decoding_guide is not a JSON schema llama.cpp can use: {e}"
+        ) from None
 
 
 class TritonPythonModel:
@@ -99,11 +101,12 @@ class TritonPythonModel:
         def param(key: str, default: str) -> str:
             return str(params.get(key, {}).get("string_value", "")) or default
 
-        self.llama_cpp = llama_cpp
-        self.llm = llama_cpp.Llama(
+        self.llama_cpp: Any = llama_cpp
+        self.llm: Any = llama_cpp.Llama(
             model_path=param("gguf_path", "") or packaged_gguf(),
             n_ctx=int(param("n_ctx", "2048")),
             n_threads=int(param("n_threads", "1")),
+            n_batch=int(param("n_batch", "512")),
             verbose=False,
         )
 

@@ -91,8 +91,8 @@ class TritonPythonModel:
             return str(params.get(key, {}).get("string_value", "")) or default
 
         n_ctx = int(param("n_ctx", "2048"))
-        self.llama_cpp = llama_cpp
-        self.llm = llama_cpp.Llama(
+        self.llama_cpp: Any = llama_cpp
+        self.llm: Any = llama_cpp.Llama(
             model_path=param("gguf_path", "") or packaged_gguf(),
             embedding=True,
             pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
