@@ -67,6 +67,23 @@ def generate(triton: TritonServer, prompt: str, max_tokens: int, *, stream: bool
 # ---- the generation model ----
 
 
+def test_tokenizer_config_is_the_gguf_metadata() -> None:
+    """The chat template and special tokens shipped for the router are the GGUF file's own."""
+    import llama_cpp
+
+    from tests.support.llama_server import gguf_path
+
+    llm = llama_cpp.Llama(model_path=str(gguf_path()), vocab_only=True, verbose=False)
+    meta = llm.metadata
+    shipped = json.loads((REPO / "smollm2" / "tokenizer_config.json").read_text())
+    assert shipped["chat_template"] == meta["tokenizer.chat_template"]
+    for key in ("bos", "eos", "padding", "unknown"):
+        token = llm._model.token_get_text(int(meta[f"tokenizer.ggml.{key}_token_id"]))
+        name = {"padding": "pad", "unknown": "unk"}.get(key, key)
+        assert shipped[f"{name}_token"] == token
+    assert "You are a helpful AI assistant named SmolLM" in shipped["chat_template"]
+
+
 def test_greedy_answers_do_not_depend_on_earlier_requests(triton: TritonServer) -> None:
     # A prompt whose greedy answer llama.cpp changes when it reuses the cached prompt.
     prompt = chat("Name three colours.")
