@@ -1,5 +1,8 @@
 """`make run`: a real LLM behind Triton Inference Server behind the router, in one command.
 
+Run from the checkout's root: `python -m examples.demo [--config backends.toml]`. It is no
+part of the installed package: it serves the example model repository next to it.
+
 1. build a Triton backend folder and copy the example model repository (examples/triton,
    next to this file) into the state directory (.demo/; the backend folder is reused by
    later runs);
