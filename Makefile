@@ -25,18 +25,18 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
-	@$(PY) -m airouter.demo --config $(CONFIG)
+	@$(PY) -m examples.demo --config $(CONFIG)
 
 test: $(STAMP)
 	@$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	@$(VENV)/bin/ruff check airouter tests bench
+	@$(VENV)/bin/ruff check airouter tests bench examples
 	@$(VENV)/bin/mypy
 
 fmt: $(STAMP)
-	@$(VENV)/bin/ruff format airouter tests bench
-	@$(VENV)/bin/ruff check --fix airouter tests bench
+	@$(VENV)/bin/ruff format airouter tests bench examples
+	@$(VENV)/bin/ruff check --fix airouter tests bench examples
 
 bench: $(STAMP)
 	@$(PY) -m bench $(if $(QUICK),--quick,) $(BENCH_ARGS)

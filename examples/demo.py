@@ -1,7 +1,11 @@
 """`make run`: a real LLM behind Triton Inference Server behind the router, in one command.
 
-1. build a Triton backend folder and copy the example model repository (examples/triton)
-   into the state directory (.demo/; the backend folder is reused by later runs);
+Run from the checkout's root: `python -m examples.demo [--config backends.toml]`. It is no
+part of the installed package: it serves the example model repository next to it.
+
+1. build a Triton backend folder and copy the example model repository (examples/triton,
+   next to this file) into the state directory (.demo/; the backend folder is reused by
+   later runs);
 2. start `tritonserver` from the nvidia-pytriton package on 127.0.0.1 and wait until ready;
 3. start the router (`python -m airouter --config backends.toml`) and wait until ready;
 4. print what to try, then wait. Ctrl-C (SIGINT) or SIGTERM stops the router, then Triton.
@@ -17,7 +21,9 @@ import argparse
 import contextlib
 import ctypes
 import importlib.util
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,8 +40,7 @@ from types import FrameType
 
 from airouter import config as config_mod
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_REPO = ROOT / "examples" / "triton"
+EXAMPLE_REPO = Path(__file__).resolve().parent / "triton"
 SHM = Path("/dev/shm")
 SHM_GLOB = "triton_python_backend_shm_region_*"
 READY_TIMEOUT = 120.0
@@ -96,9 +101,9 @@ def extend_config(config: Path, state: Path) -> tuple[Path, list[str]]:
     with AIROUTER_UPSTREAM_URL set (an OpenAI-compatible base URL ending in /v1: vLLM,
     llama.cpp's server, ...), `upstream` goes there as AIROUTER_UPSTREAM_MODEL (with the
     optional key AIROUTER_UPSTREAM_KEY). The result is written to the state directory; secrets
-    stay in the environment as ${VAR} references. Backends the config already has are kept.
-    (Relative tokenizer_config / template_file paths would then resolve from the state
-    directory: use absolute ones in a config served this way.)
+    stay in the environment as ${VAR} references. Backends the config already has are kept,
+    and relative tokenizer_config / template_file paths are made absolute, so they still name
+    the files next to the original config.
     """
     text = config.read_text(encoding="utf-8")
     try:
@@ -115,8 +120,23 @@ def extend_config(config: Path, state: Path) -> tuple[Path, list[str]]:
     if not extra:
         return config, []
     out = state / "backends.toml"
+    text = absolute_paths(text, config.resolve().parent)
     out.write_text(text.rstrip("\n") + "\n" + extra, encoding="utf-8")
     return out, aliases
+
+
+# `key = "relative/path"` on a line of its own (comments after it allowed)
+_PATH_LINE = re.compile(
+    r'^(?P<head>[ \t]*(?:tokenizer_config|template_file)[ \t]*=[ \t]*)"(?P<path>[^"\\$/][^"\\]*)"',
+    re.M,
+)
+
+
+def absolute_paths(text: str, folder: Path) -> str:
+    """The config text with relative tokenizer_config / template_file paths made absolute."""
+    return _PATH_LINE.sub(
+        lambda m: m["head"] + json.dumps(str(folder / m["path"]), ensure_ascii=False), text
+    )
 
 
 # ---- processes ----
@@ -273,7 +293,7 @@ def backend_folder(ts: Path, state: Path) -> Path:
 
 def model_repository(state: Path) -> Path:
     if not EXAMPLE_REPO.is_dir():
-        raise DemoError(f"{EXAMPLE_REPO} not found: run the demo from a checkout of airouter")
+        raise DemoError(f"{EXAMPLE_REPO} is missing")
     dest = state / "models"
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(EXAMPLE_REPO, dest, ignore=shutil.ignore_patterns("__pycache__", "*.md"))
@@ -310,21 +330,28 @@ def print_usage(port: int, aliases: list[str]) -> None:
     base = f"http://localhost:{port}/v1"
     py = shown(Path(sys.executable))
     sdk = f'from openai import OpenAI; c = OpenAI(base_url="{base}", api_key="none")'
-    ask = 'model="smollm2", messages=[{"role": "user", "content": "Name three planets."}]'
+    ask = ('model="smollm2", max_tokens=20, '
+           'messages=[{"role": "user", "content": "Name three planets."}]')
+    json_header = "-H 'Content-Type: application/json'"
     print(
         f"""
 Try it (model "smollm2", SmolLM2-135M on Triton; OpenAI API at {base}):
 
-  curl {base}/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+  curl {base}/chat/completions {json_header} \\
+    -d '{{"model": "smollm2", "max_tokens": 16, "messages": [{{"role": "user",
+         "content": "What is the capital of France? Answer in one word."}}]}}'
 
-  curl -N {base}/chat/completions -H 'Content-Type: application/json' \\
-    -d '{{"model": "smollm2", "messages": [{{"role": "user", "content": "Hi"}}], "stream": true}}'
+  curl -N {base}/chat/completions {json_header} \\
+    -d '{{"model": "smollm2", "max_tokens": 20, "stream": true,
+         "messages": [{{"role": "user", "content": "Name three planets."}}]}}'
 
   {py} -c '{sdk}; print(c.chat.completions.create({ask}).choices[0].message.content)'
 
   {py} -u -c 'import sys; {sdk}; s = c.chat.completions.create({ask}, stream=True); \\
     sys.stdout.writelines(k.choices[0].delta.content or "" for k in s); print()'
+
+  curl {base}/embeddings {json_header} \\
+    -d '{{"model": "smollm2-embed", "input": "The sea is calm tonight."}}'
 
   curl {base}/models
 """,
@@ -393,7 +420,7 @@ def serve(args: argparse.Namespace, children: list[Child]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m airouter.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m examples.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=config_mod.DEFAULT_CONFIG, help="default: backends.toml")
     args = p.parse_args(argv)

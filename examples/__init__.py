@@ -1,0 +1,2 @@
+"""Runnable examples: `python -m examples.demo` (what `make run` starts) and the Triton model
+repository it serves (examples/triton)."""
