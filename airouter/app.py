@@ -35,6 +35,8 @@ from airouter.handlers import (
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
+from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
+from airouter.usage import UsageEndpoint
 
 if TYPE_CHECKING:
     from airouter.observability.tracing import Tracer
@@ -146,6 +148,9 @@ def build_app(cfg: Config) -> FastPath:
         Route("/health/live", HealthEndpoint(holder, "live"), methods=["GET"]),
         Route("/health/ready", HealthEndpoint(holder, "ready"), methods=["GET"]),
         Route("/metrics", MetricsEndpoint(), methods=["GET"]),
+        Route("/v1/usage", UsageEndpoint(holder), methods=["GET"]),
+        Route("/tokenize", TokenizeEndpoint(holder), methods=["POST"]),
+        Route("/detokenize", DetokenizeEndpoint(holder), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -37,11 +37,28 @@ class ServerConfig(Base):
     # On SIGTERM: stop accepting, give in-flight streams this long, then end them cleanly.
     shutdown_grace: Seconds = 30.0
     otlp_endpoint: str | None = None
+    # Shared limits: every replica and worker counts in this Redis (else: one process group).
+    redis_url: str | None = None
+    limits_on_redis_failure: Literal["allow", "deny"] = "allow"
 
 
-class KeyConfig(Base):
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class LimitsConfig(Base):
+    """Limits on a key or (shared by every key) on a model alias; unset = no limit."""
+
+    rpm: Count | None = None
+    tpm: Count | None = None
+    max_concurrent: Count | None = None
+
+
+class KeyConfig(LimitsConfig, kw_only=True):
     key: str
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    budget_tokens: Count | None = None
+    budget_period: Literal["day", "month"] | None = None  # unset: a lifetime budget
+    admin: bool = False  # GET /v1/usage shows every key
 
 
 class NodeConfig(Base):
@@ -100,7 +117,7 @@ def _nodes(single: str | None, many: list[str | NodeConfig]) -> list[NodeConfig]
 BackendConfig = OpenAIBackendConfig | TritonBackendConfig
 
 
-class ModelConfig(Base):
+class ModelConfig(LimitsConfig, kw_only=True):
     backend: str
     backend_model: str | None = None
     default: bool = False
@@ -116,6 +133,8 @@ class ModelConfig(Base):
     # Aliases to try, in order, when every node of this model's backend is unavailable.
     fallbacks: list[str] = []
     embedding_output: str = "embedding"
+    # tokenizer.json, a Hugging Face tokenizer folder, or a .gguf file: exact token counts.
+    tokenizer: str | None = None
 
 
 class Config(Base):
@@ -240,6 +259,8 @@ def validate(cfg: Config) -> None:
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+    if cfg.server.redis_url:
+        _check_url(cfg.server.redis_url, "server.redis_url", ("redis", "rediss"))
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:
@@ -274,7 +295,7 @@ def parse(
     if base_dir is not None:
         # Template paths are relative to the config file, not to where the router started.
         for m in cfg.models.values():
-            for attr in ("tokenizer_config", "template_file"):
+            for attr in ("tokenizer_config", "template_file", "tokenizer"):
                 value = getattr(m, attr)
                 if value and not os.path.isabs(value):
                     setattr(m, attr, str((base_dir / value).resolve()))
