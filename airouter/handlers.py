@@ -354,7 +354,7 @@ class CompletionEndpoint:
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 rec.chunk_sent()
-                ticket.chunk()
+                ticket.chunk(data)
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
             rec.error = e.code or e.type

@@ -64,13 +64,13 @@ class Ticket:
         self.lease_keys: list[str] = []
         self.prompt = prompt
         self.charged = 0  # completion tokens charged so far
-        self.seen = 0  # chunks streamed: the completion estimate until the backend counts
+        self.seen = 0  # events streamed: the completion estimate when the backend counts none
         self.settled = False
         self.headers: list[tuple[bytes, bytes]] = []
 
-    def chunk(self) -> None:
-        """A streamed chunk went out (about one token): charge every BATCH of them."""
-        self.seen += 1
+    def chunk(self, data: bytes) -> None:
+        """Streamed events went out (about one token each): charge every BATCH of them."""
+        self.seen += data.count(b"\n\n")
         if self.token_rules and self.seen - self.charged >= BATCH:
             n = self.seen - self.charged
             self.charged = self.seen

@@ -18,6 +18,7 @@ KEY_REJECTED = Counter(
 )
 LIMITS_UP = Gauge(
     "airouter_limits_backend_up",
-    "1 while the shared limits store (Redis) answers, else 0 (lowest over the workers).",
+    "1 while the shared limits store answers, else 0 (lowest over the workers).",
+    ["store"],  # labelled, so only processes that use a store report it
     multiprocess_mode="livemin",
 )

@@ -147,7 +147,7 @@ class RedisEngine(Engine):
         )
         for name, text in (("admit", ADMIT), ("charge", CHARGE), ("renew", RENEW)):
             self._scripts[name] = self.client.register_script(text)
-        metrics.LIMITS_UP.set(1)
+        metrics.LIMITS_UP.labels("redis").set(1)
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -162,12 +162,12 @@ class RedisEngine(Engine):
             self._logged = now
         if self.up:
             self.up = False
-            metrics.LIMITS_UP.set(0)
+            metrics.LIMITS_UP.labels("redis").set(0)
 
     def _ok(self) -> None:
         if not self.up:
             self.up = True
-            metrics.LIMITS_UP.set(1)
+            metrics.LIMITS_UP.labels("redis").set(1)
             log.warning("limits: Redis at %s is back", _safe(self.url))
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
