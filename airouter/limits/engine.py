@@ -22,6 +22,9 @@ WINDOW_SECONDS = 60
 LEASE_TTL = 30.0  # seconds; renewed every LEASE_TTL / 3 while the request runs
 
 
+Item = tuple[str, str, int, int]  # kind, storage key, amount, ttl
+
+
 @dataclass(slots=True, frozen=True)
 class Check:
     kind: str
@@ -60,8 +63,11 @@ class Engine(ABC):
         """None: the store is unreachable (the caller applies its failure policy)."""
 
     @abstractmethod
-    async def charge(self, items: list[tuple[str, str, int, int]]) -> None:
-        """Add (kind, key, amount, ttl) without checking: WINDOW now, TOTAL at once."""
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
+        """Add (kind, key, amount, ttl) without checking (WINDOW now, TOTAL at once), and free
+        `lease` in the `release` lease sets, in one round trip."""
 
     @abstractmethod
     async def release(self, keys: list[str], lease: str) -> None: ...
@@ -159,7 +165,9 @@ class Counters:
         if ttl:
             self._expiry[key] = now + ttl
 
-    def charge(self, items: list[tuple[str, str, int, int]]) -> None:
+    def charge(self, items: list[Item], release: list[str] | None = None, lease: str = "") -> None:
+        if release:
+            self.release(release, lease)
         now = self.now()
         sec = int(now)
         for kind, key, amount, ttl in items:
@@ -192,8 +200,10 @@ class LocalEngine(Engine):
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
         return self.counters.admit(checks, lease, dry)
 
-    async def charge(self, items: list[tuple[str, str, int, int]]) -> None:
-        self.counters.charge(items)
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
+        self.counters.charge(items, release, lease)
 
     async def release(self, keys: list[str], lease: str) -> None:
         self.counters.release(keys, lease)

@@ -14,7 +14,7 @@ from airouter.backends.base import Stats, Target
 from airouter.config import Config
 from airouter.errors import RouterError, ServiceUnavailable
 from airouter.limits import metrics
-from airouter.limits.engine import LEASE_TTL, LEASES, TOTAL, Engine, LocalEngine
+from airouter.limits.engine import LEASE_TTL, LEASES, TOTAL, Engine, Item, LocalEngine
 from airouter.limits.policy import (
     BUDGET,
     CONCURRENT,
@@ -31,6 +31,7 @@ from airouter.tokenizers import prompt_tokens
 
 log = logging.getLogger("airouter.limits")
 BATCH = 32  # streamed chunks per completion-token charge: no store round trip per token
+USAGE_FLUSH = 1.0  # seconds between sends of the per-key usage totals
 
 
 def make_engine(cfg: Config) -> Engine:
@@ -78,13 +79,14 @@ class Ticket:
             assert engine is not None
             self.limiter.spawn(engine.charge(self._items(n)))
 
-    def _items(self, n: int) -> list[tuple[str, str, int, int]]:
+    def _items(self, n: int) -> list[Item]:
         return [(kind, key, n, ttl) for kind, key, ttl in self.token_rules]
 
     async def settle(self, stats: Stats | None) -> None:
         """The answer is complete: charge the difference between what the backend counted
-        (or what we estimated) and what was charged so far. Awaited before the answer's last
-        bytes when a token limit applies, so the client's next request sees it."""
+        (or what we estimated) and what was charged so far, and free the request's slots.
+        Awaited before the answer's last bytes when a token limit applies, so the client's
+        next request sees it; otherwise sent in the background."""
         if self.settled:
             return
         self.settled = True
@@ -95,24 +97,22 @@ class Ticket:
         delta = prompt - self.prompt + completion - self.charged
         self.charged = completion
         lim.record(self.key, self.label, prompt, completion)
+        engine = lim.engine
+        if engine is None:
+            return
+        lim.add_usage(self.key, prompt, completion)
         items = self._items(delta) if delta else []
-        if lim.engine is not None:
-            req, p, c = usage_keys(self.key)
-            items += [(TOTAL, req, 1, 0), (TOTAL, p, prompt, 0), (TOTAL, c, completion, 0)]
-            if self.token_rules:
-                await lim.engine.charge(items)
-            else:  # nothing to enforce: keep the store's round trip off the answer
-                lim.spawn(lim.engine.charge(items))
-
-    def release(self, stats: Stats | None) -> None:
-        """The request is over (done, failed or cancelled): free its leases in the background."""
-        lim = self.limiter
-        if not self.settled:
-            lim.spawn(self.settle(stats))
         if self.lease_keys:
             lim.leases.pop(self.lease, None)
-            assert lim.engine is not None
-            lim.spawn(lim.engine.release(self.lease_keys, self.lease))
+        if self.token_rules:
+            await engine.charge(items, self.lease_keys, self.lease)
+        elif self.lease_keys:
+            lim.spawn(engine.charge([], self.lease_keys, self.lease))
+
+    def release(self, stats: Stats | None) -> None:
+        """The request is over (done, failed or cancelled): settle it if the answer did not."""
+        if not self.settled:
+            self.limiter.spawn(self.settle(stats))
 
 
 class Limiter:
@@ -126,11 +126,13 @@ class Limiter:
         self._children: dict[tuple[str, ...], Any] = {}
         self._seq = 0
         self._lease_prefix = os.urandom(6).hex() + ":"
+        # Use per key for /v1/usage, sent to the store in one batch a second, not per request.
+        self._usage: dict[str, int] = {}
 
     async def start(self) -> None:
         if self.engine is not None:
             await self.engine.start()
-            self._renewer = asyncio.create_task(self._renew_loop())
+            self._renewer = asyncio.create_task(self._background())
 
     async def aclose(self) -> None:
         if self._renewer is not None:
@@ -138,25 +140,49 @@ class Limiter:
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2)
         if self.engine is not None:
+            with contextlib.suppress(Exception):
+                await self._flush_usage()
             await self.engine.aclose()
+
+    def add_usage(self, key: str, prompt: int, completion: int) -> None:
+        u = self._usage
+        req, p, c = usage_keys(key)
+        u[req] = u.get(req, 0) + 1
+        u[p] = u.get(p, 0) + prompt
+        u[c] = u.get(c, 0) + completion
+
+    async def _flush_usage(self) -> None:
+        if self._usage and self.engine is not None:
+            items = [(TOTAL, k, v, 0) for k, v in self._usage.items() if v]
+            self._usage = {}
+            await self.engine.charge(items)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         t = asyncio.ensure_future(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
 
-    async def _renew_loop(self) -> None:
-        assert self.engine is not None
+    async def _background(self) -> None:
+        ticks = 0
         while True:
-            await asyncio.sleep(LEASE_TTL / 3)
-            keys: list[str] = []
-            leases: list[str] = []
-            for lease, lk in list(self.leases.items()):
-                keys += lk
-                leases += [lease] * len(lk)
-            if keys:
-                with contextlib.suppress(Exception):
-                    await self.engine.renew(keys, leases)
+            await asyncio.sleep(USAGE_FLUSH)
+            ticks += 1
+            with contextlib.suppress(Exception):
+                await self._flush_usage()
+            if ticks * USAGE_FLUSH >= LEASE_TTL / 3:
+                ticks = 0
+                await self._renew()
+
+    async def _renew(self) -> None:
+        assert self.engine is not None
+        keys: list[str] = []
+        leases: list[str] = []
+        for lease, lk in list(self.leases.items()):
+            keys += lk
+            leases += [lease] * len(lk)
+        if keys:
+            with contextlib.suppress(Exception):
+                await self.engine.renew(keys, leases)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         k = (metric._name, *labels)

@@ -1,5 +1,11 @@
-"""The Redis store: each admission is one EVALSHA of a Lua script, atomic on the server, so
-replicas never race between reading a counter and raising it. Time is Redis's own clock."""
+"""The Redis store. Everything is one Lua script, atomic on the server, so replicas never race
+between reading a counter and raising it; time is Redis's own clock.
+
+Calls from one worker are coalesced: while a script call is in flight, the admissions and
+charges that arrive queue up and go together in the next call (each still atomic on its own).
+An idle worker pays one round trip per admission; a busy one shares each round trip among
+every request that arrived meanwhile, which is where the CPU of a client goes (a syscall and a
+reply parse per call, not per request)."""
 
 from __future__ import annotations
 
@@ -9,121 +15,122 @@ import math
 import time
 from typing import Any
 
+import msgspec
+
 from airouter.limits import metrics
-from airouter.limits.engine import LEASE_TTL, WINDOW_SECONDS, Check, Engine, Outcome
+from airouter.limits.engine import LEASE_TTL, WINDOW_SECONDS, Check, Engine, Item, Outcome
 
 log = logging.getLogger("airouter.limits")
 
-# KEYS: one per check. ARGV: dry, lease, lease ttl (ms), window (s), then per check
-# kind, limit, amount, ttl.
-# Returns {failed (0 = admitted), wait ms (-1 = never), used..., reset ms...}.
-ADMIT = """
+# KEYS: every key the batch touches, once. ARGV[1]: msgpack [window s, lease ttl ms, ops], an
+# op being one of (keys as 1-based indexes into KEYS):
+#   ["A", dry, lease, [[key, kind, limit, amount, ttl], ...]]  admit; result
+#        [failed (0 = admitted), wait ms (-1 = never), [used...], [reset ms...]]
+#   ["C", lease, [[key, kind, amount, ttl], ...], [lease set key, ...]]  charge, free a lease
+#   ["R", [[lease set key, lease], ...]]  renew leases
+# Returns msgpack: one result per op (0 for C and R). One argument in and one out, packed
+# and parsed in C on both sides, instead of hundreds of RESP arguments.
+SCRIPT = """
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local dry = ARGV[1] == '1'
-local lease, ttl, span = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local n = #KEYS
-local used, reset = {}, {}
-local failed, wait = 0, 0
-for i = 1, n do
-  local a = 4 + (i - 1) * 4
-  local kind, limit, amount = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local k = KEYS[i]
-  local u = 0
-  reset[i] = 0
-  if kind == 'w' then
-    local h = redis.call('HGETALL', k)
-    local secs, vals = {}, {}
-    for j = 1, #h, 2 do
-      local s, v = tonumber(h[j]), tonumber(h[j + 1])
-      if s <= sec - span then
-        redis.call('HDEL', k, h[j])
-      else
-        u = u + v
-        secs[#secs + 1] = s
-        vals[s] = v
+local batch = cmsgpack.unpack(ARGV[1])
+local span, ttl = batch[1], batch[2]
+local out = {}
+
+local function window(key, limit, amount)
+  local h = redis.call('HGETALL', key)
+  local secs, vals, u = {}, {}, 0
+  for j = 1, #h, 2 do
+    local s, v = tonumber(h[j]), tonumber(h[j + 1])
+    if s <= sec - span then
+      redis.call('HDEL', key, h[j])
+    else
+      u = u + v
+      secs[#secs + 1] = s
+      vals[s] = v
+    end
+  end
+  table.sort(secs)
+  local reset = 0
+  if #secs > 0 then reset = (secs[1] + span) * 1000 - now end
+  local wait = nil
+  if u + amount > limit then
+    wait = -1
+    local need, freed = u + amount - limit, 0
+    for _, s in ipairs(secs) do
+      freed = freed + vals[s]
+      if freed >= need then
+        wait = (s + span) * 1000 - now
+        break
       end
     end
-    table.sort(secs)
-    if #secs > 0 then reset[i] = (secs[1] + span) * 1000 - now end
-    if failed == 0 and u + amount > limit then
-      failed, wait = i, -1
-      local need, freed = u + amount - limit, 0
-      for _, s in ipairs(secs) do
-        freed = freed + vals[s]
-        if freed >= need then
-          wait = (s + span) * 1000 - now
-          break
+  end
+  return u, reset, wait
+end
+
+local function add(kind, key, amount, kttl)
+  if kind == 'w' then
+    redis.call('HINCRBY', key, sec, amount)
+    redis.call('EXPIRE', key, span + 1)
+  elseif kind == 'b' then
+    redis.call('INCRBY', key, amount)
+    if kttl > 0 then redis.call('EXPIRE', key, kttl) end
+  end
+end
+
+for n, op in ipairs(batch[3]) do
+  if op[1] == 'A' then
+    local checks, used, reset = op[4], {}, {}
+    local failed, wait = 0, 0
+    for i, c in ipairs(checks) do
+      local key, ck, limit, amount = KEYS[c[1]], c[2], c[3], c[4]
+      local u, r, w = 0, 0, nil
+      if ck == 'w' then
+        u, r, w = window(key, limit, amount)
+      elseif ck == 'c' then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+        u = redis.call('ZCARD', key)
+        if u + amount > limit then w = 1000 end
+      else
+        u = tonumber(redis.call('GET', key) or '0')
+        if u + amount > limit then w = -1 end
+      end
+      used[i], reset[i] = u, r
+      if failed == 0 and w ~= nil then failed, wait = i, w end
+    end
+    if failed == 0 and not op[2] then
+      for i, c in ipairs(checks) do
+        local key, ck, amount = KEYS[c[1]], c[2], c[4]
+        used[i] = used[i] + amount
+        if ck == 'c' then
+          redis.call('ZADD', key, now + ttl, op[3])
+          redis.call('PEXPIRE', key, ttl * 2)
+        else
+          add(ck, key, amount, c[5])
+          if ck == 'w' and reset[i] == 0 then reset[i] = (sec + span) * 1000 - now end
         end
       end
     end
-  elseif kind == 'c' then
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-    u = redis.call('ZCARD', k)
-    if failed == 0 and u + amount > limit then failed, wait = i, 1000 end
+    out[n] = {failed, wait, used, reset}
+  elseif op[1] == 'C' then
+    for _, c in ipairs(op[3]) do add(c[2], KEYS[c[1]], c[3], c[4]) end
+    for _, key in ipairs(op[4]) do redis.call('ZREM', KEYS[key], op[2]) end
+    out[n] = 0
   else
-    u = tonumber(redis.call('GET', k) or '0')
-    if failed == 0 and u + amount > limit then failed, wait = i, -1 end
-  end
-  used[i] = u
-end
-if failed == 0 and not dry then
-  for i = 1, n do
-    local a = 4 + (i - 1) * 4
-    local kind, amount, kttl = ARGV[a + 1], tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
-    local k = KEYS[i]
-    used[i] = used[i] + amount
-    if kind == 'w' then
-      redis.call('HINCRBY', k, sec, amount)
-      redis.call('EXPIRE', k, span + 1)
-      if reset[i] == 0 then reset[i] = (sec + span) * 1000 - now end
-    elseif kind == 'c' then
-      redis.call('ZADD', k, now + ttl, lease)
-      redis.call('PEXPIRE', k, ttl * 2)
-    else
-      redis.call('INCRBY', k, amount)
-      if kttl > 0 then redis.call('EXPIRE', k, kttl) end
+    for _, l in ipairs(op[2]) do
+      redis.call('ZADD', KEYS[l[1]], 'XX', now + ttl, l[2])
+      redis.call('PEXPIRE', KEYS[l[1]], ttl * 2)
     end
+    out[n] = 0
   end
 end
-local out = {failed, wait}
-for i = 1, n do out[#out + 1] = used[i] end
-for i = 1, n do out[#out + 1] = reset[i] end
-return out
-"""
-
-# KEYS: counters. ARGV: window (s), then per key kind, amount, ttl.
-CHARGE = """
-local sec = tonumber(redis.call('TIME')[1])
-local span = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  local a = 1 + (i - 1) * 3
-  local kind, amount, ttl = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  if kind == 'w' then
-    redis.call('HINCRBY', KEYS[i], sec, amount)
-    redis.call('EXPIRE', KEYS[i], span + 1)
-  elseif kind == 'b' then
-    redis.call('INCRBY', KEYS[i], amount)
-    if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
-  end
-end
-return 0
-"""
-
-# KEYS: lease sets. ARGV: ttl (ms), then one lease per key. Only leases still held are renewed.
-RENEW = """
-local t = redis.call('TIME')
-local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', until_ms, ARGV[i + 1])
-  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[1]) * 2)
-end
-return 0
+return cmsgpack.pack(out)
 """
 
 LOG_EVERY = 60.0
 RETRY_AFTER = 1.0  # after a failure, skip Redis this long: a dead server costs no latency
+MAX_BATCH = 256
 
 
 class RedisEngine(Engine):
@@ -131,10 +138,12 @@ class RedisEngine(Engine):
         self.url = url
         self.timeout = timeout
         self.client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._script: Any = None
         self._down_until = 0.0
         self._logged = 0.0
         self.up = True
+        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
+        self._sender: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
@@ -145,15 +154,16 @@ class RedisEngine(Engine):
             socket_connect_timeout=self.timeout,
             health_check_interval=0,
         )
-        for name, text in (("admit", ADMIT), ("charge", CHARGE), ("renew", RENEW)):
-            self._scripts[name] = self.client.register_script(text)
+        self._script = self.client.register_script(SCRIPT)
         metrics.LIMITS_UP.labels("redis").set(1)
 
     async def aclose(self) -> None:
+        if self._sender is not None:
+            await asyncio.wait([self._sender], timeout=2)
         if self.client is not None:
             await self.client.aclose()
 
-    def _failed(self, e: Exception) -> None:
+    def _failed(self, e: BaseException) -> None:
         now = time.monotonic()
         self._down_until = now + RETRY_AFTER
         if self.up or now - self._logged >= LOG_EVERY:
@@ -170,56 +180,79 @@ class RedisEngine(Engine):
             metrics.LIMITS_UP.labels("redis").set(1)
             log.warning("limits: Redis at %s is back", _safe(self.url))
 
-    async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    async def _op(self, op: list[Any]) -> Any:
+        """Queue one op (storage keys as strings) for the next script call; None when Redis
+        is unreachable."""
         if not self.up and time.monotonic() < self._down_until:
             return None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, fut))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send())
+        return await fut
+
+    async def _send(self) -> None:
         import redis.exceptions
 
-        try:
-            out = await self._scripts[name](keys=keys, args=args)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
-            self._failed(e)
-            return None
-        except asyncio.CancelledError:
-            raise
-        self._ok()
-        return out
+        errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            index: dict[str, int] = {}
+            ops = [_indexed(op, index) for op, _ in batch]
+            packed = _pack([WINDOW_SECONDS, int(LEASE_TTL * 1000), ops])
+            try:
+                results = _unpack(await self._script(keys=list(index), args=[packed]))
+            except errors as e:
+                self._failed(e)
+                results = [None] * len(batch)
+            else:
+                self._ok()
+            for (_, fut), result in zip(batch, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
-        args: list[Any] = ["1" if dry else "0", lease, int(LEASE_TTL * 1000), WINDOW_SECONDS]
-        for c in checks:
-            args += (c.kind, c.limit, c.amount, c.ttl)
-        out = await self._run("admit", [c.key for c in checks], args)
+        out = await self._op(
+            ["A", dry, lease, [[c.key, c.kind, c.limit, c.amount, c.ttl] for c in checks]]
+        )
         if out is None:
             return None
-        n = len(checks)
-        wait = math.inf if out[1] < 0 else out[1] / 1000
+        failed, wait, used, reset = out
+        # cmsgpack turns an empty table into a map: no checks means empty lists.
         return Outcome(
-            int(out[0]) - 1, wait, [int(u) for u in out[2 : 2 + n]],
-            [r / 1000 for r in out[2 + n :]],
+            failed - 1, math.inf if wait < 0 else wait / 1000,
+            list(used) if used else [], [r / 1000 for r in reset] if reset else [],
         )
 
-    async def charge(self, items: list[tuple[str, str, int, int]]) -> None:
-        args: list[Any] = [WINDOW_SECONDS]
-        for kind, _, amount, ttl in items:
-            args += (kind, amount, ttl)
-        await self._run("charge", [i[1] for i in items], args)
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
+        await self._op(["C", lease, [list(i) for i in items], release or []])
 
     async def release(self, keys: list[str], lease: str) -> None:
-        if not self.up and time.monotonic() < self._down_until:
-            return
-        import redis.exceptions
-
-        try:
-            async with self.client.pipeline(transaction=False) as p:
-                for k in keys:
-                    p.zrem(k, lease)
-                await p.execute()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
-            self._failed(e)
+        await self.charge([], keys, lease)
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        await self._run("renew", keys, [int(LEASE_TTL * 1000), *leases])
+        await self._op(["R", [[k, lease] for k, lease in zip(keys, leases, strict=True)]])
+
+
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
+
+
+def _indexed(op: list[Any], index: dict[str, int]) -> list[Any]:
+    """The op with its storage keys replaced by their 1-based index into KEYS (`index`)."""
+
+    def ix(key: str) -> int:
+        return index.setdefault(key, len(index) + 1)
+
+    kind = op[0]
+    if kind == "A":
+        return ["A", op[1], op[2], [[ix(c[0]), *c[1:]] for c in op[3]]]
+    if kind == "C":
+        return ["C", op[1], [[ix(c[1]), c[0], c[2], c[3]] for c in op[2]],
+                [ix(k) for k in op[3]]]
+    return ["R", [[ix(k), lease] for k, lease in op[1]]]
 
 
 def _safe(url: str) -> str:
@@ -227,5 +260,4 @@ def _safe(url: str) -> str:
     from urllib.parse import urlsplit
 
     p = urlsplit(url)
-    host = p.hostname or ""
-    return f"{p.scheme}://{host}:{p.port or 6379}{p.path}"
+    return f"{p.scheme}://{p.hostname or ''}:{p.port or 6379}{p.path}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from airouter.limits.engine import Check, Counters, Engine, Outcome
+from airouter.limits.engine import Check, Counters, Engine, Item, Outcome
 
 log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
@@ -32,7 +32,8 @@ def _dispatch(counters: Counters, op: str, args: list[Any]) -> Any:
         o = counters.admit(checks, args[1], args[2])
         return [o.failed, -1.0 if o.wait == float("inf") else o.wait, o.used, o.reset]
     if op == "charge":
-        counters.charge([(str(k), str(n), int(a), int(t)) for k, n, a, t in args[0]])
+        items = [(str(k), str(n), int(a), int(t)) for k, n, a, t in args[0]]
+        counters.charge(items, args[1], args[2])
     elif op == "release":
         counters.release(args[0], args[1])
     elif op == "renew":
@@ -144,9 +145,11 @@ class SharedEngine(Engine):
             return None
         return Outcome(failed, float("inf") if wait < 0 else wait, used, reset)
 
-    async def charge(self, items: list[tuple[str, str, int, int]]) -> None:
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
         with contextlib.suppress(OSError):
-            await self._call("charge", [items])
+            await self._call("charge", [items, release or [], lease])
 
     async def release(self, keys: list[str], lease: str) -> None:
         with contextlib.suppress(OSError):

@@ -8,6 +8,7 @@ import contextlib
 import json
 import re
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,9 @@ key = "sk-viewer"
 
 [keys.team-x]
 key = "sk-team-x"
+
+[keys.reader]
+key = "sk-reader"
 
 [keys.ops]
 key = "sk-ops"
@@ -118,8 +122,6 @@ def error(text: str) -> dict:
 
 
 def metric(router: RouterProc, name: str, **labels: str) -> float:
-    import urllib.request
-
     with urllib.request.urlopen(router.url + "/metrics", timeout=5) as r:
         text = r.read().decode()
     total = 0.0
@@ -235,6 +237,11 @@ def test_budget_refuses_with_insufficient_quota(replicas: tuple[RouterProc, Rout
     err = error(results[3][2])
     assert (err["type"], err["code"]) == ("insufficient_quota", "insufficient_quota")
     assert "budget of 30 tokens per day; Used 33, Requested 6." in err["message"]
+    req = urllib.request.Request(replicas[1].url + "/v1/usage",
+                                 headers={"Authorization": "Bearer sk-budget"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        limits = json.loads(r.read())["keys"][0]["limits"]
+    assert limits == {"budget": {"limit": 30, "used": 33, "remaining": 0, "period": "day"}}
 
 
 def test_rate_limit_headers_count_down(replicas: tuple[RouterProc, RouterProc]) -> None:
@@ -272,11 +279,9 @@ def test_model_wide_limit_is_shared_by_every_key(replicas: tuple[RouterProc, Rou
 def test_usage_shows_a_key_its_own_use_and_an_admin_everything(
     replicas: tuple[RouterProc, RouterProc],
 ) -> None:
-    import urllib.request
-
     urls = [r.url for r in replicas]
     for u in urls:
-        assert run(post(u, "sk-team-x"))[0] == 200  # type: ignore[index]
+        assert run(post(u, "sk-reader"))[0] == 200  # type: ignore[index]
 
     def usage(key: str) -> dict:
         req = urllib.request.Request(urls[0] + "/v1/usage",
@@ -284,29 +289,30 @@ def test_usage_shows_a_key_its_own_use_and_an_admin_everything(
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
 
-    deadline = time.monotonic() + 3
-    while True:  # charged just after each answer: allow the last one to land
-        mine = usage("sk-team-x")
-        if mine["keys"][0].get("usage", {}).get("requests", 0) >= 3 or time.monotonic() > deadline:
+    # Two requests of 5 prompt and 6 completion tokens; workers send usage once a second.
+    want = {"requests": 2, "prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22}
+    deadline = time.monotonic() + 10
+    while True:
+        mine = usage("sk-reader")
+        if mine["keys"][0].get("usage") == want or time.monotonic() > deadline:
             break
-        time.sleep(0.05)
-    assert mine["key"] == "team-x" and [k["key"] for k in mine["keys"]] == ["team-x"]
-    # Two requests on "capped" earlier (a third was refused), two here; 5 + 6 tokens each.
-    assert mine["keys"][0]["usage"] == {"requests": 4, "prompt_tokens": 20,
-                                        "completion_tokens": 24, "total_tokens": 44}
+        time.sleep(0.1)
+    assert mine["key"] == "reader" and [k["key"] for k in mine["keys"]] == ["reader"]
+    assert mine["keys"][0]["usage"] == want
+    assert mine["keys"][0]["limits"] == {}
     assert mine["models"]["capped"]["requests"]["limit"] == 4
     everything = usage("sk-ops")
     assert {k["key"] for k in everything["keys"]} == {
-        "rpm30", "conc3", "tpm", "budget", "hdr", "viewer", "team-x", "ops"
+        "rpm30", "conc3", "tpm", "budget", "hdr", "viewer", "team-x", "reader", "ops"
     }
-    hdr = next(k for k in everything["keys"] if k["key"] == "hdr")
-    assert hdr["limits"]["requests"]["limit"] == 5
-    assert hdr["limits"]["requests"]["remaining"] == 0
-    budget = next(k for k in everything["keys"] if k["key"] == "budget")
-    assert budget["limits"]["budget"] == {"limit": 30, "used": 33, "remaining": 0,
-                                          "period": "day"}
+    hdr = next(k for k in everything["keys"] if k["key"] == "hdr")["limits"]
+    assert set(hdr) == {"requests", "tokens"}
+    assert hdr["requests"]["limit"] == 5 and hdr["tokens"]["limit"] == 1000
+    assert hdr["requests"]["remaining"] == 5 - hdr["requests"]["used"]
+    conc = next(k for k in everything["keys"] if k["key"] == "conc3")["limits"]
+    assert conc == {"concurrent": {"limit": 3, "in_flight": 0}}
     assert "sk-" not in json.dumps(everything)
-    tokens = sum(metric(r, "airouter_key_tokens_total", key="team-x", model="echo",
+    tokens = sum(metric(r, "airouter_key_tokens_total", key="reader", model="echo",
                         kind="completion") for r in replicas)
     assert tokens == 12
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.openapi import validate
 from tests.support.router import RouterProc, run_router
-from tests.support.triton import TritonServer, run_triton
+from tests.support.triton import run_triton
 
 REPO = Path(__file__).resolve().parents[1] / "triton_models"
 FULL = "Hello, world! Café 😀 The end."
