@@ -82,16 +82,20 @@ class Ticket:
     def _items(self, n: int) -> list[Item]:
         return [(kind, key, n, ttl) for kind, key, ttl in self.token_rules]
 
-    async def settle(self, stats: Stats | None) -> None:
+    async def settle(self, stats: Stats | None, failed: bool = False) -> None:
         """The answer is complete: charge the difference between what the backend counted
         (or what we estimated) and what was charged so far, and free the request's slots.
         Awaited before the answer's last bytes when a token limit applies, so the client's
-        next request sees it; otherwise sent in the background."""
+        next request sees it; otherwise sent in the background. A request that `failed`
+        before any output gets its prompt tokens back."""
         if self.settled:
             return
         self.settled = True
         lim = self.limiter
-        prompt = stats.prompt_tokens if stats and stats.prompt_tokens else self.prompt
+        if failed and not self.seen and (stats is None or stats.completion_tokens is None):
+            prompt = 0
+        else:
+            prompt = stats.prompt_tokens if stats and stats.prompt_tokens else self.prompt
         completion = stats.completion_tokens if stats and stats.completion_tokens is not None \
             else self.seen
         delta = prompt - self.prompt + completion - self.charged
@@ -112,7 +116,7 @@ class Ticket:
     def release(self, stats: Stats | None) -> None:
         """The request is over (done, failed or cancelled): settle it if the answer did not."""
         if not self.settled:
-            self.limiter.spawn(self.settle(stats))
+            self.limiter.spawn(self.settle(stats, failed=True))
 
 
 class Limiter:

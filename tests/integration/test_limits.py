@@ -66,6 +66,10 @@ key = "sk-team-x"
 [keys.reader]
 key = "sk-reader"
 
+[keys.refund]
+key = "sk-refund"
+tpm = 100
+
 [keys.ops]
 key = "sk-ops"
 admin = true
@@ -83,6 +87,10 @@ default = true
 [models.slow]
 backend = "fake"
 backend_model = "fake-slow"
+
+[models.broken]
+backend = "fake"
+backend_model = "fake-error-500"
 
 [models.capped]
 backend = "fake"
@@ -276,6 +284,27 @@ def test_model_wide_limit_is_shared_by_every_key(replicas: tuple[RouterProc, Rou
     assert "for model capped (all keys): Limit 4, Used 4" in error(got[5][2])["message"]  # type: ignore[index]
 
 
+def test_a_request_that_fails_before_any_output_costs_no_tokens(
+    replicas: tuple[RouterProc, RouterProc],
+) -> None:
+    status, h, _ = run(post(replicas[0].url, "sk-refund", model="broken"))  # type: ignore[misc]
+    assert status >= 500  # the upstream's 500, relayed as the router's 502
+    assert h["x-ratelimit-remaining-tokens"] == str(100 - ESTIMATE)  # charged on admission
+
+    def used() -> int:
+        req = urllib.request.Request(replicas[1].url + "/v1/usage",
+                                     headers={"Authorization": "Bearer sk-refund"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return int(json.loads(r.read())["keys"][0]["limits"]["tokens"]["used"])
+
+    deadline = time.monotonic() + 5
+    while used() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert used() == 0  # given back when the backend failed
+    status, h, _ = run(post(replicas[1].url, "sk-refund"))  # type: ignore[misc]
+    assert status == 200 and h["x-ratelimit-remaining-tokens"] == str(100 - ESTIMATE)
+
+
 def test_usage_shows_a_key_its_own_use_and_an_admin_everything(
     replicas: tuple[RouterProc, RouterProc],
 ) -> None:
@@ -303,7 +332,7 @@ def test_usage_shows_a_key_its_own_use_and_an_admin_everything(
     assert mine["models"]["capped"]["requests"]["limit"] == 4
     everything = usage("sk-ops")
     assert {k["key"] for k in everything["keys"]} == {
-        "rpm30", "conc3", "tpm", "budget", "hdr", "viewer", "team-x", "reader", "ops"
+        "rpm30", "conc3", "tpm", "budget", "hdr", "viewer", "team-x", "reader", "refund", "ops"
     }
     hdr = next(k for k in everything["keys"] if k["key"] == "hdr")["limits"]
     assert set(hdr) == {"requests", "tokens"}
