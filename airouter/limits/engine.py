@@ -77,12 +77,36 @@ class Engine(ABC):
         """Extend leases (keys[i] holds leases[i]) by LEASE_TTL from now."""
 
 
+class Window:
+    """One-second buckets in time order (dicts keep insertion order) and their sum, so a check
+    costs no scan: expired buckets leave from the front."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.total = 0
+
+    def expire(self, sec: int) -> None:
+        b = self.buckets
+        cutoff = sec - WINDOW_SECONDS
+        while b:
+            s = next(iter(b))
+            if s > cutoff:
+                break
+            self.total -= b.pop(s)
+
+    def add(self, sec: int, amount: int) -> None:
+        self.buckets[sec] = self.buckets.get(sec, 0) + amount
+        self.total += amount
+
+
 class Counters:
     """The in-memory store, synchronous: the same semantics as the Redis scripts."""
 
     def __init__(self, clock: object = time.time) -> None:
         self._clock = clock
-        self.windows: dict[str, dict[int, int]] = {}
+        self.windows: dict[str, Window] = {}
         self.leases: dict[str, dict[str, float]] = {}
         self.totals: dict[str, int] = {}
         self._expiry: dict[str, float] = {}
@@ -90,13 +114,12 @@ class Counters:
     def now(self) -> float:
         return self._clock()  # type: ignore[operator, no-any-return]
 
-    def _window(self, key: str, sec: int) -> dict[int, int]:
+    def _window(self, key: str, sec: int) -> Window:
         w = self.windows.get(key)
         if w is None:
-            w = self.windows[key] = {}
+            w = self.windows[key] = Window()
         else:
-            for s in [s for s in w if s <= sec - WINDOW_SECONDS]:
-                del w[s]
+            w.expire(sec)
         return w
 
     def _leases(self, key: str, now: float) -> dict[str, float]:
@@ -124,14 +147,13 @@ class Counters:
         for i, c in enumerate(checks):
             if c.kind == WINDOW:
                 w = self._window(c.key, sec)
-                u = sum(w.values())
-                secs = sorted(w)
-                reset.append(secs[0] + WINDOW_SECONDS - now if secs else 0.0)
+                u = w.total
+                reset.append(next(iter(w.buckets)) + WINDOW_SECONDS - now if w.buckets else 0.0)
                 if failed < 0 and u + c.amount > c.limit:
                     failed, wait = i, math.inf
                     need, freed = u + c.amount - c.limit, 0
-                    for s in secs:
-                        freed += w[s]
+                    for s, v in w.buckets.items():
+                        freed += v
                         if freed >= need:
                             wait = s + WINDOW_SECONDS - now
                             break
@@ -150,8 +172,7 @@ class Counters:
             for i, c in enumerate(checks):
                 used[i] += c.amount
                 if c.kind == WINDOW:
-                    w = self.windows[c.key]
-                    w[sec] = w.get(sec, 0) + c.amount
+                    self.windows[c.key].add(sec, c.amount)
                     if not reset[i]:
                         reset[i] = sec + WINDOW_SECONDS - now
                 elif c.kind == LEASES:
@@ -172,8 +193,7 @@ class Counters:
         sec = int(now)
         for kind, key, amount, ttl in items:
             if kind == WINDOW:
-                w = self._window(key, sec)
-                w[sec] = w.get(sec, 0) + amount
+                self._window(key, sec).add(sec, amount)
             elif kind == TOTAL:
                 self._add_total(key, amount, ttl, now)
 

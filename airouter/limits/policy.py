@@ -20,6 +20,9 @@ _WHAT = {
 _PERIOD_TTL = {"day": 2 * 86400, "month": 32 * 86400}
 
 
+_ONE: dict[str, Check] = {}
+
+
 class QuotaExceeded(RouterError):
     status = 429
     type = "insufficient_quota"
@@ -37,7 +40,17 @@ class Rule:
     owner: str
     period: str | None = None  # budgets: "day", "month" or None (lifetime)
 
+    @property
+    def one(self) -> Check:
+        """The check for one request, built once."""
+        c: Check | None = _ONE.get(self.key)
+        if c is None:
+            c = _ONE[self.key] = Check(self.kind, self.key, self.limit, 1)
+        return c
+
     def check(self, amount: int, period_id: str = "") -> Check:
+        if amount == 1 and self.kind != TOTAL:
+            return self.one
         if self.kind == TOTAL:
             return Check(TOTAL, self.key + period_id, self.limit, amount,
                          _PERIOD_TTL.get(self.period or "", 0))

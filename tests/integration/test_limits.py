@@ -341,9 +341,16 @@ def test_usage_shows_a_key_its_own_use_and_an_admin_everything(
     conc = next(k for k in everything["keys"] if k["key"] == "conc3")["limits"]
     assert conc == {"concurrent": {"limit": 3, "in_flight": 0}}
     assert "sk-" not in json.dumps(everything)
-    tokens = sum(metric(r, "airouter_key_tokens_total", key="reader", model="echo",
-                        kind="completion") for r in replicas)
-    assert tokens == 12
+    def tokens() -> float:  # workers add to the metrics once a second
+        return sum(metric(r, "airouter_key_tokens_total", key="reader", model="echo",
+                          kind="completion") for r in replicas)
+
+    deadline = time.monotonic() + 5
+    while tokens() != 12 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert tokens() == 12
+    assert sum(metric(r, "airouter_key_requests_total", key="reader", model="echo")
+               for r in replicas) == 2
 
 
 def test_redis_outage_follows_the_policy_and_recovers(
