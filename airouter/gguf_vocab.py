@@ -33,7 +33,10 @@ def _read(f: BinaryIO, fmt: str) -> Any:
 
 def _string(f: BinaryIO) -> str:
     n = _read(f, "<Q")
-    return f.read(n).decode("utf-8", "replace")
+    data = f.read(n)
+    if len(data) != n:
+        raise GGUFError("truncated GGUF metadata")
+    return data.decode("utf-8", "replace")
 
 
 def _value(f: BinaryIO, vtype: int) -> Any:
@@ -46,7 +49,10 @@ def _value(f: BinaryIO, vtype: int) -> Any:
         if etype in _SCALARS:
             fmt = _SCALARS[etype]
             size = struct.calcsize(fmt)
-            return list(struct.unpack(f"<{n}{fmt[1]}", f.read(size * n)))
+            data = f.read(size * n)
+            if len(data) != size * n:
+                raise GGUFError("truncated GGUF metadata")
+            return list(struct.unpack(f"<{n}{fmt[1]}", data))
         return [_value(f, etype) for _ in range(n)]
     if vtype not in _SCALARS:
         raise GGUFError(f"unknown GGUF value type {vtype}")
