@@ -10,8 +10,8 @@ import msgspec
 from airouter.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest, RouterError
-from airouter.templates import ChatTemplate, PromptError, TemplateConfigError, load_template
-from airouter.tokenizers import OFFLOAD_CHARS, Tokenizer, for_model
+from airouter.templates import ChatTemplate, PromptError, TemplateConfigError
+from airouter.tokenizers import OFFLOAD_CHARS, Tokenizer, chat_template, for_model
 
 if TYPE_CHECKING:
     from airouter.handlers import Holder
@@ -43,7 +43,6 @@ class DetokenizeResponse(msgspec.Struct):
 
 
 _encode = msgspec.json.Encoder().encode
-_templates: dict[int, ChatTemplate] = {}
 
 
 def _decode(data: bytes, typ: type[Any]) -> Any:
@@ -58,18 +57,13 @@ def _decode(data: bytes, typ: type[Any]) -> Any:
 
 
 def _template(model: ModelConfig, alias: str) -> ChatTemplate:
-    t = _templates.get(id(model))
+    try:
+        t = chat_template(model)
+    except TemplateConfigError as e:
+        raise InvalidRequest(str(e), param="model") from None
     if t is None:
-        if not (model.prompt_format or model.tokenizer_config or model.template_file):
-            raise InvalidRequest(f"The model '{alias}' has no chat template; send `prompt`.",
-                                 param="messages", code="chat_not_configured")
-        try:
-            t = _templates[id(model)] = load_template(
-                format=model.prompt_format, tokenizer_config=model.tokenizer_config,
-                template_file=model.template_file,
-            )
-        except TemplateConfigError as e:
-            raise InvalidRequest(str(e), param="model") from None
+        raise InvalidRequest(f"The model '{alias}' has no chat template; send `prompt`.",
+                             param="messages", code="chat_not_configured")
     return t
 
 

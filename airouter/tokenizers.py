@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airouter.config import Config, ConfigError
+from airouter.templates import ChatTemplate, PromptError, TemplateConfigError, load_template
 
 if TYPE_CHECKING:
     from airouter.config import ModelConfig
@@ -142,9 +143,47 @@ def prompt_text(body: dict[str, Any]) -> tuple[str, int]:
     return "", 0
 
 
+_templates: dict[int, ChatTemplate | None] = {}
+
+
+def chat_template(model: ModelConfig) -> ChatTemplate | None:
+    """The model's own chat template (prompt_format, tokenizer_config or template_file), if
+    it has one; compiled once. TemplateConfigError if it cannot be loaded."""
+    key = id(model)
+    if key not in _templates:
+        if model.prompt_format or model.tokenizer_config or model.template_file:
+            _templates[key] = load_template(
+                format=model.prompt_format, tokenizer_config=model.tokenizer_config,
+                template_file=model.template_file,
+            )
+        else:
+            _templates[key] = None
+    return _templates[key]
+
+
+def _rendered(model: ModelConfig, body: dict[str, Any]) -> str | None:
+    """The prompt a template-rendering backend will send, for an exact count; None when the
+    model has no template or the messages do not render (the backend then answers 400)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    try:
+        template = chat_template(model)
+        if template is None:
+            return None
+        return template.render(messages, add_generation_prompt=True)
+    except (PromptError, TemplateConfigError):
+        return None
+
+
 async def prompt_tokens(model: ModelConfig, body: dict[str, Any]) -> int:
     """Prompt tokens to charge before the request is sent: exact where the model has a
-    tokenizer (the backend's count corrects the chat template's few extra tokens at the end)."""
+    tokenizer (chat messages as its chat template renders them), else an estimate; the
+    backend's own count corrects it at the end."""
+    if model.tokenizer:
+        rendered = _rendered(model, body)
+        if rendered is not None:
+            return await count_async(model, rendered) or 0
     text, ids = prompt_text(body)
     counted = await count_async(model, text)
     return ids + (estimate(text) if counted is None else counted)

@@ -184,6 +184,10 @@ api_keys = ["sk-t"]
 type = "triton"
 url = "{triton.grpc_url}"
 
+[keys.metered]
+key = "sk-m"
+tpm = 1000
+
 [models.nc]
 backend = "triton"
 backend_model = "trtllm_nocount"
@@ -212,3 +216,11 @@ tokenizer = "{path}"
             assert done.usage is not None
             assert done.usage.prompt_tokens == len(tok.encode("Say hello").ids)
             assert done.usage.completion_tokens == len(tok.encode("Hello, world!").ids)
+            # Limits charge the rendered prompt's exact count on admission, then the rest.
+            metered = openai.OpenAI(base_url=router.base_url, api_key="sk-m", max_retries=0)
+            left = []
+            for _ in range(2):
+                raw = metered.chat.completions.with_raw_response.create(model="nc", messages=MSGS)
+                left.append(int(raw.headers["x-ratelimit-remaining-tokens"]))
+            p, total = want["prompt_tokens"], want["total_tokens"]
+            assert left == [1000 - p, 1000 - total - p]
