@@ -21,6 +21,7 @@ from airouter.limits.engine import Check, Counters, Engine, Item, Outcome
 
 log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
+CALL_TIMEOUT = 1.0  # seconds; then the request is served under limits_on_redis_failure
 _HEAD = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
@@ -128,7 +129,12 @@ class SharedEngine(Engine):
         self._pending[rid] = fut
         body = _encode([rid, op, args])
         writer.write(_HEAD.pack(len(body)) + body)
-        return await fut
+        try:
+            async with asyncio.timeout(CALL_TIMEOUT):
+                return await fut
+        except TimeoutError:
+            self._pending.pop(rid, None)
+            raise ConnectionError("the limits server did not answer") from None
 
     async def aclose(self) -> None:
         if self._writer is not None:
