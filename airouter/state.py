@@ -65,6 +65,7 @@ class State:
         except BaseException:
             for b in started:
                 await b.aclose()
+            await self.limits.aclose()
             raise
 
     async def aclose(self) -> None:
