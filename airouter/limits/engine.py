@@ -50,8 +50,6 @@ class Outcome:
 class Engine(ABC):
     """A counter store. Admission checks and applies every check in one atomic step."""
 
-    up = True
-
     async def start(self) -> None:
         """Connect; called in the event loop that will use the engine."""
 

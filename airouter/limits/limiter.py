@@ -150,9 +150,9 @@ class Limiter:
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        self._flush_metrics()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2)
+        self._flush_metrics()
         if self.engine is not None:
             with contextlib.suppress(Exception):
                 await self._flush_usage()
