@@ -91,9 +91,7 @@ class Ticket:
     async def settle(self, stats: Stats | None, failed: bool = False) -> None:
         """The answer is complete: charge the difference between what the backend counted
         (or what we estimated) and what was charged so far, and free the request's slots.
-        Awaited before the answer's last bytes when a token limit applies, so the client's
-        next request sees it; otherwise sent in the background. A request that `failed`
-        before any output gets its prompt tokens back."""
+        A request that `failed` before any output gets its prompt tokens back."""
         if self.settled:
             return
         self.settled = True
@@ -114,10 +112,10 @@ class Ticket:
         items = self._items(delta) if delta and self.token_rules else []
         if self.lease_keys:
             lim.leases.pop(self.lease, None)
-        if self.token_rules:
+        if self.token_rules or self.lease_keys:
+            # Before the last bytes: a client that sends its next request at once finds its
+            # tokens counted and its slot free, on any replica.
             await engine.charge(items, self.lease_keys, self.lease)
-        elif self.lease_keys:
-            lim.spawn(engine.charge([], self.lease_keys, self.lease))
 
     def release(self, stats: Stats | None) -> None:
         """The request is over (done, failed or cancelled): settle it if the answer did not."""
