@@ -122,7 +122,7 @@ class TokenizeEndpoint(_Base):
             import asyncio
 
             ids = await asyncio.get_running_loop().run_in_executor(None, tok.encode, text, special)
-        strs = [tok.decode([i]) for i in ids] if req.return_token_strs else None
+        strs = tok.token_strs(ids) if req.return_token_strs else None
         return _encode(TokenizeResponse(len(ids), tok.max_model_len, ids, strs))
 
 

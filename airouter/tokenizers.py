@@ -44,6 +44,12 @@ class Tokenizer:
             return self.impl.decode_ids(ids)  # type: ignore[no-any-return]
         return str(self.impl.decode(ids, skip_special_tokens=False))
 
+    def token_strs(self, ids: list[int]) -> list[str]:
+        """Each id's token as the vocabulary writes it (vLLM's `token_strs`)."""
+        if self._llama:
+            return [self.decode([i]) for i in ids]
+        return [self.impl.id_to_token(i) or "" for i in ids]
+
     def valid_ids(self, ids: list[int]) -> bool:
         size = self.impl.llm.n_vocab() if self._llama else self.impl.get_vocab_size(True)
         return all(0 <= i < size for i in ids)

@@ -114,8 +114,10 @@ def test_tokenize_round_trips_through_detokenize(
     status, back = call(fake_router, "/detokenize", {"model": "tok", "tokens": got["tokens"]})
     assert (status, back) == (200, {"prompt": TEXT})
     status, strs = call(fake_router, "/tokenize",
-                        {"model": "tok", "prompt": "Hello", "return_token_strs": True})
-    assert status == 200 and "".join(strs["token_strs"]) == "Hello"
+                        {"model": "tok", "prompt": " Say hello", "return_token_strs": True})
+    assert status == 200
+    assert strs["token_strs"] == tok.encode(" Say hello").tokens  # byte-level: "ĠSay", ...
+    assert strs["token_strs"][0].startswith("Ġ")
 
 
 def test_tokenize_messages_counts_the_rendered_prompt(
