@@ -219,21 +219,29 @@ class RedisEngine(Engine):
         errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            index: dict[str, int] = {}
-            ops = [_indexed(op, index) for op, _ in batch]
-            packed = _pack([WINDOW_SECONDS, int(LEASE_TTL * 1000), ops])
+            results: list[Any] = []
             try:
+                index: dict[str, int] = {}
+                ops = [_indexed(op, index) for op, _ in batch]
+                packed = _pack([WINDOW_SECONDS, int(LEASE_TTL * 1000), ops])
                 results = _unpack(await self._eval(list(index), packed))
+                self._ok()
             except errors as e:
                 # The reply may still come: never read it as the next call's.
                 await self._conn.disconnect()
                 self._failed(e)
-                results = [None] * len(batch)
-            else:
-                self._ok()
-            for (_, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+            except Exception:
+                # A script error (a Redis without Lua's cmsgpack, say): a bug or a setup
+                # problem, not an outage; served under the same policy, logged in full.
+                log.exception("limits: the Redis script failed")
+                await self._conn.disconnect()
+            finally:
+                # Every waiting request gets an answer, whatever happened (None: no verdict).
+                if len(results) != len(batch):
+                    results = [None] * len(batch)
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
         out = await self._op(
