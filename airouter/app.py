@@ -36,6 +36,8 @@ from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
+from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
+from airouter.usage import UsageEndpoint
 
 if TYPE_CHECKING:
     from airouter.observability.tracing import Tracer
@@ -165,6 +167,9 @@ def build_app(cfg: Config) -> FastPath:
         Route("/health/live", HealthEndpoint(holder, "live"), methods=["GET"]),
         Route("/health/ready", HealthEndpoint(holder, "ready"), methods=["GET"]),
         Route("/metrics", MetricsGuard(holder, MetricsEndpoint()), methods=["GET"]),
+        Route("/v1/usage", UsageEndpoint(holder), methods=["GET"]),
+        Route("/tokenize", TokenizeEndpoint(holder), methods=["POST"]),
+        Route("/detokenize", DetokenizeEndpoint(holder), methods=["POST"]),
     ]
     app = Starlette(
         routes=routes,

@@ -45,11 +45,28 @@ class ServerConfig(Base):
     header_timeout: Seconds = 60.0
     body_timeout: Seconds = 60.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384
+    # Shared limits: every replica and worker counts in this Redis (else: one process group).
+    redis_url: str | None = None
+    limits_on_redis_failure: Literal["allow", "deny"] = "allow"
 
 
-class KeyConfig(Base):
+Count = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class LimitsConfig(Base):
+    """Limits on a key or (shared by every key) on a model alias; unset = no limit."""
+
+    rpm: Count | None = None
+    tpm: Count | None = None
+    max_concurrent: Count | None = None
+
+
+class KeyConfig(LimitsConfig, kw_only=True):
     key: str
     models: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    budget_tokens: Count | None = None
+    budget_period: Literal["day", "month"] | None = None  # unset: a lifetime budget
+    admin: bool = False  # GET /v1/usage shows every key
 
 
 class NodeConfig(Base):
@@ -108,7 +125,7 @@ def _nodes(single: str | None, many: list[str | NodeConfig]) -> list[NodeConfig]
 BackendConfig = OpenAIBackendConfig | TritonBackendConfig
 
 
-class ModelConfig(Base):
+class ModelConfig(LimitsConfig, kw_only=True):
     backend: str
     backend_model: str | None = None
     default: bool = False
@@ -124,6 +141,8 @@ class ModelConfig(Base):
     # Aliases to try, in order, when every node of this model's backend is unavailable.
     fallbacks: list[str] = []
     embedding_output: str = "embedding"
+    # tokenizer.json, a Hugging Face tokenizer folder, or a .gguf file: exact token counts.
+    tokenizer: str | None = None
 
 
 class Config(Base):
@@ -250,6 +269,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
     if cfg.server.metrics_key is not None and not cfg.server.metrics_key:
         raise ConfigError("server.metrics_key: empty key (leave it unset to keep /metrics open)")
+    if cfg.server.redis_url:
+        _check_url(cfg.server.redis_url, "server.redis_url", ("redis", "rediss"))
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:
@@ -284,7 +305,7 @@ def parse(
     if base_dir is not None:
         # Template paths are relative to the config file, not to where the router started.
         for m in cfg.models.values():
-            for attr in ("tokenizer_config", "template_file"):
+            for attr in ("tokenizer_config", "template_file", "tokenizer"):
                 value = getattr(m, attr)
                 if value and not os.path.isabs(value):
                     setattr(m, attr, str((base_dir / value).resolve()))

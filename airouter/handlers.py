@@ -33,6 +33,7 @@ from airouter.errors import (
     error_json,
     internal_error,
 )
+from airouter.limits import Ticket
 from airouter.observability.bounds import bounded
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.protocol.requests import decode
@@ -202,6 +203,7 @@ class CompletionEndpoint:
             data = await read_body(receive, state.body_limit, state.body_timeout)
             body, view = decode(self.endpoint, data)
             target = state.models.resolve(view.model, key)
+            ticket = await state.limits.admit(key.name, target, body)
         except RouterError as e:
             rec.status, rec.error = e.status, e.code or e.type
             await send_error(send, e, rh)
@@ -209,6 +211,7 @@ class CompletionEndpoint:
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
+        rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         stream = bool(getattr(view, "stream", None))
         opts = getattr(view, "stream_options", None)
@@ -231,7 +234,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key, watch)
+            rec.status = await self._serve(call, send, rh, rec, key, watch, ticket)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -247,6 +250,7 @@ class CompletionEndpoint:
                     await send_error(send, _shutting_down(), rh)
         finally:
             watch.stop()
+            ticket.release(call.stats)
 
     async def _serve(
         self,
@@ -256,6 +260,7 @@ class CompletionEndpoint:
         rec: Record,
         key: ClientKey,
         watch: _DisconnectWatch,
+        ticket: Ticket,
     ) -> int:
         try:
             reply = await self._open(call, rec, key)
@@ -265,8 +270,8 @@ class CompletionEndpoint:
             return e.status
         try:
             if call.stream:
-                return await self._stream(call, reply, send, rh, rec)
-            return await self._whole(reply, send, rh, rec)
+                return await self._stream(call, reply, send, rh, rec, ticket)
+            return await self._whole(reply, send, rh, rec, ticket)
         finally:
             if not watch.gone:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
@@ -305,7 +310,7 @@ class CompletionEndpoint:
         raise first
 
     async def _whole(
-        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record, ticket: Ticket
     ) -> int:
         try:
             if reply.body is not None:
@@ -317,12 +322,19 @@ class CompletionEndpoint:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
             return e.status
+        await ticket.settle(rec.call.stats if rec.call else None)
         rec.started = True
         await send_json(send, 200, body, rh)
         return 200
 
     async def _stream(
-        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record
+        self,
+        call: Call,
+        reply: Reply,
+        send: Send,
+        rh: list[tuple[bytes, bytes]],
+        rec: Record,
+        ticket: Ticket,
     ) -> int:
         try:
             events = reply.sse
@@ -344,6 +356,7 @@ class CompletionEndpoint:
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 rec.chunk_sent()
+                ticket.chunk(data)
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
             rec.error = e.code or e.type
@@ -362,6 +375,7 @@ class CompletionEndpoint:
             log.exception("stream failed")
             rec.error = "internal_error"
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
+        await ticket.settle(call.stats)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200
 

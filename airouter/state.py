@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from airouter import tokenizers
 from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
 from airouter.config import Config, ConfigError
+from airouter.limits import Limiter
 from airouter.routing import ModelMap
 
 
@@ -32,6 +34,7 @@ class State:
     backends: dict[str, Backend]
     models: ModelMap
     body_limit: int
+    limits: Limiter
     body_timeout: float = 60.0
     created: int = field(default_factory=lambda: int(time.time()))
     _listings: dict[str, bytes] = field(default_factory=dict)
@@ -44,17 +47,20 @@ class State:
                 backends[m.backend].check(m)
             except ValueError as e:
                 raise ConfigError(f"models.{alias}: {e}") from None
+        tokenizers.load_all(cfg)
         return cls(
             cfg,
             KeyStore(cfg),
             backends,
             ModelMap(cfg, backends),
             cfg.max_body_bytes,
+            Limiter(cfg),
             cfg.server.body_timeout,
         )
 
     async def start(self) -> None:
         started: list[Backend] = []
+        await self.limits.start()
         try:
             for b in self.backends.values():
                 await b.start()
@@ -66,11 +72,13 @@ class State:
         except BaseException:
             for b in started:
                 await b.aclose()
+            await self.limits.aclose()
             raise
 
     async def aclose(self) -> None:
         for b in self.backends.values():
             await b.aclose()
+        await self.limits.aclose()
 
     def card(self, alias: str) -> ModelCard:
         return ModelCard(alias, self.created, "airouter")

@@ -36,6 +36,7 @@ from airouter.observability.bounds import bounded
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.textfix import TextPipeline
 from airouter.templates import ChatTemplate, PromptError, load_template
+from airouter.tokenizers import count_async, for_model
 
 log = logging.getLogger("airouter.triton")
 _encode = msgspec.json.Encoder().encode
@@ -110,6 +111,9 @@ class _Generation:
         "stats",
         "_limit",
         "final_seen",
+        "texts",
+        "counted",
+        "prompt",
     )
 
     def __init__(
@@ -140,6 +144,10 @@ class _Generation:
         self.finished = False
         self.vllm_finish: str | None = None
         self.final_seen = False
+        # With a tokenizer, what the client got, to count when Triton sends no counts.
+        self.texts: list[str] | None = [] if for_model(plan.model) is not None else None
+        self.counted = [False, False]  # num_input_tokens, num_output_tokens seen
+        self.prompt = b""
         self.stats = Stats()
         loop = asyncio.get_running_loop()
         self._last = loop.time()
@@ -189,9 +197,10 @@ class _Generation:
                 raw = first_bytes(contents[i])
             elif name == "num_output_tokens":
                 self.output_tokens += scalar(contents[i], outputs[i].datatype)
-                counted = True
+                counted = self.counted[1] = True
             elif name == "num_input_tokens":
                 self.prompt_tokens = scalar(contents[i], outputs[i].datatype)
+                self.counted[0] = True
             elif name == "finish_reason":
                 reason = first_bytes(contents[i])
                 if reason:
@@ -203,7 +212,10 @@ class _Generation:
         final = ir.parameters["triton_final_response"].bool_param
         if final:
             self.final_seen = True
-        return (self.pipe.feed(raw) if raw else ""), final
+        text = self.pipe.feed(raw) if raw else ""
+        if text and self.texts is not None:
+            self.texts.append(text)
+        return text, final
 
     def finish_reason(self) -> str:
         if self.pipe.finished:
@@ -231,6 +243,8 @@ class _Generation:
         tail = self.pipe.flush()
         out = [writer.text(tail)] if tail else []
         reason = self.finish_reason()
+        if self.texts is not None:
+            await self._count(tail)
         stats = self.stats
         stats.prompt_tokens, stats.completion_tokens = self.prompt_tokens, self.output_tokens
         stats.finish_reason = reason
@@ -238,6 +252,15 @@ class _Generation:
         if self.want_usage:
             out.append(writer.usage(self.prompt_tokens, self.output_tokens))
         yield out
+
+    async def _count(self, tail: str) -> None:
+        """Exact usage from the model's tokenizer for what Triton did not count."""
+        model = self.plan.model
+        if not self.counted[0]:
+            self.prompt_tokens = await count_async(model, self.prompt.decode()) or 0
+        if not self.counted[1]:
+            assert self.texts is not None
+            self.output_tokens = await count_async(model, "".join(self.texts) + tail) or 0
 
     async def aclose(self) -> None:
         """End the gRPC call. Cancelling is kept for calls that must stop now (the client left,
@@ -475,6 +498,7 @@ class TritonGrpcBackend(Backend):
                 self.cfg.idle_timeout,
             )
             gen.stats = call.stats
+            gen.prompt = prompt
             try:
                 first = await self._first(gen)
             except BaseException:

@@ -1,0 +1,230 @@
+"""Limit counters: what every store does (one atomic admission, charges, lease release), and
+the in-memory store that the main process shares with its workers when there is no Redis.
+
+Three kinds of counter, each named by a storage key:
+- WINDOW: a sliding window of the last 60 seconds in one-second buckets (requests or tokens
+  per minute). A use counts for exactly 60 s after the second it happened in, so "30 per
+  minute" means no more than 30 in any 60 s span, not a burst of 30 at each refill.
+- LEASES: requests in flight, each a lease that expires unless renewed (a crashed worker's
+  leases free themselves).
+- TOTAL: a plain sum (a token budget; the key names the period, so a new period is a new key).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+WINDOW, LEASES, TOTAL = "w", "c", "b"
+WINDOW_SECONDS = 60
+LEASE_TTL = 30.0  # seconds; renewed every LEASE_TTL / 3 while the request runs
+
+
+Item = tuple[str, str, int, int]  # kind, storage key, amount, ttl
+
+
+@dataclass(slots=True, frozen=True)
+class Check:
+    kind: str
+    key: str
+    limit: int
+    amount: int
+    ttl: int = 0  # TOTAL: seconds the key outlives its period; 0 = forever
+
+
+@dataclass(slots=True)
+class Outcome:
+    """`failed` is the index of the first check that did not fit (-1: admitted, applied).
+    `wait` is seconds until it would fit (math.inf: never at this size). Per check: `used`
+    (after the admission when admitted) and `reset` (seconds until the oldest use in a window
+    leaves it: when its remaining count next goes up)."""
+
+    failed: int
+    wait: float
+    used: list[int]
+    reset: list[float]
+
+
+class Engine(ABC):
+    """A counter store. Admission checks and applies every check in one atomic step."""
+
+    async def start(self) -> None:
+        """Connect; called in the event loop that will use the engine."""
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+
+    @abstractmethod
+    async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
+        """None: the store is unreachable (the caller applies its failure policy)."""
+
+    @abstractmethod
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
+        """Add (kind, key, amount, ttl) without checking (WINDOW now, TOTAL at once), and free
+        `lease` in the `release` lease sets, in one round trip."""
+
+    @abstractmethod
+    async def release(self, keys: list[str], lease: str) -> None: ...
+
+    @abstractmethod
+    async def renew(self, keys: list[str], leases: list[str]) -> None:
+        """Extend leases (keys[i] holds leases[i]) by LEASE_TTL from now."""
+
+
+class Window:
+    """One-second buckets in time order (dicts keep insertion order) and their sum, so a check
+    costs no scan: expired buckets leave from the front."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.total = 0
+
+    def expire(self, sec: int) -> None:
+        b = self.buckets
+        cutoff = sec - WINDOW_SECONDS
+        while b:
+            s = next(iter(b))
+            if s > cutoff:
+                break
+            self.total -= b.pop(s)
+
+    def add(self, sec: int, amount: int) -> None:
+        self.buckets[sec] = self.buckets.get(sec, 0) + amount
+        self.total += amount
+
+
+class Counters:
+    """The in-memory store, synchronous: the same semantics as the Redis scripts."""
+
+    def __init__(self, clock: object = time.time) -> None:
+        self._clock = clock
+        self.windows: dict[str, Window] = {}
+        self.leases: dict[str, dict[str, float]] = {}
+        self.totals: dict[str, int] = {}
+        self._expiry: dict[str, float] = {}
+
+    def now(self) -> float:
+        return self._clock()  # type: ignore[operator, no-any-return]
+
+    def _window(self, key: str, sec: int) -> Window:
+        w = self.windows.get(key)
+        if w is None:
+            w = self.windows[key] = Window()
+        else:
+            w.expire(sec)
+        return w
+
+    def _leases(self, key: str, now: float) -> dict[str, float]:
+        held = self.leases.get(key)
+        if held is None:
+            held = self.leases[key] = {}
+        else:
+            for lease in [lease for lease, exp in held.items() if exp <= now]:
+                del held[lease]
+        return held
+
+    def _total(self, key: str, now: float) -> int:
+        exp = self._expiry.get(key)
+        if exp is not None and exp <= now:
+            self.totals.pop(key, None)
+            del self._expiry[key]
+        return self.totals.get(key, 0)
+
+    def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome:
+        now = self.now()
+        sec = int(now)
+        used: list[int] = []
+        reset: list[float] = []
+        failed, wait = -1, 0.0
+        for i, c in enumerate(checks):
+            if c.kind == WINDOW:
+                w = self._window(c.key, sec)
+                u = w.total
+                reset.append(next(iter(w.buckets)) + WINDOW_SECONDS - now if w.buckets else 0.0)
+                if failed < 0 and u + c.amount > c.limit:
+                    failed, wait = i, math.inf
+                    need, freed = u + c.amount - c.limit, 0
+                    for s, v in w.buckets.items():
+                        freed += v
+                        if freed >= need:
+                            wait = s + WINDOW_SECONDS - now
+                            break
+            elif c.kind == LEASES:
+                u = len(self._leases(c.key, now))
+                reset.append(0.0)
+                if failed < 0 and u + c.amount > c.limit:
+                    failed, wait = i, 1.0
+            else:
+                u = self._total(c.key, now)
+                reset.append(0.0)
+                if failed < 0 and u + c.amount > c.limit:
+                    failed, wait = i, math.inf
+            used.append(u)
+        if failed < 0 and not dry:
+            for i, c in enumerate(checks):
+                used[i] += c.amount
+                if c.kind == WINDOW:
+                    self.windows[c.key].add(sec, c.amount)
+                    if not reset[i]:
+                        reset[i] = sec + WINDOW_SECONDS - now
+                elif c.kind == LEASES:
+                    self.leases[c.key][lease] = now + LEASE_TTL
+                else:
+                    self._add_total(c.key, c.amount, c.ttl, now)
+        return Outcome(failed, wait, used, reset)
+
+    def _add_total(self, key: str, amount: int, ttl: int, now: float) -> None:
+        self.totals[key] = self._total(key, now) + amount
+        if ttl:
+            self._expiry[key] = now + ttl
+
+    def charge(self, items: list[Item], release: list[str] | None = None, lease: str = "") -> None:
+        if release:
+            self.release(release, lease)
+        now = self.now()
+        sec = int(now)
+        for kind, key, amount, ttl in items:
+            if kind == WINDOW:
+                self._window(key, sec).add(sec, amount)
+            elif kind == TOTAL:
+                self._add_total(key, amount, ttl, now)
+
+    def release(self, keys: list[str], lease: str) -> None:
+        for key in keys:
+            held = self.leases.get(key)
+            if held is not None:
+                held.pop(lease, None)
+
+    def renew(self, keys: list[str], leases: list[str]) -> None:
+        exp = self.now() + LEASE_TTL
+        for key, lease in zip(keys, leases, strict=True):
+            held = self.leases.get(key)
+            if held is not None and lease in held:
+                held[lease] = exp
+
+
+class LocalEngine(Engine):
+    """The in-memory store inside this process (an embedded app, or a single worker)."""
+
+    def __init__(self, counters: Counters | None = None) -> None:
+        self.counters = counters or Counters()
+
+    async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
+        return self.counters.admit(checks, lease, dry)
+
+    async def charge(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> None:
+        self.counters.charge(items, release, lease)
+
+    async def release(self, keys: list[str], lease: str) -> None:
+        self.counters.release(keys, lease)
+
+    async def renew(self, keys: list[str], leases: list[str]) -> None:
+        self.counters.renew(keys, leases)

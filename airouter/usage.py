@@ -1,0 +1,44 @@
+"""GET /v1/usage: a key's use so far, its limits and what is left of them; an admin key
+([keys.NAME] admin = true) sees every key and every model-wide limit. Key names only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from airouter.asgi import Receive, Scope, Send, send_error, send_json
+from airouter.errors import RouterError
+
+if TYPE_CHECKING:
+    from airouter.handlers import Holder
+
+_encode = msgspec.json.Encoder().encode
+
+
+class UsageEndpoint:
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        headers = dict(scope["headers"])
+        try:
+            key = state.keys.authenticate(headers.get(b"authorization"), headers.get(b"api-key"))
+        except RouterError as e:
+            await send_error(send, e)
+            return
+        kc = state.cfg.keys.get(key.name)
+        admin = kc is not None and kc.admin
+        names = list(state.cfg.keys) if admin else [key.name]
+        limits = state.limits
+        body: dict[str, Any] = {
+            "object": "usage",
+            "key": key.name,
+            "keys": [await limits.report(n) for n in names],
+        }
+        labels = list(state.cfg.models) if admin else [
+            a for a in state.cfg.models if key.allows(a)
+        ]
+        body["models"] = await limits.report_models(labels)
+        await send_json(send, 200, _encode(body))

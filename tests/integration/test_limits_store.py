@@ -1,0 +1,97 @@
+"""The Redis script and the in-memory counters are one algorithm: the same operations give
+the same answers (against a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+import pytest
+
+from airouter.limits import redis_engine
+from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check, Counters, LocalEngine, Outcome
+from airouter.limits.redis_engine import RedisEngine
+from tests.support.redis import run_redis
+
+TTL = 0.5
+
+
+def same(a: Outcome | None, b: Outcome | None) -> None:
+    assert a is not None and b is not None
+    assert (a.failed, a.used) == (b.failed, b.used)
+    if math.isinf(a.wait) or math.isinf(b.wait):
+        assert a.wait == b.wait
+    else:  # two clocks, a few ms apart; one-second buckets can put them a second apart
+        assert abs(a.wait - b.wait) <= 1.01
+    assert all(abs(x - y) <= 1.01 for x, y in zip(a.reset, b.reset, strict=True))
+
+
+def test_redis_script_matches_the_counters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Short leases, so expiry is seen within the test (the script takes the TTL per call).
+    monkeypatch.setattr(redis_engine, "LEASE_TTL", TTL)
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            redis = RedisEngine(server.url)
+            await redis.start()
+            local = LocalEngine(Counters())
+            import airouter.limits.engine as engine_mod
+
+            monkeypatch.setattr(engine_mod, "LEASE_TTL", TTL)
+            try:
+                await scenario(redis, local)
+            finally:
+                await redis.aclose()
+
+    asyncio.run(main())
+
+
+async def scenario(redis: RedisEngine, local: LocalEngine) -> None:
+    async def both(checks: list[Check], lease: str = "", dry: bool = False) -> Outcome:
+        a, b = await redis.admit(checks, lease, dry), await local.admit(checks, lease, dry)
+        same(a, b)
+        assert a is not None
+        return a
+
+    rpm = Check(WINDOW, "t:rpm", 3, 1)
+    tpm = Check(WINDOW, "t:tpm", 100, 40)
+    budget = Check(TOTAL, "t:budget:2026-11", 150, 40, 86400)
+    conc = Check(LEASES, "t:conc", 2, 1)
+    req = [budget, rpm, tpm, conc]
+    first = await both(req, "l1")
+    assert first.failed == -1 and first.used == [40, 1, 40, 1]
+    assert 59 <= first.reset[1] <= 60
+    # Concurrent: the third lease does not fit; nothing else is charged for the refusal.
+    await both(req, "l2")
+    third = await both(req, "l3")
+    assert third.failed == 2  # tpm: 80 used + 40 > 100 comes before the leases
+    assert third.used[:3] == [80, 2, 80]
+    small = [budget, rpm, Check(WINDOW, "t:tpm", 100, 10), conc]
+    full = await both(small, "l4")
+    assert full.failed == 3 and full.wait == 1.0
+    # Freeing a lease with the final charge; completion tokens added as a window use.
+    for engine in (redis, local):
+        await engine.charge([(WINDOW, "t:tpm", 15, 0), (TOTAL, budget.key, 15, 86400)],
+                            [conc.key], "l1")
+    after = await both(small, "l5")
+    assert after.failed == 2 and after.used == [95, 2, 95, 1]  # 95 + 10 tokens > 100
+    # Budget: 95 + 10 fits, dry runs change nothing.
+    peek = await both([Check(TOTAL, budget.key, 150, 0, 86400), Check(WINDOW, rpm.key, 3, 0)],
+                      dry=True)
+    assert peek.used == [95, 2]
+    over = await both([Check(TOTAL, budget.key, 150, 60, 86400)])
+    assert over.failed == 0 and math.isinf(over.wait)
+    # Leases expire unless renewed: two new ones, only l6 renewed, until past the TTL.
+    leases = Check(LEASES, "t:conc2", 5, 1)
+    assert (await both([leases], "l6")).used == [1]
+    assert (await both([leases], "l7")).used == [2]
+    for _ in range(3):
+        await asyncio.sleep(TTL * 0.4)
+        for engine in (redis, local):
+            await engine.renew([leases.key], ["l6"])
+    held = await both([Check(LEASES, leases.key, 5, 0)], dry=True)
+    assert held.used == [1]
+    # A usage peek of keys that do not exist.
+    empty = await both([Check(WINDOW, "t:none", 5, 0), Check(TOTAL, "t:none:b", 5, 0)], dry=True)
+    assert empty.used == [0, 0] and empty.reset == [0.0, 0.0]
