@@ -116,6 +116,11 @@ class ModelConfig(Base):
     # Aliases to try, in order, when every node of this model's backend is unavailable.
     fallbacks: list[str] = []
     embedding_output: str = "embedding"
+    # Triton: how the model writes tool calls and reasoning (parser names), and how it takes
+    # a guided-decoding guide ("auto": TensorRT-LLM's declared inputs, vLLM's guided_decoding).
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    guided_decoding: Literal["auto", "off", "structured_outputs"] = "auto"
 
 
 class Config(Base):
@@ -209,6 +214,19 @@ def is_glob(alias: str) -> bool:
     return any(c in alias for c in "*?[")
 
 
+def _check_parsers(m: ModelConfig, where: str) -> None:
+    if m.tool_parser is None and m.reasoning_parser is None:
+        return
+    from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
+
+    for key, known in (("tool_parser", TOOL_PARSERS), ("reasoning_parser", REASONING_PARSERS)):
+        name = getattr(m, key)
+        if name is not None and name not in known:
+            raise ConfigError(
+                f"{where}.{key}: unknown parser {name!r} (known: {', '.join(sorted(known))})"
+            )
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks msgspec cannot express; raises ConfigError naming the key."""
     for name, b in cfg.backends.items():
@@ -240,6 +258,7 @@ def validate(cfg: Config) -> None:
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+        _check_parsers(m, where)
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:

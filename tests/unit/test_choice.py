@@ -1,0 +1,177 @@
+"""ChoiceStream and the guided-call readers: chunk shapes, and the same answer at every split."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from airouter.backends.base import Endpoint
+from airouter.streaming.choice import ChoiceStream, OutputParser
+from airouter.streaming.chunks import ChunkWriter
+from airouter.streaming.guided_calls import CallArray, NamedCall, call_array_schema
+from airouter.streaming.modes import body_from_chunks
+from tests.support.openapi import validate
+
+CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}, ' \
+    '{"name": "get_time", "parameters": {}}]'
+
+
+def splits(text: str) -> list[list[str]]:
+    """`text` whole, and cut in two at every position."""
+    return [[text]] + [[text[:i], text[i:]] for i in range(1, len(text))]
+
+
+def run(stream: ChoiceStream, parts: list[str], reason: str = "stop") -> list[dict[str, Any]]:
+    out: list[bytes] = [stream.writer.role()]
+    for p in parts:
+        out += stream.text(p)
+    out += stream.finish(reason)
+    chunks = [json.loads(c) for c in out]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+    return chunks
+
+
+def whole(chunks: list[dict[str, Any]], endpoint: Endpoint = Endpoint.CHAT) -> dict[str, Any]:
+    async def batches() -> AsyncIterator[list[bytes]]:
+        yield [json.dumps(c).encode() for c in chunks]
+
+    return json.loads(asyncio.run(body_from_chunks(endpoint, batches())))
+
+
+def writer(**kw: Any) -> ChunkWriter:
+    return ChunkWriter(Endpoint.CHAT, "m", False, **kw)
+
+
+def call_deltas(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+
+
+def test_plain_text_is_one_content_chunk_per_delta() -> None:
+    chunks = run(ChoiceStream(writer()), ["Hel", "lo"])
+    assert [c["choices"][0]["delta"] for c in chunks[1:3]] == [
+        {"content": "Hel"},
+        {"content": "lo"},
+    ]
+    assert chunks[-1]["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "stop",
+    }
+
+
+@pytest.mark.parametrize("parts", splits('  {"city": "Paris", "unit": "°C"}'))
+def test_named_call_streams_arguments_in_openai_shape(parts: list[str]) -> None:
+    chunks = run(ChoiceStream(writer(), NamedCall("get_weather")), parts)
+    deltas = call_deltas(chunks)
+    first = deltas[0]
+    assert first["index"] == 0 and first["type"] == "function"
+    assert first["id"].startswith("call_") and len(first["id"]) > 10
+    assert first["function"] == {"name": "get_weather", "arguments": ""}
+    assert all(set(d) == {"index", "function"} and set(d["function"]) == {"arguments"}
+               for d in deltas[1:])
+    args = "".join(d["function"]["arguments"] for d in deltas)
+    assert json.loads(args) == {"city": "Paris", "unit": "°C"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    body = whole(chunks)
+    msg = body["choices"][0]["message"]
+    validate("CreateChatCompletionResponse", body)
+    assert msg["content"] is None and msg["tool_calls"][0]["id"] == first["id"]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("parts", splits(CALLS))
+def test_call_array_gives_every_call_at_any_split(parts: list[str]) -> None:
+    chunks = run(ChoiceStream(writer(), CallArray()), parts)
+    msg = whole(chunks)["choices"][0]["message"]
+    calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+             for c in msg["tool_calls"]]
+    assert calls == [("get_weather", {"city": "Paris", "unit": "°C"}), ("get_time", {})]
+    assert len({c["id"] for c in msg["tool_calls"]}) == 2
+
+
+def test_parallel_false_sends_only_the_first_call() -> None:
+    chunks = run(ChoiceStream(writer(), CallArray(), parallel=False), [CALLS])
+    assert {d["index"] for d in call_deltas(chunks)} == {0}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_call_array_that_is_not_calls_stays_text() -> None:
+    chunks = run(ChoiceStream(writer(), CallArray()), ['[{"name": "x", "para'], "length")
+    msg = whole(chunks)["choices"][0]
+    assert msg["message"]["content"] == '[{"name": "x", "para'
+    assert msg["finish_reason"] == "length" and "tool_calls" not in msg["message"]
+
+
+def test_length_cut_call_keeps_finish_reason_length() -> None:
+    chunks = run(ChoiceStream(writer(), NamedCall("f")), ['{"a": '], "length")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_call_array_schema_lists_each_tool() -> None:
+    tools = [{"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "b"}}]
+    schema = call_array_schema(tools, parallel=False)
+    assert schema["maxItems"] == 1 and schema["minItems"] == 1
+    names = [v["properties"]["name"]["enum"] for v in schema["items"]["anyOf"]]
+    assert names == [["a"], ["b"]]
+
+
+LP = [
+    {"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+     "top_logprobs": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]},
+    {"token": "!", "logprob": -1.5, "bytes": [33], "top_logprobs": []},
+]
+
+
+def test_logprobs_ride_on_the_next_content_chunk() -> None:
+    s = ChoiceStream(writer(), logprobs=True)
+    s.logprobs(LP[:1])
+    held = s.text("Hi")
+    s.logprobs(LP[1:])
+    chunks = [json.loads(c) for c in [*held, *s.text("!"), *s.finish("stop")]]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
+    assert chunks[0]["choices"][0]["logprobs"] == {"content": LP[:1], "refusal": None}
+    assert chunks[1]["choices"][0]["logprobs"] == {"content": LP[1:], "refusal": None}
+    body = whole(chunks)
+    validate("CreateChatCompletionResponse", body)
+    assert body["choices"][0]["logprobs"]["content"] == LP
+
+
+def test_completion_logprobs_use_the_legacy_shape_with_offsets() -> None:
+    w = ChunkWriter(Endpoint.COMPLETIONS, "m", False)
+    s = ChoiceStream(w, logprobs=True, chat=False)
+    out = []
+    for entry in LP:
+        s.logprobs([entry])
+        out += s.text(entry["token"])
+    out += s.finish("length")
+    chunks = [json.loads(c) for c in out]
+    body = whole(chunks, Endpoint.COMPLETIONS)
+    validate("CreateCompletionResponse", body)
+    assert body["choices"][0]["logprobs"] == {
+        "tokens": ["Hi", "!"],
+        "token_logprobs": [-0.5, -1.5],
+        "top_logprobs": [{"Hi": -0.5}, {}],
+        "text_offset": [0, 2],
+    }
+
+
+def test_choices_share_id_and_differ_in_index() -> None:
+    a = writer()
+    b = writer(index=2, id=a.id, created=a.created)
+    ca, cb = json.loads(a.text("x")), json.loads(b.reasoning("y"))
+    assert ca["id"] == cb["id"] and ca["created"] == cb["created"]
+    assert cb["choices"][0]["index"] == 2
+    assert cb["choices"][0]["delta"] == {"reasoning_content": "y"}
+
+
+def test_parsers_satisfy_the_protocol() -> None:
+    parsers: list[OutputParser] = [NamedCall("f"), CallArray()]
+    assert not any(p.called for p in parsers)
