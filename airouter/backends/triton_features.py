@@ -15,7 +15,7 @@ from tritonclient.grpc import service_pb2
 from airouter.backends.triton_models import GenParams, ModelInfo, _add, build_generate
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest
-from airouter.streaming.choice import ChoiceStream, OutputParser
+from airouter.streaming.choice import ChoiceStream
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.guided_calls import (
     CallArray,
@@ -23,6 +23,7 @@ from airouter.streaming.guided_calls import (
     call_array_schema,
     named_call_schema,
 )
+from airouter.streaming.parsed import OutputParser
 from airouter.templates import ChatTemplate, PromptError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; completions allow 5

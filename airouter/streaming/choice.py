@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.parser_events import CallArgs, CallStart, Event, Reasoning, Text
-
-
-class OutputParser(Protocol):
-    """Sans-IO: text deltas in, events out; `called` once a tool call has started."""
-
-    @property
-    def called(self) -> bool: ...
-
-    def feed(self, text: str) -> Sequence[Event]: ...
-
-    def finish(self) -> Sequence[Event]: ...
+from airouter.streaming.parsed import (
+    CallArgs,
+    CallStart,
+    Event,
+    OutputParser,
+    Reasoning,
+    Text,
+)
 
 
 def call_id() -> str:

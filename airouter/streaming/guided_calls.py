@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airouter.streaming.parser_events import CallArgs, CallStart, Event, Text
+from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
 
 
 def named_call_schema(parameters: Any) -> dict[str, Any]:

@@ -58,7 +58,7 @@ MARKUP = ("<tool_call>", "</tool_call>", "<think>", "</think>", '"name"')
 @pytest.fixture(scope="module")
 def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("logs")
-    return {"guide": tmp / "guide.jsonl", "cancel": tmp / "cancel.jsonl"}
+    return {n: tmp / f"{n}.jsonl" for n in ("guide", "cancel", "request")}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def triton(
         REPO,
         log=tmp_path_factory.mktemp("triton") / "triton.log",
         models=["trtllm_ensemble", "trtllm_bls", "vllm_model", "cancel_model"],
-        env={"AIROUTER_GUIDE_LOG": str(logs["guide"]), "AIROUTER_CANCEL_LOG": str(logs["cancel"])},
+        env={f"AIROUTER_{n.upper()}_LOG": str(path) for n, path in logs.items()},
     ) as server:
         yield server
 
@@ -221,7 +221,10 @@ async def test_async_client_streams_and_answers_a_call(router: RouterProc) -> No
     await client.close()
 
 
-def test_history_with_calls_and_results_is_rendered(client: openai.OpenAI) -> None:
+def test_history_with_calls_and_results_is_rendered(
+    client: openai.OpenAI, logs: dict[str, Path]
+) -> None:
+    since = mark(logs["request"])
     messages = [
         *ask("Weather? [[hermes-one]]"),
         {
@@ -230,15 +233,16 @@ def test_history_with_calls_and_results_is_rendered(client: openai.OpenAI) -> No
             "tool_calls": [{"id": "call_1", "type": "function",
                             "function": {"name": "get_weather", "arguments": json.dumps(PARIS)}}],
         },
-        {"role": "tool", "tool_call_id": "call_1", "content": "21 °C [[echo]]"},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 °C [[plain]]"},
     ]
     r = client.chat.completions.create(
-        model="ens", messages=messages, tools=TOOLS, max_tokens=4000  # type: ignore[arg-type]
+        model="ens", messages=messages, tools=TOOLS  # type: ignore[arg-type]
     )
-    prompt = r.choices[0].message.content or ""
-    assert r.choices[0].finish_reason == "stop"
+    assert r.choices[0].message.content == FULL and r.choices[0].finish_reason == "stop"
+    (prompt,) = [g["prompt"] for g in guides(logs["request"], since)]
     assert '<tool_call>\n{"name":"get_weather","arguments":{"city":"Paris","unit":"°C"}}' in prompt
-    assert "<tool_response>\n21 °C [[echo]]\n</tool_response>" in prompt
+    assert "<tool_response>\n21 °C [[plain]]\n</tool_response>" in prompt
+    assert '"name": "get_time"' in prompt  # the tools, in the system turn
 
 
 def test_malformed_call_stays_text(client: openai.OpenAI) -> None:
@@ -247,7 +251,14 @@ def test_malformed_call_stays_text(client: openai.OpenAI) -> None:
     )
     choice = body_of(r)["choices"][0]
     assert choice["finish_reason"] == "stop" and not choice["message"].get("tool_calls")
-    assert choice["message"]["content"].startswith("Trying.")
+    assert choice["message"]["content"] == (
+        'Trying. <tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>'
+    )
+    # Broken once its name was out (and streamed): the call ends with the JSON sent so far.
+    r = client.chat.completions.create(
+        model="ens", messages=ask("[[hermes-cut]]"), tools=TOOLS  # type: ignore[arg-type]
+    )
+    assert calls_of(body_of(r)["choices"][0]["message"]) == [("get_weather", {})]
 
 
 def test_tool_choice_none_renders_no_tools(client: openai.OpenAI) -> None:
@@ -435,6 +446,10 @@ def test_chat_logprobs_from_the_vllm_backend(client: openai.OpenAI) -> None:
     assert body["choices"][0]["message"]["content"] == FULL
     assert [e["logprob"] for e in content] == [expected_lp(i) for i in range(13)]
     assert content[0]["token"] == "Hello" and content[0]["bytes"] == list(b"Hello")
+    # The sampled token, not the likeliest one, is the entry; top_logprobs go by rank.
+    assert content[1]["token"] == "," and content[1]["logprob"] == -0.5
+    assert content[1]["top_logprobs"][0] == {"token": " alt0", "logprob": -0.1,
+                                            "bytes": list(b" alt0")}
     for e in content:
         tops = e["top_logprobs"]
         assert len(tops) == 2 and tops[0]["logprob"] >= tops[1]["logprob"]
@@ -469,9 +484,11 @@ def test_logprobs_where_the_backend_returns_none_are_400(client: openai.OpenAI) 
 # ---- n -----------------------------------------------------------------------------------
 
 
-def test_n_choices_whole(client: openai.OpenAI) -> None:
+def test_n_choices_whole(client: openai.OpenAI, logs: dict[str, Path]) -> None:
+    since = mark(logs["request"])
     r = client.chat.completions.create(model="ens", messages=ask("hi"), n=3, seed=5)
     body = body_of(r)
+    assert sorted(g["seed"] for g in guides(logs["request"], since)) == [5, 6, 7]
     assert [c["index"] for c in body["choices"]] == [0, 1, 2]
     assert all(c["message"]["content"] == FULL for c in body["choices"])
     one = body_of(client.chat.completions.create(model="ens", messages=ask("hi")))

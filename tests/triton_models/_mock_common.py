@@ -47,9 +47,9 @@ SCRIPTS: dict[bytes, str] = {
         f"<tool_call>\n{_CALL_TIME}\n</tool_call>"
     ),
     b"[[hermes-one]]": f"<tool_call>\n{_CALL_WEATHER}\n</tool_call>",
-    b"[[hermes-bad]]": (
-        'Trying. <tool_call>\n{"name": "get_weather", "arguments": {"city": </tool_call>'
-    ),
+    # An unknown function, then a call broken after its name.
+    b"[[hermes-bad]]": 'Trying. <tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>',
+    b"[[hermes-cut]]": '<tool_call>\n{"name": "get_weather", "arguments": {"city": </tool_call>',
     b"[[think]]": "<think>\nThe user greets me; answer briefly.\n</think>\n\nHello there!",
     b"[[think-hermes]]": (
         f"<think>\nI need the weather.\n</think>\n\n<tool_call>\n{_CALL_WEATHER}\n</tool_call>"
@@ -181,6 +181,15 @@ def _text(value: Any) -> str:
     return as_bytes(value).decode()
 
 
+def record(p: EnsembleParams) -> None:
+    """Every request's id, prompt and seed as a JSON line in $AIROUTER_REQUEST_LOG (if set)."""
+    path = os.environ.get("AIROUTER_REQUEST_LOG")
+    if path:
+        line = {"request_id": p.request_id, "prompt": p.prompt_text, "seed": p.seed}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
 def ensemble_script(p: EnsembleParams, model: str = "trtllm_ensemble") -> list[bytes]:
     if p.guide_type:
         return guided_script(model, p.guide_type, p.guide)[: max(p.max_tokens, 0)]
@@ -273,6 +282,7 @@ async def serve_ensemble(
     p: EnsembleParams | None = None
     try:
         p = parse_ensemble(request)
+        record(p)
         sent: list[bytes] = []
         async for piece in paced(sender, pieces(p), delay, poll):
             if fail_after is not None and len(sent) == fail_after:

@@ -20,17 +20,24 @@ DEFAULT_MAX_TOKENS = 16
 
 def _logprobs(pieces: list[bytes], start: int, top: int) -> bytes:
     """The backend's `logprobs` output for these pieces: per token {token_id: {logprob, rank,
-    decoded_token}}, the sampled token first, then `top` alternatives by rank."""
+    decoded_token}}, the sampled token first, then `top` alternatives. Every odd token was
+    sampled with rank 2 (an alternative was likelier)."""
     out = []
     for i, piece in enumerate(pieces, start):
-        position = {str(100 + i): {
-            "logprob": -0.25 * (i % 4 + 1), "rank": 1 + i % 2,
-            "decoded_token": piece.decode("utf-8", "replace"),
-        }}
+        odd = i % 2
+        position = {
+            str(100 + i): {
+                "logprob": -0.25 * (i % 4 + 1),
+                "rank": 1 + odd,
+                "decoded_token": piece.decode("utf-8", "replace"),
+            }
+        }
         for j in range(top):
-            rank = j + 1 if j + 1 < 1 + i % 2 else j + 2
+            likelier = odd and j == 0
             position[str(9000 + j)] = {
-                "logprob": -1.0 - j, "rank": rank, "decoded_token": f" alt{j}",
+                "logprob": -0.1 if likelier else -1.5 - j,
+                "rank": 1 if likelier else j + 2,
+                "decoded_token": f" alt{j}",
             }
         out.append(position)
     return json.dumps(out).encode()
