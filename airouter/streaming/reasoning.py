@@ -1,0 +1,125 @@
+"""Reasoning parsers: split ``<think>...</think>`` thinking from the answer.
+
+``deepseek_r1`` (DeepSeek-R1 and its distills, QwQ, thinking models whose chat template opens
+``<think>`` in the prompt): the output starts inside the thinking. Everything up to the first
+``</think>`` is ``Reasoning``; a leading ``<think>`` (after whitespace) is dropped with that
+whitespace; the rest after ``</think>`` is ``Text``. Without any ``</think>`` the whole output
+is ``Reasoning``, as vLLM's ``deepseek_r1`` parser does (a stream cut by ``max_tokens`` while
+thinking has no answer yet).
+
+``qwen3`` (Qwen3 hybrid models): thinking only when the output opens with ``<think>`` (after
+whitespace, which is dropped); then up to ``</think>`` is ``Reasoning`` and the rest ``Text``.
+Output that does not open with ``<think>`` (``enable_thinking=False``) is all ``Text``. An
+opened ``<think>`` that never closes stays ``Reasoning``: it has been streamed as such (vLLM's
+streaming does the same; its non-streaming path would call it content). Thinking-only models
+whose template puts ``<think>`` in the prompt need ``deepseek_r1``.
+
+Text after ``</think>`` is passed on unchanged, including its leading whitespace; a second
+``<think>`` there is plain text.
+"""
+
+from __future__ import annotations
+
+from airouter.streaming.parsed import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
+from airouter.streaming.tools.base import WS_RUN, partial_start
+
+__all__ = ["ThinkParser", "make_reasoning_parser"]
+
+_OPEN = "<think>"
+_CLOSE = "</think>"
+_START, _REASON, _CONTENT = range(3)
+
+
+class ThinkParser:
+    """Sans-IO ``<think>`` splitter; ``implicit`` says the output starts inside the thinking."""
+
+    __slots__ = ("_implicit", "_state", "_tail", "_lead", "_scanned")
+
+    def __init__(self, implicit: bool) -> None:
+        self._implicit = implicit
+        self._state = _START
+        self._tail = ""  # a possible partial tag, scanned again with the next piece
+        self._lead: list[str] = []  # leading whitespace, dropped if ``<think>`` follows
+        self._scanned = 0
+
+    @property
+    def called(self) -> bool:
+        return False
+
+    @property
+    def scanned(self) -> int:
+        """Characters looked at so far (held-back ones count each time they are looked at)."""
+        return self._scanned
+
+    def feed(self, text: str) -> list[Event]:
+        s = self._tail + text if self._tail else text
+        self._tail = ""
+        self._scanned += len(s)
+        out: list[Event] = []
+        i, n = 0, len(s)
+        while i < n:
+            state = self._state
+            if state == _CONTENT:
+                out.append(Text(s[i:] if i else s))
+                break
+            if state == _REASON:
+                p = s.find(_CLOSE, i)
+                if p < 0:
+                    q = partial_start(s, i, _CLOSE)
+                    if q > i:
+                        out.append(Reasoning(s[i:q]))
+                    self._tail = s[q:]
+                    break
+                if p > i:
+                    out.append(Reasoning(s[i:p]))
+                self._state = _CONTENT
+                i = p + len(_CLOSE)
+                continue
+            j = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
+            if j > i:
+                self._lead.append(s[i:j])
+                i = j
+            if i >= n:
+                break
+            if s.startswith(_OPEN, i):
+                self._lead.clear()
+                self._state = _REASON
+                i += len(_OPEN)
+            elif n - i < len(_OPEN) and _OPEN.startswith(s[i:]):
+                self._tail = s[i:]
+                break
+            else:
+                self._leave_start(out)
+        return out
+
+    def _leave_start(self, out: list[Event]) -> None:
+        lead = "".join(self._lead)
+        self._lead.clear()
+        if self._implicit:
+            self._state = _REASON
+            if lead:
+                out.append(Reasoning(lead))
+        else:
+            self._state = _CONTENT
+            if lead:
+                out.append(Text(lead))
+
+    def finish(self) -> list[Event]:
+        out: list[Event] = []
+        if self._state == _START:
+            self._leave_start(out)
+        if self._tail:
+            out.append(Reasoning(self._tail) if self._state == _REASON else Text(self._tail))
+        self._tail = ""
+        self._state = _CONTENT
+        return out
+
+
+def make_reasoning_parser(name: str) -> OutputParser:
+    """A fresh reasoning parser for ``name``; ``ValueError`` if there is no such format."""
+    if name == "deepseek_r1":
+        return ThinkParser(implicit=True)
+    if name == "qwen3":
+        return ThinkParser(implicit=False)
+    known = ", ".join(sorted(REASONING_PARSERS))
+    raise ValueError(f"unknown reasoning parser {name!r} (known: {known})")

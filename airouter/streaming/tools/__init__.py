@@ -1,0 +1,24 @@
+"""Tool-call parsers, one module per output format; ``make_tool_parser`` picks one by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from airouter.streaming.parsed import TOOL_PARSERS, OutputParser
+from airouter.streaming.tools.hermes import HermesParser
+
+__all__ = ["make_tool_parser"]
+
+_FORMATS: dict[str, Callable[[Sequence[str] | None], OutputParser]] = {
+    "hermes": HermesParser,
+}
+
+
+def make_tool_parser(name: str, tools: Sequence[str] | None = None) -> OutputParser:
+    """A fresh parser for format ``name``; ``ValueError`` if there is no such format."""
+    try:
+        factory = _FORMATS[name]
+    except KeyError:
+        known = ", ".join(sorted(TOOL_PARSERS))
+        raise ValueError(f"unknown tool parser {name!r} (known: {known})") from None
+    return factory(tools)
