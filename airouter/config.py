@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
+
 DEFAULT_CONFIG = "backends.toml"
 
 
@@ -215,10 +217,6 @@ def is_glob(alias: str) -> bool:
 
 
 def _check_parsers(m: ModelConfig, where: str) -> None:
-    if m.tool_parser is None and m.reasoning_parser is None:
-        return
-    from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
-
     for key, known in (("tool_parser", TOOL_PARSERS), ("reasoning_parser", REASONING_PARSERS)):
         name = getattr(m, key)
         if name is not None and name not in known:

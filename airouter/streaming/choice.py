@@ -28,8 +28,8 @@ class ChoiceStream:
     Invariants: a tool call's first delta carries `id`, `type`, `name` and `arguments: ""`,
     later ones only `arguments` fragments; calls are numbered from 0 in the order they start;
     with `parallel` false only the first call is sent. Logprobs wait for the next content
-    delta (text held back by stop-sequence matching arrives later) and are dropped when the
-    text they belong to never reaches the client (a tool call's markup, a cut stop sequence).
+    delta (text held back by stop-sequence matching arrives later); those of text that never
+    reaches the client as content (reasoning, a tool call's markup) are dropped.
     """
 
     __slots__ = (
@@ -90,6 +90,17 @@ class ChoiceStream:
         if not lp:
             return self.writer.text(text)
         self._lp = []
+        if self.parser is not None:
+            # Markup the parser swallowed also had tokens: the last tokens that fit in this
+            # text are its own, earlier ones were markup. None fits: the text is held back.
+            room, k = len(text), len(lp)
+            while k and len(lp[k - 1]["token"]) <= room:
+                k -= 1
+                room -= len(lp[k]["token"])
+            if k == len(lp):
+                self._lp = lp
+                return self.writer.text(text)
+            lp = lp[k:]
         if self._chat:
             return self.writer.text_logprobs(text, lp)
         offsets = []

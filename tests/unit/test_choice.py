@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from airouter.backends.base import Endpoint
-from airouter.streaming.choice import ChoiceStream, OutputParser
+from airouter.streaming.choice import ChoiceStream
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.guided_calls import CallArray, NamedCall, call_array_schema
 from airouter.streaming.modes import body_from_chunks
+from airouter.streaming.parsed import OutputParser, chain, reasoning_parser, tool_parser
 from tests.support.openapi import validate
 
 CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}, ' \
@@ -175,3 +176,47 @@ def test_choices_share_id_and_differ_in_index() -> None:
 def test_parsers_satisfy_the_protocol() -> None:
     parsers: list[OutputParser] = [NamedCall("f"), CallArray()]
     assert not any(p.called for p in parsers)
+
+
+ANSWER = (
+    "<think>\nWeather first.\n</think>\n\nLet me check. <tool_call>\n"
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}\n</tool_call>\n'
+    '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+)
+
+
+def chained() -> OutputParser:
+    return chain(reasoning_parser("qwen3"), tool_parser("hermes", ["get_weather", "get_time"]))
+
+
+@pytest.mark.parametrize("parts", splits(ANSWER))
+def test_reasoning_text_and_calls_at_every_split(parts: list[str]) -> None:
+    chunks = run(ChoiceStream(writer(), chained()), parts)
+    assert "tool_call>" not in json.dumps(chunks) and "think>" not in json.dumps(chunks)
+    calls = call_deltas(chunks)
+    starts = [d for d in calls if "id" in d]
+    assert [(d["index"], d["function"]["name"]) for d in starts] == [
+        (0, "get_weather"), (1, "get_time")
+    ]
+    body = whole(chunks)
+    validate("CreateChatCompletionResponse", body)
+    msg = body["choices"][0]["message"]
+    assert msg["reasoning_content"] == "\nWeather first.\n"
+    assert msg["content"] == "\n\nLet me check. "
+    assert [(c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in msg["tool_calls"]] == [
+        ("get_weather", {"city": "Paris", "unit": "°C"}), ("get_time", {})
+    ]
+    assert body["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_logprobs_of_markup_are_dropped_and_of_text_kept() -> None:
+    s = ChoiceStream(writer(), chained(), logprobs=True)
+    out: list[bytes] = []
+    for piece in ["<think>", "hm", "</think>", "Hi", "!"]:
+        s.logprobs([{**LP[1], "token": piece}])
+        out += s.text(piece)
+    out += s.finish("stop")
+    body = whole([json.loads(c) for c in out])
+    assert body["choices"][0]["message"]["content"] == "Hi!"
+    assert [e["token"] for e in body["choices"][0]["logprobs"]["content"]] == ["Hi", "!"]
