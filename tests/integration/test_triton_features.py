@@ -407,6 +407,7 @@ def test_response_format_without_guided_decoding(client: openai.OpenAI) -> None:
 def test_reasoning_split_whole_and_streamed(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="think", messages=ask("Hi [[think]]"))
     msg = body_of(r)["choices"][0]["message"]
+    assert r.choices[0].message.reasoning_content == msg["reasoning_content"]  # type: ignore[attr-defined]
     assert msg["reasoning_content"].strip() == "The user greets me; answer briefly."
     assert msg["content"].strip() == "Hello there!"
     chunks = chunks_of(
@@ -584,3 +585,12 @@ def test_langchain_with_structured_output(router: RouterProc) -> None:
     assert out == Weather(city="mock", temp=7)
     tool = llm.with_structured_output(Weather, method="function_calling").invoke("Paris?")
     assert tool == Weather(city="mock", temp=7)
+
+
+def test_langchain_logprobs(router: RouterProc) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=router.base_url, api_key="sk-t", model="vllm", max_retries=0,  # type: ignore[arg-type]
+                     logprobs=True, top_logprobs=1)
+    content = llm.invoke("hi").response_metadata["logprobs"]["content"]
+    assert [e["logprob"] for e in content] == [expected_lp(i) for i in range(13)]
