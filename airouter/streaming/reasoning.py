@@ -52,6 +52,13 @@ class ThinkParser:
         return self._scanned
 
     def feed(self, text: str) -> list[Event]:
+        if not self._tail and (
+            self._state == _CONTENT or (self._state == _REASON and "<" not in text)
+        ):
+            self._scanned += len(text)
+            if not text:
+                return []
+            return [Text(text) if self._state == _CONTENT else Reasoning(text)]
         s = self._tail + text if self._tail else text
         self._tail = ""
         self._scanned += len(s)

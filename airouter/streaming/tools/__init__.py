@@ -6,11 +6,18 @@ from collections.abc import Callable, Sequence
 
 from airouter.streaming.parsed import TOOL_PARSERS, OutputParser
 from airouter.streaming.tools.hermes import HermesParser
+from airouter.streaming.tools.llama3 import Llama3JsonParser
+from airouter.streaming.tools.mistral import MistralParser
+from airouter.streaming.tools.pythonic import PythonicParser
 
 __all__ = ["make_tool_parser"]
 
+
 _FORMATS: dict[str, Callable[[Sequence[str] | None], OutputParser]] = {
     "hermes": HermesParser,
+    "llama3_json": Llama3JsonParser,
+    "mistral": MistralParser,
+    "pythonic": PythonicParser,
 }
 
 
@@ -22,3 +29,6 @@ def make_tool_parser(name: str, tools: Sequence[str] | None = None) -> OutputPar
         known = ", ".join(sorted(TOOL_PARSERS))
         raise ValueError(f"unknown tool parser {name!r} (known: {known})") from None
     return factory(tools)
+
+
+assert _FORMATS.keys() == TOOL_PARSERS, "TOOL_PARSERS must list exactly the formats here"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from airouter.streaming.parsed import Event
+from airouter.streaming.parsed import Event, Text
 from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
 
 __all__ = ["HermesParser"]
@@ -54,6 +54,9 @@ class HermesParser:
         return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
+        if self._state == _TEXT and not self._tail and "<" not in text:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
         s = self._tail + text if self._tail else text
         self._tail = ""
         self._scanned += len(s)
