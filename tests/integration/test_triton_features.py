@@ -86,6 +86,9 @@ MODELS = {
     "plain": ("trtllm_ensemble", 'prompt_format = "chatml"'),
     "noguide": ("trtllm_bls", 'prompt_format = "chatml"'),
     "cancel": ("cancel_model", 'prompt_format = "chatml"'),
+    "llama": ("trtllm_ensemble", 'prompt_format = "llama3.1"\ntool_parser = "llama3_json"'),
+    "mistral": ("vllm_model", 'prompt_format = "mistral"\ntool_parser = "mistral"'),
+    "pythonic": ("trtllm_bls", f'tokenizer_config = "{QWEN}"\ntool_parser = "pythonic"'),
 }
 
 
@@ -219,6 +222,47 @@ async def test_async_client_streams_and_answers_a_call(router: RouterProc) -> No
         == [("get_weather", PARIS)]
     assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
     await client.close()
+
+
+@pytest.mark.parametrize(
+    ("alias", "marker", "want"),
+    [
+        ("llama", "[[llama3_json]]", [("get_weather", PARIS)]),
+        ("mistral", "[[mistral]]", [("get_weather", PARIS), ("get_time", ZONE)]),
+        ("pythonic", "[[pythonic]]", [("get_weather", PARIS), ("get_time", ZONE)]),
+    ],
+)
+def test_each_tool_format_whole_and_streamed(
+    client: openai.OpenAI, logs: dict[str, Path], alias: str, marker: str, want: list[Any]
+) -> None:
+    since = mark(logs["request"])
+    r = client.chat.completions.create(
+        model=alias, messages=ask(f"Weather? {marker}"), tools=TOOLS  # type: ignore[arg-type]
+    )
+    choice = body_of(r)["choices"][0]
+    assert calls_of(choice["message"]) == want and choice["finish_reason"] == "tool_calls"
+    assert not choice["message"]["content"]
+    chunks = chunks_of(
+        client.chat.completions.create(
+            model=alias, messages=ask(f"Weather? {marker}"), tools=TOOLS, stream=True  # type: ignore[arg-type]
+        )
+    )
+    calls = check_call_deltas(chunks)
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == want
+    assert not any(c["choices"][0]["delta"].get("content") for c in chunks if c["choices"])
+    # A follow-up turn with the call and its result, in the format's own syntax.
+    messages = [
+        *ask(f"Weather? {marker}"),
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_abcdefghi123", "type": "function",
+                         "function": {"name": "get_weather", "arguments": json.dumps(PARIS)}}]},
+        {"role": "tool", "tool_call_id": "call_abcdefghi123", "content": "21 [[plain]]"},
+    ]
+    r = client.chat.completions.create(model=alias, messages=messages, tools=TOOLS)  # type: ignore[arg-type]
+    assert r.choices[0].message.content == FULL
+    if alias != "mistral":  # the vLLM mock does not log its requests
+        prompts = [g["prompt"] for g in guides(logs["request"], since)]
+        assert "get_time" in prompts[0] and "21 [[plain]]" in prompts[-1]
 
 
 def test_history_with_calls_and_results_is_rendered(
