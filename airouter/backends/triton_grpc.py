@@ -449,11 +449,7 @@ class TritonGrpcBackend(Backend):
 
         want_usage = (call.include_usage or not call.stream) and n == 1
         stats = [call.stats] if n == 1 else [Stats() for _ in range(n)]
-        writers = [writer] + [
-            ChunkWriter(call.endpoint, alias, call.include_usage, index=i, id=writer.id,
-                        created=writer.created)
-            for i in range(1, n)
-        ]
+        writers = [writer] + [writer.sibling(i) for i in range(1, n)]
 
         async def attempt(node: Node, i: int) -> Reply:
             w = writers[i]

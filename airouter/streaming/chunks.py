@@ -75,6 +75,13 @@ class ChunkWriter:
             self._pre = self._choice + b',"text":'
             self._post = b',"logprobs":null,"finish_reason":null}]' + self._tail
 
+    def sibling(self, index: int) -> ChunkWriter:
+        """The writer of another choice of the same request."""
+        return ChunkWriter(
+            self._endpoint, self.alias, self._usage_null, index=index, id=self.id,
+            created=self.created,
+        )
+
     def role(self) -> bytes:
         """The opening chunk of a chat stream."""
         return (
