@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from tritonclient.grpc import service_pb2
 
+from airouter.backends.triton_logprobs import logprob_source
 from airouter.backends.triton_models import GenParams, ModelInfo, _add, build_generate
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest
@@ -63,10 +63,6 @@ def guided_decoding(info: ModelInfo, mc: ModelConfig) -> str | None:
     return None
 
 
-def has_logprobs(info: ModelInfo) -> bool:
-    return info.kind == "vllm" and info.has("return_logprobs") and "logprobs" in info.outputs
-
-
 def _unsupported(message: str, param: str) -> InvalidRequest:
     return InvalidRequest(message, param=param, code="unsupported_parameter")
 
@@ -110,7 +106,7 @@ def read_features(
     f.parallel = body.get("parallel_tool_calls") is not False
     _read_tools(f, body, chat, alias, template, mc, guided)
     _read_response_format(f, body, chat, alias, guided)
-    _read_logprobs(f, body, chat, alias, info)
+    _read_logprobs(f, body, chat, alias, logprob_source(info, mc))
     return f
 
 
@@ -232,7 +228,7 @@ def _read_response_format(
 
 
 def _read_logprobs(
-    f: Features, body: dict[str, Any], chat: bool, alias: str, info: ModelInfo
+    f: Features, body: dict[str, Any], chat: bool, alias: str, source: str | None
 ) -> None:
     lp = body.get("logprobs")
     top = body.get("top_logprobs")
@@ -257,10 +253,17 @@ def _read_logprobs(
     if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= limit:
         param = "top_logprobs" if chat else "logprobs"
         raise InvalidRequest(f"'{param}' must be an integer from 0 to {limit}.", param=param)
-    if not has_logprobs(info):
+    if source is None:
         raise _unsupported(
             f"'logprobs' is not supported by the model '{alias}' (its backend returns none).",
             "logprobs",
+        )
+    if source == "trtllm" and top:
+        param = "top_logprobs" if chat else "logprobs"
+        raise _unsupported(
+            f"The model '{alias}' returns only the sampled token's logprob; "
+            f"'{param}' must be 0.",
+            param,
         )
     f.logprobs, f.top_logprobs = True, top
 
@@ -347,14 +350,14 @@ def build_requests(
 
 
 def add_inputs(req: service_pb2.ModelInferRequest, info: ModelInfo, f: Features) -> None:
-    """Inputs beyond the sampling fields: the TensorRT-LLM guide, the vLLM logprobs flag."""
+    """Inputs beyond the sampling fields: the TensorRT-LLM guide, the logprobs flag."""
     if f.guide is not None and info.kind != "vllm":
         kind, schema = f.guide
         _add(req, info, "guided_decoding_guide_type", [kind.encode()])
         if schema is not None:
             _add(req, info, "guided_decoding_guide", [json.dumps(schema).encode()])
     if f.logprobs:
-        _add(req, info, "return_logprobs", [True])
+        _add(req, info, "return_logprobs" if info.kind == "vllm" else "return_log_probs", [True])
 
 
 def choice_stream(writer: ChunkWriter, mc: ModelConfig, f: Features, chat: bool) -> ChoiceStream:
@@ -384,35 +387,3 @@ def choice_stream(writer: ChunkWriter, mc: ModelConfig, f: Features, chat: bool)
         top_logprobs=f.top_logprobs,
         chat=chat,
     )
-
-
-def vllm_logprobs(raw: bytes, top: int) -> list[dict[str, Any]]:
-    """Triton's vLLM backend `logprobs` output (per token: {token_id: {logprob, rank,
-    decoded_token}}, the sampled token first) in OpenAI's chat shape."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return []
-    out: list[dict[str, Any]] = []
-    if not isinstance(data, list):
-        return out
-    for position in data:
-        if not isinstance(position, dict) or not position:
-            continue
-        entries = [e for e in position.values() if isinstance(e, dict)]
-        if not entries:
-            continue
-        best = sorted(entries, key=lambda e: e.get("rank") or math.inf)[:top]
-        chosen = _entry(entries[0])
-        chosen["top_logprobs"] = [_entry(e) for e in best]
-        out.append(chosen)
-    return out
-
-
-def _entry(e: dict[str, Any]) -> dict[str, Any]:
-    token = e.get("decoded_token")
-    token = token if isinstance(token, str) else ""
-    lp = e.get("logprob")
-    # OpenAI's stand-in for "very unlikely"; JSON has no -Infinity.
-    value = float(lp) if isinstance(lp, (int, float)) and math.isfinite(lp) else -9999.0
-    return {"token": token, "logprob": value, "bytes": list(token.encode())}

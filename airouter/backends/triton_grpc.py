@@ -21,8 +21,9 @@ from airouter.backends.triton_features import (
     choice_stream,
     read_features,
     render_prompt,
-    vllm_logprobs,
 )
+from airouter.backends.triton_logprobs import OUTPUTS as LOGPROB_OUTPUTS
+from airouter.backends.triton_logprobs import read_logprobs
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
@@ -190,6 +191,7 @@ class _Generation:
         ir = resp.infer_response
         raw = b""
         counted = False
+        lp = -1
         outputs = ir.outputs
         contents = ir.raw_output_contents
         for i in range(len(outputs)):
@@ -205,8 +207,10 @@ class _Generation:
                 reason = first_bytes(contents[i])
                 if reason:
                     self.vllm_finish = reason.decode("utf-8", "replace")
-            elif name == "logprobs":
-                self.out.logprobs(vllm_logprobs(first_bytes(contents[i]), self.out.top))
+            elif name in LOGPROB_OUTPUTS:
+                lp = i
+        if lp >= 0:
+            self.out.logprobs(read_logprobs(outputs[lp].name, contents[lp], raw, self.out.top))
         if raw:
             self.responses += 1
             if not counted:

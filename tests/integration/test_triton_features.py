@@ -520,10 +520,25 @@ def test_completion_logprobs_legacy_shape(client: openai.OpenAI) -> None:
     assert all(len(t) == 1 for t in lp["top_logprobs"])
 
 
-def test_logprobs_where_the_backend_returns_none_are_400(client: openai.OpenAI) -> None:
+def test_tensorrt_llm_logprobs_of_sampled_tokens(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="ens", messages=ask("hi"), logprobs=True)
+    content = body_of(r)["choices"][0]["logprobs"]["content"]
+    assert [e["logprob"] for e in content] == [expected_lp(i) for i in range(13)]
+    assert b"".join(bytes(e["bytes"]) for e in content).decode() == FULL
+    assert content[6]["token"] == "\ufffd" and content[6]["bytes"] == [0xC3]
+    assert all(e["top_logprobs"] == [] for e in content)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="ens", messages=ask("hi"), logprobs=True)
+        client.chat.completions.create(model="ens", messages=ask("hi"), logprobs=True,
+                                       top_logprobs=2)
+    assert e.value.body["param"] == "top_logprobs"  # type: ignore[index]
+
+
+def test_logprobs_where_the_backend_returns_none_are_400(client: openai.OpenAI) -> None:
+    # trtllm_bls declares no logprobs, and its cumulative text cannot be cut into tokens.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="bls", messages=ask("hi"), logprobs=True)
     assert e.value.body["param"] == "logprobs"  # type: ignore[index]
+    assert e.value.body["code"] == "unsupported_parameter"  # type: ignore[index]
 
 
 # ---- n -----------------------------------------------------------------------------------

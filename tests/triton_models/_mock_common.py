@@ -167,6 +167,7 @@ class EnsembleParams:
     stop_words: list[bytes]
     guide_type: str | None = None
     guide: str | None = None
+    want_log_probs: bool = False
 
     @property
     def prompt_text(self) -> str:
@@ -215,17 +216,30 @@ def parse_ensemble(request: Any, *, check_temperature: bool = True) -> EnsembleP
         stop_words=[] if stop is None else [as_bytes(w) for w in stop.as_numpy().reshape(-1)],
         guide_type=_opt(scalar(request, "guided_decoding_guide_type"), _text),
         guide=_opt(scalar(request, "guided_decoding_guide"), _text),
+        want_log_probs=bool(scalar(request, "return_log_probs", False)),
     )
     if check_temperature and p.temperature is not None and p.temperature > MAX_TEMPERATURE:
         raise MockError("temperature too high")
     return p
 
 
+def token_logprob(i: int) -> float:
+    """The mocks' logprob of the i-th generated token."""
+    return -0.25 * (i % 4 + 1)
+
+
 def ensemble_response(
-    p: EnsembleParams, text: bytes, n_output: int, n_input: int | None = None
+    p: EnsembleParams, text: bytes, n_output: int, n_input: int | None = None, first: int = 0
 ) -> Any:
-    """A response with the batch dimension (max_batch_size > 0): every tensor is [1, 1]."""
+    """A response with the batch dimension (max_batch_size > 0): every tensor is [1, 1];
+    `first` is the index of its first token (for output_log_probs, [1, beam 1, tokens])."""
     tensors = [pb_utils.Tensor("text_output", np.array([[text]], dtype=np.object_))]
+    if p.want_log_probs:
+        lps = [token_logprob(i) for i in range(first, first + n_output)]
+        tensors.append(
+            pb_utils.Tensor("output_log_probs", np.array([[lps]], dtype=np.float32))
+        )
+        tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[sum(lps)]], dtype=np.float32)))
     if p.want_input_tokens:
         count = word_count(p.prompt) if n_input is None else n_input
         tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[count]], dtype=np.int32)))
@@ -291,7 +305,8 @@ async def serve_ensemble(
                 on_first(p)
             sent.append(piece)
             if p.stream:
-                sender.send(ensemble_response(p, b"".join(sent) if cumulative else piece, 1))
+                text = b"".join(sent) if cumulative else piece
+                sender.send(ensemble_response(p, text, 1, first=len(sent) - 1))
         if fail_after is not None:
             raise MockError("mock failure mid-stream")
         if not p.stream:

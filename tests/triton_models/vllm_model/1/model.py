@@ -27,7 +27,7 @@ def _logprobs(pieces: list[bytes], start: int, top: int) -> bytes:
         odd = i % 2
         position = {
             str(100 + i): {
-                "logprob": -0.25 * (i % 4 + 1),
+                "logprob": mock.token_logprob(i),
                 "rank": 1 + odd,
                 "decoded_token": piece.decode("utf-8", "replace"),
             }
