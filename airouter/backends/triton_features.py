@@ -23,7 +23,7 @@ from airouter.streaming.guided_calls import (
     call_array_schema,
     named_call_schema,
 )
-from airouter.streaming.parsed import OutputParser
+from airouter.streaming.parsed import OutputParser, chain, reasoning_parser, tool_parser
 from airouter.templates import ChatTemplate, PromptError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; completions allow 5
@@ -135,7 +135,11 @@ def _read_tools(
         choice = "auto"
     if choice == "none":
         return
-    if mc.tool_parser is None or (template is not None and not template.supports_tools):
+    # A template that never mentions `tools` would silently leave them out of the prompt.
+    expressible = template is None or (
+        template.supports_tools and "tools" in template.format.template
+    )
+    if mc.tool_parser is None or not expressible:
         why = "no tool_parser configured" if mc.tool_parser is None else (
             f"its prompt format '{template.name if template else ''}' cannot express tools"
         )
@@ -368,17 +372,14 @@ def choice_stream(writer: ChunkWriter, mc: ModelConfig, f: Features, chat: bool)
         parser = NamedCall(f.named)
     elif f.required:
         parser = CallArray()
-    elif chat and (mc.reasoning_parser or f.parse_tools):
-        from airouter.streaming.parsed import chain, reasoning_parser, tool_parser
-
-        reasoning = reasoning_parser(mc.reasoning_parser) if mc.reasoning_parser else None
+    elif chat:
+        # A guided answer is constrained from its first token: it has no thinking.
+        think = mc.reasoning_parser if f.guide is None else None
+        reasoning = reasoning_parser(think) if think else None
         tools = None
         if f.parse_tools and mc.tool_parser:
             tools = tool_parser(mc.tool_parser, [t["function"]["name"] for t in f.tools or ()])
-        if reasoning is not None and tools is not None:
-            parser = chain(reasoning, tools)
-        else:
-            parser = reasoning or tools
+        parser = chain(reasoning, tools) if reasoning and tools else reasoning or tools
     return ChoiceStream(
         writer,
         parser,

@@ -79,6 +79,7 @@ MODELS = {
     # alias: (Triton model, extra keys)
     "ens": ("trtllm_ensemble", HERMES),
     "think": ("trtllm_ensemble", HERMES + '\nreasoning_parser = "qwen3"'),
+    "r1": ("trtllm_ensemble", HERMES + '\nreasoning_parser = "deepseek_r1"'),
     "bls": ("trtllm_bls", HERMES),
     "vllm": ("vllm_model", HERMES),
     "vllm-so": ("vllm_model", 'prompt_format = "chatml"\nguided_decoding = "structured_outputs"'),
@@ -463,6 +464,17 @@ def test_reasoning_split_whole_and_streamed(client: openai.OpenAI) -> None:
     assert "".join(d.get("reasoning_content") or "" for d in deltas) == msg["reasoning_content"]
     assert "".join(d.get("content") or "" for d in deltas) == msg["content"]
     assert "think>" not in json.dumps(chunks)
+
+
+def test_guided_answers_have_no_thinking(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="r1", messages=ask("Hi [[think]]"))
+    assert r.choices[0].message.content == "\n\nHello there!"
+    # deepseek_r1 reads all text before </think> as thinking; a guided answer has none.
+    r = client.chat.completions.create(
+        model="r1", messages=ask("Hi"), response_format={"type": "json_object"}
+    )
+    msg = body_of(r)["choices"][0]["message"]
+    assert json.loads(msg["content"]) == {"mock": True} and "reasoning_content" not in msg
 
 
 def test_reasoning_then_a_call(client: openai.OpenAI) -> None:
