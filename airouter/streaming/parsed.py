@@ -87,9 +87,11 @@ REASONING_PARSERS: frozenset[str] = frozenset({"deepseek_r1", "qwen3"})
 
 
 def tool_parser(name: str, tools: Sequence[str] | None = None) -> OutputParser:
-    """A fresh tool-call parser of format ``name``; ``tools`` limits the callable names.
+    """A fresh tool-call parser of format ``name`` for one output.
 
-    Raises ``ValueError`` for a name not in ``TOOL_PARSERS``.
+    ``tools`` lists the callable function names (``None``: any name; empty: none, so every
+    call stays text). Raises ``ValueError`` for a name not in ``TOOL_PARSERS``. Each format's
+    module (``airouter.streaming.tools.<format>``) states its policy for malformed calls.
     """
     # Imported here: the format modules import the event types above.
     from airouter.streaming.tools import make_tool_parser

@@ -7,12 +7,14 @@ whitespace; the rest after ``</think>`` is ``Text``. Without any ``</think>`` th
 is ``Reasoning``, as vLLM's ``deepseek_r1`` parser does (a stream cut by ``max_tokens`` while
 thinking has no answer yet).
 
-``qwen3`` (Qwen3 hybrid models): thinking only when the output opens with ``<think>`` (after
-whitespace, which is dropped); then up to ``</think>`` is ``Reasoning`` and the rest ``Text``.
-Output that does not open with ``<think>`` (``enable_thinking=False``) is all ``Text``. An
-opened ``<think>`` that never closes stays ``Reasoning``: it has been streamed as such (vLLM's
-streaming does the same; its non-streaming path would call it content). Thinking-only models
-whose template puts ``<think>`` in the prompt need ``deepseek_r1``.
+``qwen3`` (Qwen3 models up to the 2507 release, whose template lets the model open
+``<think>`` itself): thinking only when the output opens with ``<think>`` (after whitespace,
+which is dropped); then up to ``</think>`` is ``Reasoning`` and the rest ``Text``. Output that
+does not open with ``<think>`` (``enable_thinking=False``) is all ``Text``, so one parser serves
+both switch settings without reading the request. An opened ``<think>`` that never closes stays
+``Reasoning``: it has been streamed as such. vLLM's current ``qwen3`` parser instead assumes the
+template put ``<think>`` in the prompt (Qwen3.5, Thinking-2507) unless the request disabled
+thinking; for those models use ``deepseek_r1``.
 
 Text after ``</think>`` is passed on unchanged, including its leading whitespace; a second
 ``<think>`` there is plain text.
@@ -20,8 +22,8 @@ Text after ``</think>`` is passed on unchanged, including its leading whitespace
 
 from __future__ import annotations
 
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
-from airouter.streaming.tools.base import WS_RUN, partial_start
 
 __all__ = ["ThinkParser", "make_reasoning_parser"]
 

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from airouter.streaming.parsed import (
     REASONING_PARSERS,
+    TOOL_PARSERS,
+    OutputParser,
     Reasoning,
     Text,
     chain,
@@ -88,7 +90,7 @@ CHAINED: list[tuple[str, str, str, str, str, list[tuple[str, Any]]]] = [
         '<think>I should call f.</think>\n\n<tool_call>\n{"name": "f", "arguments": {"a": 1}}\n'
         "</tool_call>",
         "I should call f.",
-        "\n\n",
+        "",  # whitespace-only text before a call is dropped
         [("f", {"a": 1})],
     ),
     (
@@ -189,3 +191,56 @@ def test_feed_is_incremental() -> None:
         p.feed(ch)
     p.finish()
     assert p.scanned <= 10 * len(text)  # type: ignore[attr-defined]
+
+
+SOUP = [
+    "<think>",
+    "</think>",
+    "</thi",
+    "<th",
+    "<",
+    "/",
+    ">",
+    " ",
+    "\n",
+    "a",
+    "é😀",
+    '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>',
+    "[f(a=1)]",
+    '{"name": "f", "parameters": {}}',
+    "[TOOL_CALLS]f[ARGS]{}",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.sampled_from(sorted(REASONING_PARSERS)),
+    second=st.sampled_from(["none", *sorted(TOOL_PARSERS)]),
+    parts=st.lists(st.sampled_from(SOUP), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=6),
+)
+def test_soup_is_chunking_independent(
+    first: str, second: str, parts: list[str], cuts: list[int]
+) -> None:
+    def make() -> OutputParser:
+        if second == "none":
+            return reasoning_parser(first)
+        return chain(reasoning_parser(first), tool_parser(second))
+
+    text = "".join(parts)
+    whole = run(make, [text])
+    for pieces in (split_at(text, cuts), list(text)):
+        got = run(make, pieces)
+        assert (got.reasoning, got.text, got.calls) == (whole.reasoning, whole.text, whole.calls)
+    if second == "none":
+        # Only the markup goes: a leading <think> with its whitespace, and the first </think>.
+        assert whole.reasoning + whole.text == _strip_tags(text, first)
+
+
+def _strip_tags(text: str, name: str) -> str:
+    lead = text.lstrip()
+    if lead.startswith("<think>"):
+        text = lead[len("<think>") :]
+    elif name == "qwen3":
+        return text
+    return text.replace("</think>", "", 1)

@@ -1,30 +1,18 @@
-"""Pieces shared by the tool-call formats: marker hold-back, the call log, and the JSON call
+"""Pieces shared by the tool-call formats: the call log and the JSON call
 object ``{"name": ..., "arguments": {...}}`` streamed as it arrives."""
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 
 from airouter.streaming.jsonscan import JsonScan
+from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
 
-__all__ = ["CallLog", "CallObject", "WS_RUN", "emit_text", "partial_start"]
+__all__ = ["CallLog", "CallObject", "emit_text"]
 
-WS_RUN = re.compile(r"\s*")
 _ARG_KEYS = frozenset({"arguments", "parameters"})
-
-
-def partial_start(s: str, i: int, tag: str) -> int:
-    """Start of the longest suffix of ``s[i:]`` that is a proper prefix of ``tag`` (else len)."""
-    n = len(s)
-    p = s.find(tag[0], max(i, n - len(tag) + 1))
-    while p >= 0:
-        if tag.startswith(s[p:]):
-            return p
-        p = s.find(tag[0], p + 1)
-    return n
 
 
 def emit_text(out: list[Event], text: str) -> None:

@@ -3,8 +3,8 @@
 
 Policy:
 
-* Text outside the tags is ``Text``; whitespace between or after calls is markup (dropped)
-  unless more text follows it.
+* Text outside the tags is ``Text``. Whitespace-only runs before, between or after calls are
+  markup (dropped) unless more text follows them; an output of only whitespace stays text.
 * A call starts (``CallStart``) once its name is complete and allowed; its arguments stream.
 * Before the start, anything wrong (not JSON, no or unknown name, unterminated at the end)
   turns the raw text from ``<tool_call>`` up to the fault into ``Text``; scanning for the next
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
+from airouter.streaming.tools.base import CallLog, CallObject, emit_text
 
 __all__ = ["HermesParser"]
 
@@ -37,9 +38,9 @@ class HermesParser:
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
         self._log = CallLog(tools)
-        self._state = _TEXT
+        self._state = _GAP  # leading whitespace is dropped if a call follows it
         self._tail = ""  # a possible partial tag, scanned again with the next piece
-        self._gap: list[str] = []  # whitespace after a call
+        self._gap: list[str] = []  # whitespace before a call or after one
         self._obj = CallObject(self._log)
         self._raw: list[str] = []  # the current call's text while it may still be plain text
         self._scanned = 0
@@ -81,7 +82,6 @@ class HermesParser:
                 if i >= n:
                     break
                 if s.startswith(_OPEN, i):
-                    self._gap.clear()
                     i = self._open(i)
                 elif n - i < len(_OPEN) and _OPEN.startswith(s[i:]):
                     self._tail = s[i:]
@@ -130,7 +130,9 @@ class HermesParser:
     def _open(self, p: int) -> int:
         self._state = _CALL
         self._obj = CallObject(self._log)
-        self._raw = [_OPEN]
+        self._raw = self._gap  # the whitespace before stays text if this is no call
+        self._raw.append(_OPEN)
+        self._gap = []
         return p + len(_OPEN)
 
     def finish(self) -> list[Event]:
@@ -139,7 +141,7 @@ class HermesParser:
         if state == _TEXT:
             emit_text(out, self._tail)
         elif state == _GAP:
-            if self._tail:
+            if self._tail or not self.called:
                 emit_text(out, "".join(self._gap) + self._tail)
         elif state == _CALL:
             if self._obj.started:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text
+from airouter.streaming.tools.base import CallLog, CallObject, emit_text
 
 __all__ = ["Llama3JsonParser"]
 

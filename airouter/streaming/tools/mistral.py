@@ -4,8 +4,9 @@
 
 Policy:
 
-* Text outside the markup is ``Text``; ``[TOOL_CALLS]`` may come after some text. Whitespace
-  between or after calls is markup unless more text follows it.
+* Text outside the markup is ``Text``; ``[TOOL_CALLS]`` may come after some text.
+  Whitespace-only runs before, between or after calls are markup (dropped) unless more text
+  follows them; an output of only whitespace stays text.
 * A call starts once its name is complete and allowed (for ``name[ARGS]``, at ``[ARGS]``);
   its arguments stream.
 * Before the start, anything wrong (not a call, unknown name, unterminated at the end) turns
@@ -22,8 +23,9 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.jsonscan import JsonScan
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, CallObject, emit_text, partial_start
+from airouter.streaming.tools.base import CallLog, CallObject, emit_text
 
 __all__ = ["MistralParser"]
 
@@ -68,9 +70,9 @@ class MistralParser:
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
         self._log = CallLog(tools)
-        self._state = _TEXT
+        self._state = _GAP  # leading whitespace is dropped if a call follows it
         self._tail = ""  # a possible partial tag, scanned again with the next piece
-        self._gap: list[str] = []  # whitespace after a call
+        self._gap: list[str] = []  # whitespace before a call or after one
         self._raw: list[str] = []  # markup since the last started call, text if it fails
         self._obj = CallObject(self._log)
         self._name: list[str] = []
@@ -116,7 +118,6 @@ class MistralParser:
                 if i >= n:
                     break
                 if s.startswith(_TAG, i):
-                    self._gap.clear()
                     i = self._open(i)
                 elif n - i < len(_TAG) and _TAG.startswith(s[i:]):
                     self._tail = s[i:]
@@ -139,7 +140,9 @@ class MistralParser:
 
     def _open(self, p: int) -> int:
         self._state = _AFTER_TAG
-        self._raw = [_TAG]
+        self._raw = self._gap  # the whitespace before stays text if this is no call
+        self._raw.append(_TAG)
+        self._gap = []
         self._group = False
         return p + len(_TAG)
 
@@ -271,7 +274,7 @@ class MistralParser:
         if state == _TEXT:
             emit_text(out, self._tail)
         elif state == _GAP:
-            if self._tail:
+            if self._tail or not self.called:
                 emit_text(out, "".join(self._gap) + self._tail)
         elif state == _ARGS_START:
             out.append(CallArgs(self._index, "{}"))

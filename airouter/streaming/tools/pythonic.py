@@ -27,8 +27,9 @@ import json
 import re
 from collections.abc import Sequence
 
+from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import WS_RUN, CallLog, emit_text
+from airouter.streaming.tools.base import CallLog, emit_text
 
 __all__ = ["PythonicParser"]
 
