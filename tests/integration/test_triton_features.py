@@ -68,7 +68,7 @@ def triton(
     with run_triton(
         REPO,
         log=tmp_path_factory.mktemp("triton") / "triton.log",
-        models=["trtllm_ensemble", "trtllm_bls", "vllm_model", "cancel_model"],
+        models=["trtllm_ensemble", "trtllm_bls", "vllm_model", "cancel_model", "slow_model"],
         env={f"AIROUTER_{n.upper()}_LOG": str(path) for n, path in logs.items()},
     ) as server:
         yield server
@@ -87,6 +87,7 @@ MODELS = {
     "plain": ("trtllm_ensemble", 'prompt_format = "chatml"'),
     "noguide": ("trtllm_bls", 'prompt_format = "chatml"'),
     "cancel": ("cancel_model", 'prompt_format = "chatml"'),
+    "slow": ("slow_model", 'prompt_format = "chatml"'),
     "llama": ("trtllm_ensemble", 'prompt_format = "llama3.1"\ntool_parser = "llama3_json"'),
     "mistral": ("vllm_model", 'prompt_format = "mistral"\ntool_parser = "mistral"'),
     "pythonic": ("trtllm_bls", f'tokenizer_config = "{QWEN}"\ntool_parser = "pythonic"'),
@@ -219,6 +220,8 @@ async def test_async_client_streams_and_answers_a_call(router: RouterProc) -> No
         model="ens", messages=ask("Weather? [[hermes-one]]"), tools=[WEATHER], stream=True  # type: ignore[arg-type, list-item]
     )
     chunks = [c.model_dump(exclude_unset=True) async for c in stream]
+    for c in chunks:
+        validate("CreateChatCompletionStreamResponse", c)
     assert [(c["name"], json.loads(c["arguments"])) for c in check_call_deltas(chunks).values()] \
         == [("get_weather", PARIS)]
     assert not any(c["choices"][0]["delta"].get("content") for c in chunks)
@@ -586,9 +589,23 @@ def test_n_choices_streamed_with_calls(client: openai.OpenAI) -> None:
         ids |= {c["id"] for c in calls.values()}
     assert len(ids) == 6
     assert chunks[-1]["choices"] == [] and sum(1 for c in chunks if c.get("usage")) == 1
-    # Interleaved: the choices' chunks are not sent one choice after the other.
-    order = [c["choices"][0]["index"] for c in chunks if c["choices"]]
-    assert order != sorted(order)
+
+
+def test_n_streams_are_interleaved_as_they_come(client: openai.OpenAI) -> None:
+    # slow_model: a piece every 0.2 s per request, so the choices' pieces alternate.
+    chunks = chunks_of(client.chat.completions.create(
+        model="slow", messages=ask("hi"), n=2, max_tokens=3, stream=True
+    ))
+    texts = [(c["choices"][0]["index"], c["choices"][0]["delta"].get("content"))
+             for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert sorted(texts) == sorted((i, t) for i in (0, 1) for t in ("Hello", ",", " wor"))
+    firsts = [texts.index((i, "Hello")) for i in (0, 1)]
+    seconds = [texts.index((i, ",")) for i in (0, 1)]
+    assert max(firsts) < min(seconds)
+    finishes = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
+    assert sorted((f["index"], f["finish_reason"]) for f in finishes) == [
+        (0, "length"), (1, "length")
+    ]
 
 
 async def test_disconnect_cancels_all_n(router: RouterProc, logs: dict[str, Path]) -> None:
