@@ -22,8 +22,7 @@ from airouter.backends.triton_features import (
     read_features,
     render_prompt,
 )
-from airouter.backends.triton_logprobs import OUTPUTS as LOGPROB_OUTPUTS
-from airouter.backends.triton_logprobs import read_logprobs
+from airouter.backends.triton_logprobs import LOGPROB_OUTPUTS, read_logprobs
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,

@@ -11,7 +11,7 @@ from typing import Any
 from airouter.backends.triton_models import ModelInfo, first_bytes
 from airouter.config import ModelConfig
 
-OUTPUTS = frozenset({"logprobs", "output_log_probs"})
+LOGPROB_OUTPUTS = frozenset({"logprobs", "output_log_probs"})
 
 
 def logprob_source(info: ModelInfo, mc: ModelConfig) -> str | None:
