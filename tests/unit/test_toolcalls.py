@@ -636,3 +636,24 @@ def test_markup_soup_is_chunking_independent(
         assert (got.text, got.calls, got.raw_args) == (whole.text, whole.calls, whole.raw_args)
     if not whole.calls:
         assert whole.text == text  # nothing is lost when nothing was a call
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+DEEP_TEXTS = {
+    "hermes": '<tool_call>{"name": "f", "arguments": ' + json.dumps(DEEP) + "}</tool_call>",
+    "llama3_json": '{"name": "f", "parameters": {"a": ' + DEEP + "}}",
+    "mistral": '[TOOL_CALLS]f[ARGS]{"a": ' + DEEP[:150_000],
+    "pythonic": "[f(a=" + DEEP + ")]",
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(DEEP_TEXTS))
+def test_deep_nesting_never_raises(fmt: str) -> None:
+    p = tool_parser(fmt)
+    events = p.feed(DEEP_TEXTS[fmt]) + p.finish()
+    starts = [e for e in events if isinstance(e, CallStart)]
+    # The scanners do not recurse; the started call keeps what was valid (a JSON string too
+    # deep to decode counts as no arguments).
+    assert [s.name for s in starts] == ["f"]
+    args = "".join(e.fragment for e in events if isinstance(e, CallArgs))
+    assert args.startswith("{") and args.endswith("}")

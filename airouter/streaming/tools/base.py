@@ -143,7 +143,7 @@ class CallObject:
             inner = json.loads(text)
             try:
                 ok = isinstance(inner, str) and isinstance(json.loads(inner), dict)
-            except ValueError:
+            except (ValueError, RecursionError):
                 ok = False
             if not ok:
                 return False
