@@ -220,3 +220,29 @@ def test_logprobs_of_markup_are_dropped_and_of_text_kept() -> None:
     body = whole([json.loads(c) for c in out])
     assert body["choices"][0]["message"]["content"] == "Hi!"
     assert [e["token"] for e in body["choices"][0]["logprobs"]["content"]] == ["Hi", "!"]
+
+
+def test_whole_answers_round_trip_through_chunks() -> None:
+    from airouter.streaming.modes import chunks_from_body
+
+    chat = {
+        "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                     "message": {"role": "assistant", "content": "ok", "refusal": None,
+                                 "reasoning_content": "hm",
+                                 "tool_calls": [{"id": "call_1", "type": "function",
+                                                 "function": {"name": "f",
+                                                              "arguments": "{}"}}]}}],
+    }
+    chunks = [json.loads(c) for c in chunks_from_body(Endpoint.CHAT, json.dumps(chat).encode(),
+                                                      False)]
+    deltas = [c["choices"][0]["delta"] for c in chunks]
+    assert deltas[1] == {"reasoning_content": "hm"} and deltas[2] == {"content": "ok"}
+    assert whole(chunks)["choices"][0]["message"] == chat["choices"][0]["message"]
+    legacy = {"tokens": ["a"], "token_logprobs": [-1.0], "top_logprobs": [{"a": -1.0}],
+              "text_offset": [0]}
+    text = {"id": "c", "object": "text_completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "text": "a", "logprobs": legacy, "finish_reason": "stop"}]}
+    chunks = [json.loads(c) for c in chunks_from_body(Endpoint.COMPLETIONS,
+                                                      json.dumps(text).encode(), False)]
+    assert whole(chunks, Endpoint.COMPLETIONS)["choices"][0]["logprobs"] == legacy
