@@ -371,7 +371,7 @@ def choice_stream(writer: ChunkWriter, mc: ModelConfig, f: Features, chat: bool)
     if f.named is not None:
         parser = NamedCall(f.named)
     elif f.required:
-        parser = CallArray()
+        parser = CallArray([t["function"]["name"] for t in f.tools or ()])
     elif chat:
         # A guided answer is constrained from its first token: it has no thinking.
         think = mc.reasoning_parser if f.guide is None else None

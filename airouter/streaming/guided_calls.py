@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from typing import Any
 
-from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
+from airouter.streaming.parsed import CallArgs, CallStart, Event, Text, tool_parser
+
+_MARK = "[TOOL_CALLS]"
 
 
 def named_call_schema(parameters: Any) -> dict[str, Any]:
@@ -56,34 +58,41 @@ class NamedCall:
 
 
 class CallArray:
-    """The model writes a JSON array of calls; it is read whole when the answer ends (a cut or
-    malformed array is passed on as text)."""
+    """The model writes a JSON array of calls: the shape of Mistral's call list, so its parser
+    reads it as it comes, primed with its `[TOOL_CALLS]` marker (which never reaches the
+    client, even when a cut array falls back to text)."""
 
-    __slots__ = ("_parts", "called")
+    __slots__ = ("_parser", "_lead")
 
-    def __init__(self) -> None:
-        self._parts: list[str] = []
-        self.called = False
+    def __init__(self, names: Sequence[str]) -> None:
+        self._parser = tool_parser("mistral", names)
+        self._parser.feed(_MARK)
+        self._lead = _MARK
+
+    @property
+    def called(self) -> bool:
+        return self._parser.called
 
     def feed(self, text: str) -> list[Event]:
-        self._parts.append(text)
-        return []
+        return self._unmarked(self._parser.feed(text))
 
     def finish(self) -> list[Event]:
-        text = "".join(self._parts)
-        self._parts = []
-        try:
-            calls = json.loads(text)
-        except ValueError:
-            return [Text(text)] if text else []
-        if not isinstance(calls, list) or not all(
-            isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls
-        ):
-            return [Text(text)]
+        return self._unmarked(self._parser.finish())
+
+    def _unmarked(self, events: list[Event]) -> list[Event]:
+        if not self._lead:
+            return events
         out: list[Event] = []
-        for i, c in enumerate(calls):
-            args = c.get("parameters", c.get("arguments", {}))
-            out.append(CallStart(i, c["name"]))
-            out.append(CallArgs(i, json.dumps(args, ensure_ascii=False)))
-        self.called = bool(out)
+        for ev in events:
+            if isinstance(ev, Text) and self._lead:
+                lead, text = self._lead, ev.text
+                n = len(lead) if text.startswith(lead) else len(text)
+                if not lead.startswith(text[:n]):
+                    n = 0
+                self._lead = lead[n:] if n else ""
+                if text[n:]:
+                    out.append(Text(text[n:]))
+                continue
+            self._lead = ""
+            out.append(ev)
         return out

@@ -21,6 +21,9 @@ CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}
     '{"name": "get_time", "parameters": {}}]'
 
 
+NAMES = ["get_weather", "get_time"]
+
+
 def splits(text: str) -> list[list[str]]:
     """`text` whole, and cut in two at every position."""
     return [[text]] + [[text[:i], text[i:]] for i in range(1, len(text))]
@@ -88,7 +91,7 @@ def test_named_call_streams_arguments_in_openai_shape(parts: list[str]) -> None:
 
 @pytest.mark.parametrize("parts", splits(CALLS))
 def test_call_array_gives_every_call_at_any_split(parts: list[str]) -> None:
-    chunks = run(ChoiceStream(writer(), CallArray()), parts)
+    chunks = run(ChoiceStream(writer(), CallArray(NAMES)), parts)
     msg = whole(chunks)["choices"][0]["message"]
     calls = [(c["function"]["name"], json.loads(c["function"]["arguments"]))
              for c in msg["tool_calls"]]
@@ -97,16 +100,27 @@ def test_call_array_gives_every_call_at_any_split(parts: list[str]) -> None:
 
 
 def test_parallel_false_sends_only_the_first_call() -> None:
-    chunks = run(ChoiceStream(writer(), CallArray(), parallel=False), [CALLS])
+    chunks = run(ChoiceStream(writer(), CallArray(NAMES), parallel=False), [CALLS])
     assert {d["index"] for d in call_deltas(chunks)} == {0}
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-def test_call_array_that_is_not_calls_stays_text() -> None:
-    chunks = run(ChoiceStream(writer(), CallArray()), ['[{"name": "x", "para'], "length")
+@pytest.mark.parametrize("parts", splits('[{"name": "x", "para'))
+def test_call_array_that_is_not_calls_stays_text(parts: list[str]) -> None:
+    chunks = run(ChoiceStream(writer(), CallArray(NAMES)), parts, "length")
     msg = whole(chunks)["choices"][0]
     assert msg["message"]["content"] == '[{"name": "x", "para'
     assert msg["finish_reason"] == "length" and "tool_calls" not in msg["message"]
+
+
+def test_call_array_cut_inside_a_call_closes_it() -> None:
+    chunks = run(ChoiceStream(writer(), CallArray(NAMES)),
+                 ['[{"name": "get_time", "parameters": {"zone": "Eu'], "length")
+    msg = whole(chunks)["choices"][0]
+    assert json.loads(msg["message"]["tool_calls"][0]["function"]["arguments"]) == {
+        "zone": "Eu"
+    }
+    assert msg["finish_reason"] == "length"
 
 
 def test_length_cut_call_keeps_finish_reason_length() -> None:
@@ -174,7 +188,7 @@ def test_choices_share_id_and_differ_in_index() -> None:
 
 
 def test_parsers_satisfy_the_protocol() -> None:
-    parsers: list[OutputParser] = [NamedCall("f"), CallArray()]
+    parsers: list[OutputParser] = [NamedCall("f"), CallArray(NAMES)]
     assert not any(p.called for p in parsers)
 
 
@@ -246,3 +260,10 @@ def test_whole_answers_round_trip_through_chunks() -> None:
     chunks = [json.loads(c) for c in chunks_from_body(Endpoint.COMPLETIONS,
                                                       json.dumps(text).encode(), False)]
     assert whole(chunks, Endpoint.COMPLETIONS)["choices"][0]["logprobs"] == legacy
+
+
+def test_call_array_streams_calls_before_it_ends() -> None:
+    s = ChoiceStream(writer(), CallArray(NAMES))
+    sent = [c for i in range(0, len(CALLS) - 2, 3) for c in s.text(CALLS[i : i + 3])]
+    deltas = call_deltas([json.loads(c) for c in sent])
+    assert [d["function"]["name"] for d in deltas if "id" in d] == ["get_weather", "get_time"]
