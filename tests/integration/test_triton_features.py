@@ -364,6 +364,14 @@ def test_required_and_named_calls_use_the_guide(
         ("get_weather", {"city": "mock", "unit": "°C"})
     ]
     stream = client.chat.completions.create(
+        model="ens", messages=ask("Weather?"), tools=TOOLS, tool_choice="required",  # type: ignore[arg-type]
+        stream=True,
+    )
+    calls = check_call_deltas(chunks_of(stream))
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("get_weather", {"city": "mock", "unit": "°C"})
+    ]
+    stream = client.chat.completions.create(
         model="ens", messages=ask("Time?"), tools=TOOLS, stream=True,  # type: ignore[arg-type]
         tool_choice={"type": "function", "function": {"name": "get_time"}},
     )
@@ -372,7 +380,9 @@ def test_required_and_named_calls_use_the_guide(
         ("get_time", {"zone": "mock"})
     ]
     seen = guides(logs["guide"], since)
-    assert [g["guide_type"] for g in seen] == ["json_schema", "json_schema"]
+    assert [g["guide_type"] for g in seen] == ["json_schema"] * 3
+    assert seen[0]["guide"] == seen[1]["guide"]
+    del seen[1]
     array = json.loads(seen[0]["guide"])
     assert array["type"] == "array" and array["minItems"] == 1
     assert [v["properties"]["name"]["enum"] for v in array["items"]["anyOf"]] == [
