@@ -324,10 +324,8 @@ def sampling_extra(info: ModelInfo, mc: ModelConfig, f: Features) -> dict[str, A
     if f.guide is not None:
         kind, schema = f.guide
         guide: dict[str, Any] = {"json": schema} if kind == "json_schema" else {"json_object": True}
-        if guided_decoding(info, mc) == "structured_outputs":
-            extra["structured_outputs"] = json.dumps(guide)
-        else:
-            extra["guided_decoding"] = guide
+        # A JSON string: what every release of the backend parses (newer ones take objects too).
+        extra[guided_decoding(info, mc) or "guided_decoding"] = json.dumps(guide)
     if f.logprobs:
         extra["logprobs"] = f.top_logprobs
     return extra

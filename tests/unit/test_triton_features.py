@@ -136,7 +136,7 @@ def test_guides_become_inputs_and_sampling_parameters() -> None:
         assert inputs["seed"].contents.uint64_contents == [10 + i]
     obj = features({"response_format": {"type": "json_object"}, "logprobs": True}, VLLM)
     assert sampling_extra(VLLM, HERMES, obj) == {
-        "guided_decoding": {"json_object": True}, "logprobs": 0
+        "guided_decoding": '{"json_object": true}', "logprobs": 0
     }
     so = ModelConfig(backend="t", guided_decoding="structured_outputs")
     assert sampling_extra(VLLM, so, obj)["structured_outputs"] == '{"json_object": true}'
@@ -144,7 +144,7 @@ def test_guides_become_inputs_and_sampling_parameters() -> None:
     inputs = {t.name: t for t in req.inputs}
     assert inputs["return_logprobs"].contents.bool_contents == [True]
     sp = json.loads(inputs["sampling_parameters"].contents.bytes_contents[0])
-    assert sp["guided_decoding"] == {"json_object": True} and sp["logprobs"] == 0
+    assert sp["guided_decoding"] == '{"json_object": true}' and sp["logprobs"] == 0
 
 
 def test_json_instruction_without_guided_decoding() -> None:

@@ -84,7 +84,10 @@ def _serve(request: Any) -> None:
     )
     want_out = bool(mock.scalar(request, "return_num_output_tokens", False))
 
+    # The real backend parses structured_outputs from a JSON string, guided_decoding from a
+    # JSON string or an object.
     guide = params.get("guided_decoding")
+    guide = json.loads(guide) if isinstance(guide, str) else guide
     field = "guided_decoding"
     if params.get("structured_outputs") is not None:
         guide, field = json.loads(params["structured_outputs"]), "structured_outputs"
