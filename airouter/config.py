@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
+
 DEFAULT_CONFIG = "backends.toml"
 
 
@@ -143,6 +145,11 @@ class ModelConfig(LimitsConfig, kw_only=True):
     embedding_output: str = "embedding"
     # tokenizer.json, a Hugging Face tokenizer folder, or a .gguf file: exact token counts.
     tokenizer: str | None = None
+    # Triton: how the model writes tool calls and reasoning (parser names), and how it takes
+    # a guided-decoding guide ("auto": TensorRT-LLM's declared inputs, vLLM's guided_decoding).
+    tool_parser: str | None = None
+    reasoning_parser: str | None = None
+    guided_decoding: Literal["auto", "off", "structured_outputs"] = "auto"
 
 
 class Config(Base):
@@ -236,6 +243,15 @@ def is_glob(alias: str) -> bool:
     return any(c in alias for c in "*?[")
 
 
+def _check_parsers(m: ModelConfig, where: str) -> None:
+    for key, known in (("tool_parser", TOOL_PARSERS), ("reasoning_parser", REASONING_PARSERS)):
+        name = getattr(m, key)
+        if name is not None and name not in known:
+            raise ConfigError(
+                f"{where}.{key}: unknown parser {name!r} (known: {', '.join(sorted(known))})"
+            )
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks msgspec cannot express; raises ConfigError naming the key."""
     for name, b in cfg.backends.items():
@@ -267,6 +283,7 @@ def validate(cfg: Config) -> None:
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:
             raise ConfigError(f"{where}: set only one of {', '.join(chosen)}")
+        _check_parsers(m, where)
     if cfg.server.metrics_key is not None and not cfg.server.metrics_key:
         raise ConfigError("server.metrics_key: empty key (leave it unset to keep /metrics open)")
     if cfg.server.redis_url:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import grpc
@@ -12,13 +12,20 @@ import msgspec
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
+from airouter.backends.fanout import fan_out, summed
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.triton_embed import embed_problem, inputs_of, tensor_embed, vllm_embed
+from airouter.backends.triton_features import (
+    build_requests,
+    choice_stream,
+    read_features,
+    render_prompt,
+)
+from airouter.backends.triton_logprobs import LOGPROB_OUTPUTS, read_logprobs
 from airouter.backends.triton_lookup import ConfigLookup
 from airouter.backends.triton_models import (
     GenParams,
     ModelInfo,
-    build_generate,
     first_bytes,
     gen_params,
     parse_config,
@@ -33,9 +40,10 @@ from airouter.errors import (
     ServiceUnavailable,
 )
 from airouter.observability.bounds import bounded
+from airouter.streaming.choice import ChoiceStream
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.textfix import TextPipeline
-from airouter.templates import ChatTemplate, PromptError, load_template
+from airouter.templates import ChatTemplate, load_template
 from airouter.tokenizers import count_async, for_model
 
 log = logging.getLogger("airouter.triton")
@@ -94,6 +102,7 @@ class _Generation:
         "call",
         "plan",
         "writer",
+        "out",
         "pipe",
         "params",
         "chat",
@@ -121,6 +130,7 @@ class _Generation:
         call: Any,
         plan: _Plan,
         writer: ChunkWriter,
+        out: ChoiceStream,
         pipe: TextPipeline,
         params: GenParams,
         chat: bool,
@@ -132,6 +142,7 @@ class _Generation:
         self.call = call
         self.plan = plan
         self.writer = writer
+        self.out = out
         self.pipe = pipe
         self.params = params
         self.chat = chat
@@ -189,6 +200,7 @@ class _Generation:
         ir = resp.infer_response
         raw = b""
         counted = False
+        lp = -1
         outputs = ir.outputs
         contents = ir.raw_output_contents
         for i in range(len(outputs)):
@@ -205,6 +217,10 @@ class _Generation:
                 reason = first_bytes(contents[i])
                 if reason:
                     self.vllm_finish = reason.decode("utf-8", "replace")
+            elif name in LOGPROB_OUTPUTS:
+                lp = i
+        if lp >= 0:
+            self.out.logprobs(read_logprobs(outputs[lp].name, contents[lp], raw, self.out.top))
         if raw:
             self.responses += 1
             if not counted:
@@ -234,21 +250,20 @@ class _Generation:
                 break
             text, final = self.absorb(resp)
             if text:
-                yield [writer.text(text)]
+                yield self.out.text(text)
             if final:
                 break
         self.finished = True
         if self.pipe.finished:
             pass  # a stop sequence ended it: aclose() winds the backend call down
         tail = self.pipe.flush()
-        out = [writer.text(tail)] if tail else []
-        reason = self.finish_reason()
+        out = self.out.text(tail) if tail else []
+        out += self.out.finish(self.finish_reason())
         if self.texts is not None:
             await self._count(tail)
         stats = self.stats
         stats.prompt_tokens, stats.completion_tokens = self.prompt_tokens, self.output_tokens
-        stats.finish_reason = reason
-        out.append(writer.finish(reason))
+        stats.finish_reason = self.out.reason
         if self.want_usage:
             out.append(writer.usage(self.prompt_tokens, self.output_tokens))
         yield out
@@ -425,46 +440,22 @@ class TritonGrpcBackend(Backend):
             )
         return await self._generate(call, plan)
 
-    def _prompt(self, call: Call, plan: _Plan) -> str:
-        body = call.body
-        if call.endpoint is Endpoint.CHAT:
-            if plan.template is None:
-                raise InvalidRequest(
-                    f"The model '{call.target.alias}' has no chat prompt format configured; "
-                    "use /v1/completions.",
-                    param="model",
-                    code="chat_not_configured",
-                )
-            try:
-                return plan.template.render(body["messages"], add_generation_prompt=True)
-            except PromptError as e:
-                raise InvalidRequest(str(e), param=e.param) from None
-        prompt = body["prompt"]
-        if isinstance(prompt, list):
-            if len(prompt) == 1 and isinstance(prompt[0], str):
-                return prompt[0]
-            raise InvalidRequest(
-                "This model's backend takes one prompt string.",
-                param="prompt",
-                code="unsupported_parameter",
-            )
-        return str(prompt)
-
     async def _generate(self, call: Call, plan: _Plan) -> Reply:
         chat = call.endpoint is Endpoint.CHAT
         default_max = plan.model.max_tokens or (
             DEFAULT_CHAT_MAX_TOKENS if chat else DEFAULT_COMPLETION_MAX_TOKENS
         )
+        info, alias = plan.info, call.target.alias
+        feats = read_features(call.body, chat, alias, info, plan.template, plan.model)
         params = gen_params(call.body, default_max)
-        prompt_text = self._prompt(call, plan)
+        prompt_text = render_prompt(call.body, chat, alias, plan.template, feats)
         prompt = prompt_text.encode()
         # Completions `echo`: the prompt comes first, as its own text chunk when streamed.
         echo = not chat and call.body.get("echo") is True and bool(prompt_text)
-        info = plan.info
-        writer = ChunkWriter(call.endpoint, call.target.alias, call.include_usage)
-        stream = info.decoupled
+        writer = ChunkWriter(call.endpoint, alias, call.include_usage)
+        n = feats.n
         try:
-            req = build_generate(info, prompt, params, writer.id, stream=stream)
+            reqs = build_requests(info, prompt, params, writer.id, plan.model, feats)
         except (ValueError, TypeError, OverflowError) as e:
             # A value the model's declared tensor type cannot hold (a negative UINT64 seed...).
             raise InvalidRequest(f"A parameter does not fit this model's inputs: {e}",
@@ -473,7 +464,12 @@ class TritonGrpcBackend(Backend):
         call.stats.response_model = info.name
         metadata = tuple(call.headers.items()) if call.headers else None
 
-        async def attempt(node: Node) -> Reply:
+        want_usage = (call.include_usage or not call.stream) and n == 1
+        stats = [call.stats] if n == 1 else [Stats() for _ in range(n)]
+        writers = [writer] + [writer.sibling(i) for i in range(1, n)]
+
+        async def attempt(node: Node, i: int) -> Reply:
+            w = writers[i]
             # Fresh per attempt: a failed node may have fed the previous one part of a stream.
             pipe = TextPipeline(
                 cumulative=cumulative,
@@ -482,22 +478,23 @@ class TritonGrpcBackend(Backend):
                 stops=params.stop,
             )
             grpc_call = self._stubs[node.url].ModelStreamInfer(
-                iter((req,)), timeout=self.cfg.request_timeout, metadata=metadata
+                iter((reqs[i],)), timeout=self.cfg.request_timeout, metadata=metadata
             )
             call.stats.node = node.url
             gen = _Generation(
                 grpc_call,
                 plan,
-                writer,
+                w,
+                choice_stream(w, plan.model, feats, chat),
                 pipe,
                 params,
                 chat,
-                call.include_usage or not call.stream,
+                want_usage,
                 node.url,
                 self.cfg.first_token_timeout,
                 self.cfg.idle_timeout,
             )
-            gen.stats = call.stats
+            gen.stats = stats[i]
             gen.prompt = prompt
             try:
                 first = await self._first(gen)
@@ -505,10 +502,16 @@ class TritonGrpcBackend(Backend):
                 await gen.aclose()
                 raise
             if echo:
-                first.insert(0, writer.text(prompt_text))
+                first[0:0] = gen.out.text(prompt_text)
             return Reply(chunks=gen.stream(first), aclose=gen.aclose)
 
-        return await with_failover(self.pool, self.cfg.retries, attempt)
+        def choice(i: int) -> Awaitable[Reply]:
+            return with_failover(self.pool, self.cfg.retries, lambda node: attempt(node, i))
+
+        if n == 1:
+            return await choice(0)
+        usage = writer if call.include_usage or not call.stream else None
+        return await fan_out([choice(i) for i in range(n)], summed(call.stats, stats, usage))
 
     async def _first(self, gen: _Generation) -> list[bytes]:
         """Wait for the first response, so errors before any output get a proper HTTP status."""
@@ -520,7 +523,7 @@ class TritonGrpcBackend(Backend):
                 return out
             text, final = gen.absorb(resp)
             if text:
-                out.append(gen.writer.text(text))
+                out += gen.out.text(text)
             if final:
                 gen.finished = True
             if text or final or gen.pipe.finished:

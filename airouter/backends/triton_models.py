@@ -148,7 +148,8 @@ class GenParams:
 
 
 # Fields an LLM on Triton cannot honour: answering without them would silently be wrong.
-_REJECTED = ("tools", "functions", "logprobs", "top_logprobs", "logit_bias", "suffix", "best_of")
+# (tools, response_format, logprobs and n are read by triton_features.)
+_REJECTED = ("functions", "logit_bias", "suffix", "best_of")
 
 
 def gen_params(body: dict[str, Any], default_max: int) -> GenParams:
@@ -160,19 +161,6 @@ def gen_params(body: dict[str, Any], default_max: int) -> GenParams:
                 param=name,
                 code="unsupported_parameter",
             )
-    if (body.get("n") or 1) > 1:
-        raise InvalidRequest(
-            "Only n=1 is supported by this model's backend.",
-            param="n",
-            code="unsupported_parameter",
-        )
-    rf = body.get("response_format")
-    if isinstance(rf, dict) and rf.get("type") not in (None, "text"):
-        raise InvalidRequest(
-            "Only response_format {'type': 'text'} is supported by this model's backend.",
-            param="response_format",
-            code="unsupported_parameter",
-        )
     stop = body.get("stop")
     stops = [stop] if isinstance(stop, str) else [s for s in (stop or []) if s]
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max
@@ -209,8 +197,15 @@ def _coerce(spec: Tensor, v: Any) -> Any:
 
 
 def build_generate(
-    info: ModelInfo, prompt: bytes, p: GenParams, request_id: str, *, stream: bool
+    info: ModelInfo,
+    prompt: bytes,
+    p: GenParams,
+    request_id: str,
+    *,
+    stream: bool,
+    extra: dict[str, Any] | None = None,
 ) -> service_pb2.ModelInferRequest:
+    """`extra`: more vLLM sampling_parameters fields (guided decoding, logprobs)."""
     req = service_pb2.ModelInferRequest()
     req.model_name = info.name
     req.id = request_id
@@ -233,6 +228,8 @@ def build_generate(
                 sp[k] = v
         if p.stop:
             sp["stop"] = p.stop
+        if extra:
+            sp.update(extra)
         _add(req, info, "sampling_parameters", [json.dumps(sp).encode()])
         return req
     _add(req, info, "max_tokens", [_coerce(has["max_tokens"], p.max_tokens)])

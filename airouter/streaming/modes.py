@@ -62,6 +62,15 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
                     "finish_reason": None,
                 }
             )
+            if msg.get("reasoning_content"):
+                emit(
+                    {
+                        "index": index,
+                        "delta": {"reasoning_content": msg["reasoning_content"]},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
             if msg.get("content"):
                 emit(
                     {
@@ -107,14 +116,21 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
     return out
 
 
+_LEGACY = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
 class _Choice:
-    __slots__ = ("index", "role", "parts", "refusal", "tools", "finish", "logprobs")
+    __slots__ = (
+        "index", "role", "parts", "reasoning", "refusal", "tools", "finish", "logprobs", "legacy"
+    )
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.role = "assistant"
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
         self.refusal: list[str] = []
+        self.legacy: dict[str, list[Any]] | None = None
         self.tools: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
         self.logprobs: list[Any] | None = None
@@ -125,6 +141,8 @@ class _Choice:
             self.role = delta["role"]
         if delta.get("content"):
             self.parts.append(delta["content"])
+        if delta.get("reasoning_content"):
+            self.reasoning.append(delta["reasoning_content"])
         if delta.get("refusal"):
             self.refusal.append(delta["refusal"])
         for tc in delta.get("tool_calls") or ():
@@ -151,6 +169,12 @@ class _Choice:
         lp = c.get("logprobs")
         if isinstance(lp, dict) and isinstance(lp.get("content"), list):
             self.logprobs = (self.logprobs or []) + lp["content"]
+        elif isinstance(lp, dict) and isinstance(lp.get("tokens"), list):
+            # Completions' legacy shape: parallel lists, concatenated chunk after chunk.
+            if self.legacy is None:
+                self.legacy = {k: [] for k in _LEGACY}
+            for k in _LEGACY:
+                self.legacy[k].extend(lp.get(k) or ())
 
     def chat(self) -> dict[str, Any]:
         message: dict[str, Any] = {
@@ -158,6 +182,8 @@ class _Choice:
             "content": "".join(self.parts) or None,
             "refusal": "".join(self.refusal) or None,
         }
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
         if self.tools:
             message["tool_calls"] = [
                 {
@@ -181,7 +207,7 @@ class _Choice:
         return {
             "index": self.index,
             "text": "".join(self.parts),
-            "logprobs": None,
+            "logprobs": self.legacy,
             "finish_reason": self.finish or "stop",
         }
 

@@ -241,8 +241,8 @@ def test_errors(client: openai.OpenAI) -> None:
         client.chat.completions.create(model="down", messages=MSGS)
     assert e2.value.status_code == 502
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model="ens", messages=MSGS, n=2)
-    assert e.value.body["param"] == "n"  # type: ignore[index]
+        client.chat.completions.create(model="ens", messages=MSGS, logit_bias={"1": 5})
+    assert e.value.body["param"] == "logit_bias"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="ens", input="x")
     # Values the model's tensor types cannot hold: 400 naming the problem, not a 500.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
+import os
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,29 @@ PIECES: list[bytes] = [
     b".",
 ]
 ECHO_MARKER = b"[[echo]]"
+# Answers in the output formats of tool-call and reasoning parsers, chosen by a marker in the
+# prompt (the last marker in it wins, so a later turn can ask for another one). They are sent
+# in 3-byte pieces, which split tags, JSON and UTF-8 characters at awkward points.
+_CALL_WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "°C"}}'
+_CALL_TIME = '{"name": "get_time", "arguments": {"zone": "Europe/Paris"}}'
+SCRIPTS: dict[bytes, str] = {
+    b"[[plain]]": b"".join(PIECES).decode(),
+    b"[[hermes]]": (
+        f"Let me check. <tool_call>\n{_CALL_WEATHER}\n</tool_call>\n"
+        f"<tool_call>\n{_CALL_TIME}\n</tool_call>"
+    ),
+    b"[[hermes-one]]": f"<tool_call>\n{_CALL_WEATHER}\n</tool_call>",
+    # An unknown function, then a call broken after its name.
+    b"[[hermes-bad]]": 'Trying. <tool_call>\n{"name": "launch", "arguments": {}}\n</tool_call>',
+    b"[[hermes-cut]]": '<tool_call>\n{"name": "get_weather", "arguments": {"city": </tool_call>',
+    b"[[think]]": "<think>\nThe user greets me; answer briefly.\n</think>\n\nHello there!",
+    b"[[think-hermes]]": (
+        f"<think>\nI need the weather.\n</think>\n\n<tool_call>\n{_CALL_WEATHER}\n</tool_call>"
+    ),
+    b"[[llama3_json]]": '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}',
+    b"[[mistral]]": f"[TOOL_CALLS] [{_CALL_WEATHER}, {_CALL_TIME}]",
+    b"[[pythonic]]": '[get_weather(city="Paris", unit="°C"), get_time(zone="Europe/Paris")]',
+}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 MAX_TEMPERATURE = 1.5
 
@@ -45,11 +70,55 @@ class Cancelled(Exception):
     """The client cancelled the request."""
 
 
+def in_threes(data: bytes) -> list[bytes]:
+    return [data[i : i + 3] for i in range(0, len(data), 3)]
+
+
 def full_script(prompt: bytes) -> list[bytes]:
     """Every piece the mock would produce for `prompt` with no max_tokens limit."""
-    if ECHO_MARKER in prompt:
-        return [prompt[i : i + 3] for i in range(0, len(prompt), 3)]
-    return list(PIECES)
+    at, marker = max((prompt.rfind(m), m) for m in (ECHO_MARKER, *SCRIPTS))
+    if at < 0:
+        return list(PIECES)
+    if marker == ECHO_MARKER:
+        return in_threes(prompt)
+    if marker == b"[[plain]]":
+        return list(PIECES)
+    return in_threes(SCRIPTS[marker].encode())
+
+
+def example(schema: Any) -> Any:
+    """A value that satisfies a (simple) JSON schema: what guided decoding would allow."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        if schema.get(key):
+            return example(schema[key][0])
+    kind = schema.get("type", "object")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind == "object":
+        return {k: example(v) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [example(schema.get("items", {}))] * max(int(schema.get("minItems", 1)), 1)
+    return {"string": "mock", "integer": 7, "number": 1.5, "boolean": True}.get(kind)
+
+
+def guided_script(model: str, guide_type: str, guide: Any) -> list[bytes]:
+    """The answer to a guided request (valid JSON for the guide), which is also logged (JSON
+    lines in $AIROUTER_GUIDE_LOG) so that tests see what reached the model."""
+    path = os.environ.get("AIROUTER_GUIDE_LOG")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"model": model, "guide_type": guide_type, "guide": guide}) + "\n")
+    if guide_type == "json_schema":
+        value = example(json.loads(guide) if isinstance(guide, str) else guide)
+    else:
+        value = {"mock": True}
+    return in_threes(json.dumps(value, ensure_ascii=False).encode())
 
 
 def script(prompt: bytes, max_tokens: int) -> list[bytes]:
@@ -96,6 +165,9 @@ class EnsembleParams:
     presence_penalty: float | None
     frequency_penalty: float | None
     stop_words: list[bytes]
+    guide_type: str | None = None
+    guide: str | None = None
+    want_log_probs: bool = False
 
     @property
     def prompt_text(self) -> str:
@@ -104,6 +176,25 @@ class EnsembleParams:
 
 def _opt(value: Any, kind: Callable[[Any], Any]) -> Any:
     return None if value is None else kind(value)
+
+
+def _text(value: Any) -> str:
+    return as_bytes(value).decode()
+
+
+def record(p: EnsembleParams) -> None:
+    """Every request's id, prompt and seed as a JSON line in $AIROUTER_REQUEST_LOG (if set)."""
+    path = os.environ.get("AIROUTER_REQUEST_LOG")
+    if path:
+        line = {"request_id": p.request_id, "prompt": p.prompt_text, "seed": p.seed}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def ensemble_script(p: EnsembleParams, model: str = "trtllm_ensemble") -> list[bytes]:
+    if p.guide_type:
+        return guided_script(model, p.guide_type, p.guide)[: max(p.max_tokens, 0)]
+    return script(p.prompt, p.max_tokens)
 
 
 def parse_ensemble(request: Any, *, check_temperature: bool = True) -> EnsembleParams:
@@ -123,17 +214,32 @@ def parse_ensemble(request: Any, *, check_temperature: bool = True) -> EnsembleP
         presence_penalty=_opt(scalar(request, "presence_penalty"), float),
         frequency_penalty=_opt(scalar(request, "frequency_penalty"), float),
         stop_words=[] if stop is None else [as_bytes(w) for w in stop.as_numpy().reshape(-1)],
+        guide_type=_opt(scalar(request, "guided_decoding_guide_type"), _text),
+        guide=_opt(scalar(request, "guided_decoding_guide"), _text),
+        want_log_probs=bool(scalar(request, "return_log_probs", False)),
     )
     if check_temperature and p.temperature is not None and p.temperature > MAX_TEMPERATURE:
         raise MockError("temperature too high")
     return p
 
 
+def token_logprob(i: int) -> float:
+    """The mocks' logprob of the i-th generated token."""
+    return -0.25 * (i % 4 + 1)
+
+
 def ensemble_response(
-    p: EnsembleParams, text: bytes, n_output: int, n_input: int | None = None
+    p: EnsembleParams, text: bytes, n_output: int, n_input: int | None = None, first: int = 0
 ) -> Any:
-    """A response with the batch dimension (max_batch_size > 0): every tensor is [1, 1]."""
+    """A response with the batch dimension (max_batch_size > 0): every tensor is [1, 1];
+    `first` is the index of its first token (for output_log_probs, [1, beam 1, tokens])."""
     tensors = [pb_utils.Tensor("text_output", np.array([[text]], dtype=np.object_))]
+    if p.want_log_probs:
+        lps = [token_logprob(i) for i in range(first, first + n_output)]
+        tensors.append(
+            pb_utils.Tensor("output_log_probs", np.array([[lps]], dtype=np.float32))
+        )
+        tensors.append(pb_utils.Tensor("cum_log_probs", np.array([[sum(lps)]], dtype=np.float32)))
     if p.want_input_tokens:
         count = word_count(p.prompt) if n_input is None else n_input
         tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[count]], dtype=np.int32)))
@@ -177,7 +283,7 @@ async def paced(
 async def serve_ensemble(
     request: Any,
     *,
-    pieces: Callable[[EnsembleParams], list[bytes]] = lambda p: script(p.prompt, p.max_tokens),
+    pieces: Callable[[EnsembleParams], list[bytes]] = ensemble_script,
     cumulative: bool = False,
     delay: float = 0.0,
     poll: float = 0.01,
@@ -190,6 +296,7 @@ async def serve_ensemble(
     p: EnsembleParams | None = None
     try:
         p = parse_ensemble(request)
+        record(p)
         sent: list[bytes] = []
         async for piece in paced(sender, pieces(p), delay, poll):
             if fail_after is not None and len(sent) == fail_after:
@@ -198,7 +305,8 @@ async def serve_ensemble(
                 on_first(p)
             sent.append(piece)
             if p.stream:
-                sender.send(ensemble_response(p, b"".join(sent) if cumulative else piece, 1))
+                text = b"".join(sent) if cumulative else piece
+                sender.send(ensemble_response(p, text, 1, first=len(sent) - 1))
         if fail_after is not None:
             raise MockError("mock failure mid-stream")
         if not p.stream:

@@ -18,9 +18,42 @@ pb_utils = mock.pb_utils
 DEFAULT_MAX_TOKENS = 16
 
 
-def _response(text: bytes, finish: str | None, n_in: int | None, n_out: int | None) -> Any:
+def _logprobs(pieces: list[bytes], start: int, top: int) -> bytes:
+    """The backend's `logprobs` output for these pieces: per token {token_id: {logprob, rank,
+    decoded_token}}, the sampled token first, then `top` alternatives. Every odd token was
+    sampled with rank 2 (an alternative was likelier)."""
+    out = []
+    for i, piece in enumerate(pieces, start):
+        odd = i % 2
+        position = {
+            str(100 + i): {
+                "logprob": mock.token_logprob(i),
+                "rank": 1 + odd,
+                "decoded_token": piece.decode("utf-8", "replace"),
+            }
+        }
+        for j in range(top):
+            likelier = odd and j == 0
+            position[str(9000 + j)] = {
+                "logprob": -0.1 if likelier else -1.5 - j,
+                "rank": 1 if likelier else j + 2,
+                "decoded_token": f" alt{j}",
+            }
+        out.append(position)
+    return json.dumps(out).encode()
+
+
+def _response(
+    text: bytes,
+    finish: str | None,
+    n_in: int | None,
+    n_out: int | None,
+    logprobs: bytes | None = None,
+) -> Any:
     # max_batch_size 0: tensors have no batch dimension, shape [1].
     tensors = [pb_utils.Tensor("text_output", np.array([text], dtype=np.object_))]
+    if logprobs is not None:
+        tensors.append(pb_utils.Tensor("logprobs", np.array([logprobs], dtype=np.object_)))
     if finish is not None:
         tensors.append(
             pb_utils.Tensor("finish_reason", np.array([finish.encode()], dtype=np.object_))
@@ -51,13 +84,29 @@ def _serve(request: Any) -> None:
     )
     want_out = bool(mock.scalar(request, "return_num_output_tokens", False))
 
-    pieces = mock.script(prompt, max_tokens)
-    reason = "length" if len(mock.full_script(prompt)) > max_tokens else "stop"
+    # The real backend parses structured_outputs from a JSON string, guided_decoding from a
+    # JSON string or an object.
+    guide = params.get("guided_decoding")
+    guide = json.loads(guide) if isinstance(guide, str) else guide
+    field = "guided_decoding"
+    if params.get("structured_outputs") is not None:
+        guide, field = json.loads(params["structured_outputs"]), "structured_outputs"
+    if guide is not None:
+        kind = "json_schema" if "json" in guide else "json"
+        whole = mock.guided_script(f"vllm_model:{field}", kind, guide.get("json"))
+    else:
+        whole = mock.full_script(prompt)
+    pieces = whole[: max(max_tokens, 0)]
+    reason = "length" if len(whole) > max_tokens else "stop"
+    want_lp = bool(mock.scalar(request, "return_logprobs", False))
+    top = int(params.get("logprobs") or 0)
     finish = reason if want_finish else None
     if not stream or not pieces:
         text = (prompt if prepend else b"") + b"".join(pieces)
+        lp = _logprobs(pieces, 0, top) if want_lp else None
         sender.send(
-            _response(text, finish, n_in, len(pieces) if want_out else None), flags=mock.FINAL
+            _response(text, finish, n_in, len(pieces) if want_out else None, lp),
+            flags=mock.FINAL,
         )
         return
     last = len(pieces) - 1
@@ -68,7 +117,10 @@ def _serve(request: Any) -> None:
         # Like the real backend, unfinished responses carry str(None) as their finish_reason.
         this_finish = (reason if i == last else "None") if want_finish else None
         flags = mock.FINAL if i == last else 0
-        sender.send(_response(piece, this_finish, n_in, 1 if want_out else None), flags=flags)
+        lp = _logprobs([piece], i, top) if want_lp else None
+        sender.send(
+            _response(piece, this_finish, n_in, 1 if want_out else None, lp), flags=flags
+        )
 
 
 class TritonPythonModel:
