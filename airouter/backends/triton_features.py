@@ -36,6 +36,9 @@ class Features:
     # Tools rendered into the prompt, and whether the model's call markup is read back.
     tools: list[dict[str, Any]] | None = None
     parse_tools: bool = False
+    # The prompt format cannot show tools, but guided decoding forces the call: the tools are
+    # described in the system message instead.
+    describe_tools: bool = False
     parallel: bool = True
     # A call forced by guided decoding: the model writes the named function's arguments, or
     # (required) a JSON array of calls, instead of its own markup.
@@ -139,12 +142,16 @@ def _read_tools(
     expressible = template is None or (
         template.supports_tools and "tools" in template.format.template
     )
-    if mc.tool_parser is None or not expressible:
+    # `required` or a named function under guided decoding: the guide makes the call, so the
+    # model's own call markup (tool_parser) and a tool-aware format are not needed.
+    forced = guided is not None and choice != "auto"
+    if not forced and (mc.tool_parser is None or not expressible):
         why = "no tool_parser configured" if mc.tool_parser is None else (
             f"its prompt format '{template.name if template else ''}' cannot express tools"
         )
         raise _unsupported(f"The model '{alias}' does not support tools ({why}).", "tools")
     f.tools = tools
+    f.describe_tools = not expressible
     if choice == "auto":
         f.parse_tools = True
     elif choice == "required":
@@ -286,10 +293,14 @@ def render_prompt(
                 code="chat_not_configured",
             )
         messages = body["messages"]
-        if f.instruction is not None:
-            messages = _with_instruction(messages, f.instruction)
+        instruction = f.instruction
+        if f.describe_tools:
+            instruction = _tools_instruction(f.tools or [])
+        if instruction is not None:
+            messages = _with_instruction(messages, instruction)
+        tools = None if f.describe_tools else f.tools
         try:
-            return template.render(messages, add_generation_prompt=True, tools=f.tools)
+            return template.render(messages, add_generation_prompt=True, tools=tools)
         except PromptError as e:
             raise InvalidRequest(str(e), param=e.param) from None
     prompt = body["prompt"]
@@ -302,6 +313,14 @@ def render_prompt(
             code="unsupported_parameter",
         )
     return str(prompt)
+
+
+def _tools_instruction(tools: list[dict[str, Any]]) -> str:
+    functions = [t["function"] for t in tools]
+    return (
+        "Answer by calling a function. The functions, as JSON schemas:\n"
+        + json.dumps(functions, ensure_ascii=False)
+    )
 
 
 def _with_instruction(messages: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:

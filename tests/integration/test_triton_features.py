@@ -391,6 +391,33 @@ def test_required_and_named_calls_use_the_guide(
     assert json.loads(seen[1]["guide"]) == TIME["function"]["parameters"]
 
 
+def test_forced_calls_on_a_format_without_tools_describe_them_in_the_system_turn(
+    client: openai.OpenAI, logs: dict[str, Path]
+) -> None:
+    """chatml cannot show tools and "plain" has no tool_parser: `auto` is refused (above), but
+    a call forced by guided decoding needs neither, so the tools go into the system turn."""
+    since, seen = mark(logs["guide"]), mark(logs["request"])
+    r = client.chat.completions.create(
+        model="plain", messages=ask("Time?"), tools=TOOLS,  # type: ignore[arg-type]
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    validate("CreateChatCompletionResponse", body_of(r))
+    assert r.choices[0].finish_reason == "tool_calls"
+    assert calls_of(body_of(r)["choices"][0]["message"]) == [("get_time", {"zone": "mock"})]
+    (guide,) = guides(logs["guide"], since)
+    assert json.loads(guide["guide"]) == TIME["function"]["parameters"]
+    (prompt,) = [g["prompt"] for g in guides(logs["request"], seen)]
+    system = prompt.split("<|im_end|>")[0]
+    assert system.startswith("<|im_start|>system\n") and '"name": "get_time"' in system
+    assert "get_weather" not in prompt  # only the named function is shown
+    r = client.chat.completions.create(
+        model="plain", messages=ask("Weather?"), tools=TOOLS, tool_choice="required"  # type: ignore[arg-type]
+    )
+    assert calls_of(body_of(r)["choices"][0]["message"]) == [
+        ("get_weather", {"city": "mock", "unit": "°C"})
+    ]
+
+
 def test_forced_calls_without_guided_decoding_use_prompt_and_parser(
     client: openai.OpenAI, logs: dict[str, Path]
 ) -> None:
