@@ -55,7 +55,7 @@ def response_object(
     incomplete: dict[str, str] | None = None,
     error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    r = {
         "id": rid,
         "object": "response",
         "created_at": created,
@@ -77,10 +77,14 @@ def response_object(
         "tools": req.tools,
         "top_p": req.top_p,
         "truncation": "disabled",
-        "usage": usage,
-        "user": req.user,
         "metadata": req.metadata,
     }
+    # The schema has no null for these: absent until known.
+    if usage is not None:
+        r["usage"] = usage
+    if req.user is not None:
+        r["user"] = req.user
+    return r
 
 
 def _text_part(text: str) -> dict[str, Any]:
