@@ -62,6 +62,15 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
                     "finish_reason": None,
                 }
             )
+            if msg.get("reasoning_content"):
+                emit(
+                    {
+                        "index": index,
+                        "delta": {"reasoning_content": msg["reasoning_content"]},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                )
             if msg.get("content"):
                 emit(
                     {
@@ -108,12 +117,13 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
 
 
 class _Choice:
-    __slots__ = ("index", "role", "parts", "refusal", "tools", "finish", "logprobs")
+    __slots__ = ("index", "role", "parts", "reasoning", "refusal", "tools", "finish", "logprobs")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.role = "assistant"
         self.parts: list[str] = []
+        self.reasoning: list[str] = []
         self.refusal: list[str] = []
         self.tools: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
@@ -125,6 +135,8 @@ class _Choice:
             self.role = delta["role"]
         if delta.get("content"):
             self.parts.append(delta["content"])
+        if delta.get("reasoning_content"):
+            self.reasoning.append(delta["reasoning_content"])
         if delta.get("refusal"):
             self.refusal.append(delta["refusal"])
         for tc in delta.get("tool_calls") or ():
@@ -158,6 +170,8 @@ class _Choice:
             "content": "".join(self.parts) or None,
             "refusal": "".join(self.refusal) or None,
         }
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
         if self.tools:
             message["tool_calls"] = [
                 {

@@ -1,0 +1,28 @@
+"""Stream-mode conversion keeps `reasoning_content` both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from airouter.backends.base import Endpoint
+from airouter.streaming.modes import body_from_chunks, chunks_from_body
+from tests.support.chat_chunks import FULL
+
+
+async def _batches(items: list[bytes]) -> AsyncIterator[list[bytes]]:
+    for p in items:
+        yield [p]
+
+
+def test_reasoning_survives_aggregation_and_back() -> None:
+    body = asyncio.run(body_from_chunks(Endpoint.CHAT, _batches(FULL)))
+    msg = json.loads(body)["choices"][0]["message"]
+    assert msg["reasoning_content"] == "Let me think"
+    assert msg["content"] == "Hello é😀"
+    assert [t["function"]["arguments"] for t in msg["tool_calls"]] == ['{"city": "Paris"}', "{}"]
+    chunks = [json.loads(c) for c in chunks_from_body(Endpoint.CHAT, body, True)]
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert deltas[1] == {"reasoning_content": "Let me think"}
+    assert deltas[2] == {"content": "Hello é😀"}
