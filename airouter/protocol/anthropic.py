@@ -150,11 +150,10 @@ def _assistant(content: list[Any], param: str) -> dict[str, Any]:
         else:
             raise unsupported(f"{p}.type", f"Assistant content blocks of type {kind!r} are "
                               "not supported.")
-    msg: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+    # "" rather than null beside tool calls: some servers (llama-cpp-python) insist on a string.
+    msg: dict[str, Any] = {"role": "assistant", "content": "".join(text)}
     if calls:
         msg["tool_calls"] = calls
-    elif msg["content"] is None:
-        msg["content"] = ""
     return msg
 
 

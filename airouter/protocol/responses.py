@@ -117,7 +117,8 @@ def _messages(raw: Any, instructions: str | None) -> list[dict[str, Any]]:
             ):
                 last.setdefault("tool_calls", []).append(call)
             else:
-                msgs.append({"role": "assistant", "content": None, "tool_calls": [call]})
+                # "" rather than null: some servers (llama-cpp-python) insist on a string.
+                msgs.append({"role": "assistant", "content": "", "tool_calls": [call]})
         elif kind == "function_call_output":
             output = item.get("output")
             if not isinstance(output, str):

@@ -33,11 +33,14 @@ def tool_id(chat_id: str) -> str:
     return chat_id if chat_id.startswith("toolu_") else "toolu_" + (chat_id or os.urandom(12).hex())
 
 
-def stop_reason(req: MessagesRequest, choice: dict[str, Any]) -> tuple[str, str | None]:
+def stop_reason(req: MessagesRequest, choice: dict[str, Any], called: bool
+                ) -> tuple[str, str | None]:
     finish = choice.get("finish_reason")
     if finish == "length":
         return "max_tokens", None
-    if finish in ("tool_calls", "function_call"):
+    # A forced tool choice finishes with `stop` on OpenAI (and llama.cpp's server): an answer
+    # that ends in a tool call is a tool_use turn either way.
+    if finish in ("tool_calls", "function_call") or called:
         return "tool_use", None
     if finish == "content_filter":
         return "refusal", None
@@ -69,10 +72,11 @@ def message_from_chat(req: MessagesRequest, chat: bytes, alias: str) -> bytes:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
-    for call_id, name, args in tool_calls(message):
+    calls = tool_calls(message)
+    for call_id, name, args in calls:
         content.append({"type": "tool_use", "id": tool_id(call_id), "name": name,
                         "input": _tool_input(args)})
-    reason, seq = stop_reason(req, choice)
+    reason, seq = stop_reason(req, choice, bool(calls))
     prompt, completion, _, _ = token_counts(obj.get("usage"))
     return _encode({
         "id": _new_id("msg_"),
@@ -189,7 +193,7 @@ class MessagesStream:
     def end(self) -> bytes:
         out: list[bytes] = [] if self.started else [self.start()]
         self._close(out)
-        reason, seq = stop_reason(self.req, self.choice)
+        reason, seq = stop_reason(self.req, self.choice, bool(self.calls))
         prompt, completion, _, _ = token_counts(self.usage)
         out.append(_event("message_delta", {
             "type": "message_delta",

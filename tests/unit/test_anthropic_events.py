@@ -150,3 +150,10 @@ def test_whole_answer() -> None:
     chat["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "[1"
     with pytest.raises(BadGateway):
         message_from_chat(req(), json.dumps(chat).encode(), "alias")
+
+
+def test_forced_tool_call_finishing_with_stop_is_tool_use() -> None:
+    call = chunk({"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                                  "function": {"name": "f", "arguments": "{}"}}]})
+    out = run([[call, chunk({}, "stop")]])
+    assert parse_events(out)[-2][1]["delta"]["stop_reason"] == "tool_use"

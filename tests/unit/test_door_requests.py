@@ -38,7 +38,7 @@ def test_responses_items_to_chat() -> None:
         {"role": "system", "content": "be brief"},
         {"role": "system", "content": "use tools"},
         {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
+        {"role": "assistant", "content": "", "tool_calls": [
             {"id": "call_1", "type": "function",
              "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
