@@ -148,7 +148,9 @@ class _Choice:
             if tc.get("type"):
                 slot["type"] = tc["type"]
             fn = tc.get("function") or {}
-            slot["function"]["name"] += fn.get("name") or ""
+            if fn.get("name") and not slot["function"]["name"]:
+                # Whole in its first delta; llama.cpp's server repeats it in every one.
+                slot["function"]["name"] = fn["name"]
             slot["function"]["arguments"] += fn.get("arguments") or ""
         self._add_common(c)
 

@@ -43,8 +43,17 @@ api_keys = ["sk-real"]
 type = "openai"
 base_url = "{llama.url}"
 
+[backends.llama-always]
+type = "openai"
+base_url = "{llama.url}"
+stream = "always"
+
 [models.smol]
 backend = "llama"
+backend_model = "smollm2"
+
+[models.smol-always]
+backend = "llama-always"
 backend_model = "smollm2"
 """
     with run_router(cfg, tmp_path_factory.mktemp("router-llama-doors")) as r:
@@ -116,9 +125,11 @@ def test_responses_tool_round_trip(oai: openai.OpenAI, stream: bool) -> None:
     assert r2.output_text.strip()
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_messages_tool_round_trip(claude: anthropic.Anthropic, stream: bool) -> None:
-    kw: Any = {"model": "smol", "max_tokens": 40,
+@pytest.mark.parametrize(("alias", "stream"), [("smol", False), ("smol", True),
+                                             ("smol-always", False)])
+def test_messages_tool_round_trip(claude: anthropic.Anthropic, alias: str, stream: bool) -> None:
+    """smol-always: the upstream streams, the router assembles the whole answer."""
+    kw: Any = {"model": alias, "max_tokens": 40,
                "messages": [{"role": "user", "content": QUESTION}],
                "tools": [{"name": "get_weather", "description": "Weather in a city",
                           "input_schema": PARAMS}],

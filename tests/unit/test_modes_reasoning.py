@@ -26,3 +26,16 @@ def test_reasoning_survives_aggregation_and_back() -> None:
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert deltas[1] == {"reasoning_content": "Let me think"}
     assert deltas[2] == {"content": "Hello é😀"}
+
+
+def test_a_tool_name_repeated_in_every_delta_is_kept_once() -> None:
+    from tests.support.chat_chunks import chunk
+
+    def call(args: str) -> bytes:
+        return chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                      "function": {"name": "get_weather", "arguments": args}}]})
+
+    body = asyncio.run(body_from_chunks(Endpoint.CHAT, _batches(
+        [call('{"city"'), call(': "Paris"}'), chunk({}, "tool_calls")])))
+    tc = json.loads(body)["choices"][0]["message"]["tool_calls"][0]
+    assert tc["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
