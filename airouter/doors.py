@@ -7,6 +7,7 @@ own API. The OpenAI door renders the chat, completion and embedding answers as t
 
 from __future__ import annotations
 
+import copy
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -139,6 +140,25 @@ class OpenAIDoor:
                        bool(stream and opts is not None and opts.include_usage), self._session)
 
 
+def _client_param(err: RouterError, names: dict[str, str]) -> RouterError:
+    """A backend blames a field by its chat name: name it as the client sent it."""
+    ours = names.get(err.param or "")
+    if ours is None:
+        return err
+    assert err.param is not None
+    renamed = copy.copy(err)
+    renamed.message = err.message.replace(f"'{err.param}'", f"'{ours}'")
+    renamed.param = ours
+    return renamed
+
+
+# Chat request fields -> the Responses / Messages fields they were made from, where they differ.
+_RESPONSES_PARAMS = {"max_tokens": "max_output_tokens", "response_format": "text.format",
+                     "reasoning_effort": "reasoning.effort", "messages": "input"}
+_MESSAGES_PARAMS = {"stop": "stop_sequences", "parallel_tool_calls":
+                    "tool_choice.disable_parallel_tool_use"}
+
+
 class _Translator(Protocol):
     def feed(self, payloads: list[bytes]) -> bytes: ...
 
@@ -181,7 +201,7 @@ class ResponsesDoor:
     path = "/v1/responses"
 
     def error_json(self, err: RouterError) -> bytes:
-        return error_json(err)
+        return error_json(_client_param(err, _RESPONSES_PARAMS))
 
     def decode(self, data: bytes) -> Decoded:
         chat, req = responses.to_chat(parse_object(data))
@@ -218,7 +238,7 @@ class MessagesDoor:
     path = "/v1/messages"
 
     def error_json(self, err: RouterError) -> bytes:
-        return anthropic.error_json(err)
+        return anthropic.error_json(_client_param(err, _MESSAGES_PARAMS))
 
     def decode(self, data: bytes) -> Decoded:
         chat, req = anthropic.to_chat(parse_object(data))

@@ -205,3 +205,24 @@ def test_metrics_label_the_route(client: anthropic.Anthropic,
     assert any(ln.startswith("airouter_requests_total") and 'endpoint="messages"' in ln
                and 'status="200"' in ln for ln in text.splitlines())
 
+
+
+def test_access_log_line(client: anthropic.Anthropic, door_router: RouterProc) -> None:  # noqa: F811
+    import json
+    import time
+
+    client.messages.create(model="echo", max_tokens=5, messages=USER,
+                           extra_headers={"x-request-id": "rid-doors-1"})
+    lines: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:  # written just after the reply
+        time.sleep(0.02)
+        lines = [json.loads(ln.split(" airouter.access [rid-doors-1] ", 1)[1])
+                 for ln in door_router.log_text().splitlines()
+                 if "airouter.access [rid-doors-1]" in ln]
+    assert len(lines) == 1
+    rec = lines[0]
+    assert (rec["path"], rec["status"], rec["model"], rec["backend"]) == (
+        "/v1/messages", 200, "echo", "fake")
+    assert rec["tokens_in"] == 2 and rec["tokens_out"] == 3
+    assert CLIENT_KEY not in door_router.log_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -176,3 +177,18 @@ def test_anthropic_error_shape() -> None:
     assert [anthropic.error_type(s) for s in (401, 404, 413, 429, 500, 502, 503)] == [
         "authentication_error", "not_found_error", "request_too_large", "rate_limit_error",
         "api_error", "api_error", "overloaded_error"]
+
+
+def test_backend_errors_name_the_clients_field() -> None:
+    from airouter.doors import MessagesDoor, ResponsesDoor
+
+    err = InvalidRequest("'response_format' is not supported by this model's backend.",
+                         param="response_format", code="unsupported_parameter")
+    body = json.loads(ResponsesDoor().error_json(err))["error"]
+    assert body["param"] == "text.format" and "'text.format'" in body["message"]
+    assert err.param == "response_format"  # the original is left alone
+    err = InvalidRequest("'stop' has too many entries.", param="stop")
+    body = json.loads(MessagesDoor().error_json(err))
+    assert body["error"]["message"] == "'stop_sequences' has too many entries."
+    err = InvalidRequest("'tools' is not supported.", param="tools")
+    assert json.loads(ResponsesDoor().error_json(err))["error"]["param"] == "tools"
