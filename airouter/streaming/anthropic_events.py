@@ -17,7 +17,14 @@ import msgspec
 
 from airouter.errors import BadGateway
 from airouter.protocol.anthropic import MessagesRequest
-from airouter.streaming.chat_read import chunk_obj, first_choice, token_counts, tool_calls
+from airouter.streaming.chat_read import (
+    ToolCallDelta,
+    chunk_obj,
+    first_choice,
+    read_chunk,
+    token_counts,
+    tool_calls,
+)
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -33,9 +40,8 @@ def tool_id(chat_id: str) -> str:
     return chat_id if chat_id.startswith("toolu_") else "toolu_" + (chat_id or os.urandom(12).hex())
 
 
-def stop_reason(req: MessagesRequest, choice: dict[str, Any], called: bool
+def stop_reason(req: MessagesRequest, finish: Any, matched: Any, called: bool
                 ) -> tuple[str, str | None]:
-    finish = choice.get("finish_reason")
     if finish == "length":
         return "max_tokens", None
     # A forced tool choice finishes with `stop` on OpenAI (and llama.cpp's server): an answer
@@ -44,7 +50,6 @@ def stop_reason(req: MessagesRequest, choice: dict[str, Any], called: bool
         return "tool_use", None
     if finish == "content_filter":
         return "refusal", None
-    matched = choice.get("stop_reason")
     if isinstance(matched, str) and matched in req.stop_sequences:
         return "stop_sequence", matched
     return "end_turn", None
@@ -76,7 +81,8 @@ def message_from_chat(req: MessagesRequest, chat: bytes, alias: str) -> bytes:
     for call_id, name, args in calls:
         content.append({"type": "tool_use", "id": tool_id(call_id), "name": name,
                         "input": _tool_input(args)})
-    reason, seq = stop_reason(req, choice, bool(calls))
+    reason, seq = stop_reason(req, choice.get("finish_reason"), choice.get("stop_reason"),
+                              bool(calls))
     prompt, completion, _, _ = token_counts(obj.get("usage"))
     return _encode({
         "id": _new_id("msg_"),
@@ -112,7 +118,8 @@ class MessagesStream:
         self.kind: str | None = None
         self.calls: dict[int, int] = {}  # chat tool call index -> block index
         self.prefix = b""
-        self.choice: dict[str, Any] = {}
+        self.finish: str | None = None
+        self.matched: str | int | None = None
         self.usage: Any = None
         self.started = False
 
@@ -153,47 +160,49 @@ class MessagesStream:
     def feed(self, payloads: list[bytes]) -> bytes:
         out: list[bytes] = [] if self.started else [self.start()]
         for payload in payloads:
-            obj = chunk_obj(payload)
-            if obj.get("usage") is not None:
-                self.usage = obj["usage"]
-            choice = first_choice(obj)
-            if choice is None:
+            c = read_chunk(payload)
+            if c.usage is not None:
+                self.usage = c.usage
+            if not c.choices:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if self.req.thinking and isinstance(reasoning, str) and reasoning:
-                if self.kind != "thinking":
-                    self._open("thinking", {"type": "thinking", "thinking": "",
-                                            "signature": ""}, out)
-                out.append(self._delta(reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                if self.kind != "text":
-                    self._open("text", {"type": "text", "text": ""}, out)
-                out.append(self._delta(content))
-            for tc in delta.get("tool_calls") or ():
-                self._tool_delta(tc, out)
-            if choice.get("finish_reason"):
-                self.choice = choice
+            choice = c.choices[0]
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if reasoning and self.req.thinking:
+                    if self.kind != "thinking":
+                        self._open("thinking", {"type": "thinking", "thinking": "",
+                                                "signature": ""}, out)
+                    out.append(self._delta(reasoning))
+                if delta.content:
+                    if self.kind != "text":
+                        self._open("text", {"type": "text", "text": ""}, out)
+                    out.append(self._delta(delta.content))
+                if delta.tool_calls:
+                    for tc in delta.tool_calls:
+                        self._tool_delta(tc, out)
+            if choice.finish_reason:
+                self.finish, self.matched = choice.finish_reason, choice.stop_reason
         return b"".join(out)
 
-    def _tool_delta(self, tc: dict[str, Any], out: list[bytes]) -> None:
-        index = tc.get("index", len(self.calls))
-        fn = tc.get("function") or {}
+    def _tool_delta(self, tc: ToolCallDelta, out: list[bytes]) -> None:
+        index = len(self.calls) if tc.index is None else tc.index
+        fn = tc.function
         if index not in self.calls:
-            self._open("tool_use", {"type": "tool_use", "id": tool_id(str(tc.get("id") or "")),
-                                    "name": str(fn.get("name") or ""), "input": {}}, out)
+            name = fn.name if fn is not None else None
+            self._open("tool_use", {"type": "tool_use", "id": tool_id(tc.id or ""),
+                                    "name": name or "", "input": {}}, out)
             self.calls[index] = self.index
         elif self.calls[index] != self.index:
             raise BadGateway("The backend interleaved the arguments of two tool calls.")
-        args = fn.get("arguments")
-        if isinstance(args, str) and args:
+        args = fn.arguments if fn is not None else None
+        if args:
             out.append(self._delta(args))
 
     def end(self) -> bytes:
         out: list[bytes] = [] if self.started else [self.start()]
         self._close(out)
-        reason, seq = stop_reason(self.req, self.choice, bool(self.calls))
+        reason, seq = stop_reason(self.req, self.finish, self.matched, bool(self.calls))
         prompt, completion, _, _ = token_counts(self.usage)
         out.append(_event("message_delta", {
             "type": "message_delta",

@@ -12,6 +12,52 @@ from airouter.errors import BadGateway, UpstreamError
 _decode = msgspec.json.Decoder().decode
 
 
+class FunctionDelta(msgspec.Struct):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct):
+    index: int | None = None
+    id: str | None = None
+    function: FunctionDelta | None = None
+
+
+class Delta(msgspec.Struct):
+    content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None  # what some servers call reasoning_content
+    tool_calls: list[ToolCallDelta] | None = None
+
+
+class ChunkChoice(msgspec.Struct):
+    delta: Delta | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the matched stop sequence, where vLLM reports it
+
+
+class Chunk(msgspec.Struct):
+    """The parts of a chat.completion.chunk a translator reads; the rest is skipped unread."""
+
+    choices: list[ChunkChoice] | None = None
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_decode_chunk = msgspec.json.Decoder(Chunk).decode
+
+
+def read_chunk(payload: bytes) -> Chunk:
+    """One chat chunk payload, typed; an in-band upstream error is raised as the error it is."""
+    try:
+        c = _decode_chunk(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise BadGateway("The backend sent a malformed stream chunk.") from None
+    if c.error is not None:
+        chunk_obj(payload)  # raises the upstream's error
+    return c
+
+
 def chunk_obj(payload: bytes) -> dict[str, Any]:
     """One chat chunk payload; an in-band upstream error is raised as the error it is."""
     try:

@@ -13,7 +13,14 @@ from typing import Any
 import msgspec
 
 from airouter.protocol.responses import ResponsesRequest
-from airouter.streaming.chat_read import chunk_obj, first_choice, token_counts, tool_calls
+from airouter.streaming.chat_read import (
+    ToolCallDelta,
+    chunk_obj,
+    first_choice,
+    read_chunk,
+    token_counts,
+    tool_calls,
+)
 
 _encode = msgspec.json.Encoder().encode
 
@@ -257,36 +264,37 @@ class ResponsesStream:
     def feed(self, payloads: list[bytes]) -> bytes:
         out: list[bytes] = [] if self.started else [self.start()]
         for payload in payloads:
-            obj = chunk_obj(payload)
-            if obj.get("usage") is not None:
-                self.usage = obj["usage"]
-            choice = first_choice(obj)
-            if choice is None:
+            c = read_chunk(payload)
+            if c.usage is not None:
+                self.usage = c.usage
+            if not c.choices:
                 continue
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out.append(self._delta(self._switch("reasoning", out), reasoning))
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                out.append(self._delta(self._switch("message", out), content))
-            for tc in delta.get("tool_calls") or ():
-                self._tool_delta(tc, out)
-            if choice.get("finish_reason"):
-                self.finish = choice["finish_reason"]
+            choice = c.choices[0]
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if reasoning:
+                    out.append(self._delta(self._switch("reasoning", out), reasoning))
+                if delta.content:
+                    out.append(self._delta(self._switch("message", out), delta.content))
+                if delta.tool_calls:
+                    for tc in delta.tool_calls:
+                        self._tool_delta(tc, out)
+            if choice.finish_reason:
+                self.finish = choice.finish_reason
         return b"".join(out)
 
-    def _tool_delta(self, tc: dict[str, Any], out: list[bytes]) -> None:
-        index = tc.get("index", len(self.calls))
-        fn = tc.get("function") or {}
+    def _tool_delta(self, tc: ToolCallDelta, out: list[bytes]) -> None:
+        index = len(self.calls) if tc.index is None else tc.index
+        fn = tc.function
         item = self.calls.get(index)
         if item is None:
             self._close(out, "completed")
-            item = self._open("function_call", out, str(tc.get("id") or ""),
-                              str(fn.get("name") or ""))
+            name = fn.name if fn is not None else None
+            item = self._open("function_call", out, tc.id or "", name or "")
             self.calls[index] = item
-        args = fn.get("arguments")
-        if isinstance(args, str) and args:
+        args = fn.arguments if fn is not None else None
+        if args:
             if item is not self.open:  # a backend interleaving calls: keep each item whole
                 item.parts.append(args)
             else:
