@@ -226,3 +226,16 @@ def test_access_log_line(client: anthropic.Anthropic, door_router: RouterProc) -
         "/v1/messages", 200, "echo", "fake")
     assert rec["tokens_in"] == 2 and rec["tokens_out"] == 3
     assert CLIENT_KEY not in door_router.log_text()
+
+
+@pytest.mark.parametrize("alias", TOOL_ALIASES)
+def test_stop_sequence_is_named(client: anthropic.Anthropic, alias: str) -> None:
+    msgs: Any = [{"role": "user", "content": "one two STOP three"}]
+    m = client.messages.create(model=alias, max_tokens=50, messages=msgs,
+                               stop_sequences=["NEVER", "STOP"])
+    assert m.content[0].type == "text" and m.content[0].text == "echo: one two "
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", "STOP")
+    with client.messages.stream(model=alias, max_tokens=50, messages=msgs,
+                                stop_sequences=["STOP"]) as s:
+        final = s.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "STOP")

@@ -1,9 +1,10 @@
 """fake-tools: a scripted model that calls the request's first tool, then answers from its result.
 
-Without tools it echoes like fake-echo. With tools, and the conversation not yet holding a tool
-result, it calls the first tool with `{<first parameter>: <last user text>}` (arguments streamed
-in pieces), after a short `reasoning_content`. Once the last message is a tool result it answers
-`tool said: <result>`.
+Without tools it echoes like fake-echo, cut at the first of the request's `stop` strings it
+contains, naming that one in the choice's `stop_reason` (as vLLM does). With tools, and the
+conversation not yet holding a tool result, it calls the first tool with
+`{<first parameter>: <last user text>}` (arguments streamed in pieces), after a short
+`reasoning_content`. Once the last message is a tool result it answers `tool said: <result>`.
 """
 
 from __future__ import annotations
@@ -34,13 +35,28 @@ def _call_arguments(tool: Json, text: str) -> str:
     return json.dumps({name: text})
 
 
+def _stopped(req: Json, text: str) -> Reply:
+    stops = req.get("stop") or []
+    found = [(text.find(s), s) for s in ([stops] if isinstance(stops, str) else stops)
+             if s in text]
+    if not found:
+        return chat_reply(req, text)
+    at, matched = min(found)
+    reply = chat_reply(req, text[:at])
+    reply.body["choices"][0]["stop_reason"] = matched
+    for kind, c in reply.chunks:
+        if kind == "finish":
+            c["choices"][0]["stop_reason"] = matched
+    return reply
+
+
 def tool_reply(req: Json) -> Reply:
     messages = req.get("messages") or []
     tools = req.get("tools") or []
     if messages and messages[-1].get("role") == "tool":
         return chat_reply(req, "tool said: " + content_text(messages[-1].get("content")))
     if not tools:
-        return chat_reply(req, "echo: " + last_user_text(messages))
+        return _stopped(req, "echo: " + last_user_text(messages))
     fn_name = (tools[0].get("function") or {}).get("name", "")
     args = _call_arguments(tools[0], last_user_text(messages))
     prompt = sum(words(content_text(m.get("content"))) for m in messages)

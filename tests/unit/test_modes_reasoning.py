@@ -39,3 +39,14 @@ def test_a_tool_name_repeated_in_every_delta_is_kept_once() -> None:
         [call('{"city"'), call(': "Paris"}'), chunk({}, "tool_calls")])))
     tc = json.loads(body)["choices"][0]["message"]["tool_calls"][0]
     assert tc["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def test_the_matched_stop_sequence_survives_aggregation() -> None:
+    from tests.support.chat_chunks import chunk
+
+    body = asyncio.run(body_from_chunks(Endpoint.CHAT, _batches(
+        [chunk({"content": "a"}), chunk({}, "stop", stop_reason="END")])))
+    choice = json.loads(body)["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"]) == ("stop", "END")
+    body = asyncio.run(body_from_chunks(Endpoint.CHAT, _batches([chunk({}, "stop")])))
+    assert "stop_reason" not in json.loads(body)["choices"][0]
