@@ -1,8 +1,8 @@
 """Front doors: the client APIs the router speaks, each translated to and from the one chat path.
 
-A door decodes a client body into the backend-facing request body, and per request opens a
-Session that renders the backend's answer (whole or streamed) and its errors in the door's
-own API. The OpenAI door renders the chat, completion and embedding answers as they are.
+A door decodes a client body into the backend-facing request body, and per request makes a
+Renderer for the backend's answer (whole or streamed) and its errors, in the door's own API.
+The OpenAI door renders the chat, completion and embedding answers as they are.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from airouter.streaming.responses_events import ResponsesStream, response_from_c
 from airouter.streaming.sse import DONE, DONE_EVENT, SSEDecoder, frame
 
 
-class Session(Protocol):
+class Renderer(Protocol):
     """One request's rendering of the backend's answer in the client's API."""
 
     def whole(self, body: bytes) -> bytes:
@@ -49,7 +49,7 @@ class Decoded:
     model: str | None
     stream: bool
     include_usage: bool
-    session: Session
+    renderer: Renderer
 
 
 class FrontDoor(Protocol):
@@ -98,7 +98,7 @@ def chat_chunks(reply: Reply, endpoint: Endpoint, include_usage: bool
     return _once(chunks_from_body(endpoint, reply.body, include_usage))
 
 
-class _OpenAISession:
+class _OpenAIRenderer:
     __slots__ = ("endpoint",)
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -127,7 +127,7 @@ class OpenAIDoor:
         self.endpoint = endpoint
         self.label = endpoint.value
         self.path = "/v1/" + endpoint.value.replace(".", "/")
-        self._session = _OpenAISession(endpoint)  # stateless: one for every request
+        self._renderer = _OpenAIRenderer(endpoint)  # stateless: one for every request
 
     def error_json(self, err: RouterError) -> bytes:
         return error_json(err)
@@ -137,7 +137,7 @@ class OpenAIDoor:
         opts = getattr(view, "stream_options", None)
         stream = bool(getattr(view, "stream", None))
         return Decoded(body, view.model, stream,
-                       bool(stream and opts is not None and opts.include_usage), self._session)
+                       bool(stream and opts is not None and opts.include_usage), self._renderer)
 
 
 def _client_param(err: RouterError, names: dict[str, str]) -> RouterError:
@@ -170,7 +170,7 @@ async def _translated(t: _Translator, chunks: AsyncIterator[list[bytes]]) -> Asy
             yield out
 
 
-class _ResponsesSession:
+class _ResponsesRenderer:
     __slots__ = ("req", "stream")
 
     def __init__(self, req: responses.ResponsesRequest) -> None:
@@ -205,10 +205,10 @@ class ResponsesDoor:
 
     def decode(self, data: bytes) -> Decoded:
         chat, req = responses.to_chat(parse_object(data))
-        return Decoded(chat, req.model, req.stream, req.stream, _ResponsesSession(req))
+        return Decoded(chat, req.model, req.stream, req.stream, _ResponsesRenderer(req))
 
 
-class _MessagesSession:
+class _MessagesRenderer:
     __slots__ = ("req", "stream")
 
     def __init__(self, req: anthropic.MessagesRequest) -> None:
@@ -242,4 +242,4 @@ class MessagesDoor:
 
     def decode(self, data: bytes) -> Decoded:
         chat, req = anthropic.to_chat(parse_object(data))
-        return Decoded(chat, req.model, req.stream, req.stream, _MessagesSession(req))
+        return Decoded(chat, req.model, req.stream, req.stream, _MessagesRenderer(req))

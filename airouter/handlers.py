@@ -26,7 +26,7 @@ from airouter.asgi import (
 )
 from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
-from airouter.doors import FrontDoor, OpenAIDoor, Session
+from airouter.doors import FrontDoor, OpenAIDoor, Renderer
 from airouter.errors import (
     NotFound,
     RouterError,
@@ -223,7 +223,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key, watch, req.session)
+            rec.status = await self._serve(call, send, rh, rec, key, watch, req.renderer)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -248,7 +248,7 @@ class CompletionEndpoint:
         rec: Record,
         key: ClientKey,
         watch: _DisconnectWatch,
-        session: Session,
+        renderer: Renderer,
     ) -> int:
         try:
             reply = await self._open(call, rec, key)
@@ -258,8 +258,8 @@ class CompletionEndpoint:
             return e.status
         try:
             if call.stream:
-                return await self._stream(call, reply, send, rh, rec, session)
-            return await self._whole(reply, send, rh, rec, session)
+                return await self._stream(call, reply, send, rh, rec, renderer)
+            return await self._whole(reply, send, rh, rec, renderer)
         finally:
             if not watch.gone:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
@@ -298,7 +298,7 @@ class CompletionEndpoint:
 
     async def _whole(
         self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
-        session: Session,
+        renderer: Renderer,
     ) -> int:
         try:
             if reply.body is not None:
@@ -306,7 +306,7 @@ class CompletionEndpoint:
             else:
                 assert reply.chunks is not None
                 body = await body_from_chunks(self.endpoint, reply.chunks)
-            body = session.whole(body)
+            body = renderer.whole(body)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh, self.error_json)
@@ -317,10 +317,10 @@ class CompletionEndpoint:
 
     async def _stream(
         self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
-        session: Session,
+        renderer: Renderer,
     ) -> int:
         try:
-            events = session.events(reply, call.include_usage)
+            events = renderer.events(reply, call.include_usage)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh, self.error_json)
@@ -331,11 +331,11 @@ class CompletionEndpoint:
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 rec.chunk_sent()
-            tail = session.end()
+            tail = renderer.end()
         except RouterError as e:
             # Headers are gone: report in-band, in the client API's way, then end cleanly.
             rec.error = e.code or e.type
-            tail = session.failed(e)
+            tail = renderer.failed(e)
         except asyncio.CancelledError:
             if not self.holder.draining:
                 raise
@@ -343,13 +343,13 @@ class CompletionEndpoint:
             if task is not None:
                 task.uncancel()
             rec.error = "shutdown"
-            tail = session.failed(_shutting_down())
+            tail = renderer.failed(_shutting_down())
         except OSError:
             raise
         except Exception:
             log.exception("stream failed")
             rec.error = "internal_error"
-            tail = session.failed(internal_error())
+            tail = renderer.failed(internal_error())
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200
 
