@@ -24,6 +24,8 @@ from airouter import config as config_mod
 from airouter.asgi import Receive, Scope, Send, send_error
 from airouter.backends.base import Endpoint
 from airouter.config import Config
+from airouter.count_tokens import CountTokensEndpoint
+from airouter.doors import FrontDoor, MessagesDoor, ResponsesDoor
 from airouter.errors import MethodNotAllowed, RouterError, error_json, internal_error
 from airouter.handlers import (
     CompletionEndpoint,
@@ -35,6 +37,7 @@ from airouter.handlers import (
 from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
+from airouter.protocol import anthropic
 from airouter.state import State
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
 from airouter.usage import UsageEndpoint
@@ -45,8 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("airouter")
 
 
-def _error_response(err: RouterError) -> Response:
-    return Response(error_json(err), err.status, headers=err.headers, media_type="application/json")
+def _error_response(err: RouterError, path: str = "") -> Response:
+    # Anthropic clients expect Anthropic's error shape anywhere under their API's path.
+    render = anthropic.error_json if path.startswith("/v1/messages") else error_json
+    return Response(render(err), err.status, headers=err.headers, media_type="application/json")
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
@@ -57,16 +62,17 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
             f"Method {request.method} is not allowed for {request.url.path}; use {allow}.",
             headers={"Allow": allow},
         )
-        return _error_response(err)
+        return _error_response(err, request.url.path)
     if exc.status_code == 404:
-        return _error_response(not_found(request.url.path))
-    return _error_response(RouterError(str(exc.detail), status=exc.status_code, code=None))
+        return _error_response(not_found(request.url.path), request.url.path)
+    return _error_response(RouterError(str(exc.detail), status=exc.status_code, code=None),
+                           request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s: %s", request.method, bounded(request.url.path),
               bounded(repr(exc)))
-    return _error_response(internal_error())
+    return _error_response(internal_error(), request.url.path)
 
 
 def _tracer(cfg: Config) -> Tracer | None:
@@ -159,8 +165,12 @@ def build_app(cfg: Config) -> FastPath:
         f"/v1/{ep.value.replace('.', '/')}": CompletionEndpoint(holder, ep, observer)
         for ep in Endpoint
     }
+    doors: tuple[FrontDoor, ...] = (ResponsesDoor(), MessagesDoor())
+    for door in doors:
+        hot[door.path] = CompletionEndpoint(holder, door.endpoint, observer, door)
     routes = [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
+        Route("/v1/messages/count_tokens", CountTokensEndpoint(holder), methods=["POST"]),
         Route("/v1/models", ModelsEndpoint(holder), methods=["GET"]),
         Route("/v1/models/{model_id:path}", ModelsEndpoint(holder), methods=["GET"]),
         Route("/health", MetricsGuard(holder, HealthEndpoint(holder, "detail")), methods=["GET"]),

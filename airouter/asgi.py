@@ -79,9 +79,12 @@ async def send_json(
 
 
 async def send_error(
-    send: Send, err: RouterError, headers: list[tuple[bytes, bytes]] | None = None
+    send: Send,
+    err: RouterError,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    render: Callable[[RouterError], bytes] = error_json,
 ) -> None:
     extra = [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
     if headers:
         extra.extend(headers)
-    await send_json(send, err.status, error_json(err), extra)
+    await send_json(send, err.status, render(err), extra)

@@ -89,7 +89,9 @@ class KeyStore:
         elif api_key is not None:
             token = api_key.strip()
         if not token:
-            raise Unauthorized("Missing API key. Send it as 'Authorization: Bearer <key>'.")
+            raise Unauthorized(
+                "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
         d = hashlib.sha256(token).digest()
         found = self._by_digest.get(d)
         if found is None or not hmac.compare_digest(found.digest, d):

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -26,20 +26,18 @@ from airouter.asgi import (
 )
 from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
+from airouter.doors import FrontDoor, OpenAIDoor, Renderer
 from airouter.errors import (
     NotFound,
     RouterError,
     ServiceUnavailable,
-    error_json,
     internal_error,
 )
 from airouter.limits import Ticket
 from airouter.observability.bounds import bounded
 from airouter.observability.record import Observer, Record, request_id_var
-from airouter.protocol.requests import decode
 from airouter.state import State
-from airouter.streaming.modes import body_from_chunks, chunks_from_body
-from airouter.streaming.sse import DONE_EVENT, frame
+from airouter.streaming.modes import body_from_chunks
 
 if TYPE_CHECKING:
     from airouter.observability.tracing import Tracer
@@ -94,7 +92,7 @@ class _Headers:
         for k, v in scope["headers"]:
             if k == b"authorization":
                 self.authorization = v
-            elif k == b"api-key":
+            elif k == b"api-key" or k == b"x-api-key":
                 self.api_key = v
             elif k in _FORWARD:
                 if _UNSAFE.search(v):
@@ -145,24 +143,20 @@ class _DisconnectWatch:
         self._watcher.cancel()
 
 
-async def _framed(chunks: AsyncIterator[list[bytes]]) -> AsyncIterator[bytes]:
-    async for batch in chunks:
-        yield frame(batch)
-
-
-async def _once(items: list[bytes]) -> AsyncIterator[list[bytes]]:
-    if items:
-        yield items
-
-
 class CompletionEndpoint:
-    """POST /v1/chat/completions, /v1/completions and /v1/embeddings."""
+    """POST /v1/chat/completions, /v1/completions and /v1/embeddings, and the other APIs'
+    front doors onto the chat path."""
 
-    def __init__(self, holder: Holder, endpoint: Endpoint, observer: Observer) -> None:
+    def __init__(
+        self, holder: Holder, endpoint: Endpoint, observer: Observer,
+        door: FrontDoor | None = None,
+    ) -> None:
         self.holder = holder
-        self.endpoint = endpoint
+        self.door = door or OpenAIDoor(endpoint)
+        self.endpoint = self.door.endpoint
         self.observer = observer
-        self.path = "/v1/" + endpoint.value.replace(".", "/")
+        self.path = self.door.path
+        self.error_json = self.door.error_json
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
@@ -170,7 +164,7 @@ class CompletionEndpoint:
         rid = (h.request_id or b"").decode("latin-1")
         request_id_var.set(rid)
         rh = [(b"x-request-id", h.request_id or b"")]
-        rec = Record(rid, "POST", self.path, self.endpoint.value)
+        rec = Record(rid, "POST", self.path, self.door.label)
         task = asyncio.current_task()
         tasks = self.holder.tasks
         if task is not None:
@@ -183,7 +177,7 @@ class CompletionEndpoint:
             rec.status, rec.error = 500, "internal_error"
             if not rec.started:
                 with contextlib.suppress(Exception):
-                    await send_error(send, internal_error(), rh)
+                    await send_error(send, internal_error(), rh, self.error_json)
         finally:
             tasks.discard(task)
             self.observer.finish(rec)
@@ -201,20 +195,19 @@ class CompletionEndpoint:
             key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
             data = await read_body(receive, state.body_limit, state.body_timeout)
-            body, view = decode(self.endpoint, data)
-            target = state.models.resolve(view.model, key)
-            ticket = await state.limits.admit(key.name, target, body)
+            req = self.door.decode(data)
+            target = state.models.resolve(req.model, key)
+            ticket = await state.limits.admit(key.name, target, req.body)
         except RouterError as e:
             rec.status, rec.error = e.status, e.code or e.type
-            await send_error(send, e, rh)
+            await send_error(send, e, rh, self.error_json)
             return
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
         rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
-        stream = bool(getattr(view, "stream", None))
-        opts = getattr(view, "stream_options", None)
+        body, stream = req.body, req.stream
         default_max = target.model.max_tokens
         if default_max is not None and self.endpoint is not Endpoint.EMBEDDINGS:
             if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
@@ -224,7 +217,7 @@ class CompletionEndpoint:
             target,
             body,
             stream,
-            include_usage=bool(stream and opts is not None and opts.include_usage),
+            include_usage=req.include_usage,
             headers=h.forward,
         )
         rec.call = call
@@ -234,7 +227,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key, watch, ticket)
+            rec.status = await self._serve(call, send, rh, rec, key, watch, req.renderer, ticket)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -247,7 +240,7 @@ class CompletionEndpoint:
             else:
                 rec.status, rec.error = 503, "shutdown"
                 if not rec.started:
-                    await send_error(send, _shutting_down(), rh)
+                    await send_error(send, _shutting_down(), rh, self.error_json)
         finally:
             watch.stop()
             ticket.release(call.stats)
@@ -260,18 +253,19 @@ class CompletionEndpoint:
         rec: Record,
         key: ClientKey,
         watch: _DisconnectWatch,
+        renderer: Renderer,
         ticket: Ticket,
     ) -> int:
         try:
             reply = await self._open(call, rec, key)
         except RouterError as e:
             rec.error = e.code or e.type
-            await send_error(send, e, rh)
+            await send_error(send, e, rh, self.error_json)
             return e.status
         try:
             if call.stream:
-                return await self._stream(call, reply, send, rh, rec, ticket)
-            return await self._whole(reply, send, rh, rec, ticket)
+                return await self._stream(call, reply, send, rh, rec, renderer, ticket)
+            return await self._whole(reply, send, rh, rec, renderer, ticket)
         finally:
             if not watch.gone:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
@@ -310,7 +304,8 @@ class CompletionEndpoint:
         raise first
 
     async def _whole(
-        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record, ticket: Ticket
+        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
+        renderer: Renderer, ticket: Ticket,
     ) -> int:
         try:
             if reply.body is not None:
@@ -318,9 +313,10 @@ class CompletionEndpoint:
             else:
                 assert reply.chunks is not None
                 body = await body_from_chunks(self.endpoint, reply.chunks)
+            body = renderer.whole(body)
         except RouterError as e:
             rec.error = e.code or e.type
-            await send_error(send, e, rh)
+            await send_error(send, e, rh, self.error_json)
             return e.status
         await ticket.settle(rec.call.stats if rec.call else None)
         rec.started = True
@@ -328,39 +324,27 @@ class CompletionEndpoint:
         return 200
 
     async def _stream(
-        self,
-        call: Call,
-        reply: Reply,
-        send: Send,
-        rh: list[tuple[bytes, bytes]],
-        rec: Record,
-        ticket: Ticket,
+        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
+        renderer: Renderer, ticket: Ticket,
     ) -> int:
         try:
-            events = reply.sse
-            if events is None:
-                chunks = reply.chunks
-                if chunks is None:
-                    assert reply.body is not None
-                    chunks = _once(chunks_from_body(self.endpoint, reply.body,
-                                                    call.include_usage))
-                events = _framed(chunks)
+            events = renderer.events(reply, call.include_usage)
         except RouterError as e:
             rec.error = e.code or e.type
-            await send_error(send, e, rh)
+            await send_error(send, e, rh, self.error_json)
             return e.status
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + rh})
         rec.started = True
-        tail = DONE_EVENT
         try:
             async for data in events:
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 rec.chunk_sent()
                 ticket.chunk(data)
+            tail = renderer.end()
         except RouterError as e:
-            # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
+            # Headers are gone: report in-band, in the client API's way, then end cleanly.
             rec.error = e.code or e.type
-            tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
+            tail = renderer.failed(e)
         except asyncio.CancelledError:
             if not self.holder.draining:
                 raise
@@ -368,13 +352,13 @@ class CompletionEndpoint:
             if task is not None:
                 task.uncancel()
             rec.error = "shutdown"
-            tail = b"data: " + error_json(_shutting_down()) + b"\n\n" + DONE_EVENT
+            tail = renderer.failed(_shutting_down())
         except OSError:
             raise
         except Exception:
             log.exception("stream failed")
             rec.error = "internal_error"
-            tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
+            tail = renderer.failed(internal_error())
         await ticket.settle(call.stats)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200

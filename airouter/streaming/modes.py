@@ -99,7 +99,10 @@ def chunks_from_body(endpoint: Endpoint, body: bytes, include_usage: bool) -> li
                         "finish_reason": None,
                     }
                 )
-            emit({"index": index, "delta": {}, "logprobs": None, "finish_reason": finish})
+            last = {"index": index, "delta": {}, "logprobs": None, "finish_reason": finish}
+            if choice.get("stop_reason") is not None:
+                last["stop_reason"] = choice["stop_reason"]
+            emit(last)
         else:
             if choice.get("text"):
                 emit(
@@ -121,7 +124,8 @@ _LEGACY = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 class _Choice:
     __slots__ = (
-        "index", "role", "parts", "reasoning", "refusal", "tools", "finish", "logprobs", "legacy"
+        "index", "role", "parts", "reasoning", "refusal", "tools", "finish", "logprobs", "legacy",
+        "stop_reason",
     )
 
     def __init__(self, index: int) -> None:
@@ -134,6 +138,7 @@ class _Choice:
         self.tools: dict[int, dict[str, Any]] = {}
         self.finish: str | None = None
         self.logprobs: list[Any] | None = None
+        self.stop_reason: Any = None
 
     def add_chat(self, c: dict[str, Any]) -> None:
         delta = c.get("delta") or {}
@@ -154,7 +159,9 @@ class _Choice:
             if tc.get("type"):
                 slot["type"] = tc["type"]
             fn = tc.get("function") or {}
-            slot["function"]["name"] += fn.get("name") or ""
+            if fn.get("name") and not slot["function"]["name"]:
+                # Whole in its first delta; llama.cpp's server repeats it in every one.
+                slot["function"]["name"] = fn["name"]
             slot["function"]["arguments"] += fn.get("arguments") or ""
         self._add_common(c)
 
@@ -166,6 +173,8 @@ class _Choice:
     def _add_common(self, c: dict[str, Any]) -> None:
         if c.get("finish_reason"):
             self.finish = c["finish_reason"]
+            # vLLM names the stop sequence that ended the text: Anthropic clients are told it.
+            self.stop_reason = c.get("stop_reason")
         lp = c.get("logprobs")
         if isinstance(lp, dict) and isinstance(lp.get("content"), list):
             self.logprobs = (self.logprobs or []) + lp["content"]
@@ -196,12 +205,15 @@ class _Choice:
         elif message["content"] is None:
             message["content"] = ""
         logprobs = {"content": self.logprobs, "refusal": None} if self.logprobs else None
-        return {
+        out = {
             "index": self.index,
             "message": message,
             "logprobs": logprobs,
             "finish_reason": self.finish or "stop",
         }
+        if self.stop_reason is not None:
+            out["stop_reason"] = self.stop_reason
+        return out
 
     def text(self) -> dict[str, Any]:
         return {

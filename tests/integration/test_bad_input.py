@@ -359,3 +359,76 @@ def test_invalid_request_target(router: RouterProc) -> None:
 
 def test_after_fuzz_still_serving(router: RouterProc) -> None:
     still_serving(router)
+
+
+_door_items = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output",
+                                 "reasoning", "web_search_call"]) | json_values,
+        "role": st.sampled_from(["user", "assistant", "developer", "tool"]) | json_values,
+        "content": st.text(max_size=8) | st.lists(st.fixed_dictionaries(
+            {"type": st.sampled_from(["input_text", "output_text", "text", "tool_use",
+                                      "tool_result", "image"])},
+            optional={"text": json_values, "id": json_values, "input": json_values,
+                      "tool_use_id": json_values, "content": json_values}), max_size=3)
+        | json_values,
+        "call_id": json_values, "name": json_values, "arguments": json_values,
+        "output": json_values,
+    },
+)
+door_bodies = st.one_of(
+    st.binary(max_size=100),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "model": st.sampled_from(["echo", "nope", "echo-nostream"]) | json_values,
+            "input": st.text(max_size=10) | st.lists(_door_items, max_size=3) | json_values,
+            "messages": st.lists(_door_items, max_size=3) | json_values,
+            "system": st.text(max_size=5) | json_values,
+            "instructions": json_values,
+            "max_tokens": st.integers(-2, 5) | json_values,
+            "max_output_tokens": st.integers(-2, 5) | json_values,
+            "stream": st.booleans() | json_values,
+            "tools": st.lists(st.fixed_dictionaries(
+                {"type": st.sampled_from(["function", "web_search", "custom"])},
+                optional={"name": json_values, "parameters": json_values,
+                          "input_schema": json_values}), max_size=2) | json_values,
+            "tool_choice": json_values,
+            "text": json_values,
+            "stop_sequences": json_values,
+            "temperature": json_values,
+            "previous_response_id": json_values,
+        },
+    ).map(lambda d: json.dumps(d).encode()),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    path=st.sampled_from(["/v1/responses", "/v1/messages", "/v1/messages/count_tokens"]),
+    body=door_bodies,
+    key=st.sampled_from([{"Authorization": f"Bearer {CLIENT_KEY}"}, {"x-api-key": CLIENT_KEY},
+                         {"x-api-key": "nope"}, {}]),
+)
+def test_fuzz_front_doors_never_5xx(
+    router: RouterProc, path: str, body: bytes, key: dict[str, str]
+) -> None:
+    s, h, b = request(router, "POST", path, body, {**key, "Content-Type": "application/json"})
+    assert s < 500, (s, b)
+    if s < 400:
+        return
+    assert h.get("content-type", "").startswith("application/json"), (s, b)
+    err = json.loads(b)
+    if path == "/v1/responses":
+        assert_error(s, b, s)
+    else:
+        assert err["type"] == "error" and set(err["error"]) == {"type", "message"}, err
+        assert err["error"]["message"]
+    if s == 401:
+        assert "x-api-key" not in key or key["x-api-key"] != CLIENT_KEY
+
+
+def test_after_front_door_fuzz_still_serving(router: RouterProc) -> None:
+    still_serving(router)

@@ -54,6 +54,7 @@ MODELS = (
     "fake-error-503",
     "fake-error-text",
     "fake-bad-json",
+    "fake-tools",
 )
 
 _ERROR_MODEL = re.compile(r"fake-error-(\d{3})")
@@ -582,6 +583,7 @@ class FakeUpstream:
             "fake-slow": self._slow,
             "fake-disconnect": self._disconnect,
             "fake-nostream": _nostream,
+            "fake-tools": self._tools,
         }
         return generation.get(model)
 
@@ -589,6 +591,17 @@ class FakeUpstream:
 
     async def _echo(self, request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
         reply = _reply(endpoint, body)
+        if not body.get("stream"):
+            return web.json_response(reply.body)
+        return await self._stream(request, reply)
+
+    async def _tools(self, request: web.Request, endpoint: str, body: Json
+                     ) -> web.StreamResponse:
+        from tests.support.fake_tools import tool_reply
+
+        if endpoint != "chat/completions":
+            return _model_not_found(body["model"])
+        reply = tool_reply(body)
         if not body.get("stream"):
             return web.json_response(reply.body)
         return await self._stream(request, reply)

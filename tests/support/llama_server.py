@@ -53,7 +53,8 @@ def gguf_path() -> Path:
     return path
 
 
-def server_args(port: int, alias: str, embedding: bool) -> list[str]:
+def server_args(port: int, alias: str, embedding: bool, chat_format: str | None = None
+                ) -> list[str]:
     settings = [
         "--model",
         str(gguf_path()),
@@ -68,6 +69,9 @@ def server_args(port: int, alias: str, embedding: bool) -> list[str]:
         "--n_threads",
         "1",
     ]
+    if chat_format is not None:
+        # e.g. "chatml-function-calling": tool calls, by grammar, from any chat model.
+        settings += ["--chat_format", chat_format]
     if embedding:
         return [sys.executable, "-c", _MEAN_POOLED_SERVER, *settings, "--embedding", "true"]
     return [sys.executable, "-m", "llama_cpp.server", *settings]
@@ -75,12 +79,16 @@ def server_args(port: int, alias: str, embedding: bool) -> list[str]:
 
 @contextlib.contextmanager
 def run_llama_server(
-    *, alias: str = "smollm2", log: Path | None = None, embedding: bool = False
+    *,
+    alias: str = "smollm2",
+    log: Path | None = None,
+    embedding: bool = False,
+    chat_format: str | None = None,
 ) -> Iterator[LlamaServer]:
     """Serve the model on a free port until the block ends; ready once /v1/models answers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
-    with spawn(server_args(port, alias, embedding), log=log) as proc:
+    with spawn(server_args(port, alias, embedding, chat_format), log=log) as proc:
         try:
             wait_http(url + "/models", timeout=READY_TIMEOUT, proc=proc)
         except (RuntimeError, TimeoutError) as exc:

@@ -128,3 +128,25 @@ def validate(schema_name: str, obj: object) -> None:
         tail = [f"  ... and {more} more"] if more else []
         name = resolve_name(schema_name)
         raise AssertionError("\n".join([f"not a valid {name}:", *shown, *tail]))
+
+
+@functools.cache
+def _stream_event_schemas() -> dict[str, str]:
+    """Responses stream event `type` -> the component schema of that event."""
+    schemas = _components()["components"]["schemas"]
+    out: dict[str, str] = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[1]
+        kind = schemas[name].get("properties", {}).get("type", {})
+        for value in kind.get("enum", ()):
+            out[value] = name
+    return out
+
+
+def validate_response_event(obj: dict[str, Any]) -> None:
+    """Validate a Responses stream event against the schema its `type` names (a plain anyOf
+    over all events reports only the least helpful branch)."""
+    name = _stream_event_schemas().get(obj.get("type", ""))
+    if name is None:
+        raise AssertionError(f"not a Responses stream event type: {obj.get('type')!r}")
+    validate(name, obj)

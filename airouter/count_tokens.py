@@ -1,0 +1,53 @@
+"""POST /v1/messages/count_tokens (Anthropic): the prompt's tokens, by the model's tokenizer."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import msgspec
+
+from airouter.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
+from airouter.backends.base import Target
+from airouter.errors import InvalidRequest, RouterError
+from airouter.handlers import Holder, _Headers
+from airouter.protocol import anthropic
+from airouter.protocol.fields import parse_object
+
+_encode = msgspec.json.Encoder().encode
+
+
+def count_prompt_tokens(target: Target, chat: dict[str, Any]) -> int | None:
+    """The prompt tokens of a chat request by the target model's tokenizer, or None when the
+    model has none configured (the hook a per-model `tokenizer` setting plugs into)."""
+    return None
+
+
+class CountTokensEndpoint:
+    def __init__(self, holder: Holder) -> None:
+        self.holder = holder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.holder.state
+        h = _Headers(scope)
+        rh = [(b"x-request-id", h.request_id or b"")]
+        try:
+            key = state.keys.authenticate(h.authorization, h.api_key)
+            chat, req = anthropic.to_chat(
+                parse_object(await read_body(receive, state.body_limit)), count_only=True
+            )
+            target = state.models.resolve(req.model, key)
+            n = count_prompt_tokens(target, chat)
+            if n is None:
+                raise InvalidRequest(
+                    f"Token counting is not available for the model '{target.alias}': it has "
+                    "no tokenizer configured.",
+                    param="model",
+                    code="unsupported_model",
+                )
+            await send_json(send, 200, _encode({"input_tokens": n}), rh)
+        except RouterError as e:
+            with contextlib.suppress(ClientGone):
+                await send_error(send, e, rh, anthropic.error_json)
+        except ClientGone:
+            return
