@@ -13,14 +13,17 @@ from airouter.errors import InvalidRequest, RouterError
 from airouter.handlers import Holder, _Headers
 from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
+from airouter.tokenizers import prompt_tokens
 
 _encode = msgspec.json.Encoder().encode
 
 
-def count_prompt_tokens(target: Target, chat: dict[str, Any]) -> int | None:
-    """The prompt tokens of a chat request by the target model's tokenizer, or None when the
-    model has none configured (the hook a per-model `tokenizer` setting plugs into)."""
-    return None
+async def count_prompt_tokens(target: Target, chat: dict[str, Any]) -> int | None:
+    """The prompt tokens of a chat request by the target model's tokenizer (the messages as its
+    chat template renders them, when it has one), or None when it has no tokenizer."""
+    if not target.model.tokenizer:
+        return None
+    return await prompt_tokens(target.model, chat)
 
 
 class CountTokensEndpoint:
@@ -37,7 +40,7 @@ class CountTokensEndpoint:
                 parse_object(await read_body(receive, state.body_limit)), count_only=True
             )
             target = state.models.resolve(req.model, key)
-            n = count_prompt_tokens(target, chat)
+            n = await count_prompt_tokens(target, chat)
             if n is None:
                 raise InvalidRequest(
                     f"Token counting is not available for the model '{target.alias}': it has "

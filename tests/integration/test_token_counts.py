@@ -128,6 +128,23 @@ def test_tokenize_messages_counts_the_rendered_prompt(
     assert got["tokens"] == tokenizer_file[1].encode(CHATML).ids
 
 
+def test_anthropic_count_tokens_uses_the_tokenizer(
+    fake_router: RouterProc, tokenizer_file: tuple[Path, Tokenizer]
+) -> None:
+    """POST /v1/messages/count_tokens through the official anthropic client: the system prompt
+    and messages as the alias's chat template renders them, counted by its tokenizer."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=fake_router.url, api_key="sk-t", max_retries=0)
+    got = client.messages.count_tokens(
+        model="tok", system="You are terse.", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    assert got.input_tokens == len(tokenizer_file[1].encode(CHATML).ids)
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client.messages.count_tokens(model="plain", messages=[{"role": "user", "content": "hi"}])
+    assert e.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param", "code"),
     [
