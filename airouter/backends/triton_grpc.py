@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,24 @@ DEFAULT_CHAT_MAX_TOKENS = 512
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
+# Decoupled streams report failures as bare text. Words that only an engine or server fault
+# uses win; then words that say the request itself was wrong; anything else is the backend's
+# fault (502, retried on another node before the first byte, counted against the node).
+_ENGINE_FAULT = re.compile(
+    r"out of memory|\boom\b|cuda|cudnn|cublas|nccl|segmentation fault|core dumped|"
+    r"engine (?:is )?(?:dead|stopped|failed)|executor|internal error|assertion",
+    re.IGNORECASE,
+)
+_CLIENT_FAULT = re.compile(
+    r"invalid (?:argument|input|value|parameter|request)|"
+    r"too (?:long|large|high|low|many|big)|exceeds?|max(?:imum)?[ _](?:length|input|seq)|"
+    r"input length|prompt length|context length|"
+    r"unexpected (?:inference )?input|missing (?:required )?input|expected \d+ inputs?|"
+    r"shape|data ?type|dtype|must be|out of range|not supported|unsupported",
+    re.IGNORECASE,
+)
+
+
 def map_error(message: str, model: str) -> RouterError:
     """Triton's in-band error text to the status a client should see."""
     low = message.lower()
@@ -56,7 +75,13 @@ def map_error(message: str, model: str) -> RouterError:
         )
     if "unavailable" in low or "not ready" in low:
         return ServiceUnavailable(f"The model '{model}' is unavailable: {message}")
-    return InvalidRequest(f"The model rejected the request: {message}", code="backend_rejected")
+    if _CLIENT_FAULT.search(message) and not _ENGINE_FAULT.search(message):
+        return InvalidRequest(f"The model rejected the request: {message}",
+                              code="backend_rejected")
+    log.warning("model %s failed: %s", model,
+                message[:500].encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return BadGateway(f"The model '{model}' failed on the backend.", code="backend_failed",
+                      retryable=True)
 
 
 def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
@@ -67,8 +92,10 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
         return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(f"The model rejected the request: {e.details()}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+                grpc.StatusCode.FAILED_PRECONDITION):
+        return InvalidRequest(f"The model rejected the request: {e.details()}",
+                              code="backend_rejected")
     return map_error(e.details() or str(code), model)
 
 
