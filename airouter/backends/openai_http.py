@@ -161,8 +161,10 @@ class OpenAIHttpBackend(Backend):
         if self._session is not None:
             await self._session.close()
 
-    async def _check(self, node: Node) -> bool:
-        """Active health check: the node answers GET {base_url}/models without a 5xx."""
+    async def _check(self, node: Node) -> bool | None:
+        """Active health check: the node answers GET {base_url}/models without a 5xx.
+        None when it did not answer in time (a busy llama.cpp answers only between
+        generations): the pool decides whether that counts."""
         assert self._session is not None
         try:
             async with self._session.get(
@@ -170,7 +172,9 @@ class OpenAIHttpBackend(Backend):
             ) as r:
                 await r.read()
                 return r.status < 500
-        except (TimeoutError, aiohttp.ClientError):
+        except TimeoutError:
+            return None
+        except aiohttp.ClientError:
             return False
 
     def health(self) -> dict[str, Any]:

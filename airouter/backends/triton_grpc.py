@@ -327,8 +327,9 @@ class TritonGrpcBackend(Backend):
         for channel in self._channels.values():
             await channel.close(grace=None)
 
-    async def _check(self, node: Node) -> bool:
-        """Active health check: the server is ready, and so is every model we use on it."""
+    async def _check(self, node: Node) -> bool | None:
+        """Active health check: the server is ready, and so is every model we use on it.
+        None when it did not answer in time: the pool decides whether that counts."""
         stub = self._stubs[node.url]
         timeout = self.cfg.health_timeout
         try:
@@ -341,8 +342,8 @@ class TritonGrpcBackend(Backend):
                 )
                 if not r.ready:
                     return False
-        except grpc.aio.AioRpcError:
-            return False
+        except grpc.aio.AioRpcError as e:
+            return None if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else False
         return True
 
     def health(self) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""Backend faults on the OpenAI-compatible path: who gets blamed, what the client sees, what
+operators see. Real router, real sockets, the scripted fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
+from tests.support.fake_upstream import FakeUpstream
+from tests.support.procs import free_port
+from tests.support.router import RouterProc, run_router
+
+AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
+EXTRA = """
+[models.traceback]
+backend = "fake"
+backend_model = "fake-traceback"
+
+[models.bad-event]
+backend = "fake"
+backend_model = "fake-bad-event"
+
+[models.truncated]
+backend = "fake"
+backend_model = "fake-truncated"
+
+[models.truncated-always]
+backend = "fake-always"
+backend_model = "fake-truncated"
+
+[models.stall]
+backend = "fake"
+backend_model = "fake-stall"
+
+[models.error-text]
+backend = "fake"
+backend_model = "fake-error-text"
+
+[backends.dead-never]
+type = "openai"
+base_url = "http://127.0.0.1:{dead}/v1"
+stream = "never"
+connect_timeout = 1
+health_interval = 0
+
+[models.gone]
+backend = "dead-never"
+fallbacks = ["echo"]
+"""
+
+
+@pytest.fixture(scope="module")
+def router(upstream: FakeUpstream, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[RouterProc]:
+    cfg = fake_config(upstream.url, dead_port=free_port(),
+                      extra=EXTRA.replace("{dead}", str(free_port())))
+    with run_router(cfg, tmp_path_factory.mktemp("faults"),
+                    env={"FAKE_UPSTREAM_KEY": UPSTREAM_KEY}) as r:
+        yield r
+
+
+def body(model: str, content: str = "one two three", **extra: object) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def post(router: RouterProc, payload: dict, rid: str | None = None
+               ) -> tuple[int, dict[str, str], bytes]:
+    headers = {**AUTH, **({"x-request-id": rid} if rid else {})}
+    async with aiohttp.ClientSession() as s, s.post(
+            router.base_url + "/chat/completions", json=payload, headers=headers) as r:
+        return r.status, dict(r.headers), await r.read()
+
+
+def events(raw: bytes) -> list[bytes]:
+    """The data payloads of an SSE body, in order; every event must be one `data: ` line."""
+    out = []
+    for e in raw.split(b"\n\n"):
+        if not e:
+            continue
+        assert e.startswith(b"data: ") and b"\n" not in e, e
+        out.append(e[6:])
+    return out
+
+
+def access_lines(router: RouterProc, rid: str) -> list[dict]:
+    tag = f" airouter.access [{rid}] "
+    return [json.loads(line.split(tag, 1)[1])
+            for line in router.log_text().splitlines() if tag in line]
+
+
+def wait_for(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def own_router(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A router on a config of the test's own."""
+    routers: list = []
+
+    def start(cfg: str) -> RouterProc:
+        ctx = run_router(cfg, tmp_path)
+        routers.append(ctx)
+        return ctx.__enter__()
+
+    yield start
+    for ctx in reversed(routers):
+        ctx.__exit__(None, None, None)
+
+
+def own_cfg(url: str, backend: str, models: str = "") -> str:
+    return f"""
+[server]
+api_keys = ["{CLIENT_KEY}"]
+[backends.b]
+type = "openai"
+base_url = "{url}"
+{backend}
+[models.echo]
+backend = "b"
+backend_model = "fake-echo"
+[models.slow]
+backend = "b"
+backend_model = "fake-slow"
+[models.stall]
+backend = "b"
+backend_model = "fake-stall"
+[models."fake-error-*"]
+backend = "b"
+{models}
+"""
+
+
+def node_status(router: RouterProc) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(router.url + "/health", timeout=5) as r:
+            health = json.loads(r.read())
+    except urllib.error.HTTPError as e:  # 503: nothing routable
+        health = json.loads(e.read())
+    return str(health["backends"]["b"]["nodes"][0]["status"])
+
+
+# --- a backend always has something to try ------------------------------------------------
+
+
+async def test_client_mistakes_do_not_lock_everyone_out(upstream: FakeUpstream,
+                                                         own_router) -> None:  # type: ignore[no-untyped-def]
+    router = own_router(own_cfg(upstream.url, "health_interval = 0\neject_after = 3"))
+    # llama.cpp answers some invalid requests with 500: three in a row eject the only node.
+    for _ in range(3):
+        status, _, _ = await post(router, body("fake-error-500"))
+        assert status == 502
+    assert node_status(router) == "ejected"
+    # Every other client is still served: below the panic threshold, ejected nodes are tried.
+    for _ in range(3):
+        status, _, raw = await post(router, body("echo"))
+        assert status == 200, raw
+    assert node_status(router) == "up"  # and it answered, so it is back
+
+
+async def test_panic_threshold_zero_keeps_the_old_refusal(upstream: FakeUpstream,
+                                                          own_router) -> None:  # type: ignore[no-untyped-def]
+    router = own_router(own_cfg(upstream.url, "health_interval = 0\neject_after = 1\n"
+                                              "cooldown = 30\npanic_threshold = 0"))
+    assert (await post(router, body("fake-error-500")))[0] == 502
+    status, headers, raw = await post(router, body("echo"))
+    assert status == 503 and json.loads(raw)["error"]["code"] == "no_healthy_node"
+    assert headers["Retry-After"]
+
+
+async def test_busy_node_with_a_slow_health_endpoint_stays_up(own_router) -> None:  # type: ignore[no-untyped-def]
+    # As llama.cpp's server: GET /v1/models waits while a generation runs.
+    with FakeUpstream(models_wait_idle=True) as up:
+        router = own_router(own_cfg(up.url, "health_interval = 0.2\nhealth_timeout = 0.3\n"
+                                            "unhealthy_after = 1"))
+        stop = time.monotonic() + 3.0
+        seen: set[str] = set()
+
+        async def load() -> None:
+            async with aiohttp.ClientSession() as s:
+                while time.monotonic() < stop:
+                    # Overlapping answers of about 0.5 s each: the node is never idle.
+                    async def one() -> None:
+                        async with s.post(router.base_url + "/chat/completions", headers=AUTH,
+                                          json=body("slow", "a b c", stream=True)) as r:
+                            assert r.status == 200
+                            assert (await r.read()).endswith(b"data: [DONE]\n\n")
+                    await asyncio.gather(one(), asyncio.sleep(0.25))
+
+        async def watch() -> None:
+            while time.monotonic() < stop:
+                seen.add(await asyncio.to_thread(node_status, router))
+                await asyncio.sleep(0.1)
+
+        await asyncio.gather(load(), load(), watch())
+        assert seen == {"up"}
+        # A node that answers nothing while its checks time out is marked down.
+        async with aiohttp.ClientSession() as s:
+            task = asyncio.create_task(s.post(router.base_url + "/chat/completions",
+                                              json=body("stall", "headers", stream=True),
+                                              headers=AUTH))
+            await asyncio.to_thread(up.wait_event, "stalled", 5.0)
+            await asyncio.to_thread(wait_for, lambda: node_status(router) == "down", 5.0)
+            task.cancel()
