@@ -344,7 +344,7 @@ class CompletionEndpoint:
                 rec.chunk_sent()
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
-            rec.error = e.code or e.type
+            rec.error, rec.broken = e.code or e.type, e.status
             tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
         except asyncio.CancelledError:
             if not self.holder.draining:
@@ -352,13 +352,13 @@ class CompletionEndpoint:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            rec.error = "shutdown"
+            rec.error, rec.broken = "shutdown", 503
             tail = b"data: " + error_json(_shutting_down()) + b"\n\n" + DONE_EVENT
         except OSError:
             raise
         except Exception:
             log.exception("stream failed")
-            rec.error = "internal_error"
+            rec.error, rec.broken = "internal_error", 500
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
+from tests.integration.test_observability import scrape, total
 from tests.support.fake_upstream import FakeUpstream
 from tests.support.procs import free_port
 from tests.support.router import RouterProc, run_router
@@ -100,6 +101,33 @@ def wait_for(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# --- failures after the start are visible to operators -------------------------------------
+
+
+async def test_broken_stream_is_recorded_as_broken(router: RouterProc) -> None:
+    before = scrape(router)
+    # fake-die cuts the connection after two content chunks.
+    status, _, raw = await post(router, body("die", stream=True), "broken-1")
+    assert status == 200 and events(raw)[-1] == b"[DONE]"
+    assert json.loads(events(raw)[-2])["error"]["code"] == "bad_gateway"
+    status, _, _ = await post(router, body("echo", stream=True), "whole-1")
+    assert status == 200
+    time.sleep(0.3)
+    after = scrape(router)
+
+    def delta(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert delta("airouter_requests_total", model="die", status="200", outcome="broken") == 1
+    assert delta("airouter_requests_total", model="die", outcome="ok") == 0
+    assert delta("airouter_requests_total", model="echo", status="200", outcome="ok") == 1
+    assert delta("airouter_upstream_errors_total", backend="fake", kind="bad_gateway") == 1
+    [line] = access_lines(router, "broken-1")
+    assert (line["status"], line["outcome"], line["error"]) == (200, "broken", "bad_gateway")
+    [line] = access_lines(router, "whole-1")
+    assert line["status"] == 200 and line["outcome"] == "ok" and "error" not in line
 
 
 @pytest.fixture
