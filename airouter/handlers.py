@@ -25,7 +25,7 @@ from airouter.asgi import (
     send_json,
 )
 from airouter.auth import ClientKey
-from airouter.backends.base import Call, Endpoint, Reply
+from airouter.backends.base import Call, Endpoint, Reply, Target
 from airouter.errors import (
     NotFound,
     RouterError,
@@ -211,14 +211,10 @@ class CompletionEndpoint:
         rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
         stream = bool(getattr(view, "stream", None))
         opts = getattr(view, "stream_options", None)
-        default_max = target.model.max_tokens
-        if default_max is not None and self.endpoint is not Endpoint.EMBEDDINGS:
-            if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-                body["max_tokens"] = default_max
         call = Call(
             self.endpoint,
             target,
-            body,
+            _for_target(self.endpoint, body, target),
             stream,
             include_usage=bool(stream and opts is not None and opts.include_usage),
             headers=h.forward,
@@ -230,7 +226,7 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key, watch)
+            rec.status = await self._serve(call, body, send, rh, rec, key, watch)
         except asyncio.CancelledError:
             if not (watch.gone or self.holder.draining):
                 raise
@@ -250,6 +246,7 @@ class CompletionEndpoint:
     async def _serve(
         self,
         call: Call,
+        client_body: dict[str, Any],
         send: Send,
         rh: list[tuple[bytes, bytes]],
         rec: Record,
@@ -257,7 +254,7 @@ class CompletionEndpoint:
         watch: _DisconnectWatch,
     ) -> int:
         try:
-            reply = await self._open(call, rec, key)
+            reply = await self._open(call, client_body, rec, key)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh)
@@ -272,7 +269,9 @@ class CompletionEndpoint:
                 watch.stop()
             await reply.aclose()
 
-    async def _open(self, call: Call, rec: Record, key: ClientKey) -> Reply:
+    async def _open(
+        self, call: Call, client_body: dict[str, Any], rec: Record, key: ClientKey
+    ) -> Reply:
         """Open the call on its target; when every node of it is down, on its fallbacks."""
         try:
             return await call.target.backend.open(call)
@@ -294,7 +293,8 @@ class CompletionEndpoint:
             )
             call.target = target
             rec.alias, rec.label, rec.backend = target.alias, target.label, target.backend.name
-            call.body["model"] = target.backend_model
+            # Each target starts from the client's request, with its own defaults.
+            call.body = _for_target(self.endpoint, client_body, target)
             try:
                 return await target.backend.open(call)
             except RouterError as e:
@@ -362,6 +362,16 @@ class CompletionEndpoint:
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         return 200
+
+
+def _for_target(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The request as `target` gets it: the client's body plus the model's default max_tokens
+    (a copy when one is added, so the client's body stays as sent)."""
+    default_max = target.model.max_tokens
+    if (default_max is not None and endpoint is not Endpoint.EMBEDDINGS
+            and body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
+        return {**body, "max_tokens": default_max}
+    return body
 
 
 def _shutting_down() -> RouterError:

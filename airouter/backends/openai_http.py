@@ -190,8 +190,8 @@ class OpenAIHttpBackend(Backend):
 
     async def open(self, call: Call) -> Reply:
         assert self._session is not None, "backend not started"
-        body = call.body
-        body["model"] = call.target.backend_model
+        # A copy: call.body stays the client's request, for a fallback backend to start from.
+        body = {**call.body, "model": call.target.backend_model}
         stream = self._upstream_streams(call)
         if call.endpoint is not Endpoint.EMBEDDINGS:
             if stream:

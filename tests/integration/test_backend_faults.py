@@ -130,6 +130,23 @@ async def test_broken_stream_is_recorded_as_broken(router: RouterProc) -> None:
     assert line["status"] == 200 and line["outcome"] == "ok" and "error" not in line
 
 
+# --- a fallback starts from the client's request -----------------------------------------
+
+
+async def test_fallback_gets_the_clients_request_not_the_first_backends_edits(
+        router: RouterProc, upstream: FakeUpstream) -> None:
+    upstream.clear()
+    status, _, raw = await post(router, body("gone", stream=True,
+                                             stream_options={"include_usage": True}))
+    assert status == 200
+    chunks = [json.loads(p) for p in events(raw)[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert all(c["model"] == "echo" for c in chunks)
+    sent = upstream.requests[-1]["json"]
+    assert sent["model"] == "fake-echo" and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+
+
 @pytest.fixture
 def own_router(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A router on a config of the test's own."""
