@@ -70,6 +70,7 @@ def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
 
 
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
+_LOGGED = 500  # bytes of an upstream's error text kept for the log
 
 
 def _host_port(url: str) -> str:
@@ -82,29 +83,28 @@ def rewrite_model(payload: bytes, target: Target) -> bytes:
     return _MODEL.sub(target.model_repl, payload, count=1)
 
 
-def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
+def _upstream_error(status: int, body: bytes, headers: Any, backend: str = "") -> RouterError:
     message = f"The backend answered with HTTP {status}."
     code: str | None = None
     etype: str | None = None
     param: str | None = None
+    text = ""
     try:
         p = _error_probe(body)
         err = p.error
         if isinstance(err, dict):
-            message = str(err.get("message") or message)
+            text = str(err.get("message") or "")
             code = err.get("code") if isinstance(err.get("code"), str) else None
             etype = err.get("type") if isinstance(err.get("type"), str) else None
             param = err.get("param") if isinstance(err.get("param"), str) else None
         elif isinstance(err, str):
-            message = err
+            text = err
         elif isinstance(p.message, str):
-            message = p.message
+            text = p.message
         elif isinstance(p.detail, str):
-            message = p.detail
+            text = p.detail
     except msgspec.DecodeError:
-        text = body[:200].decode("utf-8", "replace").strip()
-        if text:
-            message = f"{message} {text}"
+        text = body[:_LOGGED].decode("utf-8", "replace").strip()
     extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
     if status == 401 or status == 403:
         # The upstream rejected *our* key; the client's key was fine.
@@ -114,13 +114,19 @@ def _upstream_error(status: int, body: bytes, headers: Any) -> RouterError:
             "The backend rejected the router's credentials.", code="upstream_auth_failed"
         )
     if 400 <= status < 500:
-        err = UpstreamError(message, status=status, param=param, code=code, headers=extra)
+        # The client's own mistake, in the upstream's words: theirs to read.
+        err = UpstreamError(text or message, status=status, param=param, code=code,
+                            headers=extra)
         err.type = etype or "invalid_request_error"
         return err
+    # A server failure: its text may hold tracebacks, paths or hostnames. Operators get it
+    # (bounded) in the log; clients get the router's own words.
+    log.warning("backend %s answered HTTP %d: %s", backend, status,
+                text[:_LOGGED].encode("unicode_escape", "backslashreplace").decode("ascii"))
     if status in (502, 503, 504):
         cls = {502: BadGateway, 503: ServiceUnavailable, 504: GatewayTimeout}[status]
-        return cls(message, headers=extra)
-    return BadGateway(f"The backend failed: {message}", code="upstream_error")
+        return cls(f"The backend '{backend}' answered with HTTP {status}.", headers=extra)
+    return BadGateway(f"The backend '{backend}' failed (HTTP {status}).", code="upstream_error")
 
 
 class OpenAIHttpBackend(Backend):
@@ -239,7 +245,7 @@ class OpenAIHttpBackend(Backend):
             ) from None
         try:
             if resp.status >= 400:
-                raise _upstream_error(resp.status, await resp.read(), resp.headers)
+                raise _upstream_error(resp.status, await resp.read(), resp.headers, self.name)
             if resp.content_type == "text/event-stream":
                 relay = _Relay(self.name, resp, call.target, call.stats)
                 # Wait for the first event, so a node that fails before it can be replaced.

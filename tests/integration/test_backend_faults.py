@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
 from tests.integration.test_observability import scrape, total
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.openapi import validate
 from tests.support.procs import free_port
 from tests.support.router import RouterProc, run_router
 
@@ -101,6 +102,33 @@ def wait_for(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def
     while not pred():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# --- upstream 5xx bodies stay with operators --------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["traceback", "error-text"])
+async def test_upstream_5xx_text_is_logged_not_relayed(router: RouterProc, model: str) -> None:
+    leaked = ("Traceback", "/srv/engine", "illegal memory", "plain-text failure")
+    for stream in (False, True):
+        status, _, raw = await post(router, body(model, stream=stream))
+        assert status == 502, raw
+        err = json.loads(raw)
+        validate("ErrorResponse", err)
+        assert err["error"]["type"] == "upstream_error"
+        assert "HTTP 500" in err["error"]["message"]
+        assert not any(word in raw.decode() for word in leaked), raw
+    # Operators get the upstream's words, bounded and on one line.
+    logged = [line for line in router.log_text().splitlines()
+              if "answered HTTP 500" in line]
+    want = "Traceback (most recent call last)" if model == "traceback" else "plain-text failure"
+    assert any(want in line for line in logged), logged
+    assert all(len(line) < 1000 for line in logged)
+
+
+async def test_upstream_4xx_message_is_still_relayed(router: RouterProc) -> None:
+    status, _, raw = await post(router, body("fake-error-400"))
+    assert status == 400 and json.loads(raw)["error"]["message"] == "fake upstream error 400"
 
 
 # --- failures after the start are visible to operators -------------------------------------
