@@ -283,8 +283,8 @@ class OpenAIHttpBackend(Backend):
 class _Relay:
     """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
 
-    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "seen", "tail",
-                 "pending", "raw_ok")
+    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "complete", "seen",
+                 "tail", "pending", "raw_ok", "failed")
 
     def __init__(self, name: str, resp: aiohttp.ClientResponse, target: Target,
                  stats: Stats) -> None:
@@ -294,6 +294,9 @@ class _Relay:
         self.stats = stats
         self.decoder = SSEDecoder()
         self.done = False
+        self.complete = False  # the upstream sent [DONE]
+        # An event that was not JSON: what came before it is relayed, then this is raised.
+        self.failed: RouterError | None = None
         # The exact `"model":"..."` member the upstream writes: it repeats it in every chunk,
         # so after the first a plain bytes.replace does what the regex did.
         self.seen: bytes | None = None
@@ -337,22 +340,26 @@ class _Relay:
             if not payloads:
                 continue
             if DONE in payloads:
-                self.done = True
+                self.done = self.complete = True
                 del payloads[payloads.index(DONE) :]
             if payloads:
                 tail = self.tail
                 self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
                 return [self._rewrite(p) for p in payloads]
-        self._note_tail()
+        self._end()
         return None
 
     async def next_raw(self) -> bytes | None:
         """Streaming clients: whole SSE events, passed through as read, with one bytes.replace
         for `model` per read instead of a decode, rewrite and re-frame per event. Upstream
         framing that is not plain `data: ...` + blank line falls back to the decoder."""
+        if self.failed is not None:
+            raise self.failed
         if not self.raw_ok:
             batch = await self.next_batch()
-            return frame(batch) if batch is not None else None
+            if batch is None:
+                return None
+            return frame(batch) if (batch := self._valid(batch)) else b""
         repl = self.target.model_repl
         while not self.done:
             data = await self._read()
@@ -377,14 +384,23 @@ class _Relay:
                 return self._fallback(data)
             self.pending = buf[cut + 2 :]
             if out.endswith(b"data: [DONE]\n\n"):
-                self.done = True
+                self.done = self.complete = True
                 out = out[:-14]
+                events -= 1
             if b"[DONE]" in out:  # not a plain last event: let the decoder judge
-                self.done = False
+                self.done = self.complete = False
                 self.pending = b""
                 return self._fallback(buf)
             if not out:
                 continue
+            bad = _first_bad_event(out, events)
+            if bad >= 0:
+                end = out.find(b"\n\n", bad)
+                self.failed = self._not_json(out[bad + 6 : end])
+                self.done = False
+                out = out[:bad]
+                if not out:
+                    raise self.failed
             seen = self.seen
             if seen is None:
                 m = _MODEL.search(out)
@@ -397,7 +413,7 @@ class _Relay:
                 out = out.replace(seen, repl)
             self._keep_tail(out)
             return out
-        self._note_tail()
+        self._end()
         return None
 
     def _fallback(self, data: bytes, final: bool = False) -> bytes | None:
@@ -408,13 +424,18 @@ class _Relay:
         if final:
             payloads += self.decoder.close()
         if DONE in payloads:
-            self.done = True
+            self.done = self.complete = True
             del payloads[payloads.index(DONE) :]
+        if final:
+            self.done = True
         if not payloads:
             if self.done:
-                self._note_tail()
+                self._end()
                 return None
             return b""  # nothing whole yet; the caller reads on
+        payloads = self._valid(payloads)
+        if not payloads:
+            raise self.failed  # type: ignore[misc]
         tail = self.tail
         self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
         return frame([self._rewrite(p) for p in payloads])
@@ -437,6 +458,34 @@ class _Relay:
             if data:
                 yield data
             data = await self.next_raw()
+
+    def _valid(self, payloads: list[bytes]) -> list[bytes]:
+        """The payloads before the first that is not a JSON object (kept to raise next)."""
+        for i, p in enumerate(payloads):
+            try:
+                _check_event(p)
+            except msgspec.DecodeError:
+                self.failed = self._not_json(p)
+                self.done = False
+                return payloads[:i]
+        return payloads
+
+    def _not_json(self, data: bytes) -> RouterError:
+        log.warning("backend %s sent an event that is not a JSON object: %s", self.name,
+                    data[:_LOGGED].decode("utf-8", "replace")
+                    .encode("unicode_escape", "backslashreplace").decode("ascii"))
+        return BadGateway(f"The backend '{self.name}' sent an event that is not valid JSON.",
+                          code="bad_upstream_event")
+
+    def _end(self) -> None:
+        """The upstream's stream ended: an answer cut short (no [DONE] and no finish_reason)
+        must not look complete to the client."""
+        self._note_tail()
+        if not self.complete and self.stats.finish_reason is None:
+            raise BadGateway(
+                f"The backend '{self.name}' ended the stream before the answer was complete.",
+                code="stream_truncated",
+            )
 
     def _note_tail(self) -> None:
         # The backend's own model name, from the member we replaced (payloads carry the alias).
@@ -478,6 +527,37 @@ class _Relay:
                 resp.close()
                 return
         resp.release()
+
+
+class _Object(msgspec.Struct):
+    """Any JSON object: members are skipped, but the whole text is still validated."""
+
+
+_check_event = msgspec.json.Decoder(_Object).decode
+
+
+def _first_bad_event(out: bytes, events: int) -> int:
+    """Where the first `data: ` event of `out` (whole one-line events) whose payload is not a
+    JSON object starts, or -1. Such a payload must never reach the client: each is validated
+    in C, without building any object (about 0.3 us for a 200-byte chunk)."""
+    check = _check_event
+    view = memoryview(out)
+    if events == 1:
+        try:
+            check(view[6:-2])
+        except msgspec.DecodeError:
+            return 0
+        return -1
+    start = 6
+    find = out.find
+    for _ in range(events):
+        end = find(b"\n\n", start)
+        try:
+            check(view[start:end])
+        except msgspec.DecodeError:
+            return start - 6
+        start = end + 8
+    return -1
 
 
 def record_usage(obj: dict[str, Any], stats: Stats) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
 from tests.integration.test_observability import scrape, total
-from tests.support.fake_upstream import FakeUpstream
+from tests.support.fake_upstream import BAD_EVENT, FakeUpstream
 from tests.support.openapi import validate
 from tests.support.procs import free_port
 from tests.support.router import RouterProc, run_router
@@ -129,6 +129,51 @@ async def test_upstream_5xx_text_is_logged_not_relayed(router: RouterProc, model
 async def test_upstream_4xx_message_is_still_relayed(router: RouterProc) -> None:
     status, _, raw = await post(router, body("fake-error-400"))
     assert status == 400 and json.loads(raw)["error"]["message"] == "fake upstream error 400"
+
+
+# --- streams that are not what they claim -------------------------------------------------
+
+
+@pytest.mark.parametrize("framing", ["plain", "crlf"])
+async def test_non_json_event_ends_the_stream_with_an_error_event(
+        router: RouterProc, framing: str) -> None:
+    rid = f"bad-event-{framing}"
+    # "crlf" frames the upstream's events with CRLF: the decoder path, not the pass-through.
+    status, _, raw = await post(router, body("bad-event", framing, stream=True), rid)
+    assert status == 200
+    assert BAD_EVENT.encode() not in raw and b"not json" not in raw
+    payloads = events(raw)
+    assert payloads[-1] == b"[DONE]"
+    err = json.loads(payloads[-2])
+    validate("ErrorResponse", err)
+    assert err["error"]["code"] == "bad_upstream_event"
+    chunks = [json.loads(p) for p in payloads[:-2]]
+    # What came before the bad event was relayed, in order; nothing after it.
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "echo"
+    assert all(c["model"] == "bad-event" for c in chunks)
+    # The same upstream, not streamed: a 502, as before.
+    status, _, raw = await post(router, body("bad-event"))
+    assert status == 502
+    validate("ErrorResponse", json.loads(raw))
+
+
+async def test_stream_cut_short_is_not_made_to_look_complete(router: RouterProc) -> None:
+    status, _, raw = await post(router, body("truncated", stream=True,
+                                             stream_options={"include_usage": True}))
+    assert status == 200
+    payloads = events(raw)
+    assert payloads[-1] == b"[DONE]"
+    err = json.loads(payloads[-2])
+    validate("ErrorResponse", err)
+    assert err["error"]["code"] == "stream_truncated"
+    chunks = [json.loads(p) for p in payloads[:-2]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert text == "echo: one two three"
+    assert not any(c["choices"][0].get("finish_reason") for c in chunks)
+    # A whole answer gathered from such a stream is a 502, not a reply without an end.
+    status, _, raw = await post(router, body("truncated-always"))
+    assert status == 502 and json.loads(raw)["error"]["code"] == "stream_truncated"
 
 
 # --- failures after the start are visible to operators -------------------------------------
