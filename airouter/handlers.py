@@ -228,12 +228,18 @@ class CompletionEndpoint:
         try:
             rec.status = await self._serve(call, body, send, rh, rec, key, watch)
         except asyncio.CancelledError:
+            if rec.complete:
+                # The answer went out in full; only its clean-up was cut short (the client left
+                # after the last byte, or the server is stopping): it is logged as what it was.
+                rec.status = 200
             if not (watch.gone or self.holder.draining):
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            if watch.gone:
+            if rec.complete:
+                pass
+            elif watch.gone:
                 rec.status, rec.error = 499, "client_disconnected"
                 log.info("client disconnected")
             else:
@@ -317,6 +323,7 @@ class CompletionEndpoint:
             return e.status
         rec.started = True
         await send_json(send, 200, body, rh)
+        rec.complete = True
         return 200
 
     async def _stream(
@@ -361,6 +368,7 @@ class CompletionEndpoint:
             rec.error, rec.broken = "internal_error", 500
             tail = b"data: " + error_json(internal_error()) + b"\n\n" + DONE_EVENT
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        rec.complete = True
         return 200
 
 

@@ -512,21 +512,22 @@ class _Relay:
 
     async def aclose(self) -> None:
         resp = self.resp
-        if not self.done:
-            # close(), not release(): an unfinished stream must not go back to the pool, and
-            # closing the socket is how the upstream learns the client went away.
-            resp.close()
-            return
-        if not resp.content.at_eof():
-            # [DONE] came before the body's end marker: wait a moment for it, so the
-            # connection can be reused instead of paying a new handshake per stream.
-            try:
+        try:
+            if self.done and not resp.content.at_eof():
+                # [DONE] came before the body's end marker: wait a moment for it, so the
+                # connection can be reused instead of paying a new handshake per stream.
                 async with asyncio.timeout(0.05):
                     await resp.content.read()
-            except (TimeoutError, aiohttp.ClientError):
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        finally:
+            # Whatever interrupted the wait (a cancellation too): close(), not release(), for
+            # an unfinished stream: it must not go back to the pool, and closing the socket is
+            # how the upstream learns the client went away.
+            if self.done and resp.content.at_eof():
+                resp.release()
+            else:
                 resp.close()
-                return
-        resp.release()
 
 
 class _Object(msgspec.Struct):

@@ -274,15 +274,19 @@ class _Generation:
         call = self.call
         if call.done():
             return
-        if self.final_seen or (self.finished and self.pipe.finished):
-            try:
+        ended = False
+        try:
+            if self.final_seen or (self.finished and self.pipe.finished):
                 async with asyncio.timeout(0.5 if self.final_seen else 2.0):
                     while await call.read() is not grpc.aio.EOF:
                         pass
-                return
-            except (TimeoutError, grpc.aio.AioRpcError):
-                pass
-        call.cancel()
+                ended = True
+        except (TimeoutError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            # Whatever interrupted the drain (a cancellation too), the call must not live on.
+            if not ended:
+                call.cancel()
 
 
 class TritonGrpcBackend(Backend):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
 from tests.integration.test_observability import scrape, total
-from tests.support.fake_upstream import BAD_EVENT, FakeUpstream
+from tests.support.fake_upstream import BAD_EVENT, STALL_POINTS, FakeUpstream
 from tests.support.openapi import validate
 from tests.support.procs import free_port
 from tests.support.router import RouterProc, run_router
@@ -218,6 +218,57 @@ async def test_fallback_gets_the_clients_request_not_the_first_backends_edits(
     sent = upstream.requests[-1]["json"]
     assert sent["model"] == "fake-echo" and sent["stream"] is True
     assert sent["stream_options"] == {"include_usage": True}
+
+
+# --- clean-up when the client leaves at any point ----------------------------------------
+
+
+@pytest.mark.parametrize("point", STALL_POINTS)
+async def test_client_leaving_at_each_point_closes_the_upstream(
+        router: RouterProc, upstream: FakeUpstream, point: str) -> None:
+    upstream.clear()
+    rid = f"leave-{point}"
+    async with aiohttp.ClientSession() as s:
+        task = asyncio.create_task(s.post(router.base_url + "/chat/completions",
+                                          json=body("stall", point, stream=True),
+                                          headers={**AUTH, "x-request-id": rid}))
+        await asyncio.to_thread(upstream.wait_event, "stalled", 5.0)
+        if point == "headers":
+            task.cancel()  # no response yet: the client gives up waiting
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            resp = await task
+            assert resp.status == 200
+            if point != "open":  # at "open" the router has sent the headers, no event yet
+                assert (await resp.content.readany()).startswith(b"data: {")
+            resp.close()
+        t_close = time.monotonic()
+    t_seen = await asyncio.to_thread(upstream.wait_event, "closed", 5.0)
+    assert t_seen - t_close < 1.0
+    wait_for(lambda: bool(access_lines(router, rid)))
+    [line] = access_lines(router, rid)
+    assert line["status"] == 499 and line["error"] == "client_disconnected"
+    # Still serving, on the same backend.
+    status, _, raw = await post(router, body("echo"))
+    assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"]
+
+
+async def test_client_leaving_right_after_done_is_a_complete_answer(
+        router: RouterProc, upstream: FakeUpstream) -> None:
+    for i in range(20):
+        rid = f"done-then-leave-{i}"
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(router.base_url + "/chat/completions",
+                                json=body("echo", "a b c", stream=True),
+                                headers={**AUTH, "x-request-id": rid})
+            data = b""
+            while not data.endswith(b"data: [DONE]\n\n"):
+                data += await resp.content.readany()
+            resp.close()
+        wait_for(lambda rid=rid: bool(access_lines(router, rid)))
+        [line] = access_lines(router, rid)
+        assert line["status"] == 200 and line["outcome"] == "ok", line
 
 
 @pytest.fixture

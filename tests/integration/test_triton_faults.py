@@ -4,6 +4,8 @@ the first byte, counted against the node); a request the model refuses is the cl
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -24,9 +26,16 @@ AUTH = {"Authorization": "Bearer sk-t", "Content-Type": "application/json"}
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+def cancel_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cancel") / "cancel.jsonl"
+
+
+@pytest.fixture(scope="module")
+def triton(tmp_path_factory: pytest.TempPathFactory, cancel_log: Path
+           ) -> Iterator[TritonServer]:
     tmp = tmp_path_factory.mktemp("triton")
-    with run_triton(REPO, log=tmp / "triton.log", models=["engine_fault"]) as server:
+    with run_triton(REPO, log=tmp / "triton.log", models=["engine_fault", "cancel_model"],
+                    env={"AIROUTER_CANCEL_LOG": str(cancel_log)}) as server:
         yield server
 
 
@@ -127,3 +136,44 @@ def test_engine_fault_everywhere_is_a_502_that_ejects_the_nodes(router: RouterPr
     status, raw = chat(router, f"after {time.time()}")
     assert status == 200 and json.loads(raw)["choices"][0]["message"]["content"] == FULL
     assert "up" in nodes(router)
+
+
+def test_shutdown_during_the_clean_up_still_cancels_and_logs_a_complete_answer(
+        triton: TritonServer, cancel_log: Path, tmp_path: Path) -> None:
+    """A stop sequence cuts the answer; the model goes on, so the router drains the call for up
+    to 2 s before cancelling it. A shutdown during that drain cancels the clean-up itself (the
+    server cancels a request whose response is complete): the gRPC call must still be
+    cancelled, and the answer the client got in full is logged as such."""
+    cfg = f"""
+[server]
+api_keys = ["sk-t"]
+shutdown_grace = 0.5
+[backends.t]
+type = "triton"
+url = "{triton.grpc_url}"
+health_interval = 0
+[models.c]
+backend = "t"
+backend_model = "cancel_model"
+prompt_format = "chatml"
+"""
+    marker = f"drain-{time.time()}"
+    with run_router(cfg, tmp_path) as router:
+        req = urllib.request.Request(
+            router.base_url + "/chat/completions", headers={**AUTH, "x-request-id": marker},
+            data=json.dumps({"model": "c", "stream": True, "max_tokens": 400, "stop": ["wor"],
+                             "messages": [{"role": "user", "content": marker}]}).encode())
+        with urllib.request.urlopen(req, timeout=20) as r:
+            raw = r.read()
+        assert streamed_text(raw) == "Hello, "
+        t_term = time.monotonic()
+        os.kill(router.proc.pid, signal.SIGTERM)
+        assert router.proc.wait(20) == 0
+        took = time.monotonic() - t_term
+    lines = [json.loads(line.split(f"airouter.access [{marker}] ", 1)[1])
+             for line in router.log_text().splitlines() if f"airouter.access [{marker}] " in line]
+    assert [(x["status"], x["outcome"]) for x in lines] == [(200, "ok")], lines
+    cancelled = [json.loads(line) for line in cancel_log.read_text().splitlines()
+                 if marker in line and "cancelled_at" in line]
+    assert cancelled, "the model never saw the call cancelled"
+    assert took < 10
