@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +18,7 @@ from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
     GatewayTimeout,
+    RateLimited,
     RouterError,
     ServiceUnavailable,
     UpstreamError,
@@ -149,12 +150,34 @@ class OpenAIHttpBackend(Backend):
         }
         self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
         self._session: aiohttp.ClientSession | None = None
+        # Connections the calls hold. The pool is never smaller than the nodes' concurrency
+        # limits, and a call that would wait for a pooled connection is answered 429 at once:
+        # waiting there is neither a bounded queue nor a connect timeout.
+        nodes = len(self.pool.nodes)
+        self._conns = 0
+        self._conn_limit = max(cfg.max_connections, cfg.max_concurrent * nodes)
+
+    def _full(self) -> RateLimited:
+        return RateLimited(
+            f"The backend '{self.name}' has all its {self._conn_limit} connections in use; "
+            "retry shortly.",
+            headers={"Retry-After": "1"},
+            code="connection_limit",
+        )
+
+    def _returned(self) -> None:
+        self._conns -= 1
 
     async def start(self) -> None:
+        # Room for one health check per node beyond the calls' connections.
+        limit = self._conn_limit + len(self.pool.nodes)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300),
+            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(
-                total=None, connect=self.cfg.connect_timeout, sock_read=self.cfg.idle_timeout
+                total=None,
+                connect=self.cfg.connect_timeout,
+                sock_connect=self.cfg.connect_timeout,
+                sock_read=self.cfg.idle_timeout,
             ),
             headers=self._headers,
             skip_auto_headers=("User-Agent",),
@@ -228,6 +251,19 @@ class OpenAIHttpBackend(Backend):
             ) from None
 
     async def _send(self, node: Node, call: Call, data: bytes) -> Reply:
+        if self._conns >= self._conn_limit:
+            raise self._full()
+        self._conns += 1
+        handed = False  # a streamed reply gives the connection back when it closes
+        try:
+            reply = await self._send_on(node, call, data)
+            handed = reply.body is None
+            return reply
+        finally:
+            if not handed:
+                self._conns -= 1
+
+    async def _send_on(self, node: Node, call: Call, data: bytes) -> Reply:
         assert self._session is not None
         try:
             resp = await self._session.post(
@@ -247,7 +283,7 @@ class OpenAIHttpBackend(Backend):
             if resp.status >= 400:
                 raise _upstream_error(resp.status, await resp.read(), resp.headers, self.name)
             if resp.content_type == "text/event-stream":
-                relay = _Relay(self.name, resp, call.target, call.stats)
+                relay = _Relay(self.name, resp, call.target, call.stats, self._returned)
                 # Wait for the first event, so a node that fails before it can be replaced.
                 if call.stream:
                     raw = await relay.next_raw()
@@ -284,11 +320,12 @@ class _Relay:
     """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
 
     __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "complete", "seen",
-                 "tail", "pending", "raw_ok", "failed")
+                 "tail", "pending", "raw_ok", "on_close", "failed")
 
     def __init__(self, name: str, resp: aiohttp.ClientResponse, target: Target,
-                 stats: Stats) -> None:
+                 stats: Stats, on_close: Callable[[], None]) -> None:
         self.name = name
+        self.on_close = on_close
         self.resp = resp
         self.target = target
         self.stats = stats
@@ -528,6 +565,7 @@ class _Relay:
                 resp.release()
             else:
                 resp.close()
+            self.on_close()
 
 
 class _Object(msgspec.Struct):

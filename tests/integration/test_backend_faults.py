@@ -382,3 +382,43 @@ async def test_busy_node_with_a_slow_health_endpoint_stays_up(own_router) -> Non
             await asyncio.to_thread(up.wait_event, "stalled", 5.0)
             await asyncio.to_thread(wait_for, lambda: node_status(router) == "down", 5.0)
             task.cancel()
+
+
+# --- the connection pool is a capacity limit, not a timeout --------------------------------
+
+
+async def concurrent_streams(router: RouterProc, n: int) -> list[tuple[int, str | None, float]]:
+    async with aiohttp.ClientSession() as s:
+        async def one() -> tuple[int, str | None, float]:
+            t0 = time.monotonic()
+            async with s.post(router.base_url + "/chat/completions", headers=AUTH,
+                              json=body("slow", "a b c d e f g h", stream=True)) as r:
+                raw = await r.read()
+                took = time.monotonic() - t0
+                if r.status == 200:
+                    assert raw.endswith(b"data: [DONE]\n\n") and b'"error"' not in raw
+                else:
+                    validate("ErrorResponse", json.loads(raw))
+                return r.status, r.headers.get("Retry-After"), took
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+async def test_full_connection_pool_answers_429_at_once(upstream: FakeUpstream,
+                                                        own_router) -> None:  # type: ignore[no-untyped-def]
+    router = own_router(own_cfg(upstream.url, "health_interval = 0\nmax_connections = 2\n"
+                                              "connect_timeout = 1"))
+    results = await concurrent_streams(router, 4)
+    assert sorted(s for s, _, _ in results) == [200, 200, 429, 429]
+    for status, retry_after, took in results:
+        if status == 429:
+            assert retry_after and took < 0.5  # not a wait for the connect timeout
+    # The node was not blamed for it.
+    assert node_status(router) == "up"
+
+
+async def test_pool_is_never_smaller_than_max_concurrent(upstream: FakeUpstream,
+                                                         own_router) -> None:  # type: ignore[no-untyped-def]
+    router = own_router(own_cfg(upstream.url, "health_interval = 0\nmax_connections = 2\n"
+                                              "max_concurrent = 4\nconnect_timeout = 1"))
+    results = await concurrent_streams(router, 4)
+    assert [s for s, _, _ in results] == [200] * 4
