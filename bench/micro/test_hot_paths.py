@@ -11,7 +11,7 @@ from typing import Any
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
-from airouter.backends.openai_http import _first_bad_event, rewrite_model
+from airouter.backends.sse_relay import _first_bad_event, rewrite_model
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.sse import SSEDecoder, frame
