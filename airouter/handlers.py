@@ -318,6 +318,7 @@ class CompletionEndpoint:
                 assert reply.chunks is not None
                 body = await body_from_chunks(self.endpoint, reply.chunks)
         except RouterError as e:
+            reply.fault = e
             rec.error = e.code or e.type
             await send_error(send, e, rh)
             return e.status
@@ -352,6 +353,7 @@ class CompletionEndpoint:
         except RouterError as e:
             # Headers are gone: report in-band, as OpenAI does, then end the stream cleanly.
             rec.error, rec.broken = e.code or e.type, e.status
+            reply.fault = e
             tail = b"data: " + error_json(e) + b"\n\n" + DONE_EVENT
         except asyncio.CancelledError:
             if not self.holder.draining:

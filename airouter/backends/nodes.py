@@ -236,8 +236,12 @@ class NodePool:
                 return
         node.in_flight -= 1
 
-    def succeeded(self, node: Node) -> None:
+    def answering(self, node: Node) -> None:
+        """The node began an answer."""
         node.answering += 1
+
+    def succeeded(self, node: Node) -> None:
+        """The node finished an answer: its failures in a row are over."""
         if node.failures:
             node.failures = 0
             node.ejected_until = 0.0
@@ -349,7 +353,7 @@ async def with_failover(
         except BaseException:
             pool.release(node)
             raise
-        pool.succeeded(node)
+        pool.answering(node)
         reply.aclose = _releasing(reply, pool, node)
         return reply
     if last is not None and not (none_up and last.retryable and last.status != 429):
@@ -371,5 +375,11 @@ def _releasing(reply: Reply, pool: NodePool, node: Node) -> Callable[[], Awaitab
             node.answering -= 1
             node.completed += 1
             pool.release(node)
+            fault = reply.fault
+            if fault is None:
+                pool.succeeded(node)
+            elif fault.status >= 500 and fault.status != 504:
+                # A backend failure mid-answer counts toward ejection as one before it does.
+                pool.failed(node, fault.code or str(fault.status))
 
     return aclose

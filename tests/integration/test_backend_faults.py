@@ -203,6 +203,20 @@ async def test_broken_stream_is_recorded_as_broken(router: RouterProc) -> None:
     assert line["status"] == 200 and line["outcome"] == "ok" and "error" not in line
 
 
+async def test_failures_after_the_start_count_toward_ejection(upstream: FakeUpstream,
+                                                            own_router) -> None:  # type: ignore[no-untyped-def]
+    router = own_router(own_cfg(upstream.url, "health_interval = 0\neject_after = 2",
+                                '[models.die]\nbackend = "b"\nbackend_model = "fake-die"'))
+    for i in range(2):
+        assert node_status(router) == "up", i
+        status, _, raw = await post(router, body("die", stream=True))
+        assert status == 200 and b'"code":"bad_gateway"' in raw
+    assert node_status(router) == "ejected"
+    # A whole answer ends the run of failures.
+    status, _, _ = await post(router, body("echo"))
+    assert status == 200 and node_status(router) == "up"
+
+
 # --- a fallback starts from the client's request -----------------------------------------
 
 

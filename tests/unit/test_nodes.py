@@ -54,7 +54,7 @@ def test_below_the_threshold_every_node_is_tried() -> None:
 def test_timed_out_check_counts_only_against_an_idle_node() -> None:
     p = pool(1, unhealthy_after=1)
     node = p.nodes[0]
-    p.succeeded(node)  # an answer under way
+    p.answering(node)  # an answer under way
     p.checked(node, None)
     assert node.healthy
     node.answering -= 1
@@ -68,7 +68,7 @@ def test_timed_out_check_counts_only_against_an_idle_node() -> None:
 def test_refused_check_counts_even_while_answering() -> None:
     p = pool(1, unhealthy_after=1)
     node = p.nodes[0]
-    p.succeeded(node)
+    p.answering(node)
     p.checked(node, False)
     assert not node.healthy
     p.checked(node, True)
