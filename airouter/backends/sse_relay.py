@@ -217,7 +217,9 @@ class Relay:
         for i, p in enumerate(payloads):
             try:
                 _check_event(p)
-            except msgspec.DecodeError:
+                if not p.isascii():
+                    p.decode()
+            except (msgspec.DecodeError, UnicodeDecodeError):
                 self.failed = self._not_json(p)
                 self.done = False
                 return payloads[:i]
@@ -302,7 +304,7 @@ def _first_bad_event(out: bytes, events: int) -> int:
             check(view[6:-2])
         except msgspec.DecodeError:
             return 0
-        return -1
+        return _first_bad_utf8(out)
     start = 6
     find = out.find
     for _ in range(events):
@@ -312,6 +314,18 @@ def _first_bad_event(out: bytes, events: int) -> int:
         except msgspec.DecodeError:
             return start - 6
         start = end + 8
+    return _first_bad_utf8(out)
+
+
+def _first_bad_utf8(out: bytes) -> int:
+    """JSON is UTF-8, which the skipping decoder does not check inside strings: one C pass
+    over the whole read (about 1 us for 64 events), a decode only when it is not ASCII."""
+    if out.isascii():
+        return -1
+    try:
+        out.decode()
+    except UnicodeDecodeError as e:
+        return out.rfind(b"\n\ndata: ", 0, e.start) + 2 if b"\n\n" in out[: e.start] else 0
     return -1
 
 

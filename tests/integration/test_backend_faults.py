@@ -134,14 +134,15 @@ async def test_upstream_4xx_message_is_still_relayed(router: RouterProc) -> None
 # --- streams that are not what they claim -------------------------------------------------
 
 
-@pytest.mark.parametrize("framing", ["plain", "crlf"])
+@pytest.mark.parametrize("framing", ["plain", "crlf", "utf8"])
 async def test_non_json_event_ends_the_stream_with_an_error_event(
         router: RouterProc, framing: str) -> None:
     rid = f"bad-event-{framing}"
-    # "crlf" frames the upstream's events with CRLF: the decoder path, not the pass-through.
+    # "crlf" frames the upstream's events with CRLF: the decoder path, not the pass-through;
+    # "utf8" sends an event that is JSON in form but not UTF-8.
     status, _, raw = await post(router, body("bad-event", framing, stream=True), rid)
     assert status == 200
-    assert BAD_EVENT.encode() not in raw and b"not json" not in raw
+    assert BAD_EVENT.encode() not in raw and b"not json" not in raw and b"\xc3\x28" not in raw
     payloads = events(raw)
     assert payloads[-1] == b"[DONE]"
     err = json.loads(payloads[-2])

@@ -327,6 +327,8 @@ TRACEBACK = (
     "    out = model.generate(batch)\nRuntimeError: CUDA error: an illegal memory access"
 )
 BAD_EVENT = "{not json, from /srv/engine/sse.py"
+# Well-formed JSON, but not UTF-8 inside a string.
+BAD_UTF8_EVENT = b'{"object":"chat.completion.chunk","choices":[{"delta":{"content":"\xc3\x28"}}]}'
 # fake-stall stalls at one of these points for STALL_SECONDS (a client may leave there):
 # before the response headers, after them, after the first event, before [DONE].
 STALL_POINTS = ("headers", "open", "first", "done")
@@ -673,18 +675,22 @@ class FakeUpstream:
     ) -> web.StreamResponse:
         """Streams the role chunk, one content chunk, then an event that is not JSON
         (BAD_EVENT), then the rest as usual: the non-streamed answer is not JSON either.
-        A last user message "crlf" frames the events with CRLF line ends."""
+        A last user message "crlf" frames the events with CRLF line ends; "utf8" sends
+        BAD_UTF8_EVENT (valid JSON syntax, invalid UTF-8) instead of BAD_EVENT."""
         if not body.get("stream"):
             return web.Response(status=200, body=BAD_EVENT.encode(),
                                 content_type="application/json")
         reply = _reply(endpoint, body)
-        # A last user message "crlf" frames the events with CRLF line ends.
-        eol = "\r\n" if last_user_text(body.get("messages")) == "crlf" else "\n"
+        how = last_user_text(body.get("messages"))
+        eol = "\r\n" if how == "crlf" else "\n"
         resp = await _open_sse(request)
         chunks = [c for _, c in reply.chunks]
         for chunk in chunks[:2]:
             await resp.write(sse(chunk, eol))
-        await resp.write(sse(BAD_EVENT, eol))
+        if how == "utf8":
+            await resp.write(b"data: " + BAD_UTF8_EVENT + b"\n\n")
+        else:
+            await resp.write(sse(BAD_EVENT, eol))
         for chunk in chunks[2:]:
             await resp.write(sse(chunk, eol))
         await resp.write(sse("[DONE]", eol))
