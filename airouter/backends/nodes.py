@@ -148,6 +148,14 @@ class NodePool:
         now = time.monotonic()
         return any(n.available(now) for n in self.nodes)
 
+    @property
+    def routable(self) -> bool:
+        """Requests can be served: a node is available, or (panic routing) a node that is only
+        ejected, not failing its health checks, will be tried anyway."""
+        return self.any_available or (
+            self.panic_threshold > 0 and any(n.healthy for n in self.nodes)
+        )
+
     def panicking(self, now: float) -> bool:
         """Fewer than `panic_threshold` of the nodes are available: as Envoy does, route to
         all of them rather than pile everything on the few left, or refuse everything when

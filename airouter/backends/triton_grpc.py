@@ -352,7 +352,7 @@ class TritonGrpcBackend(Backend):
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok" if self.pool.any_available else "unavailable",
+            "status": "ok" if self.pool.routable else "unavailable",
             "nodes": self.pool.status(),
         }
 

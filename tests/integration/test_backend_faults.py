@@ -335,6 +335,16 @@ def node_status(router: RouterProc) -> str:
     return str(health["backends"]["b"]["nodes"][0]["status"])
 
 
+def ready(router: RouterProc) -> int:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(router.url + "/health/ready", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
 # --- a backend always has something to try ------------------------------------------------
 
 
@@ -346,6 +356,7 @@ async def test_client_mistakes_do_not_lock_everyone_out(upstream: FakeUpstream,
         status, _, _ = await post(router, body("fake-error-500"))
         assert status == 502
     assert node_status(router) == "ejected"
+    assert ready(router) == 200  # routable: an ejected node is still tried
     # Every other client is still served: below the panic threshold, ejected nodes are tried.
     for _ in range(3):
         status, _, raw = await post(router, body("echo"))
@@ -358,6 +369,7 @@ async def test_panic_threshold_zero_keeps_the_old_refusal(upstream: FakeUpstream
     router = own_router(own_cfg(upstream.url, "health_interval = 0\neject_after = 1\n"
                                               "cooldown = 30\npanic_threshold = 0"))
     assert (await post(router, body("fake-error-500")))[0] == 502
+    assert ready(router) == 503
     status, headers, raw = await post(router, body("echo"))
     assert status == 503 and json.loads(raw)["error"]["code"] == "no_healthy_node"
     assert headers["Retry-After"]
