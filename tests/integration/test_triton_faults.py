@@ -141,9 +141,9 @@ def test_engine_fault_everywhere_is_a_502_that_ejects_the_nodes(router: RouterPr
 def test_shutdown_during_the_clean_up_still_cancels_and_logs_a_complete_answer(
         triton: TritonServer, cancel_log: Path, tmp_path: Path) -> None:
     """A stop sequence cuts the answer; the model goes on, so the router drains the call for up
-    to 2 s before cancelling it. A shutdown during that drain cancels the clean-up itself (the
-    server cancels a request whose response is complete): the gRPC call must still be
-    cancelled, and the answer the client got in full is logged as such."""
+    to 2 s before cancelling it. A shutdown whose grace period (0.5 s) ends during that drain
+    cancels the clean-up itself: the gRPC call must still be cancelled, and the answer the
+    client got in full is logged as such."""
     cfg = f"""
 [server]
 api_keys = ["sk-t"]
