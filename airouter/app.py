@@ -157,6 +157,11 @@ def build_app(cfg: Config) -> FastPath:
         try:
             yield
         finally:
+            # The server stops once every response is sent; requests may still be cleaning up
+            # (draining a finished Triton call, closing an upstream). Let them end, within the
+            # grace period's reach, before their connections close under them.
+            if holder.tasks:
+                await asyncio.wait(list(holder.tasks), timeout=cfg.server.shutdown_grace + 1)
             await holder.state.aclose()
             if observer.tracer is not None:
                 observer.tracer.shutdown()

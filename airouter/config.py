@@ -95,6 +95,8 @@ class NodesConfig(Base):
     healthy_after: Annotated[int, msgspec.Meta(ge=1)] = 1
     eject_after: Annotated[int, msgspec.Meta(ge=1)] = 3
     cooldown: Seconds = 10.0
+    # Below this fraction of nodes available, route to every node (Envoy's panic threshold).
+    panic_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
 
 
 class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):

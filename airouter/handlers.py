@@ -25,7 +25,7 @@ from airouter.asgi import (
     send_json,
 )
 from airouter.auth import ClientKey
-from airouter.backends.base import Call, Endpoint, Reply
+from airouter.backends.base import Call, Endpoint, Reply, Target
 from airouter.doors import FrontDoor, OpenAIDoor, Renderer
 from airouter.errors import (
     NotFound,
@@ -208,14 +208,10 @@ class CompletionEndpoint:
         rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
-        default_max = target.model.max_tokens
-        if default_max is not None and self.endpoint is not Endpoint.EMBEDDINGS:
-            if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
-                body["max_tokens"] = default_max
         call = Call(
             self.endpoint,
             target,
-            body,
+            _for_target(self.endpoint, body, target),
             stream,
             include_usage=req.include_usage,
             headers=h.forward,
@@ -227,14 +223,22 @@ class CompletionEndpoint:
         self.observer.started(rec)
         watch = _DisconnectWatch(receive)
         try:
-            rec.status = await self._serve(call, send, rh, rec, key, watch, req.renderer, ticket)
+            rec.status = await self._serve(
+                call, body, send, rh, rec, key, watch, req.renderer, ticket
+            )
         except asyncio.CancelledError:
+            if rec.complete:
+                # The answer went out in full; only its clean-up was cut short (the client left
+                # after the last byte, or the server is stopping): it is logged as what it was.
+                rec.status = 200
             if not (watch.gone or self.holder.draining):
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            if watch.gone:
+            if rec.complete:
+                pass
+            elif watch.gone:
                 rec.status, rec.error = 499, "client_disconnected"
                 log.info("client disconnected")
             else:
@@ -248,6 +252,7 @@ class CompletionEndpoint:
     async def _serve(
         self,
         call: Call,
+        client_body: dict[str, Any],
         send: Send,
         rh: list[tuple[bytes, bytes]],
         rec: Record,
@@ -257,7 +262,7 @@ class CompletionEndpoint:
         ticket: Ticket,
     ) -> int:
         try:
-            reply = await self._open(call, rec, key)
+            reply = await self._open(call, client_body, rec, key)
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh, self.error_json)
@@ -272,7 +277,9 @@ class CompletionEndpoint:
                 watch.stop()
             await reply.aclose()
 
-    async def _open(self, call: Call, rec: Record, key: ClientKey) -> Reply:
+    async def _open(
+        self, call: Call, client_body: dict[str, Any], rec: Record, key: ClientKey
+    ) -> Reply:
         """Open the call on its target; when every node of it is down, on its fallbacks."""
         try:
             return await call.target.backend.open(call)
@@ -295,7 +302,8 @@ class CompletionEndpoint:
             call.target = target
             rec.alias, rec.label = bounded(target.alias), target.label
             rec.backend = target.backend.name
-            call.body["model"] = target.backend_model
+            # Each target starts from the client's request, with its own defaults.
+            call.body = _for_target(self.endpoint, client_body, target)
             try:
                 return await target.backend.open(call)
             except RouterError as e:
@@ -315,12 +323,14 @@ class CompletionEndpoint:
                 body = await body_from_chunks(self.endpoint, reply.chunks)
             body = renderer.whole(body)
         except RouterError as e:
+            reply.fault = e
             rec.error = e.code or e.type
             await send_error(send, e, rh, self.error_json)
             return e.status
         await ticket.settle(rec.call.stats if rec.call else None)
         rec.started = True
         await send_json(send, 200, body, rh)
+        rec.complete = True
         return 200
 
     async def _stream(
@@ -343,7 +353,8 @@ class CompletionEndpoint:
             tail = renderer.end()
         except RouterError as e:
             # Headers are gone: report in-band, in the client API's way, then end cleanly.
-            rec.error = e.code or e.type
+            rec.error, rec.broken = e.code or e.type, e.status
+            reply.fault = e
             tail = renderer.failed(e)
         except asyncio.CancelledError:
             if not self.holder.draining:
@@ -351,17 +362,28 @@ class CompletionEndpoint:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            rec.error = "shutdown"
+            rec.error, rec.broken = "shutdown", 503
             tail = renderer.failed(_shutting_down())
         except OSError:
             raise
         except Exception:
             log.exception("stream failed")
-            rec.error = "internal_error"
+            rec.error, rec.broken = "internal_error", 500
             tail = renderer.failed(internal_error())
         await ticket.settle(call.stats)
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+        rec.complete = True
         return 200
+
+
+def _for_target(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The request as `target` gets it: the client's body plus the model's default max_tokens
+    (a copy when one is added, so the client's body stays as sent)."""
+    default_max = target.model.max_tokens
+    if (default_max is not None and endpoint is not Endpoint.EMBEDDINGS
+            and body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
+        return {**body, "max_tokens": default_max}
+    return body
 
 
 def _shutting_down() -> RouterError:

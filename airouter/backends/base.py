@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airouter.config import ModelConfig
+    from airouter.errors import RouterError
 
 
 class Endpoint(enum.Enum):
@@ -74,6 +75,8 @@ class Reply:
     chunks: AsyncIterator[list[bytes]] | None = None
     sse: AsyncIterator[bytes] | None = None
     aclose: Callable[[], Awaitable[None]] = _noop
+    # Set by the consumer when the answer failed after it began: the node is held to it.
+    fault: RouterError | None = None
 
 
 class Backend(ABC):

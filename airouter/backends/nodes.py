@@ -47,6 +47,9 @@ class Node:
         "checks_bad",
         "waiters",
         "served",
+        "completed",
+        "checked_at",
+        "answering",
         "_up",
         "backend",
     )
@@ -62,6 +65,11 @@ class Node:
         self.checks_ok = 0
         self.checks_bad = 0
         self.served = 0
+        # Answers the node finished, their count at the last health check, and answers under
+        # way: a node that answers requests is alive even if its health endpoint is slow.
+        self.completed = 0
+        self.checked_at = 0
+        self.answering = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         # Set from the workers only (start_checks): the main process also builds nodes to
         # validate the config, and a value of its own would pin this livemax gauge at 1.
@@ -103,6 +111,7 @@ class NodePool:
         cooldown: float = 10.0,
         unhealthy_after: int = 2,
         healthy_after: int = 1,
+        panic_threshold: float = 0.5,
     ) -> None:
         self.backend = backend
         self.nodes = [Node(backend, s) for s in specs]
@@ -114,6 +123,7 @@ class NodePool:
         self.cooldown = cooldown
         self.unhealthy_after = unhealthy_after
         self.healthy_after = healthy_after
+        self.panic_threshold = panic_threshold
         self._rr_credit = [0.0] * len(self.nodes)
         self._checks: asyncio.Task[None] | None = None
 
@@ -130,6 +140,7 @@ class NodePool:
             cooldown=cfg.cooldown,
             unhealthy_after=cfg.unhealthy_after,
             healthy_after=cfg.healthy_after,
+            panic_threshold=cfg.panic_threshold,
         )
 
     @property
@@ -137,13 +148,34 @@ class NodePool:
         now = time.monotonic()
         return any(n.available(now) for n in self.nodes)
 
+    @property
+    def routable(self) -> bool:
+        """Requests can be served: a node is available, or (panic routing) a node that is only
+        ejected, not failing its health checks, will be tried anyway."""
+        return self.any_available or (
+            self.panic_threshold > 0 and any(n.healthy for n in self.nodes)
+        )
+
+    def panicking(self, now: float) -> bool:
+        """Fewer than `panic_threshold` of the nodes are available: as Envoy does, route to
+        all of them rather than pile everything on the few left, or refuse everything when
+        none is (a node ejected for a client's mistakes, a health endpoint too busy to answer
+        while the node serves)."""
+        up = sum(1 for n in self.nodes if n.available(now))
+        return up < self.panic_threshold * len(self.nodes)
+
     def pick(self, exclude: Sequence[Node] = ()) -> Node | None:
         now = time.monotonic()
         nodes = self.nodes
         if len(nodes) == 1:
             n = nodes[0]
-            return n if n.available(now) and n not in exclude else None
-        candidates = [n for n in nodes if n.available(now) and n not in exclude]
+            if n in exclude:
+                return None
+            return n if n.available(now) or self.panicking(now) else None
+        if self.panicking(now):
+            candidates = [n for n in nodes if n not in exclude]
+        else:
+            candidates = [n for n in nodes if n.available(now) and n not in exclude]
         if not candidates:
             return None
         limit = self.max_concurrent
@@ -212,7 +244,12 @@ class NodePool:
                 return
         node.in_flight -= 1
 
+    def answering(self, node: Node) -> None:
+        """The node began an answer."""
+        node.answering += 1
+
     def succeeded(self, node: Node) -> None:
+        """The node finished an answer: its failures in a row are over."""
         if node.failures:
             node.failures = 0
             node.ejected_until = 0.0
@@ -233,8 +270,14 @@ class NodePool:
             )
             node._publish()
 
-    def checked(self, node: Node, ok: bool) -> None:
-        """The active health check's result for `node`."""
+    def checked(self, node: Node, ok: bool | None) -> None:
+        """The active health check's result for `node`: None when it timed out."""
+        answered = node.completed != node.checked_at or node.answering > 0
+        node.checked_at = node.completed
+        if ok is None:
+            if answered:
+                return  # busy, not dead: it answered requests since the last check
+            ok = False
         if ok:
             node.checks_bad = 0
             node.checks_ok += 1
@@ -256,7 +299,9 @@ class NodePool:
                 )
         node._publish()
 
-    def start_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
+    def start_checks(
+        self, check: Callable[[Node], Awaitable[bool | None]], interval: float
+    ) -> None:
         """Active health checks in the background; interval 0 means none."""
         for node in self.nodes:
             node._publish()
@@ -267,12 +312,15 @@ class NodePool:
         if self._checks is not None:
             self._checks.cancel()
 
-    async def run_checks(self, check: Callable[[Node], Awaitable[bool]], interval: float) -> None:
-        """Check every node every `interval` seconds, forever (cancel to stop)."""
+    async def run_checks(
+        self, check: Callable[[Node], Awaitable[bool | None]], interval: float
+    ) -> None:
+        """Check every node every `interval` seconds, forever (cancel to stop). A check
+        answers True (passed), False (failed: refused, an error status) or None (timed out)."""
         while True:
             results = await asyncio.gather(*(check(n) for n in self.nodes), return_exceptions=True)
             for node, ok in zip(self.nodes, results, strict=True):
-                self.checked(node, ok is True)
+                self.checked(node, ok if ok is None or isinstance(ok, bool) else False)
             await asyncio.sleep(interval)
 
     def status(self) -> list[dict[str, object]]:
@@ -286,6 +334,9 @@ async def with_failover(
     another node, at most `retries` more times. The node's slot is held until the reply closes."""
     tried: list[Node] = []
     last: RouterError | None = None
+    # Every node known bad: tried anyway (panic), but a failure that another node might not
+    # have had is answered as before, as no healthy node.
+    none_up = not pool.any_available
     for _ in range(retries + 1):
         node = pool.pick(tried)
         if node is None:
@@ -310,10 +361,10 @@ async def with_failover(
         except BaseException:
             pool.release(node)
             raise
-        pool.succeeded(node)
+        pool.answering(node)
         reply.aclose = _releasing(reply, pool, node)
         return reply
-    if last is not None:
+    if last is not None and not (none_up and last.retryable and last.status != 429):
         raise last
     raise ServiceUnavailable(
         f"No node of the backend '{pool.backend}' is available.",
@@ -329,6 +380,14 @@ def _releasing(reply: Reply, pool: NodePool, node: Node) -> Callable[[], Awaitab
         try:
             await inner()
         finally:
+            node.answering -= 1
+            node.completed += 1
             pool.release(node)
+            fault = reply.fault
+            if fault is None:
+                pool.succeeded(node)
+            elif fault.status >= 500 and fault.status != 504:
+                # A backend failure mid-answer counts toward ejection as one before it does.
+                pool.failed(node, fault.code or str(fault.status))
 
     return aclose

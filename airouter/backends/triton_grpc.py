@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -53,6 +54,24 @@ DEFAULT_CHAT_MAX_TOKENS = 512
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
+# Decoupled streams report failures as bare text. Words that only an engine or server fault
+# uses win; then words that say the request itself was wrong; anything else is the backend's
+# fault (502, retried on another node before the first byte, counted against the node).
+_ENGINE_FAULT = re.compile(
+    r"out of memory|\boom\b|cuda|cudnn|cublas|nccl|segmentation fault|core dumped|"
+    r"engine (?:is )?(?:dead|stopped|failed)|executor|internal error|assertion",
+    re.IGNORECASE,
+)
+_CLIENT_FAULT = re.compile(
+    r"invalid (?:argument|input|value|parameter|request)|"
+    r"too (?:long|large|high|low|many|big)|exceeds?|max(?:imum)?[ _](?:length|input|seq)|"
+    r"input length|prompt length|context length|"
+    r"unexpected (?:inference )?input|missing (?:required )?input|expected \d+ inputs?|"
+    r"shape|data ?type|dtype|must be|out of range|not supported|unsupported",
+    re.IGNORECASE,
+)
+
+
 def map_error(message: str, model: str) -> RouterError:
     """Triton's in-band error text to the status a client should see."""
     low = message.lower()
@@ -65,7 +84,13 @@ def map_error(message: str, model: str) -> RouterError:
         )
     if "unavailable" in low or "not ready" in low:
         return ServiceUnavailable(f"The model '{model}' is unavailable: {message}")
-    return InvalidRequest(f"The model rejected the request: {message}", code="backend_rejected")
+    if _CLIENT_FAULT.search(message) and not _ENGINE_FAULT.search(message):
+        return InvalidRequest(f"The model rejected the request: {message}",
+                              code="backend_rejected")
+    log.warning("model %s failed: %s", model,
+                message[:500].encode("unicode_escape", "backslashreplace").decode("ascii"))
+    return BadGateway(f"The model '{model}' failed on the backend.", code="backend_failed",
+                      retryable=True)
 
 
 def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
@@ -76,8 +101,10 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
         return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequest(f"The model rejected the request: {e.details()}")
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
+                grpc.StatusCode.FAILED_PRECONDITION):
+        return InvalidRequest(f"The model rejected the request: {e.details()}",
+                              code="backend_rejected")
     return map_error(e.details() or str(code), model)
 
 
@@ -287,15 +314,19 @@ class _Generation:
         call = self.call
         if call.done():
             return
-        if self.final_seen or (self.finished and self.pipe.finished):
-            try:
+        ended = False
+        try:
+            if self.final_seen or (self.finished and self.pipe.finished):
                 async with asyncio.timeout(0.5 if self.final_seen else 2.0):
                     while await call.read() is not grpc.aio.EOF:
                         pass
-                return
-            except (TimeoutError, grpc.aio.AioRpcError):
-                pass
-        call.cancel()
+                ended = True
+        except (TimeoutError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            # Whatever interrupted the drain (a cancellation too), the call must not live on.
+            if not ended:
+                call.cancel()
 
 
 class TritonGrpcBackend(Backend):
@@ -340,8 +371,9 @@ class TritonGrpcBackend(Backend):
         for channel in self._channels.values():
             await channel.close(grace=None)
 
-    async def _check(self, node: Node) -> bool:
-        """Active health check: the server is ready, and so is every model we use on it."""
+    async def _check(self, node: Node) -> bool | None:
+        """Active health check: the server is ready, and so is every model we use on it.
+        None when it did not answer in time: the pool decides whether that counts."""
         stub = self._stubs[node.url]
         timeout = self.cfg.health_timeout
         try:
@@ -354,13 +386,13 @@ class TritonGrpcBackend(Backend):
                 )
                 if not r.ready:
                     return False
-        except grpc.aio.AioRpcError:
-            return False
+        except grpc.aio.AioRpcError as e:
+            return None if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED else False
         return True
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok" if self.pool.any_available else "unavailable",
+            "status": "ok" if self.pool.routable else "unavailable",
             "nodes": self.pool.status(),
         }
 

@@ -27,8 +27,9 @@ _ITL_BOUNDS = (*ITL_BUCKETS, float("inf"))
 
 REQUESTS = Counter(
     "airouter_requests",
-    "Requests answered, by model alias, backend, node and HTTP status.",
-    ["model", "backend", "node", "endpoint", "status"],
+    "Requests answered, by model alias, backend, node, HTTP status and outcome (ok, error, "
+    "or broken: a stream that started with 200 and then failed).",
+    ["model", "backend", "node", "endpoint", "status", "outcome"],
 )
 DURATION = Histogram(
     "airouter_request_duration_seconds",

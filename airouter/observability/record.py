@@ -51,6 +51,8 @@ class Record:
         "error",
         "in_flight",
         "started",
+        "broken",
+        "complete",
     )
 
     def __init__(self, request_id: str, method: str, path: str, endpoint: str) -> None:
@@ -74,6 +76,10 @@ class Record:
         self.error = ""
         self.in_flight: Any = None
         self.started = False  # response headers sent
+        # The status of a failure after the headers went out with 200 (the stream broke):
+        # what it would have been had it come first. 0 when none.
+        self.broken = 0
+        self.complete = False  # the last byte of the answer was sent
 
     def chunk_sent(self) -> None:
         now = time.perf_counter()
@@ -108,6 +114,14 @@ class Observer:
         rec.in_flight = self._child(metrics.IN_FLIGHT, rec.label, rec.backend)
         rec.in_flight.inc()
 
+    @staticmethod
+    def outcome(rec: Record) -> str:
+        """How the request ended, beyond its status: `ok`, `error` (an error status), or
+        `broken` (it started with 200 and then failed: the client got an in-band error)."""
+        if rec.broken:
+            return "broken"
+        return "error" if rec.status >= 400 else "ok"
+
     def finish(self, rec: Record) -> None:
         end = time.perf_counter()
         duration = end - rec.start
@@ -117,9 +131,11 @@ class Observer:
         node = (stats.node if stats else "") or rec.node
         if len(rec.error) > MAX_LOGGED:  # an upstream's error code, relayed
             rec.error = bounded(rec.error)
+        outcome = self.outcome(rec)
         if rec.label:
             self._child(
-                metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status)
+                metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status),
+                outcome,
             ).inc()
             self._child(metrics.DURATION, rec.label, rec.backend, rec.endpoint).observe(duration)
             if rec.first:
@@ -135,7 +151,7 @@ class Observer:
                     self._child(metrics.COMPLETION_TOKENS, rec.label, rec.backend).inc(
                         stats.completion_tokens
                     )
-            if rec.status >= 500 and rec.backend:
+            if (rec.status >= 500 or rec.broken >= 500) and rec.backend:
                 self._child(
                     metrics.UPSTREAM_ERRORS, rec.backend, node, rec.error or str(rec.status)
                 ).inc()
@@ -147,6 +163,7 @@ class Observer:
                 "method": rec.method,
                 "path": rec.path,
                 "status": rec.status,
+                "outcome": outcome,
                 "model": rec.alias or None,
                 "backend": rec.backend or None,
                 "node": node or None,
@@ -174,7 +191,7 @@ class Observer:
                     span.set_attribute("gen_ai.usage.output_tokens", stats.completion_tokens)
                 if stats.finish_reason:
                     span.set_attribute("gen_ai.response.finish_reasons", [stats.finish_reason])
-            if rec.status >= 400:
+            if rec.status >= 400 or rec.broken:
                 self.tracer.fail(span, rec.error or str(rec.status), rec.error)
         if rec.span is not None:
             rec.span.set_attribute("http.response.status_code", rec.status)

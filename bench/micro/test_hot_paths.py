@@ -11,7 +11,7 @@ from typing import Any
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
-from airouter.backends.openai_http import rewrite_model
+from airouter.backends.sse_relay import _first_bad_event, rewrite_model
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.sse import SSEDecoder, frame
@@ -25,6 +25,8 @@ CHAT_BODY = bodies.chat_request(bodies.ALIAS_SSE, stream=True, max_tokens=256)
 SSE = bodies.sse_body()
 SSE_PIECES = [SSE[i : i + TCP_PIECE] for i in range(0, len(SSE), TCP_PIECE)]
 CHUNK = bodies.chunk_json(" Denmark")
+# The 64 chunk events of the SSE body as the pass-through relay sees them (whole events).
+EVENTS = SSE[: SSE.rindex(b"data: [DONE]")]
 TOKENS = [" The", " prince", " of", " Den", "mark", " seeks", " re", "venge", ".", "\n"] * 7
 # The Triton mock's pieces, two of them splitting a UTF-8 character (pinned by its tests).
 MOCK_PIECES = PIECES
@@ -98,3 +100,27 @@ def test_template_render_chatml(benchmark: BenchmarkFixture) -> None:
     template = load_template(format="chatml")
     out = benchmark(template.render, MESSAGES)
     assert out.startswith("<|im_start|>system\n") and out.endswith("<|im_start|>assistant\n")
+
+
+def test_event_json_check_64_events(benchmark: BenchmarkFixture) -> None:
+    """What the pass-through relay spends to keep non-JSON events from clients: every event
+    validated (in C, no objects built)."""
+    assert benchmark(_first_bad_event, EVENTS, bodies.SSE_CHUNKS) == -1
+    bad = EVENTS.replace(b'"content":"', b'"content":', 1)
+    assert _first_bad_event(bad, bodies.SSE_CHUNKS) >= 0
+
+
+def test_event_brace_check_64_events(benchmark: BenchmarkFixture) -> None:
+    """The cheaper check it was weighed against (each payload starts with { and ends with }),
+    which would let `{"a": }` through."""
+
+    def braces(out: bytes, events: int) -> int:
+        start, find = 6, out.find
+        for _ in range(events):
+            end = find(b"\n\n", start)
+            if out[start : start + 1] != b"{" or out[end - 1 : end] != b"}":
+                return start - 6
+            start = end + 8
+        return -1
+
+    assert benchmark(braces, EVENTS, bodies.SSE_CHUNKS) == -1

@@ -286,3 +286,24 @@ def test_metrics_and_health_detail_open_without_metrics_key(router: RouterProc) 
     assert _get(router.url + "/metrics", None)[0] == 200
     status, _, body = _get(router.url + "/health", None)
     assert status == 200 and "backends" in json.loads(body)
+
+
+def test_a_stream_broken_after_its_start_is_an_error_span(
+        traced: tuple[RouterProc, Receiver]) -> None:
+    router, receiver = traced
+    trace_id = os.urandom(16).hex()
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    # fake-die cuts the connection after two content chunks: the client had its 200.
+    with pytest.raises(openai.APIError):
+        list(c.chat.completions.create(model="die", messages=MSGS, stream=True, extra_headers={
+            "traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"}))
+    deadline = time.monotonic() + 10
+    mine: list = []
+    while len(mine) < 2 and time.monotonic() < deadline:
+        mine = [s for s in receiver.wait_for(1) if s.trace_id == trace_id]
+        time.sleep(0.1)
+    assert len(mine) == 2
+    assert all(s.status_code == 2 for s in mine)  # STATUS_CODE_ERROR
+    assert all(s.attributes["error.type"] == "bad_gateway" for s in mine)
+    server = next(s for s in mine if s.kind == 2)
+    assert server.attributes["http.response.status_code"] == 200

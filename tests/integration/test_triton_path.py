@@ -266,7 +266,10 @@ def test_error_mid_stream_is_an_event_then_done(router: RouterProc) -> None:
     assert events[-1] == "data: [DONE]"
     err = json.loads(events[-2].removeprefix("data: "))
     validate("ErrorResponse", err)
-    assert "mock failure mid-stream" in err["error"]["message"]
+    # An engine's failure text stays in the router's log; the client gets the router's words.
+    assert err["error"]["code"] == "backend_failed"
+    assert "mock failure" not in err["error"]["message"]
+    assert "mock failure mid-stream" in router.log_text()
     chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello, wor"
 

@@ -55,6 +55,10 @@ MODELS = (
     "fake-error-text",
     "fake-bad-json",
     "fake-tools",
+    "fake-traceback",
+    "fake-bad-event",
+    "fake-truncated",
+    "fake-stall",
 )
 
 _ERROR_MODEL = re.compile(r"fake-error-(\d{3})")
@@ -319,6 +323,19 @@ def split_points(data: bytes) -> Iterator[bytes]:
         pos, i = pos + size, i + 1
 
 
+TRACEBACK = (
+    'Traceback (most recent call last):\n  File "/srv/engine/worker.py", line 88, in run\n'
+    "    out = model.generate(batch)\nRuntimeError: CUDA error: an illegal memory access"
+)
+BAD_EVENT = "{not json, from /srv/engine/sse.py"
+# Well-formed JSON, but not UTF-8 inside a string.
+BAD_UTF8_EVENT = b'{"object":"chat.completion.chunk","choices":[{"delta":{"content":"\xc3\x28"}}]}'
+# fake-stall stalls at one of these points for STALL_SECONDS (a client may leave there):
+# before the response headers, after them, after the first event, before [DONE].
+STALL_POINTS = ("headers", "open", "first", "done")
+STALL_SECONDS = 30.0
+
+
 # --- the server ---------------------------------------------------------------------------
 
 Handler = Callable[[web.Request, str, Json], Awaitable[web.StreamResponse]]
@@ -334,8 +351,12 @@ class FakeUpstream:
     "aborted" when fake-die cut the connection.
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, models_wait_idle: bool = False) -> None:
         self.host = host
+        # As llama.cpp's server does: GET /v1/models answers only when no generation runs.
+        self.models_wait_idle = models_wait_idle
+        self._generating = 0
+        self._idle: asyncio.Event | None = None
         self.port = 0
         self._cond = threading.Condition()
         self._requests: list[Json] = []
@@ -449,6 +470,8 @@ class FakeUpstream:
 
     async def _start(self) -> None:
         self._closing = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         app = web.Application(middlewares=[self._middleware], client_max_size=MAX_BODY)
         app.router.add_get("/v1/models", self._list_models)
         app.router.add_get("/v1/models/{model}", self._get_model)
@@ -514,6 +537,8 @@ class FakeUpstream:
     # -- routes ----------------------------------------------------------------------------
 
     async def _list_models(self, request: web.Request) -> web.StreamResponse:
+        if self.models_wait_idle and self._idle is not None:
+            await self._idle.wait()
         return web.json_response(models_body())
 
     async def _get_model(self, request: web.Request) -> web.StreamResponse:
@@ -545,6 +570,9 @@ class FakeUpstream:
         handler = self._pick(endpoint, model)
         if handler is None:
             return _model_not_found(model)
+        self._generating += 1
+        assert self._idle is not None
+        self._idle.clear()
         try:
             return await handler(request, endpoint, body)
         except _Aborted:
@@ -561,6 +589,10 @@ class FakeUpstream:
             if _SSE in request:
                 return request[_SSE]
             raise
+        finally:
+            self._generating -= 1
+            if not self._generating:
+                self._idle.set()
 
     def _pick(self, endpoint: str, model: str) -> Handler | None:
         if match := _ERROR_MODEL.fullmatch(model):
@@ -571,6 +603,7 @@ class FakeUpstream:
             "fake-bad-json": _bad_json,
             "fake-hang": self._hang,
             "fake-die": self._die,
+            "fake-traceback": _traceback,
         }
         if model in common:
             return common[model]
@@ -584,6 +617,9 @@ class FakeUpstream:
             "fake-disconnect": self._disconnect,
             "fake-nostream": _nostream,
             "fake-tools": self._tools,
+            "fake-bad-event": self._bad_event,
+            "fake-truncated": self._truncated,
+            "fake-stall": self._stall,
         }
         return generation.get(model)
 
@@ -646,6 +682,69 @@ class FakeUpstream:
             await resp.write(data[i : i + 5])
         await resp.write_eof()
         return resp
+
+    async def _bad_event(
+        self, request: web.Request, endpoint: str, body: Json
+    ) -> web.StreamResponse:
+        """Streams the role chunk, one content chunk, then an event that is not JSON
+        (BAD_EVENT), then the rest as usual: the non-streamed answer is not JSON either.
+        A last user message "crlf" frames the events with CRLF line ends; "utf8" sends
+        BAD_UTF8_EVENT (valid JSON syntax, invalid UTF-8) instead of BAD_EVENT."""
+        if not body.get("stream"):
+            return web.Response(status=200, body=BAD_EVENT.encode(),
+                                content_type="application/json")
+        reply = _reply(endpoint, body)
+        how = last_user_text(body.get("messages"))
+        eol = "\r\n" if how == "crlf" else "\n"
+        resp = await _open_sse(request)
+        chunks = [c for _, c in reply.chunks]
+        for chunk in chunks[:2]:
+            await resp.write(sse(chunk, eol))
+        if how == "utf8":
+            await resp.write(b"data: " + BAD_UTF8_EVENT + b"\n\n")
+        else:
+            await resp.write(sse(BAD_EVENT, eol))
+        for chunk in chunks[2:]:
+            await resp.write(sse(chunk, eol))
+        await resp.write(sse("[DONE]", eol))
+        return await _finish(request, resp, done=False)
+
+    async def _truncated(
+        self, request: web.Request, endpoint: str, body: Json
+    ) -> web.StreamResponse:
+        """Streams the content chunks, then ends the body cleanly: no finish_reason, no
+        usage, no [DONE]. The non-streamed answer is whole."""
+        reply = _reply(endpoint, body)
+        if not body.get("stream"):
+            return web.json_response(reply.body)
+        resp = await _open_sse(request)
+        for kind, chunk in reply.chunks:
+            if kind in ("role", "content"):
+                await resp.write(sse(chunk))
+        return await _finish(request, resp, done=False)
+
+    async def _stall(self, request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
+        """A streamed answer that stalls for STALL_SECONDS at the point named by the last
+        user message (one of STALL_POINTS); "stalled" is recorded as it starts to wait."""
+        point = last_user_text(body.get("messages")) or prompt_texts(body.get("prompt"))[0]
+        model = body["model"]
+
+        async def stall(at: str) -> None:
+            if point == at:
+                self._event("stalled", model)
+                await asyncio.sleep(STALL_SECONDS)
+
+        reply = _reply(endpoint, body)
+        await stall("headers")
+        resp = await _open_sse(request)
+        await resp.write(b": open\n\n")
+        await stall("open")
+        for i, (_, chunk) in enumerate(reply.chunks):
+            await resp.write(sse(chunk))
+            if i == 0:
+                await stall("first")
+        await stall("done")
+        return await _finish(request, resp)
 
     async def _hang(self, request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
         await asyncio.sleep(HANG_SECONDS)  # cancelled on client disconnect or shutdown
@@ -754,6 +853,10 @@ async def _fake_error(status: int) -> web.StreamResponse:
 
 async def _error_text(request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
     return web.Response(status=500, text="fake upstream plain-text failure")
+
+
+async def _traceback(request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
+    return error_response(500, TRACEBACK, "server_error", None)
 
 
 async def _bad_json(request: web.Request, endpoint: str, body: Json) -> web.StreamResponse:
