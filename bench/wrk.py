@@ -67,11 +67,12 @@ def run(
     connections: int = 64,
     threads: int = 1,
     timeout_s: int = 10,
+    cores: int | str = LOAD_CORE,
 ) -> WrkResult:
     exe = shutil.which("wrk")
     assert exe is not None
     args = pinned(
-        LOAD_CORE,
+        cores,
         [
             exe,
             f"-t{threads}",
