@@ -80,7 +80,8 @@ def main() -> None:
         interface=Interfaces.ASGI,
         workers=1,
         loop=Loops.uvloop,
-        log_enabled=True, log_level="warning",
+        log_enabled=True,
+        log_level="warning",
         backlog=2048,
     ).serve()
 

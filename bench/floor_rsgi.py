@@ -102,7 +102,8 @@ def main() -> None:
         interface=Interfaces.RSGI,
         workers=1,
         loop=Loops.uvloop,
-        log_enabled=False,
+        log_enabled=True,
+        log_level="warning",
         backlog=2048,
     ).serve()
 
