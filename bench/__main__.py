@@ -110,6 +110,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "router runs beside this one in chat, stream and overhead: an A/B in one run",
     )
     p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="chat and stream: the paths take turns in this many slices of the run, so "
+        "drift from other work on the machine hits them alike (use 3+ on a shared machine)",
+    )
+    p.add_argument(
         "--floors",
         default=",".join(FLOORS),
         help=f"comma-separated pass-throughs to run beside the router, of {tuple(FLOORS)}",
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     baseline = str(Path(args.baseline).resolve()) if args.baseline else ""
     settings = scenarios.Settings.make(
-        args.quick, args.profile, args.streams, args.router_prelude, baseline
+        args.quick, args.profile, args.streams, args.router_prelude, baseline, max(1, args.rounds)
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)

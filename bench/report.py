@@ -71,6 +71,15 @@ def add_ratios(results: dict[str, Any]) -> None:
                 for ref in ("floor_rsgi", "baseline")
                 if ref in sc
             },
+            # CPU per request, reference over router: > 1 when the router is cheaper. Less
+            # sensitive than req/s to other work stealing the router's core.
+            **{
+                f"router_vs_{ref}_cpu_efficiency": _round(
+                    _ratio(sc[ref].get("cpu_us_per_req"), r.get("cpu_us_per_req")), 4
+                )
+                for ref in ("floor", "floor_rsgi", "baseline")
+                if ref in sc
+            },
             "router_vs_nginx_rps": _round(_ratio(r["rps"], n["rps"]), 4),
             "router_vs_direct_rps": _round(_ratio(r["rps"], d["rps"]), 4),
             "nginx_vs_direct_rps": _round(_ratio(n["rps"], d["rps"]), 4),
@@ -298,7 +307,9 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"router / floor RSGI = {_fmt(ra.get('router_vs_floor_rsgi_rps'), '.2f')}x, "
             f"router / nginx = {_fmt(ra.get('router_vs_nginx_rps'), '.1%')}"
             + (
-                f", router / baseline = {_fmt(ra.get('router_vs_baseline_rps'), '.3f')}x"
+                f", router / baseline = {_fmt(ra.get('router_vs_baseline_rps'), '.3f')}x "
+                f"(CPU per request: baseline's / router's = "
+                f"{_fmt(ra.get('router_vs_baseline_cpu_efficiency'), '.3f')}x)"
                 if "baseline" in s
                 else ""
             )

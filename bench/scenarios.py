@@ -33,6 +33,7 @@ class Settings:
     prelude: str = ""
     triton_rounds: int = 3
     overhead_seconds: float = 10
+    rounds: int = 1  # chat/stream: paths take turns in this many slices of wrk_seconds
     baseline: str = ""  # another checkout whose router runs beside this one (A/B)
 
     @classmethod
@@ -43,6 +44,7 @@ class Settings:
         streams: int | None = None,
         prelude: str = "",
         baseline: str = "",
+        rounds: int = 1,
     ) -> Settings:
         if quick:
             return cls(
@@ -63,6 +65,7 @@ class Settings:
                 triton_rounds=3,
                 overhead_seconds=3,
                 baseline=baseline,
+                rounds=rounds,
             )
         return cls(
             False,
@@ -82,6 +85,7 @@ class Settings:
             triton_rounds=5,
             overhead_seconds=10,
             baseline=baseline,
+            rounds=rounds,
         )
 
 
@@ -198,30 +202,50 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
         }
         if base is not None:
             pids["baseline"] = base.pid
+        scripts = {}
         for who, (url, body, key, model) in paths.items():
             _check(url, body, key, stream=stream, model=model)
-            script = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
+            scripts[who] = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
             if s.wrk_warmup:
-                wrk.run(url, script, seconds=s.wrk_warmup, connections=s.connections)
-            watched = pids.get(who)
-            before = group_stats(watched) if watched else None
-            with (
-                _profiled(env, s, rt, name, s.wrk_seconds)
-                if who == "router"
-                else contextlib.nullcontext([])
-            ) as prof:
-                res = wrk.run(url, script, seconds=s.wrk_seconds, connections=s.connections)
+                wrk.run(url, scripts[who], seconds=s.wrk_warmup, connections=s.connections)
+        # Paths take turns in `rounds` slices: drift in what else runs on the machine then
+        # hits every path alike, and the ratios within the run hold.
+        runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in paths}
+        cpu = dict.fromkeys(paths, 0.0)
+        with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
+            for _ in range(s.rounds):
+                for who, (url, *_rest) in paths.items():
+                    watched = pids.get(who)
+                    before = group_stats(watched) if watched else None
+                    runs[who].append(
+                        wrk.run(
+                            url,
+                            scripts[who],
+                            seconds=s.wrk_seconds / s.rounds,
+                            connections=s.connections,
+                        )
+                    )
+                    if watched and before:
+                        cpu[who] += group_stats(watched).cpu_s - before.cpu_s
+        for who in paths:
+            res = wrk.merge(runs[who])
             entry = res.as_dict()
-            if watched and before:
-                d = _delta(before, group_stats(watched))
-                d["cpu_us_per_req"] = round(d["cpu_s"] / max(res.requests, 1) * 1e6, 1)
-                entry.update(d)
-            if prof:
+            watched = pids.get(who)
+            if watched:
+                st = group_stats(watched)
+                entry.update(
+                    cpu_s=round(cpu[who], 3),
+                    rss_mb=round(st.rss_kb / 1024, 1),
+                    max_rss_mb=round(st.hwm_kb / 1024, 1),
+                    cpu_us_per_req=round(cpu[who] / max(res.requests, 1) * 1e6, 1),
+                )
+            if prof and who == "router":
                 entry["profile"] = _profile_dict(prof[0])
             out[who] = entry
             _say(
                 f"{name:7} {who:10} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
                 f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}"
+                + (f"  CPU {entry['cpu_us_per_req']:.0f} us/req" if watched else "")
             )
     return out
 
