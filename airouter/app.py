@@ -32,6 +32,7 @@ from airouter.handlers import (
     ModelsEndpoint,
     not_found,
 )
+from airouter.observability import metrics
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.state import State
@@ -131,6 +132,7 @@ def build_app(cfg: Config) -> FastPath:
             yield
         finally:
             await holder.state.aclose()
+            metrics.PENDING.flush()
             if observer.tracer is not None:
                 observer.tracer.shutdown()
 
