@@ -213,8 +213,10 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
         runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in paths}
         cpu = dict.fromkeys(paths, 0.0)
         with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
-            for _ in range(s.rounds):
-                for who, (url, *_rest) in paths.items():
+            for i in range(s.rounds):
+                # Every other round backwards: no path always runs right after another.
+                order = list(paths.items()) if i % 2 == 0 else list(reversed(paths.items()))
+                for who, (url, *_rest) in order:
                     watched = pids.get(who)
                     before = group_stats(watched) if watched else None
                     runs[who].append(
