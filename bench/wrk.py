@@ -77,7 +77,7 @@ def run(
             exe,
             f"-t{threads}",
             f"-c{connections}",
-            f"-d{seconds:g}s",
+            f"-d{max(1, round(seconds))}s",  # wrk takes whole seconds only
             f"--timeout={timeout_s}s",
             "-s",
             str(script),
