@@ -33,7 +33,12 @@ from bench.procs import (
 )
 
 ALL = ("chat", "stream", "overhead", "scale", "paced", "triton")
-FLOORS = {"floor": "bench.floor", "floor_rsgi": "bench.floor_rsgi"}
+FLOORS = {
+    "floor": ["bench.floor"],
+    "floor_rsgi": ["bench.floor_rsgi"],
+    "floor_rsgi_aiohttp": ["bench.floor_rsgi", "--client", "aiohttp"],
+}
+DEFAULT_FLOORS = ("floor", "floor_rsgi")
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -118,7 +123,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--floors",
-        default=",".join(FLOORS),
+        default=",".join(DEFAULT_FLOORS),
         help=f"comma-separated pass-throughs to run beside the router, of {tuple(FLOORS)}",
     )
     return p.parse_args(argv)
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 routes = scenarios.floor_routes(upstream.url)
                 for name in floors:
                     running[name] = stack.enter_context(
-                        router.run_floor(tmp, FLOORS[name], routes, ROUTER_CORE)
+                        router.run_floor(tmp, name, FLOORS[name], routes, ROUTER_CORE)
                     )
             env = scenarios.Env(tmp, RESULTS, stamp, upstream, proxy, paced_port, running)
             sc = results["scenarios"]

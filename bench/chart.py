@@ -13,6 +13,7 @@ COLORS = {
     "nginx": "#2ca02c",
     "floor": "#ff7f0e",
     "floor_rsgi": "#bcbd22",
+    "floor_rsgi_aiohttp": "#e377c2",
     "baseline": "#9467bd",
     "router": "#1f77b4",
 }

@@ -1,6 +1,7 @@
 """The second floor: the same pass-through on leaner pieces (granian RSGI + a raw asyncio
 HTTP/1.1 client over a keep-alive pool), so what the router's features cost stays visible
-if its hot path moves onto these.
+if its hot path moves onto these. `--client aiohttp` keeps RSGI but uses the ASGI floor's
+client: the split between the server-side and the client-side saving.
 
 Run: python -m bench.floor_rsgi --port P --routes '{"model": "http://host:port/path", ...}'
 """
@@ -68,15 +69,37 @@ class Upstream:
 
 
 _UPSTREAMS: dict[str, Upstream] = {}
+# "aiohttp": the same server side with the ASGI floor's client, to split the two savings.
+_AIOHTTP = os.environ.get("BENCH_FLOOR_CLIENT") == "aiohttp"
+_session: Any = None
+
+
+async def _aiohttp_post(url: str, body: bytes) -> AsyncIterator[bytes]:
+    global _session
+    import aiohttp
+
+    if _session is None:
+        _session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4096),
+            headers={"Content-Type": "application/json"},
+            skip_auto_headers=("User-Agent",),
+        )
+    async with _session.post(url, data=body) as resp:
+        yield b"%d" % resp.status
+        while data := await resp.content.readany():
+            yield data
 
 
 async def app(scope: Any, proto: Any) -> None:
     body = await proto()
     req = _decode(body)
-    up = _UPSTREAMS.get(req.model)
-    if up is None:
-        up = _UPSTREAMS[req.model] = Upstream(_ROUTES[req.model])
-    parts = up.post(body)
+    if _AIOHTTP:
+        parts = _aiohttp_post(_ROUTES[req.model], body)
+    else:
+        up = _UPSTREAMS.get(req.model)
+        if up is None:
+            up = _UPSTREAMS[req.model] = Upstream(_ROUTES[req.model])
+        parts = up.post(body)
     status = int(await anext(parts))
     if not req.stream:
         proto.response_bytes(status, _JSON, b"".join([p async for p in parts]))
@@ -93,8 +116,10 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.floor_rsgi")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--routes", required=True, help="JSON object: model name -> upstream URL")
+    p.add_argument("--client", choices=("raw", "aiohttp"), default="raw")
     a = p.parse_args()
     os.environ["BENCH_FLOOR_ROUTES"] = a.routes
+    os.environ["BENCH_FLOOR_CLIENT"] = a.client
     Granian(
         "bench.floor_rsgi:app",
         address="127.0.0.1",

@@ -16,11 +16,12 @@ FLOOR_GOAL = 1.2  # router req/s over the same-stack pass-through's
 NGINX_GOAL = {"chat": 0.20, "stream": 0.25}
 TRITON_GOAL = 1.0
 # Row order in tables and charts: references first, the router last.
-PATHS = ("direct", "nginx", "floor", "floor_rsgi", "baseline", "router")
+PATHS = ("direct", "nginx", "floor", "floor_rsgi_aiohttp", "floor_rsgi", "baseline", "router")
 LABEL = {
     "direct": "direct",
     "nginx": "nginx",
     "floor": "floor ASGI",
+    "floor_rsgi_aiohttp": "RSGI+aiohttp",
     "floor_rsgi": "floor RSGI",
     "baseline": "baseline",
     "router": "router",
@@ -77,7 +78,7 @@ def add_ratios(results: dict[str, Any]) -> None:
                 f"router_vs_{ref}_cpu_efficiency": _round(
                     _ratio(sc[ref].get("cpu_us_per_req"), r.get("cpu_us_per_req")), 4
                 )
-                for ref in ("floor", "floor_rsgi", "baseline")
+                for ref in ("floor", "floor_rsgi", "floor_rsgi_aiohttp", "baseline")
                 if ref in sc
             },
             "router_vs_nginx_rps": _round(_ratio(r["rps"], n["rps"]), 4),
@@ -287,14 +288,14 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
         add("")
         add(f"{label}: wrk, {s['connections']} connections, {s['seconds']:g} s")
         add(
-            f"  {'path':11}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9':>9}"
+            f"  {'path':13}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9':>9}"
             f"{'errors':>8}{'CPU us/req':>12}{'vs nginx':>10}{'vs direct':>11}{'vs floor':>10}"
         )
         fl = _get(s, "floor", "rps")
         for who in paths(s):
             r = s[who]
             add(
-                f"  {LABEL[who]:11}{_fmt(r['rps']):>10}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+                f"  {LABEL[who]:13}{_fmt(r['rps']):>10}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['p999_ms']:>9.2f}{r['errors']:>8}"
                 f"{_fmt(r.get('cpu_us_per_req'), ',.1f'):>12}"
                 f"{_fmt(_ratio(r['rps'], s['nginx']['rps']), '.1%'):>10}"
@@ -333,7 +334,7 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             "path; added = path - direct"
         )
         add(
-            f"  {'':7}{'path':11}{'req':>7}{'p50 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p99':>8}"
+            f"  {'':7}{'path':13}{'req':>7}{'p50 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p99':>8}"
             f"{'TTFC p50':>10}{'TTFC p99':>10}{'+TTFC p99':>10}{'errors':>8}"
         )
         for kind in ("chat", "stream"):
@@ -345,7 +346,7 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
                 r = o[who]
                 a = ra.get(who, {})
                 add(
-                    f"  {kind:7}{LABEL[who]:11}{r['requests']:>7}{r['p50_ms']:>9.3f}"
+                    f"  {kind:7}{LABEL[who]:13}{r['requests']:>7}{r['p50_ms']:>9.3f}"
                     f"{r['p99_ms']:>9.3f}{_fmt(a.get('added_p50_ms'), '+.3f'):>8}"
                     f"{_fmt(a.get('added_p99_ms'), '+.3f'):>8}{r['ttfc_p50_ms']:>10.3f}"
                     f"{r['ttfc_p99_ms']:>10.3f}{_fmt(a.get('added_ttfc_p99_ms'), '+.3f'):>10}"

@@ -157,12 +157,15 @@ def run(
 
 
 @contextlib.contextmanager
-def run_floor(tmp: Path, module: str, routes: dict[str, str], core: int) -> Iterator[Router]:
-    """A floor pass-through (bench.floor or bench.floor_rsgi), pinned and sized like the
-    router: one granian worker on the router's core."""
+def run_floor(
+    tmp: Path, name: str, command: list[str], routes: dict[str, str], core: int
+) -> Iterator[Router]:
+    """A floor pass-through (`python -m bench.floor ...`), pinned and sized like the router:
+    one granian worker on the router's core."""
     port = free_port()
-    log = tmp / f"{module.rsplit('.', 1)[-1]}.log"
-    args = [sys.executable, "-m", module, "--port", str(port), "--routes", json.dumps(routes)]
+    log = tmp / f"{name}.log"
+    module = command[0]
+    args = [sys.executable, "-m", *command, "--port", str(port), "--routes", json.dumps(routes)]
     with spawn(pinned(core, args), log=log) as proc:
         # No health route: a POST of a known model proves the whole path.
         model = next(iter(routes))
