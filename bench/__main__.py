@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import deps, nginx, report, scenarios
+from bench import chart, deps, nginx, report, router, scenarios
 from bench.procs import (
     HOST,
     LOAD_CORE,
@@ -32,7 +32,13 @@ from bench.procs import (
     wait_http,
 )
 
-ALL = ("chat", "stream", "paced", "triton")
+ALL = ("chat", "stream", "overhead", "scale", "paced", "triton")
+FLOORS = {
+    "floor": ["bench.floor"],
+    "floor_rsgi": ["bench.floor_rsgi"],
+    "floor_rsgi_aiohttp": ["bench.floor_rsgi", "--client", "aiohttp"],
+}
+DEFAULT_FLOORS = ("floor", "floor_rsgi")
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -101,6 +107,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="Python to run in the router before it starts, to A/B runtime knobs, "
         "e.g. 'sys.setswitchinterval(0.0005)'",
     )
+    p.add_argument(
+        "--baseline",
+        default="",
+        metavar="DIR",
+        help="another checkout (e.g. a git worktree at the commit before a change) whose "
+        "router runs beside this one in chat, stream and overhead: an A/B in one run",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="chat and stream: the paths take turns in this many slices of the run, so "
+        "drift from other work on the machine hits them alike (use 3+ on a shared machine)",
+    )
+    p.add_argument(
+        "--floors",
+        default=",".join(DEFAULT_FLOORS),
+        help=f"comma-separated pass-throughs to run beside the router, of {tuple(FLOORS)}",
+    )
     return p.parse_args(argv)
 
 
@@ -127,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     pin_self(LOAD_CORE)
     raise_nofile()
-    settings = scenarios.Settings.make(args.quick, args.profile, args.streams, args.router_prelude)
+    floors = [f.strip() for f in args.floors.split(",") if f.strip()]
+    if set(floors) - set(FLOORS):
+        print(f"bench: unknown floor(s); choose from {tuple(FLOORS)}", file=sys.stderr)
+        return 2
+    baseline = str(Path(args.baseline).resolve()) if args.baseline else ""
+    settings = scenarios.Settings.make(
+        args.quick, args.profile, args.streams, args.router_prelude, baseline, max(1, args.rounds)
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -171,12 +203,23 @@ def main(argv: list[str] | None = None) -> int:
                     "/up" + nginx.JSON_PATH,
                 )
             )
-            env = scenarios.Env(tmp, RESULTS, stamp, upstream, proxy, paced_port)
+            running = {}
+            if {"chat", "stream", "overhead"} & set(only):
+                routes = scenarios.floor_routes(upstream.url)
+                for name in floors:
+                    running[name] = stack.enter_context(
+                        router.run_floor(tmp, name, FLOORS[name], routes, ROUTER_CORE)
+                    )
+            env = scenarios.Env(tmp, RESULTS, stamp, upstream, proxy, paced_port, running)
             sc = results["scenarios"]
             if "chat" in only:
                 sc["chat"] = scenarios.wrk_scenario(env, settings, "chat", stream=False)
             if "stream" in only:
                 sc["stream"] = scenarios.wrk_scenario(env, settings, "stream", stream=True)
+            if "overhead" in only:
+                sc["overhead"] = scenarios.overhead_scenario(env, settings)
+            if "scale" in only:
+                sc["scale"] = scenarios.scale_scenario(env, settings)
             if "paced" in only:
                 sc["paced"] = scenarios.paced_scenario(env, settings)
             if "triton" in only:
@@ -192,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     out = RESULTS / f"{stamp}.json"
     report.write_json(results, tgts, out)
     png = RESULTS / f"{stamp}.png"
-    drew = report.chart(results, png)
+    drew = chart.chart(results, png)
     print(
         f"\nwrote {out.relative_to(ROOT)}"
         + (f" and {png.relative_to(ROOT)}" if drew else "")

@@ -32,8 +32,10 @@ def pin_self(core: int) -> None:
             os.sched_setaffinity(0, {core})
 
 
-def pinned(core: int, args: Sequence[str]) -> list[str]:
-    if core not in os.sched_getaffinity(0) and (os.cpu_count() or 1) <= core:
+def pinned(core: int | str, args: Sequence[str]) -> list[str]:
+    """`core`: one core, or a taskset list such as "0,1"."""
+    cores = [int(c) for c in str(core).split(",")]
+    if all(c not in os.sched_getaffinity(0) and (os.cpu_count() or 1) <= c for c in cores):
         return list(args)
     return ["taskset", "-c", str(core), *args]
 

@@ -10,6 +10,22 @@ from typing import Any
 
 RSS_LIMIT_MB = 200.0
 ADDED_ITL_LIMIT_MS = 5.0
+ADDED_P99_LIMIT_MS = 0.3  # non-streaming, concurrency 1
+ADDED_TTFC_P99_LIMIT_MS = 0.5  # streaming, concurrency 1
+FLOOR_GOAL = 1.2  # router req/s over the same-stack pass-through's
+NGINX_GOAL = {"chat": 0.20, "stream": 0.25}
+TRITON_GOAL = 1.0
+# Row order in tables and charts: references first, the router last.
+PATHS = ("direct", "nginx", "floor", "floor_rsgi_aiohttp", "floor_rsgi", "baseline", "router")
+LABEL = {
+    "direct": "direct",
+    "nginx": "nginx",
+    "floor": "floor ASGI",
+    "floor_rsgi_aiohttp": "RSGI+aiohttp",
+    "floor_rsgi": "floor RSGI",
+    "baseline": "baseline",
+    "router": "router",
+}
 
 
 @dataclass
@@ -35,6 +51,10 @@ def _get(d: dict[str, Any], *keys: str) -> Any:
     return d
 
 
+def paths(sc: dict[str, Any]) -> list[str]:
+    return [p for p in PATHS if p in sc]
+
+
 def add_ratios(results: dict[str, Any]) -> None:
     for name in ("chat", "stream"):
         sc = results["scenarios"].get(name)
@@ -42,6 +62,25 @@ def add_ratios(results: dict[str, Any]) -> None:
             continue
         r, n, d = sc["router"], sc["nginx"], sc["direct"]
         sc["ratios"] = {
+            **{
+                f"{who}_vs_floor_rps": _round(_ratio(sc[who]["rps"], sc["floor"]["rps"]), 4)
+                for who in ("router", "baseline", "floor_rsgi")
+                if who in sc and "floor" in sc
+            },
+            **{
+                f"router_vs_{ref}_rps": _round(_ratio(r["rps"], sc[ref]["rps"]), 4)
+                for ref in ("floor_rsgi", "baseline")
+                if ref in sc
+            },
+            # CPU per request, reference over router: > 1 when the router is cheaper. Less
+            # sensitive than req/s to other work stealing the router's core.
+            **{
+                f"router_vs_{ref}_cpu_efficiency": _round(
+                    _ratio(sc[ref].get("cpu_us_per_req"), r.get("cpu_us_per_req")), 4
+                )
+                for ref in ("floor", "floor_rsgi", "floor_rsgi_aiohttp", "baseline")
+                if ref in sc
+            },
             "router_vs_nginx_rps": _round(_ratio(r["rps"], n["rps"]), 4),
             "router_vs_direct_rps": _round(_ratio(r["rps"], d["rps"]), 4),
             "nginx_vs_direct_rps": _round(_ratio(n["rps"], d["rps"]), 4),
@@ -54,6 +93,32 @@ def add_ratios(results: dict[str, Any]) -> None:
             "router_vs_nginx_cpu_efficiency": _round(
                 _ratio(n.get("cpu_us_per_req"), r.get("cpu_us_per_req")), 4
             ),
+        }
+    sc = results["scenarios"].get("overhead")
+    if sc:
+        for kind in ("chat", "stream"):
+            o = sc.get(kind)
+            if not o:
+                continue
+            d = o["direct"]
+            sc.setdefault("ratios", {})[kind] = {
+                who: {
+                    "added_p50_ms": round(o[who]["p50_ms"] - d["p50_ms"], 4),
+                    "added_p99_ms": round(o[who]["p99_ms"] - d["p99_ms"], 4),
+                    "added_ttfc_p50_ms": round(o[who]["ttfc_p50_ms"] - d["ttfc_p50_ms"], 4),
+                    "added_ttfc_p99_ms": round(o[who]["ttfc_p99_ms"] - d["ttfc_p99_ms"], 4),
+                }
+                for who in paths(o)
+                if who != "direct"
+            }
+    sc = results["scenarios"].get("scale")
+    if sc:
+        sc["ratios"] = {
+            f"{kind}_x2_vs_x1_rps": _round(
+                _ratio(sc[kind]["rps"], _get(results["scenarios"], kind, "router", "rps")), 4
+            )
+            for kind in ("chat", "stream")
+            if kind in sc
         }
     sc = results["scenarios"].get("paced")
     if sc:
@@ -106,8 +171,48 @@ def targets(results: dict[str, Any]) -> list[Target]:
             )
         )
 
-    share("chat", "non-streaming chat: router req/s vs nginx", 0.15)
-    share("stream", "streaming 64 chunks: router req/s vs nginx", 0.20)
+    def floor(name: str, label: str) -> None:
+        v = _get(sc, name, "ratios", "router_vs_floor_rps")
+        errs = _get(sc, name, "router", "errors") or 0
+        out.append(
+            Target(
+                label,
+                None if v is None else round(v, 3),
+                f">= {FLOOR_GOAL:g}x the ASGI floor's req/s",
+                None if v is None else v >= FLOOR_GOAL and errs == 0,
+                ""
+                if v is None
+                else f"{v - FLOOR_GOAL:+.2f}x" + (f" ({errs} errors)" if errs else ""),
+            )
+        )
+
+    floor("chat", "non-streaming chat: router req/s vs floor")
+    share("chat", "non-streaming chat: router req/s vs nginx", NGINX_GOAL["chat"])
+    floor("stream", "streaming 64 chunks: router req/s vs floor")
+    share("stream", "streaming 64 chunks: router req/s vs nginx", NGINX_GOAL["stream"])
+
+    for kind, key, limit, label in (
+        ("chat", "added_p99_ms", ADDED_P99_LIMIT_MS, "c=1 non-streaming: router added p99"),
+        (
+            "stream",
+            "added_ttfc_p99_ms",
+            ADDED_TTFC_P99_LIMIT_MS,
+            "c=1 stream: router added TTFC p99",
+        ),
+    ):
+        v = _get(sc, "overhead", "ratios", kind, "router", key)
+        errs = _get(sc, "overhead", kind, "router", "errors") or 0
+        out.append(
+            Target(
+                f"{label} (ms)",
+                v,
+                f"<= {limit:g} ms",
+                None if v is None else v <= limit and errs == 0,
+                ""
+                if v is None
+                else f"{limit - v:+.3f} ms headroom" + (f" ({errs} errors)" if errs else ""),
+            )
+        )
 
     streams = _get(sc, "paced", "streams")
     added = _get(sc, "paced", "ratios", "router_added_itl_p99_ms")
@@ -144,11 +249,11 @@ def targets(results: dict[str, Any]) -> list[Target]:
         Target(
             "Triton gRPC stream: router tokens/s vs direct",
             None if v is None else round(100 * v, 2),
-            ">= 90% of direct",
-            None if v is None else v >= 0.9 and errs == 0,
+            f">= {100 * TRITON_GOAL:.0f}% of direct",
+            None if v is None else v >= TRITON_GOAL and errs == 0,
             ""
             if v is None
-            else f"{100 * (v - 0.9):+.1f} pts" + (f" ({errs} errors)" if errs else ""),
+            else f"{100 * (v - TRITON_GOAL):+.1f} pts" + (f" ({errs} errors)" if errs else ""),
         )
     )
     return out
@@ -183,19 +288,33 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
         add("")
         add(f"{label}: wrk, {s['connections']} connections, {s['seconds']:g} s")
         add(
-            f"  {'path':8}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9':>9}"
-            f"{'errors':>8}{'CPU us/req':>12}{'vs nginx':>10}{'vs direct':>11}"
+            f"  {'path':13}{'req/s':>10}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'p99.9':>9}"
+            f"{'errors':>8}{'CPU us/req':>12}{'vs nginx':>10}{'vs direct':>11}{'vs floor':>10}"
         )
-        for who in ("direct", "nginx", "router"):
+        fl = _get(s, "floor", "rps")
+        for who in paths(s):
             r = s[who]
             add(
-                f"  {who:8}{_fmt(r['rps']):>10}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
+                f"  {LABEL[who]:13}{_fmt(r['rps']):>10}{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['p999_ms']:>9.2f}{r['errors']:>8}"
                 f"{_fmt(r.get('cpu_us_per_req'), ',.1f'):>12}"
                 f"{_fmt(_ratio(r['rps'], s['nginx']['rps']), '.1%'):>10}"
                 f"{_fmt(_ratio(r['rps'], s['direct']['rps']), '.1%'):>11}"
+                f"{_fmt(_ratio(r['rps'], fl), '.2f'):>9}x"
             )
         ra = s["ratios"]
+        add(
+            f"  router / floor ASGI = {_fmt(ra.get('router_vs_floor_rps'), '.2f')}x, "
+            f"router / floor RSGI = {_fmt(ra.get('router_vs_floor_rsgi_rps'), '.2f')}x, "
+            f"router / nginx = {_fmt(ra.get('router_vs_nginx_rps'), '.1%')}"
+            + (
+                f", router / baseline = {_fmt(ra.get('router_vs_baseline_rps'), '.3f')}x "
+                f"(CPU per request: baseline's / router's = "
+                f"{_fmt(ra.get('router_vs_baseline_cpu_efficiency'), '.3f')}x)"
+                if "baseline" in s
+                else ""
+            )
+        )
         add(
             f"  router adds p50 {ra['router_added_p50_ms_vs_direct']:+.2f} ms / p99 "
             f"{ra['router_added_p99_ms_vs_direct']:+.2f} ms vs direct; router max RSS "
@@ -206,6 +325,49 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             add(
                 "  note: nginx is within 10% of direct, so the load core (wrk + upstream) capped "
                 "it: its req/s is a lower bound and router/nginx an upper bound"
+            )
+    s = sc.get("overhead")
+    if s:
+        add("")
+        add(
+            f"(5) overhead at concurrency 1: one keep-alive connection, {s['seconds']:g} s per "
+            "path; added = path - direct"
+        )
+        add(
+            f"  {'':7}{'path':13}{'req':>7}{'p50 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p99':>8}"
+            f"{'TTFC p50':>10}{'TTFC p99':>10}{'+TTFC p99':>10}{'errors':>8}"
+        )
+        for kind in ("chat", "stream"):
+            o = s.get(kind)
+            if not o:
+                continue
+            ra = s["ratios"][kind]
+            for who in paths(o):
+                r = o[who]
+                a = ra.get(who, {})
+                add(
+                    f"  {kind:7}{LABEL[who]:13}{r['requests']:>7}{r['p50_ms']:>9.3f}"
+                    f"{r['p99_ms']:>9.3f}{_fmt(a.get('added_p50_ms'), '+.3f'):>8}"
+                    f"{_fmt(a.get('added_p99_ms'), '+.3f'):>8}{r['ttfc_p50_ms']:>10.3f}"
+                    f"{r['ttfc_p99_ms']:>10.3f}{_fmt(a.get('added_ttfc_p99_ms'), '+.3f'):>10}"
+                    f"{r['errors']:>8}"
+                )
+    s = sc.get("scale")
+    if s:
+        add("")
+        for kind in ("chat", "stream"):
+            r = s.get(kind)
+            if not r:
+                continue
+            x1 = _get(sc, kind, "router", "rps")
+            add(
+                f"(6) scaling, {kind}: router --workers 2 on cores {s['cores']}, wrk on the same "
+                f"cores: {_fmt(r['rps'])} req/s, p99 {r['p99_ms']:.2f} ms, errors {r['errors']}; "
+                + (
+                    f"{_fmt(s['ratios'].get(f'{kind}_x2_vs_x1_rps'), '.2f')}x the 1-worker run"
+                    if x1
+                    else "(no 1-worker run to compare)"
+                )
             )
     s = sc.get("paced")
     if s:
@@ -305,122 +467,3 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
 def write_json(results: dict[str, Any], tgts: list[Target], path: Path) -> None:
     results["targets"] = [asdict(t) for t in tgts]
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
-
-
-def chart(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    sc = results["scenarios"]
-    colors = {"direct": "#7f7f7f", "nginx": "#2ca02c", "router": "#1f77b4"}
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    fig.suptitle(
-        f"airouter bench {results['meta']['timestamp']}"
-        f"{' (quick)' if results['meta']['quick'] else ''}: router on 1 core"
-    )
-
-    wrk_names = [n for n in ("chat", "stream") if n in sc]
-    labels = {"chat": "non-stream", "stream": "stream 64 chunks"}
-    ax = axes[0][0]
-    width = 0.27
-    for i, who in enumerate(("direct", "nginx", "router")):
-        xs = [j + (i - 1) * width for j in range(len(wrk_names))]
-        ys = [sc[n][who]["rps"] for n in wrk_names]
-        bars = ax.bar(xs, ys, width, label=who, color=colors[who])
-        for b, n in zip(bars, wrk_names, strict=True):
-            ratio = _ratio(sc[n][who]["rps"], sc[n]["nginx"]["rps"])
-            ax.annotate(
-                f"{sc[n][who]['rps']:,.0f}\n{_fmt(ratio, '.0%')} of nginx",
-                (b.get_x() + b.get_width() / 2, b.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
-    ax.set_xticks(range(len(wrk_names)), [labels[n] for n in wrk_names])
-    ax.set_ylim(0, ax.get_ylim()[1] * 1.15)
-    ax.set_ylabel("requests/s (64 connections)")
-    ax.set_title("Throughput: direct vs nginx proxy vs router")
-    ax.legend()
-
-    ax = axes[0][1]
-    groups = [(n, who) for n in wrk_names for who in ("direct", "nginx", "router")]
-    xs = list(range(len(groups)))
-    for k, (q, hatch) in enumerate((("p50_ms", ""), ("p99_ms", "//"))):
-        ax.bar(
-            [x + (k - 0.5) * 0.4 for x in xs],
-            [sc[n][w][q] for n, w in groups],
-            0.4,
-            color=[colors[w] for _, w in groups],
-            hatch=hatch,
-            edgecolor="black",
-            linewidth=0.3,
-            label=q.replace("_ms", ""),
-        )
-    short = {"chat": "non-stream", "stream": "stream"}
-    ax.set_xticks(xs, [f"{short[n]}\n{w}" for n, w in groups], fontsize=8)
-    ax.set_yscale("log")
-    ax.set_ylabel("latency ms (log)")
-    ax.set_title("wrk latency percentiles (plain p50, hatched p99)")
-    ax.legend()
-
-    ax = axes[1][0]
-    if "paced" in sc:
-        p = sc["paced"]
-        whos = ("direct", "nginx", "router")
-        qs = (
-            ("ttft_p50_ms", "TTFT p50"),
-            ("ttft_p99_ms", "TTFT p99"),
-            ("itl_p99_ms", "ITL p99 - 50"),
-            ("itl_p999_ms", "ITL p99.9 - 50"),
-        )
-        for i, who in enumerate(whos):
-            vals = []
-            for key, _ in qs:
-                v = p[who][key]
-                vals.append(max(v - p["interval_ms"], 0.01) if key.startswith("itl") else v)
-            ax.bar(
-                [j + (i - 1) * width for j in range(len(qs))],
-                vals,
-                width,
-                label=who,
-                color=colors[who],
-            )
-        ax.set_xticks(range(len(qs)), [label for _, label in qs])
-        ax.set_yscale("log")
-        ax.set_ylabel("ms (log); ITL shown as excess over the 50 ms pace")
-        ax.set_title(
-            f"Paced: {p['streams']} concurrent streams at {1000 / p['interval_ms']:g} tokens/s"
-        )
-        ax.legend()
-    else:
-        ax.axis("off")
-
-    ax = axes[1][1]
-    if "triton" in sc:
-        t = sc["triton"]
-        paths = [w for w in ("direct", "direct_core0", "router") if w in t]
-        bars = ax.bar(
-            paths,
-            [t[w]["tokens_per_s"] for w in paths],
-            color=[colors["router"] if w == "router" else colors["direct"] for w in paths],
-        )
-        for b, w in zip(bars, paths, strict=True):
-            ax.annotate(
-                f"{t[w]['tokens_per_s']:,.0f}",
-                (b.get_x() + b.get_width() / 2, b.get_height()),
-                ha="center",
-                va="bottom",
-                fontsize=8,
-            )
-        ax.set_ylabel("tokens/s")
-        ax.set_title(f"Triton gRPC stream ({t['model']}), {t['concurrency']} concurrent")
-    else:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +105,18 @@ class Router:
 
 
 @contextlib.contextmanager
-def run(tmp: Path, name: str, config: str, core: int, prelude: str = "") -> Iterator[Router]:
+def run(
+    tmp: Path,
+    name: str,
+    config: str,
+    core: int | str,
+    prelude: str = "",
+    workers: int = 1,
+    cwd: Path | None = None,
+) -> Iterator[Router]:
     """`prelude`: Python run before the CLI (granian forks its worker, which inherits it),
-    to try runtime knobs such as sys.setswitchinterval without touching the router."""
+    to try runtime knobs such as sys.setswitchinterval without touching the router.
+    `cwd`: another checkout whose airouter package runs instead (an A/B baseline)."""
     port = free_port()
     cfg = tmp / f"router-{name}.toml"
     cfg.write_text(config)
@@ -127,12 +138,12 @@ def run(tmp: Path, name: str, config: str, core: int, prelude: str = "") -> Iter
             "--port",
             str(port),
             "--workers",
-            "1",
+            str(workers),
             "--log-level",
             "warning",
         ],
     )
-    with spawn(args, log=log) as proc:
+    with spawn(args, log=log, cwd=cwd) as proc:
         try:
             wait_http(f"http://{HOST}:{port}/health/ready", timeout=60, proc=proc)
         except Exception as e:
@@ -140,6 +151,39 @@ def run(tmp: Path, name: str, config: str, core: int, prelude: str = "") -> Iter
             raise RuntimeError(f"router failed to start: {e}\n{text[-4000:]}") from e
         router = Router(port, proc.pid, log)
         deadline = time.monotonic() + 10
-        while not router.workers() and time.monotonic() < deadline:
+        while len(router.workers()) < workers and time.monotonic() < deadline:
             time.sleep(0.05)
         yield router
+
+
+@contextlib.contextmanager
+def run_floor(
+    tmp: Path, name: str, command: list[str], routes: dict[str, str], core: int
+) -> Iterator[Router]:
+    """A floor pass-through (`python -m bench.floor ...`), pinned and sized like the router:
+    one granian worker on the router's core."""
+    port = free_port()
+    log = tmp / f"{name}.log"
+    module = command[0]
+    args = [sys.executable, "-m", *command, "--port", str(port), "--routes", json.dumps(routes)]
+    with spawn(pinned(core, args), log=log) as proc:
+        # No health route: a POST of a known model proves the whole path.
+        model = next(iter(routes))
+        body = bodies.chat_request(model, stream=False)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                req = urllib.request.Request(f"http://{HOST}:{port}/", data=body, method="POST")
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    r.read()
+                break
+            except OSError as e:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    text = log.read_text(errors="replace")
+                    raise RuntimeError(f"{module} failed to start: {e}\n{text[-4000:]}") from e
+                time.sleep(0.1)
+        floor = Router(port, proc.pid, log)
+        deadline = time.monotonic() + 10
+        while not floor.workers() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield floor

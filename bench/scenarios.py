@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bodies, nginx, paced, profile, router, triton, wrk
-from bench.procs import HOST, ROUTER_CORE, ProcStats, group_stats
+from bench import bodies, nginx, overhead, paced, profile, router, triton, wrk
+from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, ProcStats, group_stats
 
 
 @dataclass(frozen=True)
@@ -32,10 +32,19 @@ class Settings:
     profile: bool
     prelude: str = ""
     triton_rounds: int = 3
+    overhead_seconds: float = 10
+    rounds: int = 1  # chat/stream: paths take turns in this many slices of wrk_seconds
+    baseline: str = ""  # another checkout whose router runs beside this one (A/B)
 
     @classmethod
     def make(
-        cls, quick: bool, prof: bool, streams: int | None = None, prelude: str = ""
+        cls,
+        quick: bool,
+        prof: bool,
+        streams: int | None = None,
+        prelude: str = "",
+        baseline: str = "",
+        rounds: int = 1,
     ) -> Settings:
         if quick:
             return cls(
@@ -54,13 +63,16 @@ class Settings:
                 prof,
                 prelude,
                 triton_rounds=3,
+                overhead_seconds=3,
+                baseline=baseline,
+                rounds=rounds,
             )
         return cls(
             False,
             15,
             3,
             64,
-            streams or 2000,
+            streams or 1000,
             40,
             0.05,
             3.0,
@@ -71,6 +83,9 @@ class Settings:
             prof,
             prelude,
             triton_rounds=5,
+            overhead_seconds=10,
+            baseline=baseline,
+            rounds=rounds,
         )
 
 
@@ -84,6 +99,15 @@ class Env:
     upstream: nginx.Nginx  # static JSON/SSE upstream
     proxy: nginx.Nginx  # reverse proxy: /up/ -> upstream, /paced/ -> paced upstream
     paced_port: int
+    # Same-stack pass-throughs on the router's core: "floor" (ASGI + aiohttp), "floor_rsgi"
+    floors: dict[str, router.Router]
+
+
+def floor_routes(upstream_url: str) -> dict[str, str]:
+    return {
+        bodies.ALIAS_JSON: upstream_url + nginx.JSON_PATH,
+        bodies.ALIAS_SSE: upstream_url + nginx.SSE_PATH,
+    }
 
 
 def _say(msg: str) -> None:
@@ -137,7 +161,9 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
     up = env.upstream.url
     cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", None)
     out: dict[str, Any] = {"connections": s.connections, "seconds": s.wrk_seconds}
-    with router.run(env.tmp, name, cfg, ROUTER_CORE, s.prelude) as rt:
+    with contextlib.ExitStack() as stack:
+        rt = stack.enter_context(router.run(env.tmp, name, cfg, ROUTER_CORE, s.prelude))
+        base = _baseline(stack, env, s, name, cfg)
         paths = {
             "direct": (
                 up + path,
@@ -151,6 +177,15 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                 None,
                 bodies.UPSTREAM_MODEL,
             ),
+            **{
+                who: (
+                    f.url + "/v1/chat/completions",
+                    bodies.chat_request(alias, stream=stream),
+                    None,
+                    bodies.UPSTREAM_MODEL,
+                )
+                for who, f in env.floors.items()
+            },
             "router": (
                 rt.url + "/v1/chat/completions",
                 bodies.chat_request(alias, stream=stream),
@@ -158,30 +193,61 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                 alias,
             ),
         }
+        if base is not None:
+            paths["baseline"] = (paths["router"][0].replace(rt.url, base.url), *paths["router"][1:])
+        pids = {
+            "nginx": env.proxy.pid,
+            "router": rt.pid,
+            **{w: f.pid for w, f in env.floors.items()},
+        }
+        if base is not None:
+            pids["baseline"] = base.pid
+        scripts = {}
         for who, (url, body, key, model) in paths.items():
             _check(url, body, key, stream=stream, model=model)
-            script = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
+            scripts[who] = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
             if s.wrk_warmup:
-                wrk.run(url, script, seconds=s.wrk_warmup, connections=s.connections)
-            watched = rt.pid if who == "router" else env.proxy.pid if who == "nginx" else None
-            before = group_stats(watched) if watched else None
-            with (
-                _profiled(env, s, rt, name, s.wrk_seconds)
-                if who == "router"
-                else contextlib.nullcontext([])
-            ) as prof:
-                res = wrk.run(url, script, seconds=s.wrk_seconds, connections=s.connections)
+                wrk.run(url, scripts[who], seconds=s.wrk_warmup, connections=s.connections)
+        # Paths take turns in `rounds` slices: drift in what else runs on the machine then
+        # hits every path alike, and the ratios within the run hold.
+        runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in paths}
+        cpu = dict.fromkeys(paths, 0.0)
+        with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
+            for i in range(s.rounds):
+                # Every other round backwards: no path always runs right after another.
+                order = list(paths.items()) if i % 2 == 0 else list(reversed(paths.items()))
+                for who, (url, *_rest) in order:
+                    watched = pids.get(who)
+                    before = group_stats(watched) if watched else None
+                    runs[who].append(
+                        wrk.run(
+                            url,
+                            scripts[who],
+                            seconds=s.wrk_seconds / s.rounds,
+                            connections=s.connections,
+                        )
+                    )
+                    if watched and before:
+                        cpu[who] += group_stats(watched).cpu_s - before.cpu_s
+        for who in paths:
+            res = wrk.merge(runs[who])
             entry = res.as_dict()
-            if watched and before:
-                d = _delta(before, group_stats(watched))
-                d["cpu_us_per_req"] = round(d["cpu_s"] / max(res.requests, 1) * 1e6, 1)
-                entry.update(d)
-            if prof:
+            watched = pids.get(who)
+            if watched:
+                st = group_stats(watched)
+                entry.update(
+                    cpu_s=round(cpu[who], 3),
+                    rss_mb=round(st.rss_kb / 1024, 1),
+                    max_rss_mb=round(st.hwm_kb / 1024, 1),
+                    cpu_us_per_req=round(cpu[who] / max(res.requests, 1) * 1e6, 1),
+                )
+            if prof and who == "router":
                 entry["profile"] = _profile_dict(prof[0])
             out[who] = entry
             _say(
-                f"{name:7} {who:7} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
+                f"{name:7} {who:10} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
                 f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}"
+                + (f"  CPU {entry['cpu_us_per_req']:.0f} us/req" if watched else "")
             )
     return out
 
@@ -319,6 +385,78 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
                     f"triton  {who:12} {res.tokens_per_s:>8,.0f} tokens/s  "
                     f"p50 {res.p50_ms:7.2f} ms  errors {res.errors}"
                 )
+    return out
+
+
+def _baseline(
+    stack: contextlib.ExitStack, env: Env, s: Settings, name: str, cfg: str
+) -> router.Router | None:
+    if not s.baseline:
+        return None
+    return stack.enter_context(
+        router.run(env.tmp, f"{name}-baseline", cfg, ROUTER_CORE, s.prelude, cwd=Path(s.baseline))
+    )
+
+
+def overhead_scenario(env: Env, s: Settings) -> dict[str, Any]:
+    """Scenario 5: one request at a time; added latency and time to first chunk vs direct."""
+    up = env.upstream.url
+    cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", None)
+    out: dict[str, Any] = {"concurrency": 1, "seconds": s.overhead_seconds}
+    with contextlib.ExitStack() as stack:
+        rt = stack.enter_context(router.run(env.tmp, "overhead", cfg, ROUTER_CORE, s.prelude))
+        base = _baseline(stack, env, s, "overhead", cfg)
+        for kind, stream in (("chat", False), ("stream", True)):
+            alias = bodies.ALIAS_SSE if stream else bodies.ALIAS_JSON
+            path = nginx.SSE_PATH if stream else nginx.JSON_PATH
+            plain = bodies.chat_request(bodies.UPSTREAM_MODEL, stream=stream)
+            routed = bodies.chat_request(alias, stream=stream)
+            paths: dict[str, tuple[str, bytes, str | None]] = {
+                "direct": (up + path, plain, None),
+                "nginx": (env.proxy.url + "/up" + path, plain, None),
+                **{
+                    w: (f.url + "/v1/chat/completions", routed, None) for w, f in env.floors.items()
+                },
+                "router": (rt.url + "/v1/chat/completions", routed, bodies.CLIENT_KEY),
+            }
+            if base is not None:
+                paths["baseline"] = (base.url + "/v1/chat/completions", routed, bodies.CLIENT_KEY)
+            res: dict[str, Any] = {}
+            for who, (url, body, key) in paths.items():
+                r = overhead.run(url, body, key, seconds=s.overhead_seconds, warmup=0.5)
+                res[who] = r.as_dict()
+                _say(
+                    f"c=1 {kind:6} {who:10} {r.requests:>6} req  p50 {r.p50_ms:6.3f} "
+                    f"p99 {r.p99_ms:6.3f} ms  TTFC p50 {r.ttfc_p50_ms:6.3f} "
+                    f"p99 {r.ttfc_p99_ms:6.3f} ms  errors {r.errors}"
+                )
+            out[kind] = res
+    return out
+
+
+def scale_scenario(env: Env, s: Settings) -> dict[str, Any]:
+    """Scenario 6: the router with 2 workers on both cores, wrk on the same cores: how far
+    a second worker carries it (the upstream nginx stays on the load core)."""
+    up = env.upstream.url
+    cfg = router.openai_config(up + "/json/v1", up + "/sse/v1", None)
+    both = f"{ROUTER_CORE},{LOAD_CORE}"
+    out: dict[str, Any] = {"workers": 2, "cores": both, "connections": s.connections}
+    with router.run(env.tmp, "scale", cfg, both, s.prelude, workers=2) as rt:
+        for kind, stream in (("chat", False), ("stream", True)):
+            alias = bodies.ALIAS_SSE if stream else bodies.ALIAS_JSON
+            url = rt.url + "/v1/chat/completions"
+            body = bodies.chat_request(alias, stream=stream)
+            _check(url, body, bodies.CLIENT_KEY, stream=stream, model=alias)
+            script = wrk.lua_script(env.tmp / f"scale-{kind}.lua", body, bodies.CLIENT_KEY)
+            kw: dict[str, Any] = {"connections": s.connections, "threads": 2, "cores": both}
+            if s.wrk_warmup:
+                wrk.run(url, script, seconds=s.wrk_warmup, **kw)
+            res = wrk.run(url, script, seconds=s.wrk_seconds, **kw)
+            out[kind] = res.as_dict()
+            _say(
+                f"scale {kind:6} router x2 {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
+                f"p99 {res.p99_ms:7.2f} ms  errors {res.errors}"
+            )
     return out
 
 

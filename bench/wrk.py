@@ -67,16 +67,17 @@ def run(
     connections: int = 64,
     threads: int = 1,
     timeout_s: int = 10,
+    cores: int | str = LOAD_CORE,
 ) -> WrkResult:
     exe = shutil.which("wrk")
     assert exe is not None
     args = pinned(
-        LOAD_CORE,
+        cores,
         [
             exe,
             f"-t{threads}",
             f"-c{connections}",
-            f"-d{seconds:g}s",
+            f"-d{max(1, round(seconds))}s",  # wrk takes whole seconds only
             f"--timeout={timeout_s}s",
             "-s",
             str(script),
@@ -102,4 +103,27 @@ def run(
         max_ms=d["max"] / 1e3,
         mean_ms=round(d["mean"] / 1e3, 3),
         errors=errors,
+    )
+
+
+def merge(runs: list[WrkResult]) -> WrkResult:
+    """Slices of one path's load as one result: totals add up, percentiles are the slices'
+    mean (each slice has about the same number of requests), the max is the max."""
+    if len(runs) == 1:
+        return runs[0]
+    n = len(runs)
+    req = sum(r.requests for r in runs)
+    secs = sum(r.seconds for r in runs)
+    return WrkResult(
+        requests=req,
+        seconds=round(secs, 3),
+        rps=round(req / secs, 1),
+        mbps=round(sum(r.mbps * r.seconds for r in runs) / secs, 2),
+        p50_ms=round(sum(r.p50_ms for r in runs) / n, 3),
+        p90_ms=round(sum(r.p90_ms for r in runs) / n, 3),
+        p99_ms=round(sum(r.p99_ms for r in runs) / n, 3),
+        p999_ms=round(sum(r.p999_ms for r in runs) / n, 3),
+        max_ms=max(r.max_ms for r in runs),
+        mean_ms=round(sum(r.mean_ms * r.requests for r in runs) / max(req, 1), 3),
+        errors=sum(r.errors for r in runs),
     )

@@ -112,7 +112,7 @@ class Observer:
 
     def started(self, rec: Record) -> None:
         rec.in_flight = self._child(metrics.IN_FLIGHT, rec.label, rec.backend)
-        rec.in_flight.inc()
+        metrics.PENDING.live_add(rec.in_flight, 1)
 
     @staticmethod
     def outcome(rec: Record) -> str:
@@ -125,36 +125,47 @@ class Observer:
     def finish(self, rec: Record) -> None:
         end = time.perf_counter()
         duration = end - rec.start
+        pending = metrics.PENDING
         if rec.in_flight is not None:
-            rec.in_flight.dec()
+            pending.live_add(rec.in_flight, -1)
         stats = rec.call.stats if rec.call is not None else None
         node = (stats.node if stats else "") or rec.node
         if len(rec.error) > MAX_LOGGED:  # an upstream's error code, relayed
             rec.error = bounded(rec.error)
         outcome = self.outcome(rec)
         if rec.label:
-            self._child(
-                metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status),
-                outcome,
-            ).inc()
-            self._child(metrics.DURATION, rec.label, rec.backend, rec.endpoint).observe(duration)
+            pending.inc(
+                self._child(
+                    metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status),
+                    outcome,
+                )
+            )
+            pending.observe(
+                self._child(metrics.DURATION, rec.label, rec.backend, rec.endpoint), duration
+            )
             if rec.first:
-                self._child(metrics.TTFT, rec.label, rec.backend).observe(rec.first - rec.start)
+                pending.observe(
+                    self._child(metrics.TTFT, rec.label, rec.backend), rec.first - rec.start
+                )
             if rec.gaps is not None:
-                rec.gaps.flush(rec.label, rec.backend)
+                pending.add_gaps(self._child(metrics.ITL, rec.label, rec.backend), rec.gaps)
             if stats is not None:
                 if stats.prompt_tokens:
-                    self._child(metrics.PROMPT_TOKENS, rec.label, rec.backend).inc(
-                        stats.prompt_tokens
+                    pending.inc(
+                        self._child(metrics.PROMPT_TOKENS, rec.label, rec.backend),
+                        stats.prompt_tokens,
                     )
                 if stats.completion_tokens:
-                    self._child(metrics.COMPLETION_TOKENS, rec.label, rec.backend).inc(
-                        stats.completion_tokens
+                    pending.inc(
+                        self._child(metrics.COMPLETION_TOKENS, rec.label, rec.backend),
+                        stats.completion_tokens,
                     )
             if (rec.status >= 500 or rec.broken >= 500) and rec.backend:
-                self._child(
-                    metrics.UPSTREAM_ERRORS, rec.backend, node, rec.error or str(rec.status)
-                ).inc()
+                pending.inc(
+                    self._child(
+                        metrics.UPSTREAM_ERRORS, rec.backend, node, rec.error or str(rec.status)
+                    )
+                )
         if self.tracer is not None:
             self._end_spans(rec, stats)
         if self.access:
