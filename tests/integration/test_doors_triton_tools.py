@@ -411,3 +411,40 @@ def test_langchain_tool_round_trip(router: RouterProc, make: Any, stream: bool) 
     assert first.usage_metadata["output_tokens"] == pieces(ONE_CALL)
     second = llm.invoke([*question, first, ToolMessage("sunny [[plain]]", tool_call_id=call_id)])
     assert second.text == FULL and not second.tool_calls
+
+
+# ---- forced calls (guided decoding) -------------------------------------------------
+
+MOCK_ARGS = {"city": "mock", "unit": "mock"}  # what the guided mock fills in for PARAMS
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "get_weather"}])
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_forced_call(oai: openai.OpenAI, choice: Any, stream: bool) -> None:
+    r, events = responses_answer(oai, stream, model="ens", input="Weather?", tools=[OAI_TOOL],
+                                 tool_choice=choice)
+    assert r.status == "completed"
+    assert [(o.type, o.name, json.loads(o.arguments)) for o in r.output] == [
+        ("function_call", "get_weather", MOCK_ARGS)]
+    assert dump(r)["tool_choice"] == choice
+    if stream:
+        args = "".join(e.delta for e in events
+                       if e.type == "response.function_call_arguments.delta")
+        assert args == r.output[0].arguments
+
+
+@pytest.mark.parametrize("choice", [{"type": "any"}, {"type": "tool", "name": "get_weather"},
+                                    {"type": "any", "disable_parallel_tool_use": True}])
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_forced_call(claude: anthropic.Anthropic, choice: Any, stream: bool) -> None:
+    kw: dict[str, Any] = {"model": "ens", "max_tokens": 200, "tools": [CLAUDE_TOOL],
+                          "tool_choice": choice,
+                          "messages": [{"role": "user", "content": "Weather?"}]}
+    if stream:
+        with claude.messages.stream(**kw) as s:
+            m = s.get_final_message()
+    else:
+        m = claude.messages.create(**kw)
+    assert [(b.type, getattr(b, "name", None), getattr(b, "input", None))
+            for b in m.content] == [("tool_use", "get_weather", MOCK_ARGS)]
+    assert m.stop_reason == "tool_use"
