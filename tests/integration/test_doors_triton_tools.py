@@ -448,3 +448,42 @@ def test_messages_forced_call(claude: anthropic.Anthropic, choice: Any, stream: 
     assert [(b.type, getattr(b, "name", None), getattr(b, "input", None))
             for b in m.content] == [("tool_use", "get_weather", MOCK_ARGS)]
     assert m.stop_reason == "tool_use"
+
+
+# ---- stop sequences -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_messages_stop_sequence_is_named(claude: anthropic.Anthropic, alias: str,
+                                         stream: bool) -> None:
+    """The router enforces stop sequences on Triton itself, so it knows which one matched."""
+    kw: dict[str, Any] = {"model": alias, "max_tokens": 100, "stop_sequences": ["zzz", "world"],
+                          "messages": [{"role": "user", "content": "Hi"}]}
+    if stream:
+        with claude.messages.stream(**kw) as s:
+            text = "".join(s.text_stream)
+            m = s.get_final_message()
+        assert text == "Hello, "
+    else:
+        m = claude.messages.create(**kw)
+    assert m.content[0].type == "text" and m.content[0].text == "Hello, "
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", "world")
+    kw["stop_sequences"] = ["zzz"]
+    m = claude.messages.create(**kw)
+    assert (m.stop_reason, m.stop_sequence) == ("end_turn", None)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_chat_names_the_matched_stop_as_vllm_does(oai: openai.OpenAI, alias: str) -> None:
+    msgs: Any = [{"role": "user", "content": "Hi"}]
+    r = oai.chat.completions.create(model=alias, messages=msgs, stop=["zzz", "world"])
+    validate("CreateChatCompletionResponse", dump(r))
+    assert r.choices[0].message.content == "Hello, " and r.choices[0].finish_reason == "stop"
+    assert dump(r)["choices"][0]["stop_reason"] == "world"
+    chunks = list(oai.chat.completions.create(model=alias, messages=msgs, stop=["world"],
+                                              stream=True))
+    assert dump(chunks[-1])["choices"][0] == {"index": 0, "delta": {}, "logprobs": None,
+                                              "finish_reason": "stop", "stop_reason": "world"}
+    r = oai.chat.completions.create(model=alias, messages=msgs, stop=["zzz"])
+    assert "stop_reason" not in dump(r)["choices"][0]
