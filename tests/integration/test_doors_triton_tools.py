@@ -487,3 +487,46 @@ def test_chat_names_the_matched_stop_as_vllm_does(oai: openai.OpenAI, alias: str
                                               "finish_reason": "stop", "stop_reason": "world"}
     r = oai.chat.completions.create(model=alias, messages=msgs, stop=["zzz"])
     assert "stop_reason" not in dump(r)["choices"][0]
+
+
+# ---- cut calls and one call at a time -----------------------------------------------
+
+CUT = 22  # tokens: the call stops inside its arguments, after "Paris"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_cut_by_the_token_limit(oai: openai.OpenAI, claude: anthropic.Anthropic,
+                                       stream: bool) -> None:
+    r, _ = responses_answer(oai, stream, model="ens", input="W? [[hermes-one]]",
+                            tools=[OAI_TOOL], max_output_tokens=CUT)
+    assert r.status == "incomplete" and r.incomplete_details is not None
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert [(o.type, o.status, o.name, json.loads(o.arguments)) for o in r.output] == [
+        ("function_call", "incomplete", "get_weather", {"city": "Paris"})]
+    assert r.usage is not None and r.usage.output_tokens == CUT
+    kw: dict[str, Any] = {"model": "ens", "max_tokens": CUT, "tools": [CLAUDE_TOOL],
+                          "messages": [{"role": "user", "content": "W? [[hermes-one]]"}]}
+    if stream:
+        with claude.messages.stream(**kw) as s:
+            m = s.get_final_message()
+    else:
+        m = claude.messages.create(**kw)
+    assert m.stop_reason == "max_tokens" and m.usage.output_tokens == CUT
+    assert [(b.type, getattr(b, "input", None)) for b in m.content] == [
+        ("tool_use", {"city": "Paris"})]
+
+
+def test_one_call_at_a_time(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
+    tools: Any = [OAI_TOOL, {"type": "function", "name": "get_time",
+                             "parameters": {"type": "object", "properties": {}}}]
+    for stream in (False, True):
+        r, _ = responses_answer(oai, stream, model="ens", input="W? [[hermes]]", tools=tools,
+                                parallel_tool_calls=False)
+        assert r.parallel_tool_calls is False
+        assert [(o.type, getattr(o, "name", None)) for o in r.output] == [
+            ("message", None), ("function_call", "get_weather")]
+    m = claude.messages.create(
+        model="ens", max_tokens=300, messages=[{"role": "user", "content": "W? [[hermes]]"}],
+        tools=[CLAUDE_TOOL, {"name": "get_time", "input_schema": {"type": "object"}}],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True})
+    assert [b.type for b in m.content] == ["text", "tool_use"] and m.stop_reason == "tool_use"
