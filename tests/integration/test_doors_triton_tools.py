@@ -530,3 +530,36 @@ def test_one_call_at_a_time(oai: openai.OpenAI, claude: anthropic.Anthropic) -> 
         tools=[CLAUDE_TOOL, {"name": "get_time", "input_schema": {"type": "object"}}],
         tool_choice={"type": "auto", "disable_parallel_tool_use": True})
     assert [b.type for b in m.content] == ["text", "tool_use"] and m.stop_reason == "tool_use"
+
+
+def test_langchain_reasoning(router: RouterProc) -> None:
+    out = _openai(router, "think").invoke("Hi [[think]]")
+    assert [b["type"] for b in out.content] == ["reasoning", "text"]  # type: ignore[index]
+    reasoning = out.content[0]
+    assert isinstance(reasoning, dict)
+    assert reasoning["content"][0]["text"].strip() == THOUGHT
+    assert out.text.strip() == "Hello there!"
+    claude = ChatAnthropic(model_name="think", base_url=router.url, api_key=SecretStr("sk-t"),
+                           max_retries=0, timeout=30, stop=None, max_tokens=2000,
+                           thinking=THINKING)
+    for msg in (claude.invoke("Hi [[think]]"), sum_chunks(claude.stream("Hi [[think]]"))):
+        assert [b["type"] for b in msg.content] == ["thinking", "text"]  # type: ignore[index]
+        assert msg.content[0]["thinking"].strip() == THOUGHT  # type: ignore[index]
+        assert msg.text.strip() == "Hello there!"
+    # The thinking block goes back with the call and the result; the model answers.
+    tools = claude.bind_tools([get_weather])
+    ask = [HumanMessage("Weather? [[think-hermes]]")]
+    first = tools.invoke(ask)
+    assert [b["type"] for b in first.content] == ["thinking", "tool_use"]  # type: ignore[index]
+    assert [(c["name"], c["args"]) for c in first.tool_calls] == [("get_weather", PARIS)]
+    result = ToolMessage("sunny [[think]]", tool_call_id=first.tool_calls[0]["id"])
+    second = tools.invoke([*ask, first, result])
+    assert second.text.strip() == "Hello there!" and not second.tool_calls
+
+
+def sum_chunks(chunks: Iterator[Any]) -> Any:
+    it = iter(chunks)
+    total = next(it)
+    for c in it:
+        total += c
+    return total
