@@ -563,3 +563,15 @@ def sum_chunks(chunks: Iterator[Any]) -> Any:
     for c in it:
         total += c
     return total
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_reasoning_then_text_cut(oai: openai.OpenAI, stream: bool) -> None:
+    """The limit cuts the text: the reasoning item ended, the message is incomplete (the
+    streamed items equal the final ones: responses_answer)."""
+    r, _ = responses_answer(oai, stream, model="think", input="Hi [[think]]",
+                            max_output_tokens=20)
+    assert r.status == "incomplete" and r.usage is not None and r.usage.output_tokens == 20
+    assert [(o.type, o.status) for o in r.output] == [("reasoning", "completed"),
+                                                      ("message", "incomplete")]
+    assert r.output_text.strip() == "Hello"
