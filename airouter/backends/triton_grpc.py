@@ -285,7 +285,7 @@ class _Generation:
             pass  # a stop sequence ended it: aclose() winds the backend call down
         tail = self.pipe.flush()
         out = self.out.text(tail) if tail else []
-        out += self.out.finish(self.finish_reason())
+        out += self.out.finish(self.finish_reason(), self.pipe.matched_stop)
         if self.texts is not None:
             await self._count(tail)
         stats = self.stats

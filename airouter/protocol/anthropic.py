@@ -30,6 +30,7 @@ _KNOWN = frozenset({
     "top_k", "stream", "metadata", "tools", "tool_choice", "thinking", "service_tier",
 })
 _COUNT_KNOWN = frozenset({"model", "messages", "system", "tools", "tool_choice", "thinking"})
+_THINKING_KNOWN = frozenset({"type", "budget_tokens", "display"})
 
 _encode = msgspec.json.Encoder().encode
 
@@ -66,7 +67,9 @@ class MessagesRequest:
     model: str
     stream: bool
     stop_sequences: list[str] = field(default_factory=list)
-    thinking: bool = True
+    # How the model's reasoning is shown: None (no thinking blocks), "summarized" (as it
+    # is) or "omitted" (empty thinking blocks).
+    thinking: str | None = None
 
 
 def _text_of(blocks: Any, param: str) -> str:
@@ -223,13 +226,30 @@ def _tool_choice(raw: Any, chat: dict[str, Any]) -> None:
         chat["parallel_tool_calls"] = False
 
 
-def _thinking(raw: Any) -> bool:
+def _thinking(raw: Any, max_tokens: int | None) -> str | None:
+    """Thinking blocks are part of the answer only when the client turned thinking on, as
+    with Anthropic's own models; a backend's reasoning is otherwise left out."""
     if raw is None:
-        return True
+        return None
     t = obj(raw, "thinking")
-    if t.get("type") not in ("enabled", "disabled", "adaptive"):
+    check_known(t, _THINKING_KNOWN, "thinking")
+    kind = t.get("type")
+    if kind == "disabled":
+        return None
+    if kind == "enabled":
+        budget = integer(t.get("budget_tokens"), "thinking.budget_tokens", 1024)
+        if budget is None:
+            raise missing("thinking.budget_tokens")
+        if max_tokens is not None and budget >= max_tokens:
+            raise invalid("thinking.budget_tokens", "must be less than max_tokens.")
+    elif kind != "adaptive":
         raise invalid("thinking.type", "expected enabled, disabled or adaptive.")
-    return bool(t["type"] != "disabled")
+    display = t.get("display")
+    if display is None:
+        return "summarized"
+    if display not in ("summarized", "omitted"):
+        raise invalid("thinking.display", "expected summarized or omitted.")
+    return str(display)
 
 
 def to_chat(body: dict[str, Any], *, count_only: bool = False) -> tuple[dict[str, Any],
@@ -267,7 +287,7 @@ def to_chat(body: dict[str, Any], *, count_only: bool = False) -> tuple[dict[str
         chat["tools"] = _tools(body["tools"])
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], chat)
-    req.thinking = _thinking(body.get("thinking"))
+    req.thinking = _thinking(body.get("thinking"), max_tokens)
     if body.get("service_tier") not in (None, "auto", "standard_only"):
         raise invalid("service_tier", "expected auto or standard_only.")
     return chat, req

@@ -1,7 +1,8 @@
 """Chat answers -> Anthropic Messages objects and stream events (sans-IO).
 
 Content blocks come in the order the chat stream opens them: thinking (from
-`reasoning_content`), text, then one `tool_use` block per tool call.
+`reasoning_content`), text, then one `tool_use` block per tool call. Thinking blocks come only
+when the request turned thinking on (`enabled` or `adaptive`), empty with `display: omitted`.
 
 `stop_sequence`: a chat `stop` finish covers both the model's own end and a matched stop
 sequence. The router names the sequence when the backend reports it (a choice's
@@ -73,8 +74,9 @@ def message_from_chat(req: MessagesRequest, chat: bytes, alias: str) -> bytes:
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
-    if req.thinking and isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    if req.thinking is not None and isinstance(reasoning, str) and reasoning:
+        shown = reasoning if req.thinking == "summarized" else ""
+        content.append({"type": "thinking", "thinking": shown, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": str(message["content"])})
     calls = tool_calls(message)
@@ -122,6 +124,8 @@ class MessagesStream:
         self.matched: str | int | None = None
         self.usage: Any = None
         self.started = False
+        self.thinking = req.thinking is not None
+        self.thinking_text = req.thinking == "summarized"
 
     def start(self) -> bytes:
         """The stream's opening events (sent with the first chunk's, or by end)."""
@@ -169,11 +173,12 @@ class MessagesStream:
             delta = choice.delta
             if delta is not None:
                 reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning and self.req.thinking:
+                if reasoning and self.thinking:
                     if self.kind != "thinking":
                         self._open("thinking", {"type": "thinking", "thinking": "",
                                                 "signature": ""}, out)
-                    out.append(self._delta(reasoning))
+                    if self.thinking_text:
+                        out.append(self._delta(reasoning))
                 if delta.content:
                     if self.kind != "text":
                         self._open("text", {"type": "text", "text": ""}, out)

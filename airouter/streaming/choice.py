@@ -77,12 +77,12 @@ class ChoiceStream:
             return [self.writer.text(text)]
         return [self._content(text)]
 
-    def finish(self, reason: str) -> list[bytes]:
+    def finish(self, reason: str, stop_reason: str | None = None) -> list[bytes]:
         out = self._events(self.parser.finish()) if self.parser is not None else []
         if self.calls and reason == "stop":
             reason = "tool_calls"
         self.reason = reason
-        out.append(self.writer.finish(reason))
+        out.append(self.writer.finish(reason, stop_reason if reason == "stop" else None))
         return out
 
     def _content(self, text: str) -> bytes:

@@ -132,12 +132,15 @@ class ChunkWriter:
             + b"}}]}"
         )
 
-    def finish(self, reason: str) -> bytes:
+    def finish(self, reason: str, stop_reason: str | None = None) -> bytes:
+        """The choice's last chunk; `stop_reason` names the stop sequence that ended it, as
+        vLLM's servers do."""
         if self._endpoint is Endpoint.CHAT:
             body = b',"delta":{},"logprobs":null,"finish_reason":"'
         else:
             body = b',"text":"","logprobs":null,"finish_reason":"'
-        return self._choice + body + reason.encode() + b'"}]' + self._tail
+        end = b'"}]' if stop_reason is None else b'","stop_reason":' + _encode(stop_reason) + b"}]"
+        return self._choice + body + reason.encode() + end + self._tail
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
         u: dict[str, Any] = {

@@ -121,20 +121,21 @@ def response_from_chat(req: ResponsesRequest, chat: bytes, alias: str) -> bytes:
     choice = first_choice(obj) or {}
     message = choice.get("message") or {}
     status, incomplete = _status(choice.get("finish_reason"))
-    item_status = "incomplete" if status == "incomplete" else "completed"
     output: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        output.append(_reasoning_item(_new_id("rs_"), reasoning, item_status))
+        output.append(_reasoning_item(_new_id("rs_"), reasoning, "completed"))
     parts = []
     if message.get("content"):
         parts.append(_text_part(str(message["content"])))
     if message.get("refusal"):
         parts.append({"type": "refusal", "refusal": str(message["refusal"])})
     if parts:
-        output.append(_message_item(_new_id("msg_"), parts, item_status))
+        output.append(_message_item(_new_id("msg_"), parts, "completed"))
     for call_id, name, args in tool_calls(message):
-        output.append(_call_item(_new_id("fc_"), call_id, name, args, item_status))
+        output.append(_call_item(_new_id("fc_"), call_id, name, args, "completed"))
+    if output and status == "incomplete":
+        output[-1]["status"] = "incomplete"  # the item the limit cut; those before it ended
     created = obj.get("created")
     return _encode(response_object(
         req, _new_id("resp_"), created if isinstance(created, int) else int(time.time()),
@@ -143,7 +144,7 @@ def response_from_chat(req: ResponsesRequest, chat: bytes, alias: str) -> bytes:
 
 
 class _Item:
-    __slots__ = ("kind", "id", "index", "parts", "call_id", "name", "prefix")
+    __slots__ = ("kind", "id", "index", "parts", "call_id", "name", "prefix", "status")
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -153,11 +154,13 @@ class _Item:
         self.call_id = ""
         self.name = ""
         self.prefix = b""  # the encoded head of this item's delta events
+        self.status = "in_progress"
 
     def text(self) -> str:
         return "".join(self.parts)
 
-    def done(self, status: str) -> dict[str, Any]:
+    def done(self, status: str | None = None) -> dict[str, Any]:
+        status = status or self.status
         if self.kind == "reasoning":
             return _reasoning_item(self.id, self.text(), status)
         if self.kind == "message":
@@ -195,7 +198,7 @@ class ResponsesStream:
         return b"event: " + kind.encode() + b"\ndata: " + _encode(fields) + b"\n\n"
 
     def _response(self, status: str, **kw: Any) -> dict[str, Any]:
-        output = [it.done(status) for it in self.items if it is not self.open]
+        output = [it.done() for it in self.items if it is not self.open]
         return response_object(self.req, self.id, self.created, self.alias, status, output, **kw)
 
     def start(self) -> bytes:
@@ -238,6 +241,7 @@ class ResponsesStream:
         if item is None:
             return
         self.open = None
+        item.status = status
         text = item.text()
         where = {"item_id": item.id, "output_index": item.index}
         if item.kind == "message":
@@ -252,7 +256,7 @@ class ResponsesStream:
             out.append(self._event("response.function_call_arguments.done",
                                    {**where, "name": item.name, "arguments": text}))
         out.append(self._event("response.output_item.done",
-                               {"output_index": item.index, "item": item.done(status)}))
+                               {"output_index": item.index, "item": item.done()}))
 
     def _switch(self, kind: str, out: list[bytes]) -> _Item:
         item = self.open
@@ -313,9 +317,9 @@ class ResponsesStream:
     def fail(self, message: str) -> bytes:
         """The stream broke after it started: the response ends as failed."""
         head = b"" if self.started else self.start()
-        self.open = None
+        if self.open is not None:
+            self.open.status = "incomplete"  # cut short; the items before it ended
+            self.open = None
         r = self._response("failed", usage=_usage(self.usage),
                            error={"code": "server_error", "message": message})
-        for item in r["output"]:
-            item["status"] = "incomplete"
         return head + self._event("response.failed", {"response": r})

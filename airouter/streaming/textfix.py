@@ -388,6 +388,11 @@ class TextPipeline:
         return None
 
     @property
+    def matched_stop(self) -> str | None:
+        """The stop sequence that finished the stream, if one did."""
+        return self._stops._hit if self._stops is not None else None
+
+    @property
     def rewrites(self) -> int:
         """How many cumulative outputs rewrote earlier text (0 when not cumulative)."""
         return 0 if self._delta is None else self._delta.diverged

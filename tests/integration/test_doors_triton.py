@@ -1,6 +1,5 @@
-"""The Responses and Messages routes in front of a real Triton with mock models (text only:
-tool calls on Triton come with the Triton backend's tool parsing; the routes' tool round trips
-are covered against the fake upstream and llama.cpp's server)."""
+"""The Responses and Messages routes in front of a real Triton with mock models: text, length
+and mid-stream errors (tool round trips and reasoning: test_doors_triton_tools.py)."""
 
 from __future__ import annotations
 

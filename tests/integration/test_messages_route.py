@@ -98,16 +98,19 @@ def test_max_tokens_and_create_stream(client: anthropic.Anthropic) -> None:
 def test_tool_round_trip(client: anthropic.Anthropic, upstream: FakeUpstream, alias: str,
                          stream: bool) -> None:
     first: list[Any] = [{"role": "user", "content": "Paris"}]
+    # Thinking blocks come only when asked for, as on Anthropic's API.
+    thinking_on: Any = {"type": "enabled", "budget_tokens": 1024}
     if stream:
-        with client.messages.stream(model=alias, max_tokens=50, messages=first,
-                                    tools=[WEATHER]) as s:
+        with client.messages.stream(model=alias, max_tokens=2000, messages=first,
+                                    tools=[WEATHER], thinking=thinking_on) as s:
             events = list(s)
             m = s.get_final_message()
         partial = "".join(e.delta.partial_json for e in events if e.type ==
                           "content_block_delta" and e.delta.type == "input_json_delta")
         assert partial == '{"city": "Paris"}'
     else:
-        m = client.messages.create(model=alias, max_tokens=50, messages=first, tools=[WEATHER])
+        m = client.messages.create(model=alias, max_tokens=2000, messages=first,
+                                   tools=[WEATHER], thinking=thinking_on)
     assert [b.type for b in m.content] == ["thinking", "tool_use"]
     thinking, use = m.content
     assert thinking.type == "thinking" and thinking.thinking == REASONING

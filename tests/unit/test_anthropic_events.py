@@ -12,7 +12,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from airouter.doors import _translated, _unframed
-from airouter.errors import BadGateway
+from airouter.errors import BadGateway, RouterError
 from airouter.protocol.anthropic import MessagesRequest, to_chat
 from airouter.streaming.anthropic_events import MessagesStream, message_from_chat
 from tests.support.chat_chunks import FULL, TEXT_LENGTH, chunk, parse_events, sse_bytes
@@ -20,9 +20,12 @@ from tests.support.chat_chunks import FULL, TEXT_LENGTH, chunk, parse_events, ss
 EVENT = TypeAdapter(RawMessageStreamEvent)
 
 
+THINKING = {"type": "enabled", "budget_tokens": 1024}
+
+
 def req(**extra: Any) -> MessagesRequest:
-    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
-            "stream": True, **extra}
+    body = {"model": "m", "max_tokens": 2000, "messages": [{"role": "user", "content": "hi"}],
+            "stream": True, "thinking": THINKING, **extra}
     return to_chat(body)[1]
 
 
@@ -114,11 +117,55 @@ def test_length_and_stop_sequence() -> None:
     assert parse_events(out)[-2][1]["delta"]["stop_reason"] == "end_turn"
 
 
-def test_thinking_disabled_drops_reasoning() -> None:
-    events = parse_events(run([FULL], req(thinking={"type": "disabled"})))
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}])
+def test_reasoning_is_dropped_unless_thinking_is_on(thinking: Any) -> None:
+    events = parse_events(run([FULL], req(thinking=thinking)))
     starts = [d["content_block"]["type"] for _, d in events if d["type"] ==
               "content_block_start"]
     assert starts == ["text", "tool_use", "tool_use"]
+    assert [d["index"] for _, d in events if d["type"] == "content_block_start"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("thinking", [{**THINKING, "display": "summarized"},
+                                      {"type": "adaptive"}])
+def test_thinking_shown(thinking: Any) -> None:
+    want = strip_ids(parse_events(run([FULL])))
+    assert strip_ids(parse_events(run([FULL], req(thinking=thinking)))) == want
+
+
+@pytest.mark.parametrize("stream", [FULL, TEXT_LENGTH])
+def test_thinking_omitted_is_an_empty_block_at_every_split(stream: list[bytes]) -> None:
+    r = req(thinking={"type": "adaptive", "display": "omitted"})
+    want = strip_ids(parse_events(run([stream], r)))
+    if stream is FULL:
+        thinking = [d for _, d in want if d.get("index") == 0]
+        assert [d["type"] for d in thinking] == ["content_block_start", "content_block_delta",
+                                                 "content_block_stop"]
+        assert thinking[0]["content_block"]["type"] == "thinking"
+        assert thinking[1]["delta"] == {"type": "signature_delta", "signature": ""}
+    for _, d in want:
+        if d["type"] != "ping":
+            EVENT.validate_python(d)
+    for i in range(len(stream) + 1):
+        for j in range(i, len(stream) + 1):
+            got = run([stream[:i], stream[i:j], stream[j:]], r)
+            assert strip_ids(parse_events(got)) == want, (i, j)
+
+
+@pytest.mark.parametrize(("thinking", "param"), [
+    ({"type": "enabled"}, "thinking.budget_tokens"),
+    ({"type": "enabled", "budget_tokens": 1023}, "thinking.budget_tokens"),
+    ({"type": "enabled", "budget_tokens": 2000}, "thinking.budget_tokens"),
+    ({"type": "enabled", "budget_tokens": "1024"}, "thinking.budget_tokens"),
+    ({"type": "adaptive", "display": "full"}, "thinking.display"),
+    ({"type": "adaptive", "effort": "high"}, "thinking.effort"),
+    ({"type": "on"}, "thinking.type"),
+    ("enabled", "thinking"),
+])
+def test_bad_thinking_names_the_field(thinking: Any, param: str) -> None:
+    with pytest.raises(RouterError) as e:
+        req(thinking=thinking)
+    assert e.value.status == 400 and e.value.param == param
 
 
 def test_malformed_chunk_raises() -> None:
@@ -147,6 +194,14 @@ def test_whole_answer() -> None:
     ]
     assert m["stop_reason"] == "tool_use" and m["stop_sequence"] is None
     assert m["usage"] == {"input_tokens": 3, "output_tokens": 4}
+    for thinking, first in ((None, "text"), ({"type": "disabled"}, "text"),
+                            ({"type": "adaptive", "display": "omitted"}, "thinking")):
+        m = json.loads(message_from_chat(req(thinking=thinking), json.dumps(chat).encode(), "a"))
+        Message.model_validate(m)
+        assert m["content"][0]["type"] == first and len(m["content"]) == (3 if first ==
+                                                                           "thinking" else 2)
+        if first == "thinking":
+            assert m["content"][0] == {"type": "thinking", "thinking": "", "signature": ""}
     chat["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = "[1"
     with pytest.raises(BadGateway):
         message_from_chat(req(), json.dumps(chat).encode(), "alias")

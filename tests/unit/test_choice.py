@@ -69,6 +69,25 @@ def test_plain_text_is_one_content_chunk_per_delta() -> None:
     }
 
 
+def test_a_matched_stop_sequence_is_named_on_the_last_chunk() -> None:
+    for endpoint in (Endpoint.CHAT, Endpoint.COMPLETIONS):
+        w = ChunkWriter(endpoint, "m", True)
+        last = json.loads(w.finish("stop", 'say "bye"'))
+        assert last["choices"][0]["stop_reason"] == 'say "bye"'
+        assert last["choices"][0]["finish_reason"] == "stop" and last["usage"] is None
+    stream = ChoiceStream(writer())
+    chunks = [json.loads(c) for c in [*stream.text("Hi"), *stream.finish("stop", "END")]]
+    validate("CreateChatCompletionStreamResponse", chunks[-1])
+    assert chunks[-1]["choices"][0]["stop_reason"] == "END"
+    assert whole(chunks)["choices"][0]["stop_reason"] == "END"
+    # A call that ended the answer is the reason it stopped, not the stop sequence.
+    stream = ChoiceStream(writer(), NamedCall("f"))
+    stream.text('{"a": 1}')
+    last = json.loads(stream.finish("stop", "END")[-1])
+    assert last["choices"][0]["finish_reason"] == "tool_calls"
+    assert "stop_reason" not in last["choices"][0]
+
+
 @pytest.mark.parametrize("parts", splits('  {"city": "Paris", "unit": "°C"}'))
 def test_named_call_streams_arguments_in_openai_shape(parts: list[str]) -> None:
     chunks = run(ChoiceStream(writer(), NamedCall("get_weather")), parts)

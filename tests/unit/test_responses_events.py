@@ -15,6 +15,7 @@ from airouter.streaming.responses_events import ResponsesStream, response_from_c
 from tests.support.chat_chunks import (
     FULL,
     TEXT_LENGTH,
+    USAGE,
     chunk,
     normalized,
     parse_events,
@@ -88,6 +89,49 @@ def test_length_finish_is_incomplete() -> None:
     validate_response_event(last)
     assert last["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
     assert last["response"]["output"][0]["status"] == "incomplete"
+
+
+# Reasoning that ended, then text that the token limit cut.
+THOUGHT_THEN_CUT = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"reasoning_content": "Let me"}),
+    chunk({"content": "Hel"}),
+    chunk({}, "length"),
+    chunk(None, usage=USAGE),
+]
+
+
+def test_only_the_item_the_limit_cut_is_incomplete() -> None:
+    events = [d for _, d in parse_events(run([THOUGHT_THEN_CUT]))]
+    for d in events:
+        validate_response_event(d)
+    done = [d["item"] for d in events if d["type"] == "response.output_item.done"]
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.incomplete"
+    assert [(o["type"], o["status"]) for o in final["output"]] == [
+        ("reasoning", "completed"), ("message", "incomplete")]
+    assert done == final["output"]
+    for i in range(len(THOUGHT_THEN_CUT) + 1):
+        got = run([THOUGHT_THEN_CUT[:i], THOUGHT_THEN_CUT[i:]])
+        assert normalized(parse_events(got)) == normalized(parse_events(run([THOUGHT_THEN_CUT])))
+    whole = {"id": "x", "object": "chat.completion", "created": 5, "model": "alias",
+             "choices": [{"index": 0, "finish_reason": "length", "message": {
+                 "role": "assistant", "content": "Hel", "reasoning_content": "Let me"}}]}
+    r = json.loads(response_from_chat(req(), json.dumps(whole).encode(), "alias"))
+    validate("Response", r)
+    assert [(o["type"], o["status"]) for o in r["output"]] == [
+        ("reasoning", "completed"), ("message", "incomplete")]
+
+
+def test_a_failure_leaves_finished_items_completed() -> None:
+    s = ResponsesStream(req(), "alias")
+    out = s.feed(FULL[:6]) + s.fail("The backend broke off the stream.")
+    events = [d for _, d in parse_events(out)]
+    final = events[-1]["response"]
+    assert [(o["type"], o["status"]) for o in final["output"]] == [
+        ("reasoning", "completed"), ("message", "completed"), ("function_call", "incomplete")]
+    done = [d["item"] for d in events if d["type"] == "response.output_item.done"]
+    assert done == final["output"][:2]
 
 
 @pytest.mark.parametrize("stream", [FULL, TEXT_LENGTH])
