@@ -269,6 +269,10 @@ def test_error_mid_stream_is_an_event_then_done(router: RouterProc) -> None:
     # An engine's failure text stays in the router's log; the client gets the router's words.
     assert err["error"]["code"] == "backend_failed"
     assert "mock failure" not in err["error"]["message"]
+    # Logged by the worker's log thread: give it a moment.
+    deadline = time.monotonic() + 5
+    while "mock failure mid-stream" not in router.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "mock failure mid-stream" in router.log_text()
     chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hello, wor"
