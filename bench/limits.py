@@ -226,7 +226,7 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 entry["cpu_s"] = round(cpu[m][0], 3)
                 n = max(r.requests, 1)
                 entry["cpu_us_per_req"] = round(cpu[m][0] / n * 1e6, 1)
-                entry["main_cpu_us_per_req"] = round((cpu[m][0] - cpu[m][1]) / n * 1e6, 1) + 0.0
+                entry["main_cpu_us_per_req"] = max(0.0, round((cpu[m][0] - cpu[m][1]) / n * 1e6, 1))
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
                     entry["redis_calls_per_req"] = round(evals / max(r.requests, 1), 3)
