@@ -50,18 +50,23 @@ def _say(msg: str) -> None:
 
 
 def _redis_call(port: int, *args: str) -> bytes:
-    """One command in RESP over a fresh connection: the reply's raw bytes."""
+    """One command in RESP over a fresh connection: a simple reply's line or a bulk
+    reply's payload."""
     cmd = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
     with socket.create_connection((HOST, port), 2) as s:
         s.sendall(cmd.encode())
         s.settimeout(2)
         data = b""
-        while not data.endswith(b"\r\n") or (data[:1] == b"$" and data.count(b"\r\n") < 2):
+        while True:
+            head, sep, rest = data.partition(b"\r\n")
+            if sep and not head.startswith(b"$"):
+                return head
+            if sep and len(rest) >= int(head[1:]) + 2:
+                return rest[: int(head[1:])]
             chunk = s.recv(65536)
             if not chunk:
-                break
+                raise ConnectionError(f"redis-server closed the connection: {data[:200]!r}")
             data += chunk
-        return data
 
 
 def _redis_evals(port: int) -> int:
@@ -258,7 +263,7 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 )
             out[kind] = res
         out["redis_script_calls"] = _redis_evals(rport) - evals_before
-        out["redis_keys"] = int(_redis_call(rport, "DBSIZE").strip()[1:] or 0)
+        out["redis_keys"] = int(_redis_call(rport, "DBSIZE")[1:])
         if out["redis_keys"] == 0:
             raise RuntimeError("redis-server holds no keys: the Redis router never used it")
     return out
