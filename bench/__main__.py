@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import chart, deps, nginx, report, router, scenarios
+from bench import chart, deps, limits, nginx, report, router, scenarios
 from bench.procs import (
     HOST,
     LOAD_CORE,
@@ -32,7 +32,7 @@ from bench.procs import (
     wait_http,
 )
 
-ALL = ("chat", "stream", "overhead", "scale", "paced", "triton")
+ALL = ("chat", "stream", "overhead", "scale", "paced", "triton", "limits")
 FLOORS = {
     "floor": ["bench.floor"],
     "floor_rsgi": ["bench.floor_rsgi"],
@@ -118,7 +118,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=1,
-        help="chat and stream: the paths take turns in this many slices of the run, so "
+        help="chat, stream and limits: the paths take turns in this many slices of the run, so "
         "drift from other work on the machine hits them alike (use 3+ on a shared machine)",
     )
     p.add_argument(
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     if not args.no_install:
-        deps.ensure_tools()
+        deps.ensure_tools(redis="limits" in only)
         deps.ensure_pip("matplotlib")
     busy = busy_percent()
     deadline = time.monotonic() + args.wait_idle
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 sc["paced"] = scenarios.paced_scenario(env, settings)
             if "triton" in only:
                 sc["triton"] = scenarios.triton_scenario(env, settings)
+            if "limits" in only:
+                sc["limits"] = limits.limits_scenario(env, settings)
     except KeyboardInterrupt:
         print("\nbench: interrupted; every process it started has been stopped", file=sys.stderr)
         return 130

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import limits
 from bench.report import LABEL, _fmt, _ratio, paths
 
 COLORS = {
@@ -170,6 +171,34 @@ def _triton(ax: Any, sc: dict[str, Any]) -> None:
     ax.set_title(f"Triton gRPC stream ({t['model']}), {t['concurrency']} concurrent")
 
 
+def _limits(ax: Any, sc: dict[str, Any]) -> None:
+    s = sc["limits"]
+    kinds = [k for k in WRK if k in s]
+    colors = {"off": COLORS["router"], "local": "#17becf", "redis": "#d62728"}
+    width = 0.8 / len(limits.MODES)
+    for i, m in enumerate(limits.MODES):
+        for j, k in enumerate(kinds):
+            e = s[k][m]
+            x = j + (i - (len(limits.MODES) - 1) / 2) * width
+            ax.bar(x, e["rps"], width, color=colors[m], label=limits.LABEL[m] if j == 0 else None)
+            ax.annotate(
+                f"{e['rps']:,.0f}\n{_fmt(e['vs_off_rps'], '.0%')}\n{e['cpu_us_per_req']:.0f} us",
+                (x, e["rps"]),
+                ha="center",
+                va="bottom",
+                fontsize=6,
+            )
+    if "chat" in kinds:
+        goal = limits.GOAL * s["chat"]["off"]["rps"]
+        j = kinds.index("chat")
+        ax.hlines(goal, j - 0.45, j + 0.45, colors="black", linestyles="dashed", linewidth=0.8)
+    ax.set_xticks(range(len(kinds)), [WRK[k] for k in kinds])
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
+    ax.set_ylabel("router requests/s (64 connections)")
+    ax.set_title(f"Limits: off, in process, Redis (dashed: {limits.GOAL:.0%} of off, the goal)")
+    ax.legend(fontsize=7)
+
+
 def chart(results: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -189,6 +218,7 @@ def chart(results: dict[str, Any], path: Path) -> bool:
             (_scale, "scale" in sc),
             (_paced, "paced" in sc),
             (_triton, "triton" in sc),
+            (_limits, "limits" in sc),
         )
         if ran
     ]

@@ -1,4 +1,5 @@
-"""Install what the bench needs and the project does not: wrk and nginx (apt), matplotlib (pip)."""
+"""Install what the bench needs and the project does not: wrk, nginx, redis-server (apt),
+matplotlib (pip)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def _say(msg: str) -> None:
 def nginx_bin() -> str | None:
     return shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def redis_bin() -> str | None:
+    return shutil.which("redis-server") or next(
+        (
+            p
+            for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+            if os.access(p, os.X_OK)
+        ),
+        None,
     )
 
 
@@ -54,7 +66,8 @@ def _apt_install(packages: list[str]) -> None:
             POLICY_RC.unlink(missing_ok=True)
 
 
-def ensure_tools() -> None:
+def ensure_tools(*, redis: bool = False) -> None:
+    """`redis`: also redis-server (the limits scenario counts in one)."""
     missing = []
     if shutil.which("wrk") is None:
         missing.append("wrk")
@@ -62,6 +75,8 @@ def ensure_tools() -> None:
         missing.append("nginx-light")
     if shutil.which("taskset") is None:
         missing.append("util-linux")
+    if redis and redis_bin() is None:
+        missing.append("redis-server")
     if missing:
         try:
             _apt_install(missing)
@@ -72,6 +87,8 @@ def ensure_tools() -> None:
             _apt_install([m if m != "nginx-light" else "nginx" for m in missing])
     if shutil.which("wrk") is None or nginx_bin() is None:
         raise MissingTool("wrk or nginx still missing after apt-get install")
+    if redis and redis_bin() is None:
+        raise MissingTool("redis-server still missing after apt-get install")
 
 
 def ensure_pip(module: str, package: str | None = None) -> bool:

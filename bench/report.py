@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import limits
+
 RSS_LIMIT_MB = 200.0
 ADDED_ITL_LIMIT_MS = 5.0
 ADDED_P99_LIMIT_MS = 0.3  # non-streaming, concurrency 1
@@ -256,6 +258,18 @@ def targets(results: dict[str, Any]) -> list[Target]:
             else f"{100 * (v - TRITON_GOAL):+.1f} pts" + (f" ({errs} errors)" if errs else ""),
         )
     )
+    v, errs = limits.target(sc)
+    out.append(
+        Target(
+            "limits through Redis: non-streaming req/s vs limits off",
+            None if v is None else round(100 * v, 2),
+            f">= {100 * limits.GOAL:.0f}% of limits off",
+            None if v is None else v >= limits.GOAL and errs == 0,
+            ""
+            if v is None
+            else f"{100 * (v - limits.GOAL):+.1f} pts" + (f" ({errs} errors)" if errs else ""),
+        )
+    )
     return out
 
 
@@ -432,6 +446,10 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"(the ceiling): router = "
             f"{_fmt(s['ratios']['router_vs_direct_core0_tokens_per_s'], '.1%')} of it"
         )
+    s = sc.get("limits")
+    if s:
+        add("")
+        lines.extend(limits.table(s))
     add("")
     add("Targets:")
     for t in tgts:

@@ -24,15 +24,24 @@ from bench.procs import (
 )
 
 
-def openai_config(json_url: str, sse_url: str, paced_url: str | None) -> str:
+def openai_config(
+    json_url: str,
+    sse_url: str,
+    paced_url: str | None,
+    *,
+    limits: tuple[str, str, str] | None = None,
+) -> str:
     """Auth on, aliases that differ from the upstream's model name (so every answer is
-    rewritten), and a pool big enough for thousands of concurrent streams."""
+    rewritten), and a pool big enough for thousands of concurrent streams.
+    `limits`: (lines for [server], [keys.*] tables that replace `api_keys`, lines for every
+    model alias)."""
+    server, keys, model = limits or (f'api_keys = ["{bodies.CLIENT_KEY}"]', "", "")
     cfg = f"""
 [server]
-api_keys = ["{bodies.CLIENT_KEY}"]
+{server}
 log_level = "warning"
 access_log = false
-
+{keys}
 [backends.json]
 type = "openai"
 base_url = "{json_url}"
@@ -48,10 +57,11 @@ max_connections = 4096
 [models.{bodies.ALIAS_JSON}]
 backend = "json"
 backend_model = "{bodies.UPSTREAM_MODEL}"
-
+{model}
 [models.{bodies.ALIAS_SSE}]
 backend = "sse"
 backend_model = "{bodies.UPSTREAM_MODEL}"
+{model}
 """
     if paced_url:
         cfg += f"""

@@ -123,7 +123,7 @@ def _post(url: str, body: bytes, key: str | None = None) -> tuple[int, bytes]:
         return r.status, r.read()
 
 
-def _check(url: str, body: bytes, key: str | None, *, stream: bool, model: str) -> None:
+def check(url: str, body: bytes, key: str | None, *, stream: bool, model: str) -> None:
     """One request before the load: the path must answer what a client expects, or the
     numbers would measure error pages."""
     status, data = _post(url, body, key)
@@ -204,31 +204,14 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
             pids["baseline"] = base.pid
         scripts = {}
         for who, (url, body, key, model) in paths.items():
-            _check(url, body, key, stream=stream, model=model)
+            check(url, body, key, stream=stream, model=model)
             scripts[who] = wrk.lua_script(env.tmp / f"{name}-{who}.lua", body, key)
             if s.wrk_warmup:
                 wrk.run(url, scripts[who], seconds=s.wrk_warmup, connections=s.connections)
-        # Paths take turns in `rounds` slices: drift in what else runs on the machine then
-        # hits every path alike, and the ratios within the run hold.
-        runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in paths}
-        cpu = dict.fromkeys(paths, 0.0)
+        watch = {who: [pid] for who, pid in pids.items()}
         with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
-            for i in range(s.rounds):
-                # Every other round backwards: no path always runs right after another.
-                order = list(paths.items()) if i % 2 == 0 else list(reversed(paths.items()))
-                for who, (url, *_rest) in order:
-                    watched = pids.get(who)
-                    before = group_stats(watched) if watched else None
-                    runs[who].append(
-                        wrk.run(
-                            url,
-                            scripts[who],
-                            seconds=s.wrk_seconds / s.rounds,
-                            connections=s.connections,
-                        )
-                    )
-                    if watched and before:
-                        cpu[who] += group_stats(watched).cpu_s - before.cpu_s
+            runs, cpus = take_turns({w: p[0] for w, p in paths.items()}, scripts, watch, s)
+        cpu = {who: sum(c) for who, c in cpus.items()}
         for who in paths:
             res = wrk.merge(runs[who])
             entry = res.as_dict()
@@ -250,6 +233,30 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                 + (f"  CPU {entry['cpu_us_per_req']:.0f} us/req" if watched else "")
             )
     return out
+
+
+def take_turns(
+    urls: dict[str, str], scripts: dict[str, Path], watch: dict[str, list[int]], s: Settings
+) -> tuple[dict[str, list[wrk.WrkResult]], dict[str, list[float]]]:
+    """wrk against each path in `rounds` slices of wrk_seconds, taking turns: drift in what
+    else runs on the machine then hits every path alike, and the ratios within the run hold.
+    Returns each path's slices and the CPU seconds each of its `watch` pids used in them."""
+    runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in urls}
+    cpu = {who: [0.0] * len(watch.get(who, [])) for who in urls}
+    for i in range(s.rounds):
+        # Every other round backwards: no path always runs right after another.
+        order = list(urls.items()) if i % 2 == 0 else list(reversed(urls.items()))
+        for who, url in order:
+            pids = watch.get(who, [])
+            before = [group_stats(p).cpu_s for p in pids]
+            runs[who].append(
+                wrk.run(
+                    url, scripts[who], seconds=s.wrk_seconds / s.rounds, connections=s.connections
+                )
+            )
+            for j, p in enumerate(pids):
+                cpu[who][j] += group_stats(p).cpu_s - before[j]
+    return runs, cpu
 
 
 def _profile_dict(p: profile.Profile) -> dict[str, Any]:
@@ -446,7 +453,7 @@ def scale_scenario(env: Env, s: Settings) -> dict[str, Any]:
             alias = bodies.ALIAS_SSE if stream else bodies.ALIAS_JSON
             url = rt.url + "/v1/chat/completions"
             body = bodies.chat_request(alias, stream=stream)
-            _check(url, body, bodies.CLIENT_KEY, stream=stream, model=alias)
+            check(url, body, bodies.CLIENT_KEY, stream=stream, model=alias)
             script = wrk.lua_script(env.tmp / f"scale-{kind}.lua", body, bodies.CLIENT_KEY)
             kw: dict[str, Any] = {"connections": s.connections, "threads": 2, "cores": both}
             if s.wrk_warmup:
