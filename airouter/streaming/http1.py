@@ -92,12 +92,7 @@ class ResponseParser:
                 if not self.left:
                     self.state = _DATA_END if state == _DATA else _DONE
             elif state == _SIZE:
-                i = data.find(b"\r\n", pos)
-                if i < 0:
-                    self._keep(data, pos, MAX_LINE)
-                    break
-                self._chunk_size(data[pos:i])
-                pos = i + 2
+                pos = self._chunks(data, pos, out)
             elif state == _DATA_END:
                 if end - pos < 2:
                     if data[pos:] != b"\r":
@@ -140,21 +135,47 @@ class ResponseParser:
             return b""
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def _chunks(self, data: bytes, pos: int, out: list[bytes]) -> int:
+        """Whole chunks, read in one tight loop (the common case: each SSE event a chunk,
+        several to a read); where one is cut off, the state to go on from. Returns the
+        position reached."""
+        end = len(data)
+        find = data.find
+        sizes = _SIZES
+        while True:
+            i = find(b"\r\n", pos)
+            if i < 0:
+                self._keep(data, pos, MAX_LINE)
+                return end
+            line = data[pos:i]
+            n = sizes.get(line)
+            if n is None:
+                n = _chunk_size(line)
+            start = i + 2
+            if not n:
+                self.state = _TRAILER
+                return start
+            stop = start + n
+            if stop + 2 > end:
+                if stop >= end:
+                    self.state, self.left = _DATA, stop - end
+                    out.append(data[start:])
+                    return end
+                out.append(data[start:stop])
+                self.state = _DATA_END
+                return stop
+            if data[stop : stop + 2] != b"\r\n":
+                raise ProtocolError("a chunk is longer than its size")
+            out.append(data[start:stop])
+            pos = stop + 2
+            if pos == end:
+                return end
+
     def _keep(self, data: bytes, pos: int, limit: int) -> None:
         rest = data[pos:]
         if len(rest) > limit:
             raise ProtocolError("a line of the response is too long")
         self.buf = rest
-
-    def _chunk_size(self, line: bytes) -> None:
-        size = line.split(b";", 1)[0].strip(b" \t")
-        if _HEX.fullmatch(size) is None:
-            raise ProtocolError("a malformed chunk size")
-        n = int(size, 16)
-        if n:
-            self.state, self.left = _DATA, n
-        else:
-            self.state, self.left = _TRAILER, 0
 
     def _head(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -207,6 +228,20 @@ class ResponseParser:
             raise ProtocolError(f"a malformed Content-Length {cl!r}")
         self.left = int(value)
         self.state = _LENGTH if self.left else _DONE
+
+
+# Size lines seen before, and their values: most streams repeat a few dozen sizes.
+_SIZES: dict[bytes, int] = {}
+
+
+def _chunk_size(line: bytes) -> int:
+    size = line.split(b";", 1)[0].strip(b" \t")
+    if _HEX.fullmatch(size) is None:
+        raise ProtocolError("a malformed chunk size")
+    n = int(size, 16)
+    if len(_SIZES) < 4096:
+        _SIZES[line] = n
+    return n
 
 
 def _tokens(value: str) -> list[str]:
