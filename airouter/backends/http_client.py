@@ -5,11 +5,12 @@ node, one idle timer per response, and flow control by pausing the socket."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import zlib
 from collections.abc import Mapping
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from airouter.streaming.http1 import ProtocolError, ResponseParser
 
@@ -46,6 +47,9 @@ class Origin:
         host = self.host if ":" not in self.host else f"[{self.host}]"
         authority = host if default else f"{host}:{self.port}"
         fields = {"Host": authority, "Accept-Encoding": "identity", **headers}
+        if u.username is not None and not any(k.lower() == "authorization" for k in fields):
+            basic = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
+            fields["Authorization"] = "Basic " + base64.b64encode(basic).decode()
         self.fields = "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode("latin-1")
         self._heads: dict[tuple[bytes, str], bytes] = {}
 
@@ -309,8 +313,9 @@ class Pool:
     """One node's connections: the idle ones on a LIFO stack (the warmest first)."""
 
     def __init__(self, origin: Origin, connect_timeout: float, idle_timeout: float | None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_idle: int, ssl_context: ssl.SSLContext | None = None) -> None:
         self.origin = origin
+        self.max_idle = max_idle
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.ssl: ssl.SSLContext | None = None
@@ -377,7 +382,7 @@ class Pool:
             raise
 
     def put(self, conn: Connection) -> None:
-        if conn.finished():
+        if conn.finished() and len(self.idle) < self.max_idle:
             conn.idle_since = asyncio.get_running_loop().time()
             self.idle.append(conn)
         else:

@@ -138,10 +138,6 @@ class OpenAIHttpBackend(Backend):
         )
         # Per node, made once: its connections (and request heads) and its label in metrics
         # and logs.
-        self._conn_pools = {
-            n.url: Pool(Origin(n.url, headers), cfg.connect_timeout, cfg.idle_timeout)
-            for n in self.pool.nodes
-        }
         self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
         self._started = False
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
@@ -150,6 +146,11 @@ class OpenAIHttpBackend(Backend):
         nodes = len(self.pool.nodes)
         self._conns = 0
         self._conn_limit = max(cfg.max_connections, cfg.max_concurrent * nodes)
+        self._conn_pools = {
+            n.url: Pool(Origin(n.url, headers), cfg.connect_timeout, cfg.idle_timeout,
+                        self._conn_limit)
+            for n in self.pool.nodes
+        }
 
     def _full(self) -> RateLimited:
         return RateLimited(

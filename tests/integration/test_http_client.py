@@ -68,7 +68,7 @@ class Scripted:
 
 
 def pool_for(url: str, idle: float = 5.0) -> Pool:
-    return Pool(Origin(url, {"Content-Type": "application/json"}), 2.0, idle)
+    return Pool(Origin(url, {"Content-Type": "application/json"}), 2.0, idle, max_idle=4)
 
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
@@ -279,3 +279,30 @@ async def _chat_both_ways(base: str) -> None:
             text = await r.text()
             assert text.endswith("data: [DONE]\n\n") and MODEL_SUFFIX not in text
             assert '"model":"echo"' in text.replace(" ", "")
+
+
+async def test_the_idle_stack_is_bounded_and_last_in_first_out() -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(ok(b"x"))
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)  # max_idle=4
+        replies = [await pool.request(b"POST", "/embeddings", b"{}") for _ in range(6)]
+        conns = [r._conn for r in replies]
+        for r in replies:
+            assert await r.read() == b"x"
+            r.release()
+        assert pool.idle == conns[:4] and all(c is not None and c.closed for c in conns[4:])
+        r = await pool.request(b"POST", "/embeddings", b"{}")
+        assert r._conn is conns[3]  # the warmest
+        r.close()
+        assert srv.connections == 6
+        pool.close()
+
+
+def test_credentials_in_the_url_become_basic_auth_unless_a_key_is_set() -> None:
+    fields = Origin("https://user:pa%3Ass@api.example:8443/v1", {}).fields
+    assert b"Host: api.example:8443\r\n" in fields
+    assert b"Authorization: Basic dXNlcjpwYTpzcw==\r\n" in fields
+    keyed = Origin("https://user:pass@api.example/v1", {"Authorization": "Bearer k"}).fields
+    assert b"Host: api.example\r\n" in keyed and b"Basic" not in keyed
