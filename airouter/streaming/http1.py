@@ -11,9 +11,9 @@ MAX_LINE = 1024  # a chunk-size line, extensions included
 
 _HEAD, _LENGTH, _SIZE, _DATA, _DATA_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
-_STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n]*)?")
+_STATUS = re.compile(r"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n]*)?")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 
 
@@ -178,19 +178,27 @@ class ResponseParser:
         self.buf = rest
 
     def _head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
+        # One decode for the whole head: cheaper than one per field.
+        lines = head.decode("latin-1").split("\r\n")
+        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
+            raise ProtocolError("a bare CR or LF in the response head")
         m = _STATUS.fullmatch(lines[0])
         if m is None:
             raise ProtocolError("not an HTTP/1.x status line")
         status = int(m.group(2))
         headers: dict[str, str] = {}
+        names = _NAMES
         for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or _TOKEN.fullmatch(name) is None:
-                raise ProtocolError("a malformed header field")
-            key = name.decode("ascii").lower()
-            text = value.strip(b" \t").decode("latin-1")
-            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            name, colon, value = line.partition(":")
+            key = names.get(name)
+            if key is None:
+                if not colon or _TOKEN.fullmatch(name) is None:
+                    raise ProtocolError("a malformed header field")
+                key = name.lower()
+                if len(names) < 1024:
+                    names[name] = key
+            value = value.strip(" \t")
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
         if status < 200:
             if status == 101:
                 raise ProtocolError("the upstream switched protocols unasked")
@@ -198,7 +206,7 @@ class ResponseParser:
         self.status = status
         self.headers = headers
         conn = headers.get("connection", "").lower()
-        if m.group(1) == b"1":
+        if m.group(1) == "1":
             self.keep_alive = "close" not in _tokens(conn)
         else:
             self.keep_alive = "keep-alive" in _tokens(conn)
@@ -230,6 +238,8 @@ class ResponseParser:
         self.state = _LENGTH if self.left else _DONE
 
 
+# Field names seen before, validated, and their lower-case form.
+_NAMES: dict[str, str] = {}
 # Size lines seen before, and their values: most streams repeat a few dozen sizes.
 _SIZES: dict[bytes, int] = {}
 
