@@ -76,7 +76,8 @@ def _host_port(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def _upstream_error(status: int, body: bytes, headers: Any, backend: str = "") -> RouterError:
+def _upstream_error(status: int, body: bytes, headers: dict[str, str],
+                    backend: str = "") -> RouterError:
     message = f"The backend answered with HTTP {status}."
     code: str | None = None
     etype: str | None = None
@@ -136,8 +137,7 @@ class OpenAIHttpBackend(Backend):
         self.pool = NodePool.from_config(
             name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
         )
-        # Per node, made once: its connections (and request heads) and its label in metrics
-        # and logs.
+        # Per node, made once: its label in metrics and logs, and (below) its connections.
         self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
         self._started = False
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
@@ -146,6 +146,7 @@ class OpenAIHttpBackend(Backend):
         nodes = len(self.pool.nodes)
         self._conns = 0
         self._conn_limit = max(cfg.max_connections, cfg.max_concurrent * nodes)
+        # Idle connections kept per node: at most what the calls may hold.
         self._conn_pools = {
             n.url: Pool(Origin(n.url, headers), cfg.connect_timeout, cfg.idle_timeout,
                         self._conn_limit)
@@ -263,7 +264,9 @@ class OpenAIHttpBackend(Backend):
             ) from None
         try:
             if resp.status >= 400:
-                raise _upstream_error(resp.status, await resp.read(), resp.headers, self.name)
+                body = await resp.read()
+                resp.release()  # read to its end: the connection may serve another call
+                raise _upstream_error(resp.status, body, resp.headers, self.name)
             if resp.content_type == "text/event-stream":
                 relay = Relay(self.name, resp, call.target, call.stats, self._returned)
                 # Wait for the first event, so a node that fails before it can be replaced.
