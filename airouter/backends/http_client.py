@@ -117,6 +117,7 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # not to be reused, even before connection_lost comes
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -174,8 +175,10 @@ class Connection(asyncio.Protocol):
             self.timeout = timeout
             self.last = self.loop.time()
             self.timer = self.loop.call_at(self.last + timeout, self._on_timer)
-        assert self.transport is not None
-        self.transport.write(data)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise Disconnected("the upstream closed the connection")
+        transport.write(data)
 
     def _on_timer(self) -> None:
         self.timer = None
@@ -369,8 +372,8 @@ class Pool:
         return await self._exchange(await self._connect(), data, method)
 
     async def _exchange(self, conn: Connection, data: bytes, method: bytes) -> Response:
-        conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
         try:
+            conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
             parser = conn.parser
             assert parser is not None
             while not parser.head_done:
