@@ -49,6 +49,13 @@ class ResponseParser:
 
     def feed(self, data: bytes) -> bytes:
         state = self.state
+        if state == _SIZE and not self.buf:
+            # A chunked stream read on chunk boundaries (an event per chunk, per read).
+            out: list[bytes] = []
+            pos = self._chunks(data, 0, out)
+            if pos < len(data):
+                out.append(self._feed(data[pos:]))
+            return out[0] if len(out) == 1 else b"".join(out)
         # The common cases first, without a copy: a length-delimited body inside one read.
         if state == _LENGTH:
             n, left = len(data), self.left
