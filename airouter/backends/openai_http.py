@@ -1,4 +1,4 @@
-"""OpenAI-compatible HTTP upstreams (vLLM, llama.cpp, OpenAI, another router) over aiohttp."""
+"""OpenAI-compatible HTTP upstreams (vLLM, llama.cpp, OpenAI, another router) over HTTP/1.1."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
 
 from airouter.backends.base import Backend, Call, Endpoint, Reply
+from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.sse_relay import (
     LOGGED,
@@ -76,7 +76,8 @@ def _host_port(url: str) -> str:
     return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
-def _upstream_error(status: int, body: bytes, headers: Any, backend: str = "") -> RouterError:
+def _upstream_error(status: int, body: bytes, headers: dict[str, str],
+                    backend: str = "") -> RouterError:
     message = f"The backend answered with HTTP {status}."
     code: str | None = None
     etype: str | None = None
@@ -98,7 +99,7 @@ def _upstream_error(status: int, body: bytes, headers: Any, backend: str = "") -
             text = p.detail
     except msgspec.DecodeError:
         text = body[:LOGGED].decode("utf-8", "replace").strip()
-    extra = {k: headers[k] for k in ("Retry-After",) if k in headers}
+    extra = {"Retry-After": headers["retry-after"]} if "retry-after" in headers else {}
     if status == 401 or status == 403:
         # The upstream rejected *our* key; the client's key was fine.
         # Its message may quote (part of) our key: log it, never relay it.
@@ -130,24 +131,27 @@ class OpenAIHttpBackend(Backend):
     def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
         self.name = name
         self.cfg = cfg
-        self._headers = {"Content-Type": "application/json", **cfg.headers}
+        headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
-            self._headers["Authorization"] = f"Bearer {cfg.api_key}"
+            headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.pool = NodePool.from_config(
             name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
         )
-        # Per node, computed once: the endpoint URLs and the label used in metrics and logs.
-        self._urls = {
-            n.url: {ep: n.url + path for ep, path in _PATHS.items()} for n in self.pool.nodes
-        }
+        # Per node, made once: its label in metrics and logs, and (below) its connections.
         self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
-        self._session: aiohttp.ClientSession | None = None
+        self._started = False
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
         # limits, and a call that would wait for a pooled connection is answered 429 at once:
         # waiting there is neither a bounded queue nor a connect timeout.
         nodes = len(self.pool.nodes)
         self._conns = 0
         self._conn_limit = max(cfg.max_connections, cfg.max_concurrent * nodes)
+        # Idle connections kept per node: at most what the calls may hold.
+        self._conn_pools = {
+            n.url: Pool(Origin(n.url, headers), cfg.connect_timeout, cfg.idle_timeout,
+                        self._conn_limit)
+            for n in self.pool.nodes
+        }
 
     def _full(self) -> RateLimited:
         return RateLimited(
@@ -161,42 +165,31 @@ class OpenAIHttpBackend(Backend):
         self._conns -= 1
 
     async def start(self) -> None:
-        # Room for one health check per node beyond the calls' connections.
-        limit = self._conn_limit + len(self.pool.nodes)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=self.cfg.connect_timeout,
-                sock_connect=self.cfg.connect_timeout,
-                sock_read=self.cfg.idle_timeout,
-            ),
-            headers=self._headers,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
-        )
+        self._started = True
         self.pool.start_checks(self._check, self.cfg.health_interval)
 
     async def aclose(self) -> None:
         self.pool.stop_checks()
-        if self._session is not None:
-            await self._session.close()
+        for p in self._conn_pools.values():
+            p.close()
 
     async def _check(self, node: Node) -> bool | None:
         """Active health check: the node answers GET {base_url}/models without a 5xx.
         None when it did not answer in time (a busy llama.cpp answers only between
         generations): the pool decides whether that counts."""
-        assert self._session is not None
+        r = None
         try:
-            async with self._session.get(
-                node.url + "/models", timeout=aiohttp.ClientTimeout(total=self.cfg.health_timeout)
-            ) as r:
+            async with asyncio.timeout(self.cfg.health_timeout):
+                r = await self._conn_pools[node.url].request(b"GET", "/models")
                 await r.read()
                 return r.status < 500
         except TimeoutError:
             return None
-        except aiohttp.ClientError:
+        except HttpError:
             return False
+        finally:
+            if r is not None:
+                r.release()
 
     def health(self) -> dict[str, Any]:
         return {
@@ -210,7 +203,7 @@ class OpenAIHttpBackend(Backend):
         return self.cfg.stream == "always" or call.stream
 
     async def open(self, call: Call) -> Reply:
-        assert self._session is not None, "backend not started"
+        assert self._started, "backend not started"
         # A copy: call.body stays the client's request, for a fallback backend to start from.
         body = {**call.body, "model": call.target.backend_model}
         stream = self._upstream_streams(call)
@@ -229,7 +222,6 @@ class OpenAIHttpBackend(Backend):
         )
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
-        assert self._session is not None
         call.stats.node = self._labels[node.url]
         # A whole answer arrives only when the generation is done: no first-token deadline for
         # it (the idle timeout still bounds the silence).
@@ -256,24 +248,25 @@ class OpenAIHttpBackend(Backend):
                 self._conns -= 1
 
     async def _send_on(self, node: Node, call: Call, data: bytes) -> Reply:
-        assert self._session is not None
         try:
-            resp = await self._session.post(
-                self._urls[node.url][call.endpoint], data=data, headers=call.headers or None
+            resp = await self._conn_pools[node.url].request(
+                b"POST", _PATHS[call.endpoint], data, call.headers
             )
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except TimeoutError:
             raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
-        except aiohttp.ClientConnectorError as e:
+        except ConnectError as e:
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}.", retryable=True
             ) from None
-        except aiohttp.ClientError as e:
+        except HttpError as e:
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}."
             ) from None
         try:
             if resp.status >= 400:
-                raise _upstream_error(resp.status, await resp.read(), resp.headers, self.name)
+                body = await resp.read()
+                resp.release()  # read to its end: the connection may serve another call
+                raise _upstream_error(resp.status, body, resp.headers, self.name)
             if resp.content_type == "text/event-stream":
                 relay = Relay(self.name, resp, call.target, call.stats, self._returned)
                 # Wait for the first event, so a node that fails before it can be replaced.
@@ -283,10 +276,10 @@ class OpenAIHttpBackend(Backend):
                 first = await relay.next_batch()
                 return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+        except TimeoutError:
             resp.close()
             raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
-        except aiohttp.ClientError as e:
+        except HttpError as e:
             resp.close()
             raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.") from None
         except BaseException:

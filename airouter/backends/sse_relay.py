@@ -10,10 +10,10 @@ import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import msgspec
 
 from airouter.backends.base import Stats, Target
+from airouter.backends.http_client import HttpError, Response
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
 from airouter.streaming.sse import DONE, SSEDecoder, frame
 
@@ -38,7 +38,7 @@ class Relay:
     __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "complete", "seen",
                  "tail", "pending", "raw_ok", "on_close", "failed")
 
-    def __init__(self, name: str, resp: aiohttp.ClientResponse, target: Target,
+    def __init__(self, name: str, resp: Response, target: Target,
                  stats: Stats, on_close: Callable[[], None]) -> None:
         self.name = name
         self.on_close = on_close
@@ -73,12 +73,12 @@ class Relay:
     async def _read(self) -> bytes:
         """What the upstream sent next (b"" at its end), its failures as router errors."""
         try:
-            return await self.resp.content.readany()
-        except (TimeoutError, aiohttp.ServerTimeoutError):
+            return await self.resp.readany()
+        except TimeoutError:
             raise GatewayTimeout(
                 f"The backend '{self.name}' stopped sending for longer than the idle timeout."
             ) from None
-        except aiohttp.ClientError as e:
+        except HttpError as e:
             raise BadGateway(
                 f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
             ) from None
@@ -268,18 +268,18 @@ class Relay:
     async def aclose(self) -> None:
         resp = self.resp
         try:
-            if self.done and not resp.content.at_eof():
+            if self.done and not resp.at_eof():
                 # [DONE] came before the body's end marker: wait a moment for it, so the
                 # connection can be reused instead of paying a new handshake per stream.
                 async with asyncio.timeout(0.05):
-                    await resp.content.read()
-        except (TimeoutError, aiohttp.ClientError):
+                    await resp.read()
+        except (TimeoutError, HttpError):
             pass
         finally:
             # Whatever interrupted the wait (a cancellation too): close(), not release(), for
             # an unfinished stream: it must not go back to the pool, and closing the socket is
             # how the upstream learns the client went away.
-            if self.done and resp.content.at_eof():
+            if self.done and resp.at_eof():
                 resp.release()
             else:
                 resp.close()

@@ -14,6 +14,7 @@ from airouter.backends.base import Endpoint, Target
 from airouter.backends.sse_relay import _first_bad_event, rewrite_model
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.streaming.chunks import ChunkWriter
+from airouter.streaming.http1 import ResponseParser
 from airouter.streaming.sse import SSEDecoder, frame
 from airouter.streaming.textfix import StopMatcher, TextPipeline
 from airouter.templates import load_template
@@ -124,3 +125,46 @@ def test_event_brace_check_64_events(benchmark: BenchmarkFixture) -> None:
         return -1
 
     assert benchmark(braces, EVENTS, bodies.SSE_CHUNKS) == -1
+
+
+# The upstream's HTTP/1.1 framing of the 64-event stream: one chunk per event, as vLLM and
+# llama.cpp send them.
+HTTP_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+             b"Transfer-Encoding: chunked\r\n\r\n")
+HTTP_CHUNKS = [b"%x\r\n%s\n\n\r\n" % (len(e) + 2, e) for e in SSE.split(b"\n\n")[:-1]]
+HTTP_CHUNKED = HTTP_HEAD + b"".join(HTTP_CHUNKS) + b"0\r\n\r\n"
+# Read in one-MSS pieces (a fast upstream), or one event per read (a paced one).
+HTTP_PIECES = [HTTP_CHUNKED[i : i + TCP_PIECE] for i in range(0, len(HTTP_CHUNKED), TCP_PIECE)]
+HTTP_EVENT_READS = [HTTP_HEAD, *HTTP_CHUNKS, b"0\r\n\r\n"]
+HTTP_JSON = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+             % len(bodies.completion_json()) + bodies.completion_json())
+
+
+def test_http1_chunked_64_events_mss_reads(benchmark: BenchmarkFixture) -> None:
+    def parse() -> bytes:
+        p = ResponseParser()
+        out = [p.feed(piece) for piece in HTTP_PIECES]
+        assert p.complete
+        return b"".join(out)
+
+    assert benchmark(parse) == SSE
+
+
+def test_http1_chunked_one_event_per_read(benchmark: BenchmarkFixture) -> None:
+    def parse() -> bytes:
+        p = ResponseParser()
+        out = [p.feed(piece) for piece in HTTP_EVENT_READS]
+        assert p.complete
+        return b"".join(out)
+
+    assert benchmark(parse) == SSE
+
+
+def test_http1_content_length_response(benchmark: BenchmarkFixture) -> None:
+    def parse() -> bytes:
+        p = ResponseParser()
+        body = p.feed(HTTP_JSON)
+        assert p.complete and p.keep_alive
+        return body
+
+    assert benchmark(parse) == bodies.completion_json()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -351,8 +352,10 @@ class FakeUpstream:
     "aborted" when fake-die cut the connection.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, models_wait_idle: bool = False) -> None:
+    def __init__(self, host: str = "127.0.0.1", *, models_wait_idle: bool = False,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.host = host
+        self.tls = tls  # serve HTTPS with this context
         # As llama.cpp's server does: GET /v1/models answers only when no generation runs.
         self.models_wait_idle = models_wait_idle
         self._generating = 0
@@ -372,7 +375,7 @@ class FakeUpstream:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -487,7 +490,7 @@ class FakeUpstream:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self.tls).start()
         self._runner = runner
 
     async def _shutdown(self) -> None:
