@@ -23,6 +23,7 @@ from starlette.routing import Route
 from airouter import config as config_mod
 from airouter.asgi import Receive, Scope, Send, send_error
 from airouter.backends.base import Endpoint
+from airouter.bounds import bounded
 from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
 from airouter.doors import FrontDoor, MessagesDoor, ResponsesDoor
@@ -34,8 +35,8 @@ from airouter.handlers import (
     ModelsEndpoint,
     not_found,
 )
-from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
+from airouter.observability.nodes import NodeGauge
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.protocol import anthropic
 from airouter.state import State
@@ -146,7 +147,7 @@ class FastPath:
 
 def build_app(cfg: Config) -> FastPath:
     holder = Holder()
-    holder.state = State.build(cfg)
+    holder.state = State.build(cfg, NodeGauge())
     observer = Observer(None, cfg.server.access_log)
 
     @contextlib.asynccontextmanager

@@ -26,6 +26,7 @@ from airouter.asgi import (
 )
 from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply, Target
+from airouter.bounds import bounded
 from airouter.doors import FrontDoor, OpenAIDoor, Renderer
 from airouter.errors import (
     NotFound,
@@ -34,7 +35,6 @@ from airouter.errors import (
     internal_error,
 )
 from airouter.limits import Ticket
-from airouter.observability.bounds import bounded
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.state import State
 from airouter.streaming.modes import body_from_chunks

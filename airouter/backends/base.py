@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from airouter.protocol.endpoints import Endpoint
+
+__all__ = ["Backend", "Call", "Endpoint", "Reply", "Stats", "Target"]
+
 if TYPE_CHECKING:
     from airouter.config import ModelConfig
     from airouter.errors import RouterError
-
-
-class Endpoint(enum.Enum):
-    CHAT = "chat.completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
 
 
 @dataclass(slots=True, frozen=True, eq=False)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
 
-from airouter.backends.base import Backend, Call, Endpoint, Reply
+from airouter.backends.base import Backend, Call, Reply
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.sse_relay import (
     LOGGED,
     Relay,
@@ -28,6 +28,7 @@ from airouter.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
+from airouter.protocol.endpoints import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger("airouter.openai")
@@ -68,12 +69,6 @@ def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
 
 
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
-
-
-def _host_port(url: str) -> str:
-    """A node's label for metrics, logs and /health: never credentials from the URL."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _upstream_error(status: int, body: bytes, headers: Any, backend: str = "") -> RouterError:
@@ -127,20 +122,22 @@ class OpenAIHttpBackend(Backend):
 
     provider = "openai"
 
-    def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
+    def __init__(
+        self, name: str, cfg: OpenAIBackendConfig, observer: NodeObserver = QUIET
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self._headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.pool = NodePool.from_config(
-            name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
+            name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()],
+            observer,
         )
-        # Per node, computed once: the endpoint URLs and the label used in metrics and logs.
+        # Per node, computed once: the endpoint URLs.
         self._urls = {
             n.url: {ep: n.url + path for ep, path in _PATHS.items()} for n in self.pool.nodes
         }
-        self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
         self._session: aiohttp.ClientSession | None = None
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
         # limits, and a call that would wait for a pooled connection is answered 429 at once:
@@ -230,7 +227,7 @@ class OpenAIHttpBackend(Backend):
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
         assert self._session is not None
-        call.stats.node = self._labels[node.url]
+        call.stats.node = node.label
         # A whole answer arrives only when the generation is done: no first-token deadline for
         # it (the idle timeout still bounds the silence).
         try:

@@ -12,9 +12,10 @@ import grpc
 import msgspec
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from airouter.backends.base import Backend, Call, Endpoint, Reply, Stats, Target
+from airouter.backends.base import Backend, Call, Reply, Stats, Target
 from airouter.backends.fanout import fan_out, summed
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.triton_embed import embed_problem, inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton_features import (
     build_requests,
@@ -32,6 +33,7 @@ from airouter.backends.triton_models import (
     parse_config,
     scalar,
 )
+from airouter.bounds import bounded
 from airouter.config import ModelConfig, TritonBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -40,7 +42,7 @@ from airouter.errors import (
     RouterError,
     ServiceUnavailable,
 )
-from airouter.observability.bounds import bounded
+from airouter.protocol.endpoints import Endpoint
 from airouter.streaming.choice import ChoiceStream
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.textfix import TextPipeline
@@ -334,11 +336,13 @@ class TritonGrpcBackend(Backend):
 
     """Formats chat prompts, maps OpenAI fields onto declared model inputs, fixes up streams."""
 
-    def __init__(self, name: str, cfg: TritonBackendConfig) -> None:
+    def __init__(
+        self, name: str, cfg: TritonBackendConfig, observer: NodeObserver = QUIET
+    ) -> None:
         self.name = name
         self.cfg = cfg
         self.pool = NodePool.from_config(
-            name, cfg, [NodeSpec(n.url, n.weight) for n in cfg.node_urls()]
+            name, cfg, [NodeSpec(n.url, n.weight) for n in cfg.node_urls()], observer
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
@@ -512,7 +516,7 @@ class TritonGrpcBackend(Backend):
             grpc_call = self._stubs[node.url].ModelStreamInfer(
                 iter((reqs[i],)), timeout=self.cfg.request_timeout, metadata=metadata
             )
-            call.stats.node = node.url
+            call.stats.node = node.label
             gen = _Generation(
                 grpc_call,
                 plan,
@@ -574,7 +578,7 @@ class TritonGrpcBackend(Backend):
         timeout = self.cfg.request_timeout
 
         async def attempt(node: Node) -> Reply:
-            call.stats.node = node.url
+            call.stats.node = node.label
             stub = self._stubs[node.url]
             if vllm:
                 return await vllm_embed(stub, node.url, call, info, items, timeout)

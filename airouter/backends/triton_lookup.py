@@ -10,8 +10,8 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.nodes import Node, NodePool
+from airouter.bounds import bounded
 from airouter.errors import BadGateway, RouterError
-from airouter.observability.bounds import bounded
 
 # Seconds a failed look-up is answered from memory: a burst against a dead node gets the
 # answer at once instead of a queue of timeouts, and a node that is back is asked soon after.

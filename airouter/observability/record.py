@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from airouter.bounds import MAX_LOGGED, bounded
 from airouter.observability import metrics
-from airouter.observability.bounds import MAX_LOGGED, bounded
 
 if TYPE_CHECKING:
     from airouter.backends.base import Call

@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from airouter.backends.base import Endpoint
 from airouter.errors import BadGateway, UpstreamError
+from airouter.protocol.endpoints import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
