@@ -39,7 +39,6 @@ class Record:
         "alias",
         "label",
         "backend",
-        "node",
         "status",
         "first",
         "last",
@@ -64,7 +63,6 @@ class Record:
         self.alias = ""
         self.label = ""  # the configured alias or pattern: what metrics are labelled with
         self.backend = ""
-        self.node = ""
         self.status = 0
         self.first = 0.0
         self.last = 0.0
@@ -128,7 +126,7 @@ class Observer:
         if rec.in_flight is not None:
             rec.in_flight.dec()
         stats = rec.call.stats if rec.call is not None else None
-        node = (stats.node if stats else "") or rec.node
+        node = stats.node if stats else ""
         if len(rec.error) > MAX_LOGGED:  # an upstream's error code, relayed
             rec.error = bounded(rec.error)
         outcome = self.outcome(rec)
