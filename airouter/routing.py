@@ -101,9 +101,10 @@ def _not_found(name: str) -> ModelNotFound:
 
 
 def request_for(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dict[str, Any]:
-    """The request as `target` gets it: the client's body plus the model's default max_tokens
-    (a copy when one is added, so the client's body stays as sent)."""
-    default_max = target.model.max_tokens
+    """The request as `target` gets it: the client's body plus the default max_tokens, the
+    alias's or else its backend's (a copy when one is added: the client's body stays as sent).
+    The one place a default max_tokens is applied."""
+    default_max = target.model.max_tokens or target.backend.default_max_tokens.get(endpoint)
     if (default_max is not None and endpoint is not Endpoint.EMBEDDINGS
             and body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
         return {**body, "max_tokens": default_max}

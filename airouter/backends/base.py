@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +81,9 @@ class Backend(ABC):
 
     name: str
     provider = "unknown"  # gen_ai.provider.name in traces
+    # max_tokens for a request that sets none and whose alias sets none (routing.request_for
+    # applies it); absent: the request goes without, and the backend decides.
+    default_max_tokens: Mapping[Endpoint, int] = {}
 
     async def start(self) -> None:
         """Open connections; called once at start-up, inside the event loop."""

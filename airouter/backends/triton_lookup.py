@@ -10,6 +10,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.nodes import Node, NodePool
+from airouter.backends.triton_errors import map_error
 from airouter.bounds import bounded
 from airouter.errors import BadGateway, RouterError
 
@@ -58,7 +59,6 @@ class ConfigLookup:
         return await asyncio.shield(fut)
 
     async def _fetch(self, model: str) -> dict[str, Any]:
-        from airouter.backends.triton_grpc import map_error  # a cycle at import time
 
         nodes = [n for n in self.pool.nodes if n.available(0)] or self.pool.nodes
         timeout = self.timeout
