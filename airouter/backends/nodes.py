@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -380,7 +381,7 @@ async def with_failover(
             pool.release(node)
             raise
         pool.answering(node)
-        reply.aclose = _releasing(reply, pool, node)
+        reply.on_close(functools.partial(_settle, reply, pool, node))
         return reply
     if last is not None and not (none_up and last.retryable and last.status != 429):
         raise last
@@ -391,21 +392,14 @@ async def with_failover(
     )
 
 
-def _releasing(reply: Reply, pool: NodePool, node: Node) -> Callable[[], Awaitable[None]]:
-    inner = reply.aclose
-
-    async def aclose() -> None:
-        try:
-            await inner()
-        finally:
-            node.answering -= 1
-            node.completed += 1
-            pool.release(node)
-            fault = reply.fault
-            if fault is None:
-                pool.succeeded(node)
-            elif fault.status >= 500 and fault.status != 504:
-                # A backend failure mid-answer counts toward ejection as one before it does.
-                pool.failed(node, fault.code or str(fault.status))
-
-    return aclose
+def _settle(reply: Reply, pool: NodePool, node: Node) -> None:
+    """The answer is over: give the slot back and hold the node to how it went."""
+    node.answering -= 1
+    node.completed += 1
+    pool.release(node)
+    fault = reply.fault
+    if fault is None:
+        pool.succeeded(node)
+    elif fault.status >= 500 and fault.status != 504:
+        # A backend failure mid-answer counts toward ejection as one before it does.
+        pool.failed(node, fault.code or str(fault.status))

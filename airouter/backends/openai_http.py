@@ -12,13 +12,7 @@ import msgspec
 from airouter.backends.base import Backend, Call, Reply
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.observer import QUIET, NodeObserver
-from airouter.backends.sse_relay import (
-    LOGGED,
-    Relay,
-    decode_any,
-    record_usage,
-    rewrite_model,
-)
+from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -29,6 +23,7 @@ from airouter.errors import (
     UpstreamError,
 )
 from airouter.protocol.endpoints import Endpoint
+from airouter.streaming.relay import LOGGED, decode_any, record_usage
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger("airouter.openai")
