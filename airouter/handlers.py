@@ -102,18 +102,15 @@ class CompletionEndpoint:
         rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
+        sent = request_for(self.endpoint, body, target)
+        tracer = self.observer.tracer
+        if tracer is not None:  # first: it adds the trace context to the forwarded headers
+            start_spans(tracer, rec, self.endpoint, target, sent, h.forward)
         call = Call(
-            self.endpoint,
-            target,
-            request_for(self.endpoint, body, target),
-            stream,
-            include_usage=req.include_usage,
+            self.endpoint, target, sent, stream, include_usage=req.include_usage,
             headers=h.forward,
         )
         rec.call = call
-        tracer = self.observer.tracer
-        if tracer is not None:
-            start_spans(tracer, rec, call, h.forward)
         self.observer.started(rec)
         watch = DisconnectWatch(receive)
         try:

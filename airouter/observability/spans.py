@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 from airouter.bounds import bounded
 
 if TYPE_CHECKING:
-    from airouter.backends.base import Call
+    from airouter.backends.base import Target
     from airouter.observability.record import Record
     from airouter.observability.tracing import Tracer
+    from airouter.protocol.endpoints import Endpoint
 
 OPERATION = {
     "chat.completions": "chat",
@@ -18,10 +19,17 @@ OPERATION = {
 }
 
 
-def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]) -> None:
-    """A server span for the request and a client span for the backend call."""
-    op = OPERATION[call.endpoint.value]
-    body = call.body
+def start_spans(
+    tracer: Tracer,
+    rec: Record,
+    endpoint: Endpoint,
+    target: Target,
+    body: dict[str, Any],
+    forward: dict[str, str],
+) -> None:
+    """A server span for the request and a client span for the backend call; the client
+    span's context goes into `forward`, the headers the backend gets."""
+    op = OPERATION[endpoint.value]
     attrs: dict[str, Any] = {
         "gen_ai.operation.name": op,
         "gen_ai.request.model": rec.alias,
@@ -39,10 +47,10 @@ def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             attrs[attr] = v
     rec.span = tracer.server_span(f"{op} {rec.alias}", forward, attrs)
-    backend = call.target.backend
+    backend = target.backend
     client_attrs = {
         **attrs,
-        "gen_ai.request.model": bounded(call.target.backend_model),
+        "gen_ai.request.model": bounded(target.backend_model),
         "gen_ai.provider.name": backend.provider,
         "airouter.backend": backend.name,
     }

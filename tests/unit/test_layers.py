@@ -19,6 +19,11 @@ ABOVE_BACKENDS = (
     "airouter.handlers",
     "airouter.app",
     "airouter.doors",
+    "airouter.routing",
+    "airouter.lifecycle",
+    "airouter.identity",
+    "airouter.disconnect",
+    "airouter.auth",
     "airouter.observability",
     "airouter.state",
     "airouter.limits",
@@ -99,3 +104,12 @@ def test_the_checks_see_the_imports() -> None:
     assert "airouter.protocol.endpoints.Endpoint" in names
     assert _within("airouter.observability.metrics", ABOVE_BACKENDS)
     assert not _within("airouter.observer", ("airouter.observability",))
+
+
+def test_no_package_module_is_over_450_lines() -> None:
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert not long, long
