@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from airouter.backends.base import Stats
 from airouter.errors import RouterError
@@ -144,3 +146,33 @@ def test_plain_events_pass_through_byte_for_byte() -> None:
     st = RelayState("b", REPL, Stats())
     assert st.raw(stream) == aliased(stream)
     assert st.raw_ok
+
+
+@st.composite
+def upstream(draw: st.DrawFn) -> tuple[list[bytes], list[bytes]]:
+    """An upstream stream in any framing the event-stream rules allow, cut into reads."""
+    contents = draw(st.lists(st.text(max_size=8) | st.just("data: [DONE]\n\n"), max_size=6))
+    payloads = [chunk({"content": c}) for c in contents] + [END]
+    eol = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    wire = b""
+    for p in payloads:
+        if draw(st.booleans()):
+            wire += b": comment" + eol
+        if draw(st.booleans()):
+            wire += b"event: message" + eol
+        wire += b"data:" + draw(st.sampled_from([b" ", b""])) + p + eol + eol
+    wire += b"data: [DONE]" + eol + eol
+    cuts = sorted(draw(st.sets(st.integers(1, max(1, len(wire) - 1)), max_size=8)))
+    reads = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
+    return [r for r in reads if r], payloads
+
+
+@settings(max_examples=300, deadline=None)
+@given(upstream())
+def test_any_framing_and_any_reads_give_the_upstream_events(
+    case: tuple[list[bytes], list[bytes]]
+) -> None:
+    reads, payloads = case
+    want = [aliased(p) for p in payloads]
+    assert drive_raw(reads)[:2] == (want, None)
+    assert drive_batch(reads)[:2] == (want, None)
