@@ -30,7 +30,9 @@ def node_label(url: str) -> str:
     if "//" not in url:
         return url.rpartition("@")[2]
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    host = parts.hostname
+    if not host:  # a gRPC target such as dns:///host:8001
+        return url.rpartition("@")[2]
     if ":" in host:
         host = f"[{host}]"
     try:

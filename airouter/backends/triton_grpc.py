@@ -241,7 +241,7 @@ class TritonGrpcBackend(Backend):
                 params,
                 chat,
                 want_usage,
-                node.url,
+                node.label,
                 self.cfg.first_token_timeout,
                 self.cfg.idle_timeout,
             )
@@ -280,8 +280,8 @@ class TritonGrpcBackend(Backend):
             call.stats.node = node.label
             stub = self._stubs[node.url]
             if vllm:
-                return await vllm_embed(stub, node.url, call, info, items, timeout)
+                return await vllm_embed(stub, node.label, call, info, items, timeout)
             texts = [t for t in items if isinstance(t, str)]
-            return await tensor_embed(stub, node.url, call, info, plan.model, texts, timeout)
+            return await tensor_embed(stub, node.label, call, info, plan.model, texts, timeout)
 
         return await with_failover(self.pool, self.cfg.retries, attempt)

@@ -82,7 +82,7 @@ class ConfigLookup:
                     return cfg
                 if resp.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     last = last or BadGateway(
-                        f"Could not reach the Triton server at {node.url} to look up the model "
+                        f"Could not reach the Triton server at {node.label} to look up the model "
                         f"'{bounded(model)}'.",
                         retryable=True,
                     )

@@ -81,6 +81,7 @@ def test_node_label_is_host_port_without_secrets() -> None:
     assert node_label("http://[::1]:9000") == "[::1]:9000"
     assert node_label("10.0.0.1:8001") == "10.0.0.1:8001"
     assert node_label("triton.local:8001") == "triton.local:8001"
+    assert node_label("dns:///triton.local:8001") == "dns:///triton.local:8001"
 
 
 class Verdicts:
