@@ -23,23 +23,25 @@ from starlette.routing import Route
 
 from airouter import config as config_mod
 from airouter.asgi import Receive, Scope, Send, send_error
-from airouter.backends.base import Endpoint
+from airouter.bounds import bounded
 from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
 from airouter.doors import FrontDoor, MessagesDoor, ResponsesDoor
-from airouter.errors import MethodNotAllowed, RouterError, error_json, internal_error
-from airouter.handlers import (
-    CompletionEndpoint,
-    HealthEndpoint,
-    Holder,
-    ModelsEndpoint,
-    not_found,
+from airouter.errors import (
+    MethodNotAllowed,
+    RouterError,
+    error_json,
+    internal_error,
+    unknown_url,
 )
+from airouter.handlers import CompletionEndpoint, HealthEndpoint, ModelsEndpoint
+from airouter.lifecycle import Holder
 from airouter.observability import metrics
-from airouter.observability.bounds import bounded
 from airouter.observability.metrics import MetricsEndpoint
+from airouter.observability.nodes import NodeGauge
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.protocol import anthropic
+from airouter.protocol.endpoints import Endpoint
 from airouter.state import State
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
 from airouter.usage import UsageEndpoint
@@ -66,7 +68,7 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
         )
         return _error_response(err, request.url.path)
     if exc.status_code == 404:
-        return _error_response(not_found(request.url.path), request.url.path)
+        return _error_response(unknown_url(request.url.path), request.url.path)
     return _error_response(RouterError(str(exc.detail), status=exc.status_code, code=None),
                            request.url.path)
 
@@ -148,7 +150,7 @@ class FastPath:
 
 def build_app(cfg: Config) -> FastPath:
     holder = Holder()
-    holder.state = State.build(cfg)
+    holder.state = State.build(cfg, NodeGauge())
     observer = Observer(None, cfg.server.access_log)
 
     @contextlib.asynccontextmanager

@@ -241,8 +241,12 @@ def _check_host_port(url: str, where: str) -> None:
         raise ConfigError(f"{where}: {url!r} must be host:port")
 
 
-def is_glob(alias: str) -> bool:
-    return any(c in alias for c in "*?[")
+GLOB_CHARS = frozenset("*?[")
+
+
+def is_pattern(alias: str) -> bool:
+    """A model alias that is a glob pattern (`gpt-*`), not a name."""
+    return not GLOB_CHARS.isdisjoint(alias)
 
 
 def _check_parsers(m: ModelConfig, where: str) -> None:
@@ -277,10 +281,10 @@ def validate(cfg: Config) -> None:
         if m.backend not in cfg.backends:
             known = ", ".join(sorted(cfg.backends)) or "none defined"
             raise ConfigError(f"{where}.backend: unknown backend {m.backend!r} (known: {known})")
-        if m.default and is_glob(alias):
+        if m.default and is_pattern(alias):
             raise ConfigError(f"{where}.default: a glob pattern cannot be the default model")
         for fb in m.fallbacks:
-            if fb not in cfg.models or is_glob(fb):
+            if fb not in cfg.models or is_pattern(fb):
                 raise ConfigError(f"{where}.fallbacks: {fb!r} is not a model alias")
         chosen = [k for k in ("prompt_format", "tokenizer_config") if getattr(m, k)]
         if len(chosen) > 1:

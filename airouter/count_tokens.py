@@ -10,7 +10,8 @@ import msgspec
 from airouter.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from airouter.backends.base import Target
 from airouter.errors import InvalidRequest, RouterError
-from airouter.handlers import Holder, _Headers
+from airouter.identity import RequestHeaders
+from airouter.lifecycle import Holder
 from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
 from airouter.tokenizers import prompt_tokens
@@ -32,7 +33,7 @@ class CountTokensEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
-        h = _Headers(scope)
+        h = RequestHeaders(scope)
         rh = [(b"x-request-id", h.request_id or b"")]
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)

@@ -132,3 +132,17 @@ def error_json(err: RouterError) -> bytes:
 def internal_error() -> RouterError:
     """What an unexpected exception becomes: no traceback or detail leaks to the client."""
     return RouterError("The router failed to handle the request.", code="internal_error")
+
+
+def shutting_down() -> RouterError:
+    return ServiceUnavailable(
+        "The server is shutting down; retry on another instance.",
+        code="shutting_down",
+        headers={"Retry-After": "1"},
+    )
+
+
+def unknown_url(path: str) -> NotFound:
+    return NotFound(
+        f"Unknown request URL: {path}. Please check the URL and method.", code="unknown_url"
+    )

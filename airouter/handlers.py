@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-import os
-import re
-import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -25,141 +20,21 @@ from airouter.asgi import (
     send_json,
 )
 from airouter.auth import ClientKey
-from airouter.backends.base import Call, Endpoint, Reply, Target
+from airouter.backends.base import Call, Endpoint, Reply
+from airouter.bounds import bounded
+from airouter.disconnect import DisconnectWatch
 from airouter.doors import FrontDoor, OpenAIDoor, Renderer
-from airouter.errors import (
-    NotFound,
-    RouterError,
-    ServiceUnavailable,
-    internal_error,
-)
+from airouter.errors import RouterError, internal_error, shutting_down
+from airouter.identity import RequestHeaders
+from airouter.lifecycle import Holder
 from airouter.limits import Ticket
-from airouter.observability.bounds import bounded
 from airouter.observability.record import Observer, Record, request_id_var
+from airouter.observability.spans import start_spans
+from airouter.routing import open_call, request_for
 from airouter.state import State
 from airouter.streaming.modes import body_from_chunks
 
-if TYPE_CHECKING:
-    from airouter.observability.tracing import Tracer
-
 log = logging.getLogger("airouter")
-
-OPERATION = {
-    "chat.completions": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-}
-
-_UNSAFE = re.compile(rb"[^\x20-\x7e]")
-_FORWARD = frozenset({b"traceparent", b"tracestate", b"x-request-id"})
-
-
-class Holder:
-    """The live State, and the requests being served (ended cleanly if a shutdown's grace
-    period runs out)."""
-
-    state: State
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.tasks: set[asyncio.Task[Any]] = set()
-
-    def end_all(self) -> None:
-        """Grace period over: in-flight requests end now, each with a clean error."""
-        self.draining = True
-        for t in list(self.tasks):
-            t.cancel()
-
-
-# UUID-shaped (some upstreams, starlette-context behind llama.cpp's server for one, reject
-# anything else): a random per-process prefix and a counter, cheaper than uuid4 per request.
-_RID_PREFIX = str(uuid.UUID(bytes=os.urandom(16), version=4))[:24]
-_rid_counter = itertools.count(int.from_bytes(os.urandom(4)))
-
-
-def _request_id() -> bytes:
-    return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFFFFFFFF:012x}".encode()
-
-
-class _Headers:
-    __slots__ = ("authorization", "api_key", "request_id", "forward")
-
-    def __init__(self, scope: Scope) -> None:
-        self.authorization: bytes | None = None
-        self.api_key: bytes | None = None
-        self.request_id: bytes | None = None
-        self.forward: dict[str, str] = {}
-        for k, v in scope["headers"]:
-            if k == b"authorization":
-                self.authorization = v
-            elif k == b"api-key" or k == b"x-api-key":
-                self.api_key = v
-            elif k in _FORWARD:
-                if _UNSAFE.search(v):
-                    continue  # not printable ASCII: not fit for our headers, logs or gRPC metadata
-                if k == b"x-request-id":
-                    # Bound what we echo back and log.
-                    v = v[:128]
-                    self.request_id = v
-                self.forward[k.decode()] = v.decode("latin-1")
-        if self.request_id is None:
-            self.request_id = _request_id()
-            self.forward["x-request-id"] = self.request_id.decode()
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-# A watcher is a task blocked in receive(): tens of microseconds to start and cancel, a
-# fifth of a fast request's cost. Most answers that end this soon never need one; a client
-# that leaves earlier is noticed this much later, or when a send to it fails.
-WATCH_AFTER_S = 0.1
-
-
-class _DisconnectWatch:
-    """Cancels the handler's task when the client goes away, so backend work stops at once."""
-
-    __slots__ = ("_task", "_watcher", "_active", "_receive", "_timer")
-
-    def __init__(self, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._active = True
-        self._receive = receive
-        self._watcher: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            WATCH_AFTER_S, self._start
-        )
-
-    def _start(self) -> None:
-        self._timer = None
-        if self._active:
-            self._watcher = asyncio.ensure_future(_until_disconnect(self._receive))
-            self._watcher.add_done_callback(self._fire)
-
-    def _fire(self, w: asyncio.Future[None]) -> None:
-        if w.cancelled():
-            return
-        if w.exception() is not None:  # receive() itself failed: retrieved, not a disconnect
-            return
-        if self._active:
-            self._task.cancel()
-
-    @property
-    def gone(self) -> bool:
-        w = self._watcher
-        return w is not None and w.done() and not w.cancelled() and w.exception() is None
-
-    def stop(self) -> None:
-        self._active = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._watcher is not None:
-            self._watcher.cancel()
 
 
 class CompletionEndpoint:
@@ -179,7 +54,7 @@ class CompletionEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
-        h = _Headers(scope)
+        h = RequestHeaders(scope)
         rid = (h.request_id or b"").decode("latin-1")
         request_id_var.set(rid)
         rh = [(b"x-request-id", h.request_id or b"")]
@@ -204,7 +79,7 @@ class CompletionEndpoint:
     async def _handle(
         self,
         state: State,
-        h: _Headers,
+        h: RequestHeaders,
         rec: Record,
         rh: list[tuple[bytes, bytes]],
         receive: Receive,
@@ -227,20 +102,17 @@ class CompletionEndpoint:
         rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
+        sent = request_for(self.endpoint, body, target)
+        tracer = self.observer.tracer
+        if tracer is not None:  # first: it adds the trace context to the forwarded headers
+            start_spans(tracer, rec, self.endpoint, target, sent, h.forward)
         call = Call(
-            self.endpoint,
-            target,
-            _for_target(self.endpoint, body, target),
-            stream,
-            include_usage=req.include_usage,
+            self.endpoint, target, sent, stream, include_usage=req.include_usage,
             headers=h.forward,
         )
         rec.call = call
-        tracer = self.observer.tracer
-        if tracer is not None:
-            start_spans(tracer, rec, call, h.forward)
         self.observer.started(rec)
-        watch = _DisconnectWatch(receive)
+        watch = DisconnectWatch(receive)
         try:
             rec.status = await self._serve(
                 call, body, send, rh, rec, key, watch, req.renderer, ticket
@@ -263,7 +135,7 @@ class CompletionEndpoint:
             else:
                 rec.status, rec.error = 503, "shutdown"
                 if not rec.started:
-                    await send_error(send, _shutting_down(), rh, self.error_json)
+                    await send_error(send, shutting_down(), rh, self.error_json)
         finally:
             watch.stop()
             ticket.release(call.stats)
@@ -276,12 +148,14 @@ class CompletionEndpoint:
         rh: list[tuple[bytes, bytes]],
         rec: Record,
         key: ClientKey,
-        watch: _DisconnectWatch,
+        watch: DisconnectWatch,
         renderer: Renderer,
         ticket: Ticket,
     ) -> int:
         try:
-            reply = await self._open(call, client_body, rec, key)
+            reply = await open_call(
+                self.holder.state.models, call, client_body, key, lambda c: _switch(rec, c)
+            )
         except RouterError as e:
             rec.error = e.code or e.type
             await send_error(send, e, rh, self.error_json)
@@ -295,40 +169,6 @@ class CompletionEndpoint:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
                 watch.stop()
             await reply.aclose()
-
-    async def _open(
-        self, call: Call, client_body: dict[str, Any], rec: Record, key: ClientKey
-    ) -> Reply:
-        """Open the call on its target; when every node of it is down, on its fallbacks."""
-        try:
-            return await call.target.backend.open(call)
-        except RouterError as e:
-            fallbacks = call.target.model.fallbacks
-            if not (e.retryable and fallbacks):
-                raise
-            first = e
-        state = self.holder.state
-        for alias in fallbacks:
-            target = state.models.lookup(alias)
-            if target is None or not key.allows(target.alias):
-                continue
-            log.warning(
-                "model %s unavailable (%s); falling back to %s",
-                bounded(call.target.alias),
-                bounded(first.message),
-                alias,
-            )
-            call.target = target
-            rec.alias, rec.label = bounded(target.alias), target.label
-            rec.backend = target.backend.name
-            # Each target starts from the client's request, with its own defaults.
-            call.body = _for_target(self.endpoint, client_body, target)
-            try:
-                return await target.backend.open(call)
-            except RouterError as e:
-                if not e.retryable:
-                    raise
-        raise first
 
     async def _whole(
         self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
@@ -382,7 +222,7 @@ class CompletionEndpoint:
             if task is not None:
                 task.uncancel()
             rec.error, rec.broken = "shutdown", 503
-            tail = renderer.failed(_shutting_down())
+            tail = renderer.failed(shutting_down())
         except OSError:
             raise
         except Exception:
@@ -395,58 +235,11 @@ class CompletionEndpoint:
         return 200
 
 
-def _for_target(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dict[str, Any]:
-    """The request as `target` gets it: the client's body plus the model's default max_tokens
-    (a copy when one is added, so the client's body stays as sent)."""
-    default_max = target.model.max_tokens
-    if (default_max is not None and endpoint is not Endpoint.EMBEDDINGS
-            and body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
-        return {**body, "max_tokens": default_max}
-    return body
-
-
-def _shutting_down() -> RouterError:
-    return ServiceUnavailable(
-        "The server is shutting down; retry on another instance.",
-        code="shutting_down",
-        headers={"Retry-After": "1"},
-    )
-
-
-def start_spans(tracer: Tracer, rec: Record, call: Call, forward: dict[str, str]) -> None:
-    """A server span for the request and a client span for the backend call (GenAI semconv)."""
-    op = OPERATION[call.endpoint.value]
-    body = call.body
-    attrs: dict[str, Any] = {
-        "gen_ai.operation.name": op,
-        "gen_ai.request.model": rec.alias,
-        "http.request.method": "POST",
-        "url.path": rec.path,
-    }
-    for k, attr in (
-        ("max_tokens", "gen_ai.request.max_tokens"),
-        ("max_completion_tokens", "gen_ai.request.max_tokens"),
-        ("temperature", "gen_ai.request.temperature"),
-        ("top_p", "gen_ai.request.top_p"),
-        ("seed", "gen_ai.request.seed"),
-    ):
-        v = body.get(k)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            attrs[attr] = v
-    rec.span = tracer.server_span(f"{op} {rec.alias}", forward, attrs)
-    backend = call.target.backend
-    client_attrs = {
-        **attrs,
-        "gen_ai.request.model": bounded(call.target.backend_model),
-        "gen_ai.provider.name": backend.provider,
-        "airouter.backend": backend.name,
-    }
-    client_attrs.pop("url.path")
-    client_attrs.pop("http.request.method")
-    rec.client_span = tracer.client_span(
-        rec.span, f"{op} {client_attrs['gen_ai.request.model']}", client_attrs
-    )
-    tracer.inject(rec.client_span, forward)
+def _switch(rec: Record, call: Call) -> None:
+    """A fallback target serves the request from now on."""
+    rec.call = call
+    rec.alias, rec.label = bounded(call.target.alias), call.target.label
+    rec.backend = call.target.backend.name
 
 
 class ModelsEndpoint:
@@ -457,7 +250,7 @@ class ModelsEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.holder.state
-        h = _Headers(scope)
+        h = RequestHeaders(scope)
         rh = [(b"x-request-id", h.request_id or b"")]
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
@@ -495,17 +288,3 @@ class HealthEndpoint:
             body["backends"] = backends
             body["models"] = len(state.cfg.models)
         await send_json(send, 200 if ready else 503, msgspec.json.encode(body))
-
-
-def error_app(err_factory: Callable[[], RouterError]) -> Callable[..., Any]:
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        with contextlib.suppress(ClientGone):
-            await send_error(send, err_factory())
-
-    return app
-
-
-def not_found(path: str) -> NotFound:
-    return NotFound(
-        f"Unknown request URL: {path}. Please check the URL and method.", code="unknown_url"
-    )

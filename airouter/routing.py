@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
 import msgspec
 
 from airouter.auth import ClientKey
-from airouter.backends.base import Backend, Target
-from airouter.config import Config
-from airouter.errors import InvalidRequest, ModelNotFound
-
-_GLOB_CHARS = frozenset("*?[")
-
-
-def is_pattern(alias: str) -> bool:
-    return not _GLOB_CHARS.isdisjoint(alias)
+from airouter.backends.base import Backend, Call, Reply, Target
+from airouter.bounds import bounded
+from airouter.config import GLOB_CHARS, Config, is_pattern
+from airouter.errors import InvalidRequest, ModelNotFound, RouterError
+from airouter.protocol.endpoints import Endpoint
 
 
 def _specificity(pattern: str) -> tuple[int, int]:
     # More literal characters first; then fewer wildcards.
-    literal = sum(1 for c in pattern if c not in _GLOB_CHARS)
+    literal = sum(1 for c in pattern if c not in GLOB_CHARS)
     wild = len(pattern) - literal
     return (-literal, wild)
+
+log = logging.getLogger("airouter")
 
 
 class ModelMap:
@@ -97,3 +98,54 @@ def _not_found(name: str) -> ModelNotFound:
     return ModelNotFound(
         f"The model '{name}' does not exist or you do not have access to it.", param="model"
     )
+
+
+def request_for(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dict[str, Any]:
+    """The request as `target` gets it: the client's body plus the default max_tokens, the
+    alias's or else its backend's (a copy when one is added: the client's body stays as sent).
+    The one place a default max_tokens is applied."""
+    default_max = target.model.max_tokens or target.backend.default_max_tokens.get(endpoint)
+    if (default_max is not None and endpoint is not Endpoint.EMBEDDINGS
+            and body.get("max_tokens") is None and body.get("max_completion_tokens") is None):
+        return {**body, "max_tokens": default_max}
+    return body
+
+
+async def open_call(
+    models: ModelMap,
+    call: Call,
+    client_body: dict[str, Any],
+    key: ClientKey,
+    switched: Callable[[Call], None],
+) -> Reply:
+    """Open `call` on its target; when every node of it is down, on its fallbacks, each with a
+    call of its own built from the client's request (`switched` hears of each)."""
+    try:
+        return await call.target.backend.open(call)
+    except RouterError as e:
+        fallbacks = call.target.model.fallbacks
+        if not (e.retryable and fallbacks):
+            raise
+        first = e
+    for alias in fallbacks:
+        target = models.lookup(alias)
+        if target is None or not key.allows(target.alias):
+            continue
+        log.warning(
+            "model %s unavailable (%s); falling back to %s",
+            bounded(call.target.alias),
+            bounded(first.message),
+            alias,
+        )
+        # Each target starts from the client's request, with its own defaults; what the
+        # backends learn (stats) is the request's, whichever target serves it.
+        retry = dataclasses.replace(
+            call, target=target, body=request_for(call.endpoint, client_body, target)
+        )
+        switched(retry)
+        try:
+            return await target.backend.open(retry)
+        except RouterError as e:
+            if not e.retryable:
+                raise
+    raise first

@@ -10,6 +10,7 @@ import msgspec
 from airouter import tokenizers
 from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
+from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import Config, ConfigError
 from airouter.limits import Limiter
 from airouter.routing import ModelMap
@@ -40,8 +41,9 @@ class State:
     _listings: dict[str, bytes] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, cfg: Config) -> State:
-        backends = {name: create_backend(name, b) for name, b in cfg.backends.items()}
+    def build(cls, cfg: Config, observer: NodeObserver = QUIET) -> State:
+        """`observer` hears the backends' node verdicts; validating a config needs none."""
+        backends = {name: create_backend(name, b, observer) for name, b in cfg.backends.items()}
         for alias, m in cfg.models.items():
             try:
                 backends[m.backend].check(m)

@@ -14,7 +14,7 @@ from airouter.templates import ChatTemplate, PromptError, TemplateConfigError
 from airouter.tokenizers import OFFLOAD_CHARS, Tokenizer, chat_template, for_model
 
 if TYPE_CHECKING:
-    from airouter.handlers import Holder
+    from airouter.lifecycle import Holder
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):

@@ -11,7 +11,7 @@ from airouter.asgi import Receive, Scope, Send, send_error, send_json
 from airouter.errors import RouterError
 
 if TYPE_CHECKING:
-    from airouter.handlers import Holder
+    from airouter.lifecycle import Holder
 
 _encode = msgspec.json.Encoder().encode
 

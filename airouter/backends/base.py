@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import enum
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from airouter.protocol.endpoints import Endpoint
+
+__all__ = ["Backend", "Call", "Endpoint", "Reply", "Stats", "Target"]
 
 if TYPE_CHECKING:
     from airouter.config import ModelConfig
     from airouter.errors import RouterError
-
-
-class Endpoint(enum.Enum):
-    CHAT = "chat.completions"
-    COMPLETIONS = "completions"
-    EMBEDDINGS = "embeddings"
 
 
 @dataclass(slots=True, frozen=True, eq=False)
@@ -44,9 +42,11 @@ class Stats:
     finish_reason: str | None = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Call:
-    """One client request, decoded and validated, on its way to a backend."""
+    """One client request, decoded and validated, on its way to a backend: input only
+    (backends build what they send from it; a fallback target gets a new Call). `stats` is
+    where the backend reports back."""
 
     endpoint: Endpoint
     target: Target
@@ -61,22 +61,56 @@ async def _noop() -> None:
     return None
 
 
-@dataclass(slots=True)
 class Reply:
     """A backend's answer, already speaking the alias.
 
     Exactly one of `body` (a whole JSON response), `chunks` (batches of JSON chunk payloads,
     without SSE framing and without the final [DONE]) and `sse` (whole SSE events, already
-    framed, without [DONE]; only for streaming clients) is set. `aclose` releases the
-    backend's resources and cancels its work if the stream was not consumed to the end.
+    framed, without [DONE]; only for streaming clients) is set. `aclose()` releases the
+    backend's resources (`aclose` given here) and cancels its work if the stream was not
+    consumed to the end, then runs the clean-up steps others added with `on_close`.
     """
 
-    body: bytes | None = None
-    chunks: AsyncIterator[list[bytes]] | None = None
-    sse: AsyncIterator[bytes] | None = None
-    aclose: Callable[[], Awaitable[None]] = _noop
-    # Set by the consumer when the answer failed after it began: the node is held to it.
-    fault: RouterError | None = None
+    __slots__ = ("body", "chunks", "sse", "fault", "_steps", "_closed")
+
+    def __init__(
+        self,
+        body: bytes | None = None,
+        chunks: AsyncIterator[list[bytes]] | None = None,
+        sse: AsyncIterator[bytes] | None = None,
+        aclose: Callable[[], Awaitable[None]] = _noop,
+        fault: RouterError | None = None,
+    ) -> None:
+        self.body = body
+        self.chunks = chunks
+        self.sse = sse
+        # Set by the consumer when the answer failed after it began: the node is held to it.
+        self.fault = fault
+        self._steps: list[Callable[[], Awaitable[None] | None]] = [aclose]
+        self._closed = False
+
+    def on_close(self, step: Callable[[], Awaitable[None] | None]) -> None:
+        """Run `step` (a function or a coroutine function) when the reply closes: after the
+        backend's own clean-up (the innermost resource), then the last added first."""
+        self._steps.append(step)
+
+    async def aclose(self) -> None:
+        """Every step runs once, even when one before it raised or was cancelled; the first
+        failure is raised after the last step."""
+        if self._closed:
+            return
+        self._closed = True
+        first: BaseException | None = None
+        steps = self._steps
+        for step in (steps[0], *reversed(steps[1:])):
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    await result
+            except BaseException as e:  # held: raised once the other steps ran
+                first = first or e
+        if first is not None:
+            raise first
 
 
 class Backend(ABC):
@@ -84,6 +118,9 @@ class Backend(ABC):
 
     name: str
     provider = "unknown"  # gen_ai.provider.name in traces
+    # max_tokens for a request that sets none and whose alias sets none (routing.request_for
+    # applies it); absent: the request goes without, and the backend decides.
+    default_max_tokens: Mapping[Endpoint, int] = {}
 
     async def start(self) -> None:
         """Open connections; called once at start-up, inside the event loop."""

@@ -236,7 +236,7 @@ class Connection(asyncio.Protocol):
 
 
 class Response:
-    """The part of aiohttp's ClientResponse the relay uses: status, headers, `read()`,
+    """What the relay reads from an upstream response: status, headers, `read()`,
     `readany()`, `at_eof()`, `release()` (back to the pool if read to its end) and `close()`."""
 
     __slots__ = ("status", "headers", "content_type", "_conn", "_pool", "_inflate")

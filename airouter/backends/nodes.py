@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from airouter.backends.base import Reply
+from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import NodesConfig
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
-from airouter.observability import metrics
 
 log = logging.getLogger("airouter.nodes")
 
 
-def redact(url: str) -> str:
-    """A URL fit for /health, metrics and logs: no user:password, no query string."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def node_label(url: str) -> str:
+    """A node's one name in /health, metrics, logs, spans and the access log: host:port, never
+    credentials, a path or a query string. A URL (`https://user:key@host/v1`) and a gRPC
+    address (`host:8001`) both come out as host:port."""
+    if "//" not in url:
+        return url.rpartition("@")[2]
     parts = urlsplit(url)
-    if "@" not in parts.netloc and not parts.query:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    host = parts.hostname
+    if not host:  # a gRPC target such as dns:///host:8001
+        return url.rpartition("@")[2]
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,7 +64,6 @@ class Node:
         "completed",
         "checked_at",
         "answering",
-        "_up",
         "backend",
     )
 
@@ -71,10 +84,7 @@ class Node:
         self.checked_at = 0
         self.answering = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        # Set from the workers only (start_checks): the main process also builds nodes to
-        # validate the config, and a value of its own would pin this livemax gauge at 1.
-        self.label = redact(spec.url)
-        self._up = metrics.NODE_UP.labels(backend, self.label)
+        self.label = node_label(spec.url)
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -89,9 +99,6 @@ class Node:
             "queued": len(self.waiters),
             "weight": self.weight,
         }
-
-    def _publish(self) -> None:
-        self._up.set(1 if self.available(time.monotonic()) else 0)
 
 
 class NodePool:
@@ -112,8 +119,10 @@ class NodePool:
         unhealthy_after: int = 2,
         healthy_after: int = 1,
         panic_threshold: float = 0.5,
+        observer: NodeObserver = QUIET,
     ) -> None:
         self.backend = backend
+        self.observer = observer
         self.nodes = [Node(backend, s) for s in specs]
         self.balance = balance
         self.max_concurrent = max_concurrent
@@ -128,10 +137,17 @@ class NodePool:
         self._checks: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, backend: str, cfg: NodesConfig, specs: Sequence[NodeSpec]) -> NodePool:
+    def from_config(
+        cls,
+        backend: str,
+        cfg: NodesConfig,
+        specs: Sequence[NodeSpec],
+        observer: NodeObserver = QUIET,
+    ) -> NodePool:
         return cls(
             backend,
             specs,
+            observer=observer,
             balance=cfg.balance,
             max_concurrent=cfg.max_concurrent,
             max_queue=cfg.max_queue,
@@ -253,7 +269,7 @@ class NodePool:
         if node.failures:
             node.failures = 0
             node.ejected_until = 0.0
-            node._publish()
+            self._publish(node)
 
     def failed(self, node: Node, why: str) -> None:
         """A connect error or 5xx: after `eject_after` in a row, rest the node for `cooldown`."""
@@ -263,12 +279,12 @@ class NodePool:
             log.warning(
                 "backend %s: node %s ejected for %gs after %d failures (%s)",
                 self.backend,
-                node.url,
+                node.label,
                 self.cooldown,
                 node.failures,
                 why,
             )
-            node._publish()
+            self._publish(node)
 
     def checked(self, node: Node, ok: bool | None) -> None:
         """The active health check's result for `node`: None when it timed out."""
@@ -285,7 +301,7 @@ class NodePool:
                 node.healthy = True
                 node.failures = 0
                 node.ejected_until = 0.0
-                log.warning("backend %s: node %s is healthy again", self.backend, node.url)
+                log.warning("backend %s: node %s is healthy again", self.backend, node.label)
         else:
             node.checks_ok = 0
             node.checks_bad += 1
@@ -294,17 +310,22 @@ class NodePool:
                 log.warning(
                     "backend %s: node %s failed %d health checks",
                     self.backend,
-                    node.url,
+                    node.label,
                     node.checks_bad,
                 )
-        node._publish()
+        self._publish(node)
+
+    def _publish(self, node: Node) -> None:
+        self.observer.node_state(self.backend, node.label, node.available(time.monotonic()))
 
     def start_checks(
         self, check: Callable[[Node], Awaitable[bool | None]], interval: float
     ) -> None:
         """Active health checks in the background; interval 0 means none."""
+        # Only serving processes publish: the main process also builds nodes to validate the
+        # config, and a value of its own would pin a max-across-processes gauge at 1.
         for node in self.nodes:
-            node._publish()
+            self._publish(node)
         if interval > 0:
             self._checks = asyncio.create_task(self.run_checks(check, interval))
 
@@ -362,7 +383,7 @@ async def with_failover(
             pool.release(node)
             raise
         pool.answering(node)
-        reply.aclose = _releasing(reply, pool, node)
+        reply.on_close(functools.partial(_settle, reply, pool, node))
         return reply
     if last is not None and not (none_up and last.retryable and last.status != 429):
         raise last
@@ -373,21 +394,14 @@ async def with_failover(
     )
 
 
-def _releasing(reply: Reply, pool: NodePool, node: Node) -> Callable[[], Awaitable[None]]:
-    inner = reply.aclose
-
-    async def aclose() -> None:
-        try:
-            await inner()
-        finally:
-            node.answering -= 1
-            node.completed += 1
-            pool.release(node)
-            fault = reply.fault
-            if fault is None:
-                pool.succeeded(node)
-            elif fault.status >= 500 and fault.status != 504:
-                # A backend failure mid-answer counts toward ejection as one before it does.
-                pool.failed(node, fault.code or str(fault.status))
-
-    return aclose
+def _settle(reply: Reply, pool: NodePool, node: Node) -> None:
+    """The answer is over: give the slot back and hold the node to how it went."""
+    node.answering -= 1
+    node.completed += 1
+    pool.release(node)
+    fault = reply.fault
+    if fault is None:
+        pool.succeeded(node)
+    elif fault.status >= 500 and fault.status != 504:
+        # A backend failure mid-answer counts toward ejection as one before it does.
+        pool.failed(node, fault.code or str(fault.status))

@@ -5,20 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
-from airouter.backends.base import Backend, Call, Endpoint, Reply
+from airouter.backends.base import Backend, Call, Reply
 from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
-from airouter.backends.sse_relay import (
-    LOGGED,
-    Relay,
-    decode_any,
-    record_usage,
-    rewrite_model,
-)
+from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -28,6 +22,8 @@ from airouter.errors import (
     ServiceUnavailable,
     UpstreamError,
 )
+from airouter.protocol.endpoints import Endpoint
+from airouter.streaming.relay import LOGGED, decode_any, record_usage
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger("airouter.openai")
@@ -68,12 +64,6 @@ def complete_response(obj: dict[str, Any], alias: str) -> dict[str, Any]:
 
 
 _error_probe = msgspec.json.Decoder(_ErrorProbe).decode
-
-
-def _host_port(url: str) -> str:
-    """A node's label for metrics, logs and /health: never credentials from the URL."""
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
 
 
 def _upstream_error(status: int, body: bytes, headers: dict[str, str],
@@ -128,17 +118,19 @@ class OpenAIHttpBackend(Backend):
 
     provider = "openai"
 
-    def __init__(self, name: str, cfg: OpenAIBackendConfig) -> None:
+    def __init__(
+        self, name: str, cfg: OpenAIBackendConfig, observer: NodeObserver = QUIET
+    ) -> None:
         self.name = name
         self.cfg = cfg
         headers = {"Content-Type": "application/json", **cfg.headers}
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         self.pool = NodePool.from_config(
-            name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()]
+            name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()],
+            observer,
         )
-        # Per node, made once: its label in metrics and logs, and (below) its connections.
-        self._labels = {n.url: _host_port(n.url) for n in self.pool.nodes}
+        # Per node, made once (below): its connections.
         self._started = False
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
         # limits, and a call that would wait for a pooled connection is answered 429 at once:
@@ -222,7 +214,7 @@ class OpenAIHttpBackend(Backend):
         )
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
-        call.stats.node = self._labels[node.url]
+        call.stats.node = node.label
         # A whole answer arrives only when the generation is done: no first-token deadline for
         # it (the idle timeout still bounds the silence).
         try:

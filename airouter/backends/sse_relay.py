@@ -1,74 +1,35 @@
-"""An OpenAI-compatible upstream's SSE stream, relayed: passed through as read for streaming
-clients, re-chunked into payload batches otherwise; `model` rewritten to the alias; events that
-are not JSON and streams cut short turned into errors."""
+"""An OpenAI-compatible upstream's SSE stream, read from the upstream connection and fed to the sans-IO relay
+(streaming/relay.py); the connection handed back to the pool or closed at the end."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 from collections.abc import AsyncIterator, Callable
-from typing import Any
-
-import msgspec
 
 from airouter.backends.base import Stats, Target
 from airouter.backends.http_client import HttpError, Response
-from airouter.errors import BadGateway, GatewayTimeout, RouterError
-from airouter.streaming.sse import DONE, SSEDecoder, frame
+from airouter.errors import BadGateway, GatewayTimeout
+from airouter.streaming.relay import MODEL, RelayState, record_usage
+from airouter.streaming.relay import first_bad_event as _first_bad_event
 
-log = logging.getLogger("airouter.openai")
-decode_any = msgspec.json.Decoder().decode
-LOGGED = 500  # bytes of an upstream's text kept for the log
-
-# The top-level "model" member. A JSON string value cannot contain an unescaped quote, so
-# `"model":` can only be a key; responses put the top-level key before nested objects.
-_MODEL = re.compile(rb'"model"\s*:\s*"(?:[^"\\]|\\.)*"')
-
-_MODEL_VALUE = re.compile(rb':\s*"(.*)"$')
+__all__ = ["Relay", "_first_bad_event", "record_usage", "rewrite_model"]
 
 
 def rewrite_model(payload: bytes, target: Target) -> bytes:
-    return _MODEL.sub(target.model_repl, payload, count=1)
+    return MODEL.sub(target.model_repl, payload, count=1)
 
 
 class Relay:
-    """An upstream SSE stream, re-chunked into batches of payloads as reads arrive."""
+    """An upstream SSE stream, relayed as reads arrive."""
 
-    __slots__ = ("name", "resp", "target", "stats", "decoder", "done", "complete", "seen",
-                 "tail", "pending", "raw_ok", "on_close", "failed")
+    __slots__ = ("name", "resp", "state", "on_close")
 
     def __init__(self, name: str, resp: Response, target: Target,
                  stats: Stats, on_close: Callable[[], None]) -> None:
         self.name = name
         self.on_close = on_close
         self.resp = resp
-        self.target = target
-        self.stats = stats
-        self.decoder = SSEDecoder()
-        self.done = False
-        self.complete = False  # the upstream sent [DONE]
-        # An event that was not JSON: what came before it is relayed, then this is raised.
-        self.failed: RouterError | None = None
-        # The exact `"model":"..."` member the upstream writes: it repeats it in every chunk,
-        # so after the first a plain bytes.replace does what the regex did.
-        self.seen: bytes | None = None
-        # The last two payloads: finish_reason and usage ride there.
-        self.tail: tuple[bytes, bytes] = (b"", b"")
-        self.pending = b""  # pass-through: an event not yet complete
-        self.raw_ok = True  # pass-through until the upstream's framing needs the decoder
-
-    def _rewrite(self, p: bytes) -> bytes:
-        seen = self.seen
-        if seen is not None:
-            q = p.replace(seen, self.target.model_repl, 1)
-            if q is not p or seen == self.target.model_repl:
-                return q
-        m = _MODEL.search(p)
-        if m is None:
-            return p
-        self.seen = m.group(0)
-        return p[: m.start()] + self.target.model_repl + p[m.end():]
+        self.state = RelayState(name, target.model_repl, stats)
 
     async def _read(self) -> bytes:
         """What the upstream sent next (b"" at its end), its failures as router errors."""
@@ -85,125 +46,29 @@ class Relay:
 
     async def next_batch(self) -> list[bytes] | None:
         """The next non-empty batch, or None at the end of the stream."""
-        while not self.done:
-            data = await self._read()
-            payloads = self.decoder.feed(data) if data else self.decoder.close()
-            if not data:
-                self.done = True
-            if not payloads:
-                continue
-            if DONE in payloads:
-                self.done = self.complete = True
-                del payloads[payloads.index(DONE) :]
-            if payloads:
-                tail = self.tail
-                self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
-                return [self._rewrite(p) for p in payloads]
-        self._end()
+        state = self.state
+        while not state.done:
+            batch = state.batch(await self._read())
+            if batch:
+                return batch
+        state.end()
         return None
 
     async def next_raw(self) -> bytes | None:
-        """Streaming clients: whole SSE events, passed through as read, with one bytes.replace
-        for `model` per read instead of a decode, rewrite and re-frame per event. Upstream
-        framing that is not plain `data: ...` + blank line falls back to the decoder."""
-        if self.failed is not None:
-            raise self.failed
-        if not self.raw_ok:
-            batch = await self.next_batch()
-            if batch is None:
+        """The next whole SSE events, passed through as read, or None at the end."""
+        state = self.state
+        while True:
+            if state.failed is not None:
+                raise state.failed
+            if state.done:
+                state.end()
                 return None
-            return frame(batch) if (batch := self._valid(batch)) else b""
-        repl = self.target.model_repl
-        while not self.done:
-            data = await self._read()
-            if not data:
-                self.done = True
-                if self.pending:
-                    return self._fallback(b"", final=True)
-                break
-            buf = self.pending + data if self.pending else data
-            cut = buf.rfind(b"\n\n")
-            if cut < 0:
-                if b"\r" in buf:
-                    return self._fallback(data)
-                self.pending = buf
-                continue
-            out = buf[: cut + 2]
-            events = out.count(b"\n\n")
-            # Pass through only one-line `data: ` events; anything else goes to the decoder.
-            if (b"\r" in out or not out.startswith(b"data: ")
-                    or out.count(b"\n") != 2 * events
-                    or out.count(b"\n\ndata: ") != events - 1):
-                return self._fallback(data)
-            self.pending = buf[cut + 2 :]
-            if out.endswith(b"data: [DONE]\n\n"):
-                self.done = self.complete = True
-                out = out[:-14]
-                events -= 1
-            if b"[DONE]" in out:  # not a plain last event: let the decoder judge
-                self.done = self.complete = False
-                self.pending = b""
-                return self._fallback(buf)
-            if not out:
-                continue
-            bad = _first_bad_event(out, events)
-            if bad >= 0:
-                end = out.find(b"\n\n", bad)
-                self.failed = self._not_json(out[bad + 6 : end])
-                self.done = False
-                out = out[:bad]
-                if not out:
-                    raise self.failed
-            seen = self.seen
-            if seen is None:
-                m = _MODEL.search(out)
-                if m is not None:
-                    seen = self.seen = m.group(0)
-            if seen is not None and seen != repl:
-                if out.count(seen) != out.count(b'"model"'):
-                    self.pending = b""
-                    return self._fallback(buf)  # a chunk naming another model
-                out = out.replace(seen, repl)
-            self._keep_tail(out)
-            return out
-        self._end()
-        return None
-
-    def _fallback(self, data: bytes, final: bool = False) -> bytes | None:
-        """Hand what was read to the decoder and keep using it for the rest of the stream."""
-        self.raw_ok = False
-        data, self.pending = self.pending + data, b""
-        payloads = self.decoder.feed(data)
-        if final:
-            payloads += self.decoder.close()
-        if DONE in payloads:
-            self.done = self.complete = True
-            del payloads[payloads.index(DONE) :]
-        if final:
-            self.done = True
-        if not payloads:
-            if self.done:
-                self._end()
-                return None
-            return b""  # nothing whole yet; the caller reads on
-        payloads = self._valid(payloads)
-        if not payloads:
-            raise self.failed  # type: ignore[misc]
-        tail = self.tail
-        self.tail = (payloads[-2] if len(payloads) > 1 else tail[1], payloads[-1])
-        return frame([self._rewrite(p) for p in payloads])
-
-    def _keep_tail(self, out: bytes) -> None:
-        # The last two events' payloads, found from the end without parsing the rest.
-        end = len(out) - 2
-        start = out.rfind(b"\n\ndata: ", 0, end)
-        last = out[start + 8 : end] if start >= 0 else out[6:end]
-        if start >= 0:
-            prev_start = out.rfind(b"\n\ndata: ", 0, start)
-            prev = out[prev_start + 8 : start] if prev_start >= 0 else out[6:start]
-        else:
-            prev = self.tail[1]
-        self.tail = (prev, last)
+            was_raw = state.raw_ok
+            out = state.raw(await self._read())
+            # An upstream that needs the decoder is answered at once, events or not yet: the
+            # client gets its headers as soon as the upstream's stream began.
+            if out is None or out or was_raw != state.raw_ok:
+                return out
 
     async def iterate_raw(self, first: bytes | None) -> AsyncIterator[bytes]:
         data = first
@@ -211,53 +76,6 @@ class Relay:
             if data:
                 yield data
             data = await self.next_raw()
-
-    def _valid(self, payloads: list[bytes]) -> list[bytes]:
-        """The payloads before the first that is not a JSON object (kept to raise next)."""
-        for i, p in enumerate(payloads):
-            try:
-                _check_event(p)
-                if not p.isascii():
-                    p.decode()
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                self.failed = self._not_json(p)
-                self.done = False
-                return payloads[:i]
-        return payloads
-
-    def _not_json(self, data: bytes) -> RouterError:
-        log.warning("backend %s sent an event that is not a JSON object: %s", self.name,
-                    data[:LOGGED].decode("utf-8", "replace")
-                    .encode("unicode_escape", "backslashreplace").decode("ascii"))
-        return BadGateway(f"The backend '{self.name}' sent an event that is not valid JSON.",
-                          code="bad_upstream_event")
-
-    def _end(self) -> None:
-        """The upstream's stream ended: an answer cut short (no [DONE] and no finish_reason)
-        must not look complete to the client."""
-        self._note_tail()
-        if not self.complete and self.stats.finish_reason is None:
-            raise BadGateway(
-                f"The backend '{self.name}' ended the stream before the answer was complete.",
-                code="stream_truncated",
-            )
-
-    def _note_tail(self) -> None:
-        # The backend's own model name, from the member we replaced (payloads carry the alias).
-        if self.stats.response_model is None and self.seen is not None:
-            m = _MODEL_VALUE.search(self.seen)
-            if m:
-                self.stats.response_model = m.group(1).decode("utf-8", "replace")
-        # Decode only the last chunks (finish reason, usage) for metrics and traces.
-        for p in self.tail:
-            if not p:
-                continue
-            try:
-                obj = decode_any(p)
-            except msgspec.DecodeError:
-                continue
-            if isinstance(obj, dict):
-                record_usage(obj, self.stats)
 
     async def iterate(self, first: list[bytes] | None) -> AsyncIterator[list[bytes]]:
         batch = first
@@ -267,8 +85,9 @@ class Relay:
 
     async def aclose(self) -> None:
         resp = self.resp
+        done = self.state.done
         try:
-            if self.done and not resp.at_eof():
+            if done and not resp.at_eof():
                 # [DONE] came before the body's end marker: wait a moment for it, so the
                 # connection can be reused instead of paying a new handshake per stream.
                 async with asyncio.timeout(0.05):
@@ -279,65 +98,8 @@ class Relay:
             # Whatever interrupted the wait (a cancellation too): close(), not release(), for
             # an unfinished stream: it must not go back to the pool, and closing the socket is
             # how the upstream learns the client went away.
-            if self.done and resp.at_eof():
+            if done and resp.at_eof():
                 resp.release()
             else:
                 resp.close()
             self.on_close()
-
-
-class _Object(msgspec.Struct):
-    """Any JSON object: members are skipped, but the whole text is still validated."""
-
-
-_check_event = msgspec.json.Decoder(_Object).decode
-
-
-def _first_bad_event(out: bytes, events: int) -> int:
-    """Where the first `data: ` event of `out` (whole one-line events) whose payload is not a
-    JSON object starts, or -1. Such a payload must never reach the client: each is validated
-    in C, without building any object (about 0.3 us for a 200-byte chunk)."""
-    check = _check_event
-    view = memoryview(out)
-    if events == 1:
-        try:
-            check(view[6:-2])
-        except msgspec.DecodeError:
-            return 0
-        return _first_bad_utf8(out)
-    start = 6
-    find = out.find
-    for _ in range(events):
-        end = find(b"\n\n", start)
-        try:
-            check(view[start:end])
-        except msgspec.DecodeError:
-            return start - 6
-        start = end + 8
-    return _first_bad_utf8(out)
-
-
-def _first_bad_utf8(out: bytes) -> int:
-    """JSON is UTF-8, which the skipping decoder does not check inside strings: one C pass
-    over the whole read (about 1 us for 64 events), a decode only when it is not ASCII."""
-    if out.isascii():
-        return -1
-    try:
-        out.decode()
-    except UnicodeDecodeError as e:
-        return out.rfind(b"\n\ndata: ", 0, e.start) + 2 if b"\n\n" in out[: e.start] else 0
-    return -1
-
-
-def record_usage(obj: dict[str, Any], stats: Stats) -> None:
-    if stats.response_model is None and isinstance(obj.get("model"), str):
-        stats.response_model = obj["model"]
-    usage = obj.get("usage")
-    if isinstance(usage, dict):
-        if isinstance(usage.get("prompt_tokens"), int):
-            stats.prompt_tokens = usage["prompt_tokens"]
-        if isinstance(usage.get("completion_tokens"), int):
-            stats.completion_tokens = usage["completion_tokens"]
-    for choice in obj.get("choices") or ():
-        if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-            stats.finish_reason = choice["finish_reason"]

@@ -24,6 +24,7 @@ import msgspec
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Call, Reply
+from airouter.backends.triton_errors import map_error, map_rpc_error
 from airouter.backends.triton_models import ModelInfo, build_embed, first_bytes, scalar
 from airouter.config import ModelConfig
 from airouter.errors import BadGateway, InvalidRequest, RouterError
@@ -152,7 +153,6 @@ async def tensor_embed(
     texts: list[str],
     request_timeout: float,
 ) -> Reply:
-    from airouter.backends.triton_grpc import map_rpc_error  # a cycle at import time
 
     out = info.outputs[mc.embedding_output]
     size = ITEMSIZE[out.datatype]
@@ -238,7 +238,6 @@ async def _vllm_one(
     request_timeout: float,
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> tuple[list[float], int]:
-    from airouter.backends.triton_grpc import map_error, map_rpc_error  # a cycle at import time
 
     if not info.decoupled:
         try:

@@ -10,8 +10,9 @@ from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.nodes import Node, NodePool
+from airouter.backends.triton_errors import map_error
+from airouter.bounds import bounded
 from airouter.errors import BadGateway, RouterError
-from airouter.observability.bounds import bounded
 
 # Seconds a failed look-up is answered from memory: a burst against a dead node gets the
 # answer at once instead of a queue of timeouts, and a node that is back is asked soon after.
@@ -58,7 +59,6 @@ class ConfigLookup:
         return await asyncio.shield(fut)
 
     async def _fetch(self, model: str) -> dict[str, Any]:
-        from airouter.backends.triton_grpc import map_error  # a cycle at import time
 
         nodes = [n for n in self.pool.nodes if n.available(0)] or self.pool.nodes
         timeout = self.timeout
@@ -82,7 +82,7 @@ class ConfigLookup:
                     return cfg
                 if resp.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     last = last or BadGateway(
-                        f"Could not reach the Triton server at {node.url} to look up the model "
+                        f"Could not reach the Triton server at {node.label} to look up the model "
                         f"'{bounded(model)}'.",
                         retryable=True,
                     )

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from airouter.bounds import MAX_LOGGED, bounded
 from airouter.observability import metrics
-from airouter.observability.bounds import MAX_LOGGED, bounded
 
 if TYPE_CHECKING:
     from airouter.backends.base import Call
@@ -39,7 +39,6 @@ class Record:
         "alias",
         "label",
         "backend",
-        "node",
         "status",
         "first",
         "last",
@@ -64,7 +63,6 @@ class Record:
         self.alias = ""
         self.label = ""  # the configured alias or pattern: what metrics are labelled with
         self.backend = ""
-        self.node = ""
         self.status = 0
         self.first = 0.0
         self.last = 0.0
@@ -129,7 +127,7 @@ class Observer:
         if rec.in_flight is not None:
             pending.live_add(rec.in_flight, -1)
         stats = rec.call.stats if rec.call is not None else None
-        node = (stats.node if stats else "") or rec.node
+        node = stats.node if stats else ""
         if len(rec.error) > MAX_LOGGED:  # an upstream's error code, relayed
             rec.error = bounded(rec.error)
         outcome = self.outcome(rec)

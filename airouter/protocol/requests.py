@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from airouter.backends.base import Endpoint
 from airouter.errors import InvalidRequest
+from airouter.protocol.endpoints import Endpoint
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]

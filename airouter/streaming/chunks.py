@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from airouter.backends.base import Endpoint
+from airouter.protocol.endpoints import Endpoint
 
 _encode = msgspec.json.Encoder().encode
 

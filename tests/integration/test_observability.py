@@ -98,6 +98,24 @@ def test_metrics_add_up_across_two_workers(two_workers: RouterProc) -> None:
         assert node and node[0].startswith("127.0.0.1:")
 
 
+def test_node_label_joins_node_up_requests_and_health(two_workers: RouterProc) -> None:
+    c = openai.OpenAI(base_url=two_workers.base_url, api_key=CLIENT_KEY, max_retries=0)
+    assert c.chat.completions.create(model="echo", messages=MSGS).choices
+    time.sleep(0.3)
+    samples = scrape(two_workers)
+
+    def nodes(name: str) -> set[str]:
+        return {dict(lab)["node"] for (n, lab) in samples
+                if n == name and dict(lab).get("backend") == "fake"}
+
+    up = nodes("airouter_backend_node_up")
+    assert len(up) == 1 and up == nodes("airouter_requests_total")
+    with urllib.request.urlopen(two_workers.url + "/health", timeout=10) as r:
+        health = json.loads(r.read())
+    assert [n["url"] for n in health["backends"]["fake"]["nodes"]] == sorted(up)
+    assert sorted(up)[0].startswith("127.0.0.1:") and "/" not in sorted(up)[0]
+
+
 def test_glob_aliases_are_labelled_by_their_pattern(router: RouterProc) -> None:
     c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
     for name in ("gpt-a1", "gpt-b2", "gpt-c3"):

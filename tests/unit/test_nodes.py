@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from airouter.backends.nodes import Node, NodePool, NodeSpec
+from airouter.backends.nodes import Node, NodePool, NodeSpec, node_label
 
 
 def pool(n: int, **kw: object) -> NodePool:
@@ -73,3 +73,31 @@ def test_refused_check_counts_even_while_answering() -> None:
     assert not node.healthy
     p.checked(node, True)
     assert node.healthy
+
+
+def test_node_label_is_host_port_without_secrets() -> None:
+    assert node_label("https://user:sk-secret@api.example.com/v1?key=sk-2") == "api.example.com:443"
+    assert node_label("http://127.0.0.1:8080/v1") == "127.0.0.1:8080"
+    assert node_label("http://[::1]:9000") == "[::1]:9000"
+    assert node_label("10.0.0.1:8001") == "10.0.0.1:8001"
+    assert node_label("triton.local:8001") == "triton.local:8001"
+    assert node_label("dns:///triton.local:8001") == "dns:///triton.local:8001"
+
+
+class Verdicts:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, bool]] = []
+
+    def node_state(self, backend: str, node: str, up: bool) -> None:
+        self.seen.append((backend, node, up))
+
+
+def test_pool_reports_verdicts_by_node_label() -> None:
+    heard = Verdicts()
+    p = NodePool("b", [NodeSpec("http://u:pw@10.0.0.9:81/v1")], eject_after=1, observer=heard)
+    p.start_checks(lambda n: None, 0)  # type: ignore[arg-type,return-value]
+    p.failed(p.nodes[0], "500")
+    p.succeeded(p.nodes[0])
+    assert heard.seen == [("b", "10.0.0.9:81", True), ("b", "10.0.0.9:81", False),
+                          ("b", "10.0.0.9:81", True)]
+    assert p.status()[0]["url"] == "10.0.0.9:81"

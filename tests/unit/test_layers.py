@@ -1,0 +1,115 @@
+"""The package's layers, read from the source with `ast` (nothing is imported): the wire
+protocol and the stream transforms are pure, backends know nothing of observability."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "airouter"
+
+# What the pure layers may use from the package: each other and the leaf modules.
+PURE = ("airouter.protocol", "airouter.streaming")
+PURE_MAY_IMPORT = (*PURE, "airouter.errors", "airouter.bounds")
+# Above the backends: they must never reach up into these.
+ABOVE_BACKENDS = (
+    "airouter.handlers",
+    "airouter.app",
+    "airouter.doors",
+    "airouter.routing",
+    "airouter.lifecycle",
+    "airouter.identity",
+    "airouter.disconnect",
+    "airouter.auth",
+    "airouter.observability",
+    "airouter.state",
+    "airouter.limits",
+    "airouter.cli",
+    "prometheus_client",
+    "opentelemetry",
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> Iterator[tuple[int, str]]:
+    """Every module `path` imports, with relative imports resolved, TYPE_CHECKING ones too."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            yield node.lineno, base
+            for alias in node.names:  # `from airouter import config` imports a module
+                yield node.lineno, f"{base}.{alias.name}"
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def _modules(*packages: str) -> list[Path]:
+    out: list[Path] = []
+    for pkg in packages:
+        out.extend(sorted((PACKAGE / pkg).rglob("*.py")))
+    return out
+
+
+def _package_import(name: str) -> bool:
+    return name == "airouter" or name.startswith("airouter.")
+
+
+@pytest.mark.parametrize("path", _modules("protocol", "streaming"), ids=_module_name)
+def test_protocol_and_streaming_import_only_each_other_and_leaves(path: Path) -> None:
+    bad = [
+        f"{path.name}:{line} imports {name}"
+        for line, name in _imports(path)
+        if _package_import(name)
+        and name != "airouter"
+        and not _within(name, PURE_MAY_IMPORT)
+        # `from airouter.errors import RouterError` also yields airouter.errors.RouterError
+        and not _within(name.rpartition(".")[0], PURE_MAY_IMPORT)
+    ]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("path", _modules("backends"), ids=_module_name)
+def test_backends_do_not_reach_up(path: Path) -> None:
+    bad = [
+        f"{path.name}:{line} imports {name}"
+        for line, name in _imports(path)
+        if _within(name, ABOVE_BACKENDS)
+    ]
+    assert not bad, bad
+
+
+def test_the_checks_see_the_imports() -> None:
+    """The parser resolves what the checks rely on: a relative import and a name import."""
+    names = {name for _, name in _imports(PACKAGE / "backends" / "base.py")}
+    assert "airouter.protocol.endpoints.Endpoint" in names
+    assert _within("airouter.observability.metrics", ABOVE_BACKENDS)
+    assert not _within("airouter.observer", ("airouter.observability",))
+
+
+def test_no_package_module_is_over_450_lines() -> None:
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 450
+    }
+    assert not long, long
