@@ -1,16 +1,18 @@
-"""Pieces shared by the tool-call formats: the call log and the JSON call
-object ``{"name": ..., "arguments": {...}}`` streamed as it arrives."""
+"""Pieces shared by the tool-call formats: the call log, the parser state they all keep, the
+scan for a call tag in free text, and the JSON call object ``{"name": ..., "arguments":
+{...}}`` streamed as it arrives."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import ClassVar
 
 from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.marks import WS_RUN
+from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
 
-__all__ = ["CallLog", "CallObject", "emit_text"]
+__all__ = ["GAP", "TEXT", "CallLog", "CallObject", "TaggedParser", "ToolParser", "emit_text"]
 
 _ARG_KEYS = frozenset({"arguments", "parameters"})
 
@@ -38,6 +40,129 @@ class CallLog:
         self.count += 1
         out.append(CallStart(index, name))
         return index
+
+
+class ToolParser:
+    """What every tool-call parser keeps: the call log, its state, a held-back partial tag,
+    the raw text of a call that may still turn out to be text, and the work done."""
+
+    __slots__ = ("_log", "_state", "_tail", "_raw", "_scanned")
+
+    def __init__(self, tools: Sequence[str] | None, state: int) -> None:
+        self._log = CallLog(tools)
+        self._state = state
+        self._tail = ""  # a possible partial tag, scanned again with the next piece
+        self._raw: list[str] = []  # the current call's text while it may still be plain text
+        self._scanned = 0
+
+    @property
+    def called(self) -> bool:
+        return self._log.count > 0
+
+    @property
+    def scanned(self) -> int:
+        """Characters looked at so far (held-back ones count each time they are looked at)."""
+        return self._scanned + self._log.scanned
+
+    def _resume(self, text: str) -> str:
+        """``text`` behind the held-back tail, counted as looked at."""
+        s = self._tail + text if self._tail else text
+        self._tail = ""
+        self._scanned += len(s)
+        return s
+
+
+# TaggedParser states; a format's own states are numbered from 2
+TEXT, GAP = 0, 1
+
+
+class TaggedParser(ToolParser):
+    """A format whose calls open with ``tag`` anywhere in the text.
+
+    Text outside calls is ``Text``; a whitespace-only run before a call or after one (state
+    ``GAP``) is markup, dropped unless more text follows it, and stays text in an output with
+    no call. A subclass names the tag, sets its first in-call state in ``_opened`` and scans
+    its own states in ``_step`` (returning where it stopped) and ``_finish_call``.
+    """
+
+    __slots__ = ("_gap",)
+
+    tag: ClassVar[str]
+
+    def __init__(self, tools: Sequence[str] | None) -> None:
+        super().__init__(tools, GAP)  # leading whitespace is dropped if a call follows it
+        self._gap: list[str] = []  # whitespace before a call or after one
+
+    def feed(self, text: str) -> list[Event]:
+        tag = self.tag
+        if self._state == TEXT and not self._tail and tag[0] not in text:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
+        s = self._resume(text)
+        out: list[Event] = []
+        i, n = 0, len(s)
+        while i < n:
+            state = self._state
+            if state == TEXT:
+                p = s.find(tag, i)
+                if p < 0:
+                    q = partial_start(s, i, tag)
+                    emit_text(out, s[i:q])
+                    self._tail = s[q:]
+                    break
+                emit_text(out, s[i:p])
+                i = self._open(p)
+            elif state == GAP:
+                j = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
+                if j > i:
+                    self._gap.append(s[i:j])
+                    i = j
+                if i >= n:
+                    break
+                if s.startswith(tag, i):
+                    i = self._open(i)
+                elif n - i < len(tag) and tag.startswith(s[i:]):
+                    self._tail = s[i:]
+                    break
+                else:
+                    emit_text(out, "".join(self._gap))
+                    self._gap.clear()
+                    self._state = TEXT
+            else:
+                i = self._step(s, i, out)
+        return out
+
+    def _open(self, p: int) -> int:
+        self._raw = self._gap  # the whitespace before stays text if this is no call
+        self._raw.append(self.tag)
+        self._gap = []
+        self._opened()
+        return p + len(self.tag)
+
+    def finish(self) -> list[Event]:
+        out: list[Event] = []
+        state = self._state
+        if state == TEXT:
+            emit_text(out, self._tail)
+        elif state == GAP:
+            if self._tail or not self.called:
+                emit_text(out, "".join(self._gap) + self._tail)
+        else:
+            self._finish_call(out, state)
+        self._tail = ""
+        self._gap.clear()
+        self._raw = []
+        self._state = TEXT
+        return out
+
+    def _opened(self) -> None:
+        raise NotImplementedError
+
+    def _step(self, s: str, i: int, out: list[Event]) -> int:
+        raise NotImplementedError
+
+    def _finish_call(self, out: list[Event], state: int) -> None:
+        raise NotImplementedError
 
 
 # CallObject states
