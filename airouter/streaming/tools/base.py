@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.marks import WS_RUN, partial_start
+from airouter.streaming.marks import WS_RUN, PieceScan, partial_start
 from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
 
 __all__ = ["GAP", "TEXT", "CallLog", "CallObject", "TaggedParser", "ToolParser", "emit_text"]
@@ -42,18 +42,17 @@ class CallLog:
         return index
 
 
-class ToolParser:
-    """What every tool-call parser keeps: the call log, its state, a held-back partial tag,
-    the raw text of a call that may still turn out to be text, and the work done."""
+class ToolParser(PieceScan):
+    """What every tool-call parser keeps: the call log, its state, and the raw text of a call
+    that may still turn out to be text."""
 
-    __slots__ = ("_log", "_state", "_tail", "_raw", "_scanned")
+    __slots__ = ("_log", "_state", "_raw")
 
     def __init__(self, tools: Sequence[str] | None, state: int) -> None:
+        super().__init__()
         self._log = CallLog(tools)
         self._state = state
-        self._tail = ""  # a possible partial tag, scanned again with the next piece
         self._raw: list[str] = []  # the current call's text while it may still be plain text
-        self._scanned = 0
 
     @property
     def called(self) -> bool:
@@ -63,13 +62,6 @@ class ToolParser:
     def scanned(self) -> int:
         """Characters looked at so far (held-back ones count each time they are looked at)."""
         return self._scanned + self._log.scanned
-
-    def _resume(self, text: str) -> str:
-        """``text`` behind the held-back tail, counted as looked at."""
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
-        return s
 
 
 # TaggedParser states; a format's own states are numbered from 2

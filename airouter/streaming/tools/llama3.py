@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import CallLog, CallObject, emit_text
+from airouter.streaming.tools.base import CallObject, ToolParser, emit_text
 
 __all__ = ["Llama3JsonParser"]
 
@@ -31,37 +31,22 @@ _SEP_RUN = re.compile(r"[\s;]*")
 _START, _CALL, _SEP, _PLAIN = range(4)
 
 
-class Llama3JsonParser:
+class Llama3JsonParser(ToolParser):
     """Sans-IO parser of Llama 3 JSON tool calls (see the module doc for the policy)."""
 
-    __slots__ = ("_log", "_state", "_tail", "_held", "_tagged", "_obj", "_raw", "_scanned")
+    __slots__ = ("_held", "_tagged", "_obj")
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
-        self._log = CallLog(tools)
-        self._state = _START
-        self._tail = ""  # a possible partial tag, scanned again with the next piece
+        super().__init__(tools, _START)
         self._held: list[str] = []  # leading whitespace/tag, or separators after a call
         self._tagged = False
         self._obj = CallObject(self._log)
-        self._raw: list[str] = []  # the current call's text while it may still be plain text
-        self._scanned = 0
-
-    @property
-    def called(self) -> bool:
-        return self._log.count > 0
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
         if self._state == _PLAIN:
             self._scanned += len(text)
             return [Text(text)] if text else []
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
+        s = self._resume(text)
         out: list[Event] = []
         i, n = 0, len(s)
         while i < n:

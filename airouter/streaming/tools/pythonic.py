@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import CallLog, emit_text
+from airouter.streaming.tools.base import ToolParser, emit_text
 
 __all__ = ["PythonicParser"]
 
@@ -43,52 +43,25 @@ _NAME_MAX = 256
 (_START, _LIST, _NAME, _KW_START, _KW, _EQ, _VALUE, _AFTER_CALL, _END, _PLAIN) = range(10)
 
 
-class PythonicParser:
+class PythonicParser(ToolParser):
     """Sans-IO parser of a pythonic call list (see the module doc for the policy)."""
 
-    __slots__ = (
-        "_log",
-        "_state",
-        "_tail",
-        "_held",
-        "_raw",
-        "_name",
-        "_kw",
-        "_value",
-        "_index",
-        "_sent",
-        "_scanned",
-    )
+    __slots__ = ("_held", "_name", "_kw", "_value", "_index", "_sent")
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
-        self._log = CallLog(tools)
-        self._state = _START
-        self._tail = ""  # a possible partial tag or quote run, scanned again with the next piece
+        super().__init__(tools, _START)  # ``_tail`` also holds back a partial quote run
         self._held: list[str] = []  # leading whitespace/tag, or trailing whitespace
-        self._raw: list[str] = []  # the current call's text while it may still be plain text
         self._name: list[str] = []
         self._kw: list[str] = []
         self._value = _PyValue()
         self._index = -1
         self._sent = False  # an argument of the current call was sent
-        self._scanned = 0
-
-    @property
-    def called(self) -> bool:
-        return self._log.count > 0
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned + self._log.scanned
 
     def feed(self, text: str) -> list[Event]:
         if self._state == _PLAIN:
             self._scanned += len(text)
             return [Text(text)] if text else []
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
+        s = self._resume(text)
         out: list[Event] = []
         i, n = 0, len(s)
         while i < n:
