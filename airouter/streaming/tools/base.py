@@ -12,7 +12,18 @@ from airouter.streaming.jsonscan import JsonScan
 from airouter.streaming.marks import WS_RUN, PieceScan, partial_start
 from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
 
-__all__ = ["GAP", "TEXT", "CallLog", "CallObject", "TaggedParser", "ToolParser", "emit_text"]
+__all__ = [
+    "GAP",
+    "PLAIN",
+    "START",
+    "TEXT",
+    "CallLog",
+    "CallObject",
+    "OpeningParser",
+    "TaggedParser",
+    "ToolParser",
+    "emit_text",
+]
 
 _ARG_KEYS = frozenset({"arguments", "parameters"})
 
@@ -149,6 +160,65 @@ class TaggedParser(ToolParser):
 
     def _opened(self) -> None:
         raise NotImplementedError
+
+    def _step(self, s: str, i: int, out: list[Event]) -> int:
+        raise NotImplementedError
+
+    def _finish_call(self, out: list[Event], state: int) -> None:
+        raise NotImplementedError
+
+
+# OpeningParser states; a format's own states are numbered from 2
+PLAIN, START = 0, 1
+
+
+class OpeningParser(ToolParser):
+    """A format whose calls are recognised only where the output opens with them.
+
+    In ``START`` the whitespace and markup before the first call are held (``_held``); output
+    that turns out to hold no call leaves for ``PLAIN`` (``_plain``), after which everything is
+    ``Text``. A subclass scans ``START`` and its own states in ``_step`` (returning where it
+    stopped) and ends an open call in ``_finish_call``.
+    """
+
+    __slots__ = ("_held",)
+
+    def __init__(self, tools: Sequence[str] | None) -> None:
+        super().__init__(tools, START)
+        self._held: list[str] = []  # leading whitespace/tag, or markup after a call
+
+    def feed(self, text: str) -> list[Event]:
+        if self._state == PLAIN:
+            self._scanned += len(text)
+            return [Text(text)] if text else []
+        s = self._resume(text)
+        out: list[Event] = []
+        i, n = 0, len(s)
+        while i < n:
+            if self._state == PLAIN:
+                emit_text(out, s[i:] if i else s)
+                break
+            i = self._step(s, i, out)
+        return out
+
+    def _plain(self, out: list[Event]) -> None:
+        # No call here: what was held is text, and so is the rest of the output.
+        emit_text(out, "".join(self._held))
+        self._held.clear()
+        self._state = PLAIN
+
+    def finish(self) -> list[Event]:
+        out: list[Event] = []
+        state = self._state
+        if state == START:
+            emit_text(out, "".join(self._held) + self._tail)
+        elif state != PLAIN:
+            self._finish_call(out, state)
+        self._held.clear()
+        self._raw = []
+        self._tail = ""
+        self._state = PLAIN
+        return out
 
     def _step(self, s: str, i: int, out: list[Event]) -> int:
         raise NotImplementedError
