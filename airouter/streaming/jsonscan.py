@@ -210,43 +210,8 @@ class JsonScan:
             if c in _WS:
                 i = _WS_RUN.match(s, i).end()  # type: ignore[union-attr]
                 continue
-            if state == _AFTER:
-                if c == ",":
-                    state = _KEY_NEXT if stack[-1] == "}" else _VALUE
-                elif c == stack[-1]:
-                    stack.pop()
-                    self._state = state
-                    end = self._close(s, i + 1)
-                    if end >= 0:
-                        self.scanned += end - start
-                        return end
-                    state = self._state
-                else:
-                    return self._fail(s, i, start)
-                i += 1
-                continue
-            if state == _OBJ_FIRST or state == _KEY_NEXT:
-                if c == '"':
-                    state = _KEY
-                elif c == "}" and state == _OBJ_FIRST:
-                    stack.pop()
-                    self._state = state
-                    end = self._close(s, i + 1)
-                    if end >= 0:
-                        self.scanned += end - start
-                        return end
-                    state = self._state
-                else:
-                    return self._fail(s, i, start)
-                i += 1
-                continue
-            if state == _COLON:
-                if c != ":":
-                    return self._fail(s, i, start)
-                state = _VALUE
-                i += 1
-                continue
-            if state == _ARR_FIRST and c == "]":
+            if (state == _AFTER or state == _OBJ_FIRST or state == _ARR_FIRST) and c == stack[-1]:
+                # The innermost container closes (an empty one included).
                 stack.pop()
                 self._state = state
                 end = self._close(s, i + 1)
@@ -254,6 +219,24 @@ class JsonScan:
                     self.scanned += end - start
                     return end
                 state = self._state
+                i += 1
+                continue
+            if state == _AFTER:
+                if c != ",":
+                    return self._fail(s, i, start)
+                state = _KEY_NEXT if stack[-1] == "}" else _VALUE
+                i += 1
+                continue
+            if state == _OBJ_FIRST or state == _KEY_NEXT:
+                if c != '"':
+                    return self._fail(s, i, start)
+                state = _KEY
+                i += 1
+                continue
+            if state == _COLON:
+                if c != ":":
+                    return self._fail(s, i, start)
+                state = _VALUE
                 i += 1
                 continue
             # _VALUE or _ARR_FIRST: a value starts here.
