@@ -74,6 +74,26 @@ class ToolParser(PieceScan):
         """Characters looked at so far (held-back ones count each time they are looked at)."""
         return self._scanned + self._log.scanned
 
+    def _feed_call(self, obj: CallObject, s: str, i: int, out: list[Event]) -> int:
+        """Feed ``obj`` from ``i``. Its raw text is kept until it starts; if it fails before
+        that, the raw text is ``Text``."""
+        j = obj.feed(s, i, out)
+        if obj.started:
+            self._raw.clear()
+        else:
+            self._raw.append(s[i:j])
+            if obj.failed:
+                emit_text(out, "".join(self._raw))
+                self._raw.clear()
+        return j
+
+    def _end_call(self, obj: CallObject, out: list[Event]) -> None:
+        # The output ended inside ``obj``: close it, or its raw text is ``Text``.
+        if obj.started:
+            obj.close(out)
+        else:
+            emit_text(out, "".join(self._raw))
+
 
 # TaggedParser states; a format's own states are numbered from 2
 TEXT, GAP = 0, 1

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import GAP, TEXT, CallObject, TaggedParser, emit_text
+from airouter.streaming.tools.base import GAP, TEXT, CallObject, TaggedParser
 
 __all__ = ["HermesParser"]
 
@@ -50,19 +50,11 @@ class HermesParser(TaggedParser):
         n = len(s)
         if state == _CALL:
             obj = self._obj
-            j = obj.feed(s, i, out)
-            if not obj.started:
-                self._raw.append(s[i:j])
+            j = self._feed_call(obj, s, i, out)
             if obj.failed:
-                if obj.started:
-                    self._state = _DROP
-                else:
-                    emit_text(out, "".join(self._raw))
-                    self._state = TEXT
+                self._state = _DROP if obj.started else TEXT
             elif obj.done:
                 self._state = _END
-            if obj.started:
-                self._raw.clear()
             return j
         if state == _END:
             i = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
@@ -86,7 +78,4 @@ class HermesParser(TaggedParser):
 
     def _finish_call(self, out: list[Event], state: int) -> None:
         if state == _CALL:
-            if self._obj.started:
-                self._obj.close(out)
-            else:
-                emit_text(out, "".join(self._raw))
+            self._end_call(self._obj, out)

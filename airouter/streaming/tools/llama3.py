@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import PLAIN, START, CallObject, OpeningParser, emit_text
+from airouter.streaming.tools.base import PLAIN, START, CallObject, OpeningParser
 
 __all__ = ["Llama3JsonParser"]
 
@@ -72,14 +72,8 @@ class Llama3JsonParser(OpeningParser):
 
     def _call(self, s: str, i: int, out: list[Event]) -> int:
         obj = self._obj
-        j = obj.feed(s, i, out)
-        if obj.started:
-            self._raw.clear()
-        else:
-            self._raw.append(s[i:j])
+        j = self._feed_call(obj, s, i, out)
         if obj.failed:
-            if not obj.started:
-                emit_text(out, "".join(self._raw))
             self._state = PLAIN
         elif obj.done:
             self._state = _SEP
@@ -88,7 +82,4 @@ class Llama3JsonParser(OpeningParser):
 
     def _finish_call(self, out: list[Event], state: int) -> None:
         if state == _CALL:
-            if self._obj.started:
-                self._obj.close(out)
-            else:
-                emit_text(out, "".join(self._raw))
+            self._end_call(self._obj, out)

@@ -130,15 +130,10 @@ class MistralParser(TaggedParser):
 
     def _element(self, s: str, i: int, out: list[Event]) -> int:
         obj = self._obj
-        j = obj.feed(s, i, out)
+        j = self._feed_call(obj, s, i, out)
         if obj.started:
             self._group = True
-            self._raw = []
-        else:
-            self._raw.append(s[i:j])
         if obj.failed:
-            if not obj.started:
-                return self._fail(out, j)
             self._state = TEXT
         elif obj.done:
             self._state = _ARR_NEXT if self._state == _ELEM else GAP
