@@ -111,16 +111,21 @@ class TaggedParser(ToolParser):
     __slots__ = ("_gap",)
 
     tag: ClassVar[str]
+    _lead: ClassVar[str]  # the tag's first character: text without it holds no tag
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._lead = cls.tag[0]
 
     def __init__(self, tools: Sequence[str] | None) -> None:
         super().__init__(tools, GAP)  # leading whitespace is dropped if a call follows it
         self._gap: list[str] = []  # whitespace before a call or after one
 
     def feed(self, text: str) -> list[Event]:
-        tag = self.tag
-        if self._state == TEXT and not self._tail and tag[0] not in text:
+        if self._state == TEXT and not self._tail and self._lead not in text:
             self._scanned += len(text)
             return [Text(text)] if text else []
+        tag = self.tag
         s = self._resume(text)
         out: list[Event] = []
         i, n = 0, len(s)
