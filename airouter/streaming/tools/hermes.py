@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN, partial_start
 from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import GAP, TEXT, CallObject, TaggedParser
+from airouter.streaming.tools.base import CallObject
+from airouter.streaming.tools.parser import GAP, TEXT, TaggedParser
 
 __all__ = ["HermesParser"]
 

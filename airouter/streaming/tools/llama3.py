@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import PLAIN, START, CallObject, OpeningParser
+from airouter.streaming.tools.base import CallObject
+from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["Llama3JsonParser"]
 

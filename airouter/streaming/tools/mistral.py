@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from airouter.streaming.jsonscan import JsonScan
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import CallArgs, Event
-from airouter.streaming.tools.base import GAP, TEXT, CallObject, TaggedParser, emit_text
+from airouter.streaming.tools.base import CallObject, emit_text
+from airouter.streaming.tools.parser import GAP, TEXT, TaggedParser
 
 __all__ = ["MistralParser"]
 

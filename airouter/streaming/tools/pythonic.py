@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
 from airouter.streaming.parsed import CallArgs, Event
-from airouter.streaming.tools.base import PLAIN, START, OpeningParser, emit_text
+from airouter.streaming.tools.base import emit_text
+from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["PythonicParser"]
 
