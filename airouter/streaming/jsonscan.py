@@ -101,8 +101,9 @@ class JsonScan:
             self._seg = p
         self._quote = quote
 
-    def _close(self, s: str, i: int) -> int:
-        # A value ended at ``i`` (exclusive): finish the scan or continue in its container.
+    def _close(self, s: str, i: int, start: int) -> int:
+        # A value ended at ``i`` (exclusive): finish the scan (``i``, with the work from
+        # ``start`` counted) or continue in its container (-1, in state ``_AFTER``).
         if self._stack:
             self._state = _AFTER
             self._safe(s, i, False)
@@ -110,6 +111,7 @@ class JsonScan:
         self._state = _DONE
         self.done = True
         self._safe(s, i, False)
+        self.scanned += i - start
         return i
 
     def _fail(self, s: str, i: int, start: int) -> int:
@@ -138,10 +140,8 @@ class JsonScan:
                     if state == _KEY:
                         state = _COLON
                         continue
-                    self._state = state
-                    end = self._close(s, i)
+                    end = self._close(s, i, start)
                     if end >= 0:
-                        self.scanned += end - start
                         return end
                     state = self._state
                     continue
@@ -187,10 +187,8 @@ class JsonScan:
                 self._tok.clear()
                 if not _NUMBER.fullmatch(number):
                     return self._fail(s, i, start)
-                self._state = state
-                end = self._close(s, i)
+                end = self._close(s, i, start)
                 if end >= 0:
-                    self.scanned += end - start
                     return end
                 state = self._state
                 continue
@@ -200,60 +198,39 @@ class JsonScan:
                 self._left = self._left[1:]
                 i += 1
                 if not self._left:
-                    self._state = state
-                    end = self._close(s, i)
+                    end = self._close(s, i, start)
                     if end >= 0:
-                        self.scanned += end - start
                         return end
                     state = self._state
                 continue
             if c in _WS:
                 i = _WS_RUN.match(s, i).end()  # type: ignore[union-attr]
                 continue
+            if (state == _AFTER or state == _OBJ_FIRST or state == _ARR_FIRST) and c == stack[-1]:
+                # The innermost container closes (an empty one included).
+                stack.pop()
+                end = self._close(s, i + 1, start)
+                if end >= 0:
+                    return end
+                state = self._state
+                i += 1
+                continue
             if state == _AFTER:
-                if c == ",":
-                    state = _KEY_NEXT if stack[-1] == "}" else _VALUE
-                elif c == stack[-1]:
-                    stack.pop()
-                    self._state = state
-                    end = self._close(s, i + 1)
-                    if end >= 0:
-                        self.scanned += end - start
-                        return end
-                    state = self._state
-                else:
+                if c != ",":
                     return self._fail(s, i, start)
+                state = _KEY_NEXT if stack[-1] == "}" else _VALUE
                 i += 1
                 continue
             if state == _OBJ_FIRST or state == _KEY_NEXT:
-                if c == '"':
-                    state = _KEY
-                elif c == "}" and state == _OBJ_FIRST:
-                    stack.pop()
-                    self._state = state
-                    end = self._close(s, i + 1)
-                    if end >= 0:
-                        self.scanned += end - start
-                        return end
-                    state = self._state
-                else:
+                if c != '"':
                     return self._fail(s, i, start)
+                state = _KEY
                 i += 1
                 continue
             if state == _COLON:
                 if c != ":":
                     return self._fail(s, i, start)
                 state = _VALUE
-                i += 1
-                continue
-            if state == _ARR_FIRST and c == "]":
-                stack.pop()
-                self._state = state
-                end = self._close(s, i + 1)
-                if end >= 0:
-                    self.scanned += end - start
-                    return end
-                state = self._state
                 i += 1
                 continue
             # _VALUE or _ARR_FIRST: a value starts here.

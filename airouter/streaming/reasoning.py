@@ -22,7 +22,7 @@ Text after ``</think>`` is passed on unchanged, including its leading whitespace
 
 from __future__ import annotations
 
-from airouter.streaming.marks import WS_RUN, partial_start
+from airouter.streaming.marks import WS_RUN, PieceScan, partial_start
 from airouter.streaming.parsed import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
 
 __all__ = ["ThinkParser", "make_reasoning_parser"]
@@ -32,26 +32,20 @@ _CLOSE = "</think>"
 _START, _REASON, _CONTENT = range(3)
 
 
-class ThinkParser:
+class ThinkParser(PieceScan):
     """Sans-IO ``<think>`` splitter; ``implicit`` says the output starts inside the thinking."""
 
-    __slots__ = ("_implicit", "_state", "_tail", "_lead", "_scanned")
+    __slots__ = ("_implicit", "_state", "_lead")
 
     def __init__(self, implicit: bool) -> None:
+        super().__init__()
         self._implicit = implicit
         self._state = _START
-        self._tail = ""  # a possible partial tag, scanned again with the next piece
         self._lead: list[str] = []  # leading whitespace, dropped if ``<think>`` follows
-        self._scanned = 0
 
     @property
     def called(self) -> bool:
         return False
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned
 
     def feed(self, text: str) -> list[Event]:
         if not self._tail and (
@@ -61,9 +55,7 @@ class ThinkParser:
             if not text:
                 return []
             return [Text(text) if self._state == _CONTENT else Reasoning(text)]
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
+        s = self._resume(text)
         out: list[Event] = []
         i, n = 0, len(s)
         while i < n:

@@ -21,111 +21,66 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import CallLog, CallObject, emit_text
+from airouter.streaming.parsed import Event
+from airouter.streaming.tools.base import CallObject
+from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["Llama3JsonParser"]
 
 _TAG = "<|python_tag|>"
 _SEP_RUN = re.compile(r"[\s;]*")
-_START, _CALL, _SEP, _PLAIN = range(4)
+_CALL, _SEP = range(2, 4)
 
 
-class Llama3JsonParser:
+class Llama3JsonParser(OpeningParser):
     """Sans-IO parser of Llama 3 JSON tool calls (see the module doc for the policy)."""
 
-    __slots__ = ("_log", "_state", "_tail", "_held", "_tagged", "_obj", "_raw", "_scanned")
+    __slots__ = ("_tagged", "_obj")
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
-        self._log = CallLog(tools)
-        self._state = _START
-        self._tail = ""  # a possible partial tag, scanned again with the next piece
-        self._held: list[str] = []  # leading whitespace/tag, or separators after a call
+        super().__init__(tools)  # ``_held``: leading whitespace/tag, or separators after a call
         self._tagged = False
         self._obj = CallObject(self._log)
-        self._raw: list[str] = []  # the current call's text while it may still be plain text
-        self._scanned = 0
 
-    @property
-    def called(self) -> bool:
-        return self._log.count > 0
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned + self._log.scanned
-
-    def feed(self, text: str) -> list[Event]:
-        if self._state == _PLAIN:
-            self._scanned += len(text)
-            return [Text(text)] if text else []
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
-        out: list[Event] = []
-        i, n = 0, len(s)
-        while i < n:
-            state = self._state
-            if state == _PLAIN:
-                emit_text(out, s[i:] if i else s)
-                break
-            if state == _CALL:
-                i = self._call(s, i, out)
-                continue
-            # _START or _SEP: skip whitespace (and ';' between calls), then look for a call.
-            run = WS_RUN if state == _START else _SEP_RUN
-            j = run.match(s, i).end()  # type: ignore[union-attr]
-            if j > i:
-                self._held.append(s[i:j])
-                i = j
-            if i >= n:
-                break
-            if s[i] == "{":
-                self._raw = self._held
-                self._held = []
-                self._obj = CallObject(self._log)
-                self._state = _CALL
-            elif not self._tagged and s.startswith(_TAG, i):
-                self._tagged = True
-                self._held.append(_TAG)
-                i += len(_TAG)
-            elif not self._tagged and n - i < len(_TAG) and _TAG.startswith(s[i:]):
-                self._tail = s[i:]
-                break
-            else:
-                emit_text(out, "".join(self._held))
-                self._held.clear()
-                self._state = _PLAIN
-        return out
+    def _step(self, s: str, i: int, out: list[Event]) -> int:
+        state = self._state
+        if state == _CALL:
+            return self._call(s, i, out)
+        # START or _SEP: skip whitespace (and ';' between calls), then look for a call.
+        n = len(s)
+        run = WS_RUN if state == START else _SEP_RUN
+        j = run.match(s, i).end()  # type: ignore[union-attr]
+        if j > i:
+            self._held.append(s[i:j])
+            i = j
+        if i >= n:
+            return n
+        if s[i] == "{":
+            self._raw = self._held
+            self._held = []
+            self._obj = CallObject(self._log)
+            self._state = _CALL
+        elif not self._tagged and s.startswith(_TAG, i):
+            self._tagged = True
+            self._held.append(_TAG)
+            i += len(_TAG)
+        elif not self._tagged and n - i < len(_TAG) and _TAG.startswith(s[i:]):
+            self._tail = s[i:]
+            return n
+        else:
+            self._plain(out)
+        return i
 
     def _call(self, s: str, i: int, out: list[Event]) -> int:
         obj = self._obj
-        j = obj.feed(s, i, out)
-        if obj.started:
-            self._raw.clear()
-        else:
-            self._raw.append(s[i:j])
+        j = self._feed_call(obj, s, i, out)
         if obj.failed:
-            if not obj.started:
-                emit_text(out, "".join(self._raw))
-            self._state = _PLAIN
+            self._state = PLAIN
         elif obj.done:
             self._state = _SEP
             self._tagged = True  # one tag at most, before the first call
         return j
 
-    def finish(self) -> list[Event]:
-        out: list[Event] = []
-        state = self._state
-        if state == _START:
-            emit_text(out, "".join(self._held) + self._tail)
-        elif state == _CALL:
-            if self._obj.started:
-                self._obj.close(out)
-            else:
-                emit_text(out, "".join(self._raw))
-        self._held.clear()
-        self._raw = []
-        self._tail = ""
-        self._state = _PLAIN
-        return out
+    def _finish_call(self, out: list[Event], state: int) -> None:
+        if state == _CALL:
+            self._end_call(self._obj, out)

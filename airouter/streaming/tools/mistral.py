@@ -23,13 +23,13 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.marks import WS_RUN, partial_start
-from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import CallLog, CallObject, emit_text
+from airouter.streaming.marks import WS_RUN
+from airouter.streaming.parsed import CallArgs, Event
+from airouter.streaming.tools.base import CallObject, emit_text
+from airouter.streaming.tools.parser import GAP, TEXT, TaggedParser
 
 __all__ = ["MistralParser"]
 
-_TAG = "[TOOL_CALLS]"
 _ARGS = "[ARGS]"
 _CALL_ID = "[CALL_ID]"
 _NAME_RUN = re.compile(r"[A-Za-z0-9_.\-]*")
@@ -37,8 +37,6 @@ _ID_RUN = re.compile(r"[A-Za-z0-9_\-]*")
 _NAME_MAX = 256
 
 (
-    _TEXT,
-    _GAP,
     _AFTER_TAG,
     _ARRAY,
     _ELEM,
@@ -48,109 +46,45 @@ _NAME_MAX = 256
     _ID,
     _ARGS_START,
     _ARGS_JSON,
-) = range(11)
+) = range(2, 11)
 
 
-class MistralParser:
+class MistralParser(TaggedParser):
     """Sans-IO parser of Mistral ``[TOOL_CALLS]`` markup (see the module doc for the policy)."""
 
-    __slots__ = (
-        "_log",
-        "_state",
-        "_tail",
-        "_gap",
-        "_raw",
-        "_obj",
-        "_name",
-        "_scan",
-        "_index",
-        "_group",
-        "_scanned",
-    )
+    __slots__ = ("_obj", "_name", "_scan", "_index", "_group")
+
+    tag = "[TOOL_CALLS]"
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
-        self._log = CallLog(tools)
-        self._state = _GAP  # leading whitespace is dropped if a call follows it
-        self._tail = ""  # a possible partial tag, scanned again with the next piece
-        self._gap: list[str] = []  # whitespace before a call or after one
-        self._raw: list[str] = []  # markup since the last started call, text if it fails
+        super().__init__(tools)  # ``_raw``: markup since the last started call, text if it fails
         self._obj = CallObject(self._log)
         self._name: list[str] = []
         self._scan = JsonScan(capture=True)
         self._index = -1  # the started ``name[ARGS]`` call
         self._group = False  # a call of this [TOOL_CALLS] group started
-        self._scanned = 0
 
-    @property
-    def called(self) -> bool:
-        return self._log.count > 0
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned + self._log.scanned
-
-    def feed(self, text: str) -> list[Event]:
-        if self._state == _TEXT and not self._tail and "[" not in text:
-            self._scanned += len(text)
-            return [Text(text)] if text else []
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
-        out: list[Event] = []
-        i, n = 0, len(s)
-        while i < n:
-            state = self._state
-            if state == _TEXT:
-                p = s.find(_TAG, i)
-                if p < 0:
-                    q = partial_start(s, i, _TAG)
-                    emit_text(out, s[i:q])
-                    self._tail = s[q:]
-                    break
-                emit_text(out, s[i:p])
-                i = self._open(p)
-            elif state == _GAP:
-                j = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
-                if j > i:
-                    self._gap.append(s[i:j])
-                    i = j
-                if i >= n:
-                    break
-                if s.startswith(_TAG, i):
-                    i = self._open(i)
-                elif n - i < len(_TAG) and _TAG.startswith(s[i:]):
-                    self._tail = s[i:]
-                    break
-                else:
-                    emit_text(out, "".join(self._gap))
-                    self._gap.clear()
-                    self._state = _TEXT
-            elif state == _ELEM or state == _SINGLE:
-                i = self._element(s, i, out)
-            elif state == _NAME or state == _ID:
-                i = self._name_part(s, i, out)
-            elif state == _ARGS_START:
-                i = self._args_start(s, i, out)
-            elif state == _ARGS_JSON:
-                i = self._args(s, i, out)
-            else:
-                i = self._structure(s, i, out)
-        return out
-
-    def _open(self, p: int) -> int:
+    def _opened(self) -> None:
         self._state = _AFTER_TAG
-        self._raw = self._gap  # the whitespace before stays text if this is no call
-        self._raw.append(_TAG)
-        self._gap = []
         self._group = False
-        return p + len(_TAG)
+
+    def _step(self, s: str, i: int, out: list[Event]) -> int:
+        state = self._state
+        if state == _ELEM or state == _SINGLE:
+            return self._element(s, i, out)
+        if state == _NAME or state == _ID:
+            return self._name_part(s, i, out)
+        if state == _ARGS_START:
+            return self._args_start(s, i, out)
+        if state == _ARGS_JSON:
+            return self._args(s, i, out)
+        return self._structure(s, i, out)
 
     def _fail(self, out: list[Event], i: int) -> int:
         # Not a call after all: its raw text is text, and scanning goes on from ``i``.
         emit_text(out, "".join(self._raw))
         self._raw = []
-        self._state = _TEXT
+        self._state = TEXT
         return i
 
     def _structure(self, s: str, i: int, out: list[Event]) -> int:
@@ -187,28 +121,23 @@ class MistralParser:
                 self._raw.append(c)
                 return self._fail(out, i + 1)
             self._raw = []
-            self._state = _GAP
+            self._state = GAP
             return i + 1
         if self._group:
             self._raw = []
-            self._state = _TEXT
+            self._state = TEXT
             return i
         return self._fail(out, i)
 
     def _element(self, s: str, i: int, out: list[Event]) -> int:
         obj = self._obj
-        j = obj.feed(s, i, out)
+        j = self._feed_call(obj, s, i, out)
         if obj.started:
             self._group = True
-            self._raw = []
-        else:
-            self._raw.append(s[i:j])
         if obj.failed:
-            if not obj.started:
-                return self._fail(out, j)
-            self._state = _TEXT
+            self._state = TEXT
         elif obj.done:
-            self._state = _ARR_NEXT if self._state == _ELEM else _GAP
+            self._state = _ARR_NEXT if self._state == _ELEM else GAP
         return j
 
     def _name_part(self, s: str, i: int, out: list[Event]) -> int:
@@ -253,9 +182,9 @@ class MistralParser:
         if frag:
             out.append(CallArgs(self._index, frag))
         if scan.error:
-            self._state = _TEXT
+            self._state = TEXT
         elif scan.done:
-            self._state = _GAP
+            self._state = GAP
         return j
 
     def _args_start(self, s: str, i: int, out: list[Event]) -> int:
@@ -265,18 +194,11 @@ class MistralParser:
                 self._state = _ARGS_JSON
             else:
                 out.append(CallArgs(self._index, "{}"))
-                self._state = _TEXT
+                self._state = TEXT
         return i
 
-    def finish(self) -> list[Event]:
-        out: list[Event] = []
-        state = self._state
-        if state == _TEXT:
-            emit_text(out, self._tail)
-        elif state == _GAP:
-            if self._tail or not self.called:
-                emit_text(out, "".join(self._gap) + self._tail)
-        elif state == _ARGS_START:
+    def _finish_call(self, out: list[Event], state: int) -> None:
+        if state == _ARGS_START:
             out.append(CallArgs(self._index, "{}"))
         elif state == _ARGS_JSON:
             out.append(CallArgs(self._index, self._scan.take() + self._scan.completion()))
@@ -284,8 +206,3 @@ class MistralParser:
             self._obj.close(out)
         elif not self._group or state in (_NAME, _ID, _ELEM, _SINGLE):
             emit_text(out, "".join(self._raw) + self._tail)
-        self._tail = ""
-        self._gap.clear()
-        self._raw = []
-        self._state = _TEXT
-        return out

@@ -28,8 +28,9 @@ import re
 from collections.abc import Sequence
 
 from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import CallArgs, Event, Text
-from airouter.streaming.tools.base import CallLog, emit_text
+from airouter.streaming.parsed import CallArgs, Event
+from airouter.streaming.tools.base import emit_text
+from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["PythonicParser"]
 
@@ -40,95 +41,54 @@ _IDENT_RUN = re.compile(r"[\w.]*")
 _KW_RUN = re.compile(r"\w*")
 _NAME_MAX = 256
 
-(_START, _LIST, _NAME, _KW_START, _KW, _EQ, _VALUE, _AFTER_CALL, _END, _PLAIN) = range(10)
+(_LIST, _NAME, _KW_START, _KW, _EQ, _VALUE, _AFTER_CALL, _END) = range(2, 10)
 
 
-class PythonicParser:
+class PythonicParser(OpeningParser):
     """Sans-IO parser of a pythonic call list (see the module doc for the policy)."""
 
-    __slots__ = (
-        "_log",
-        "_state",
-        "_tail",
-        "_held",
-        "_raw",
-        "_name",
-        "_kw",
-        "_value",
-        "_index",
-        "_sent",
-        "_scanned",
-    )
+    __slots__ = ("_name", "_kw", "_value", "_index", "_sent")
 
     def __init__(self, tools: Sequence[str] | None = None) -> None:
-        self._log = CallLog(tools)
-        self._state = _START
-        self._tail = ""  # a possible partial tag or quote run, scanned again with the next piece
-        self._held: list[str] = []  # leading whitespace/tag, or trailing whitespace
-        self._raw: list[str] = []  # the current call's text while it may still be plain text
+        # ``_tail`` also holds back a partial quote run
+        super().__init__(tools)
         self._name: list[str] = []
         self._kw: list[str] = []
         self._value = _PyValue()
         self._index = -1
         self._sent = False  # an argument of the current call was sent
-        self._scanned = 0
 
-    @property
-    def called(self) -> bool:
-        return self._log.count > 0
-
-    @property
-    def scanned(self) -> int:
-        """Characters looked at so far (held-back ones count each time they are looked at)."""
-        return self._scanned + self._log.scanned
-
-    def feed(self, text: str) -> list[Event]:
-        if self._state == _PLAIN:
-            self._scanned += len(text)
-            return [Text(text)] if text else []
-        s = self._tail + text if self._tail else text
-        self._tail = ""
-        self._scanned += len(s)
-        out: list[Event] = []
-        i, n = 0, len(s)
-        while i < n:
-            state = self._state
-            if state == _PLAIN:
-                emit_text(out, s[i:] if i else s)
-                break
-            if state == _NAME or state == _KW:
-                i = self._word(s, i, out)
-                continue
-            if state == _VALUE:
-                i = self._arg(s, i, out)
-                continue
-            j = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
-            if j > i:
-                (self._held if state == _START or state == _END else self._raw).append(s[i:j])
-                i = j
-            if i >= n:
-                break
-            if state == _START or state == _END:
-                tag = _START_TAG if state == _START else _END_TAG
-                if state == _START and s[i] == "[":
-                    self._raw = self._held
-                    self._raw.append("[")
-                    self._held = []
-                    self._state = _LIST
-                    i += 1
-                elif s.startswith(tag, i):
-                    self._held.append(tag)
-                    i += len(tag)
-                elif n - i < len(tag) and tag.startswith(s[i:]):
-                    self._tail = s[i:]
-                    break
-                else:
-                    emit_text(out, "".join(self._held))
-                    self._held.clear()
-                    self._state = _PLAIN
+    def _step(self, s: str, i: int, out: list[Event]) -> int:
+        state = self._state
+        if state == _NAME or state == _KW:
+            return self._word(s, i, out)
+        if state == _VALUE:
+            return self._arg(s, i, out)
+        n = len(s)
+        j = WS_RUN.match(s, i).end()  # type: ignore[union-attr]
+        if j > i:
+            (self._held if state == START or state == _END else self._raw).append(s[i:j])
+            i = j
+        if i >= n:
+            return n
+        if state == START or state == _END:
+            tag = _START_TAG if state == START else _END_TAG
+            if state == START and s[i] == "[":
+                self._raw = self._held
+                self._raw.append("[")
+                self._held = []
+                self._state = _LIST
+                i += 1
+            elif s.startswith(tag, i):
+                self._held.append(tag)
+                i += len(tag)
+            elif n - i < len(tag) and tag.startswith(s[i:]):
+                self._tail = s[i:]
+                return n
             else:
-                i = self._punct(s, i, out)
-        return out
+                self._plain(out)
+            return i
+        return self._punct(s, i, out)
 
     def _fail(self, out: list[Event], i: int) -> int:
         # Not a call after all, or a broken one: close it, and the rest is text.
@@ -137,7 +97,7 @@ class PythonicParser:
         else:
             emit_text(out, "".join(self._raw))
         self._raw = []
-        self._state = _PLAIN
+        self._state = PLAIN
         return i
 
     def _close(self, out: list[Event]) -> None:
@@ -227,21 +187,12 @@ class PythonicParser:
             self._state = _AFTER_CALL
         return j + 1
 
-    def finish(self) -> list[Event]:
-        out: list[Event] = []
-        state = self._state
-        if state == _START:
-            emit_text(out, "".join(self._held) + self._tail)
-        elif state != _END and state != _PLAIN:
+    def _finish_call(self, out: list[Event], state: int) -> None:
+        if state != _END:
             if self._index >= 0:
                 self._close(out)
             elif state != _AFTER_CALL:
                 emit_text(out, "".join(self._raw) + self._tail)
-        self._held.clear()
-        self._raw = []
-        self._tail = ""
-        self._state = _PLAIN
-        return out
 
 
 _BORING = re.compile(r"[^'\"()\[\]{},]*")
