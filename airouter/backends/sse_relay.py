@@ -1,5 +1,6 @@
 """An OpenAI-compatible upstream's SSE stream, read from the upstream connection and fed to
-the sans-IO relay (streaming/relay.py); the connection handed back to the pool or closed at the end."""
+the sans-IO relay (streaming/relay.py); the connection handed back to the pool or closed at
+the end."""
 
 from __future__ import annotations
 
