@@ -173,6 +173,7 @@ def build_app(cfg: Config) -> FastPath:
             metrics.PENDING.flush()
             if observer.tracer is not None:
                 observer.tracer.shutdown()
+            flush_logs()
 
     hot = {
         f"/v1/{ep.value.replace('.', '/')}": CompletionEndpoint(holder, ep, observer)
@@ -203,6 +204,17 @@ def build_app(cfg: Config) -> FastPath:
     return FastPath(app, hot)
 
 
+_listeners: list[logging.handlers.QueueListener] = []
+
+
+def flush_logs() -> None:
+    """Write every queued log line now: a worker can end without running atexit hooks, and
+    the last requests' access lines must not be lost with it."""
+    for listener in _listeners:
+        listener.stop()  # handles everything queued, then ends the thread
+        listener.start()
+
+
 def setup_logging(level: str) -> None:
     """Log lines are queued by the event loop and written by a thread: no blocking write on
     the request path (the access log writes one line per request)."""
@@ -215,6 +227,7 @@ def setup_logging(level: str) -> None:
     handler.addFilter(RequestIdFilter())
     listener = logging.handlers.QueueListener(q, stream)
     listener.start()
+    _listeners.append(listener)
     atexit.register(listener.stop)
     root = logging.getLogger("airouter")
     root.handlers[:] = [handler]
