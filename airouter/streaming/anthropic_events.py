@@ -19,10 +19,11 @@ import msgspec
 from airouter.errors import BadGateway
 from airouter.protocol.anthropic import MessagesRequest
 from airouter.streaming.chat_read import (
+    ChunkChoice,
+    ChunkEvents,
     ToolCallDelta,
     chunk_obj,
     first_choice,
-    read_chunk,
     token_counts,
     tool_calls,
 )
@@ -109,7 +110,7 @@ _DELTA_HEAD = {
 }
 
 
-class MessagesStream:
+class MessagesStream(ChunkEvents):
     """Feed chat chunk payloads; get Anthropic SSE events (`event:` line + data)."""
 
     def __init__(self, req: MessagesRequest, alias: str) -> None:
@@ -161,34 +162,21 @@ class MessagesStream:
     def _delta(self, text: str) -> bytes:
         return self.prefix + _encode(text) + b"}}\n\n"
 
-    def feed(self, payloads: list[bytes]) -> bytes:
-        out: list[bytes] = [] if self.started else [self.start()]
-        for payload in payloads:
-            c = read_chunk(payload)
-            if c.usage is not None:
-                self.usage = c.usage
-            if not c.choices:
-                continue
-            choice = c.choices[0]
-            delta = choice.delta
-            if delta is not None:
-                reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning and self.thinking:
-                    if self.kind != "thinking":
-                        self._open("thinking", {"type": "thinking", "thinking": "",
-                                                "signature": ""}, out)
-                    if self.thinking_text:
-                        out.append(self._delta(reasoning))
-                if delta.content:
-                    if self.kind != "text":
-                        self._open("text", {"type": "text", "text": ""}, out)
-                    out.append(self._delta(delta.content))
-                if delta.tool_calls:
-                    for tc in delta.tool_calls:
-                        self._tool_delta(tc, out)
-            if choice.finish_reason:
-                self.finish, self.matched = choice.finish_reason, choice.stop_reason
-        return b"".join(out)
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        if not self.thinking:
+            return
+        if self.kind != "thinking":
+            self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""}, out)
+        if self.thinking_text:
+            out.append(self._delta(text))
+
+    def _content(self, text: str, out: list[bytes]) -> None:
+        if self.kind != "text":
+            self._open("text", {"type": "text", "text": ""}, out)
+        out.append(self._delta(text))
+
+    def _finished(self, choice: ChunkChoice) -> None:
+        self.finish, self.matched = choice.finish_reason, choice.stop_reason
 
     def _tool_delta(self, tc: ToolCallDelta, out: list[bytes]) -> None:
         index = len(self.calls) if tc.index is None else tc.index

@@ -58,6 +58,52 @@ def read_chunk(payload: bytes) -> Chunk:
     return c
 
 
+class ChunkEvents:
+    """The loop every translating front door runs over chat chunks: usage is kept, and the
+    first choice's reasoning, content and tool-call deltas and its finish go to the door's
+    event writer, which appends the events it makes to `out`."""
+
+    started: bool
+    usage: dict[str, Any] | None
+
+    def start(self) -> bytes:
+        raise NotImplementedError
+
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _content(self, text: str, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _tool_delta(self, tc: ToolCallDelta, out: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def _finished(self, choice: ChunkChoice) -> None:
+        raise NotImplementedError
+
+    def feed(self, payloads: list[bytes]) -> bytes:
+        out: list[bytes] = [] if self.started else [self.start()]
+        for payload in payloads:
+            c = read_chunk(payload)
+            if c.usage is not None:
+                self.usage = c.usage
+            if not c.choices:
+                continue
+            choice = c.choices[0]
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if reasoning:
+                    self._reasoning(reasoning, out)
+                if delta.content:
+                    self._content(delta.content, out)
+                for tc in delta.tool_calls or ():
+                    self._tool_delta(tc, out)
+            if choice.finish_reason:
+                self._finished(choice)
+        return b"".join(out)
+
+
 def chunk_obj(payload: bytes) -> dict[str, Any]:
     """One chat chunk payload; an in-band upstream error is raised as the error it is."""
     try:

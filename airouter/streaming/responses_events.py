@@ -14,10 +14,11 @@ import msgspec
 
 from airouter.protocol.responses import ResponsesRequest
 from airouter.streaming.chat_read import (
+    ChunkChoice,
+    ChunkEvents,
     ToolCallDelta,
     chunk_obj,
     first_choice,
-    read_chunk,
     token_counts,
     tool_calls,
 )
@@ -175,7 +176,7 @@ _DELTA_TYPES = {
 }
 
 
-class ResponsesStream:
+class ResponsesStream(ChunkEvents):
     """Feed chat chunk payloads; get Responses SSE events, each with its `sequence_number`."""
 
     def __init__(self, req: ResponsesRequest, alias: str) -> None:
@@ -265,28 +266,14 @@ class ResponsesStream:
         self._close(out, "completed")
         return self._open(kind, out)
 
-    def feed(self, payloads: list[bytes]) -> bytes:
-        out: list[bytes] = [] if self.started else [self.start()]
-        for payload in payloads:
-            c = read_chunk(payload)
-            if c.usage is not None:
-                self.usage = c.usage
-            if not c.choices:
-                continue
-            choice = c.choices[0]
-            delta = choice.delta
-            if delta is not None:
-                reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning:
-                    out.append(self._delta(self._switch("reasoning", out), reasoning))
-                if delta.content:
-                    out.append(self._delta(self._switch("message", out), delta.content))
-                if delta.tool_calls:
-                    for tc in delta.tool_calls:
-                        self._tool_delta(tc, out)
-            if choice.finish_reason:
-                self.finish = choice.finish_reason
-        return b"".join(out)
+    def _reasoning(self, text: str, out: list[bytes]) -> None:
+        out.append(self._delta(self._switch("reasoning", out), text))
+
+    def _content(self, text: str, out: list[bytes]) -> None:
+        out.append(self._delta(self._switch("message", out), text))
+
+    def _finished(self, choice: ChunkChoice) -> None:
+        self.finish = choice.finish_reason
 
     def _tool_delta(self, tc: ToolCallDelta, out: list[bytes]) -> None:
         index = len(self.calls) if tc.index is None else tc.index

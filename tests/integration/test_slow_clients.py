@@ -141,7 +141,7 @@ def test_stalled_body_gets_408_and_close(strict_router: RouterProc) -> None:
     assert head_part.startswith(b"HTTP/1.1 408"), got
     assert b"connection: close" in head_part.lower()
     assert_error(408, payload, 408, code="request_timeout")
-    # A body that keeps coming, even slowly, is read: the limit is per read, as nginx's.
+    # A body that keeps coming, even slowly, is read: the limit is per read, not per body.
     with connect(strict_router.port) as s:
         s.sendall(head)
         for i in range(0, len(body), 20):
