@@ -1,28 +1,21 @@
-"""build_app(config): routes, OpenAI-shaped 404/405/500, and a lifespan that opens backends."""
+"""build_app(config): the RSGI application granian serves: routes, OpenAI-shaped 404/405/500,
+and the worker's start-up and shut-down (backends opened and closed)."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import gc
 import logging
 import logging.handlers
 import os
 import queue
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
 from airouter import config as config_mod
-from airouter.asgi import Receive, Scope, Send, send_error
 from airouter.bounds import bounded
 from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
@@ -42,6 +35,7 @@ from airouter.observability.nodes import NodeGauge
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.protocol import anthropic
 from airouter.protocol.endpoints import Endpoint
+from airouter.rsgi import HTTPProtocol, Scope, send_error
 from airouter.state import State
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
 from airouter.usage import UsageEndpoint
@@ -52,31 +46,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("airouter")
 
 
-def _error_response(err: RouterError, path: str = "") -> Response:
+Handler = Callable[[Scope, HTTPProtocol], Awaitable[None]]
+
+
+def _render(path: str) -> Callable[[RouterError], bytes]:
     # Anthropic clients expect Anthropic's error shape anywhere under their API's path.
-    render = anthropic.error_json if path.startswith("/v1/messages") else error_json
-    return Response(render(err), err.status, headers=err.headers, media_type="application/json")
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    if exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
-        err = MethodNotAllowed(
-            f"Method {request.method} is not allowed for {request.url.path}; use {allow}.",
-            headers={"Allow": allow},
-        )
-        return _error_response(err, request.url.path)
-    if exc.status_code == 404:
-        return _error_response(unknown_url(request.url.path), request.url.path)
-    return _error_response(RouterError(str(exc.detail), status=exc.status_code, code=None),
-                           request.url.path)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s: %s", request.method, bounded(request.url.path),
-              bounded(repr(exc)))
-    return _error_response(internal_error(), request.url.path)
+    return anthropic.error_json if path.startswith("/v1/messages") else error_json
 
 
 def _tracer(cfg: Config) -> Tracer | None:
@@ -91,7 +66,7 @@ def _tracer(cfg: Config) -> Tracer | None:
 def _drain_on_sigterm(holder: Holder, grace: float) -> None:
     """SIGTERM: granian stops accepting and waits for in-flight requests; we bound the wait.
 
-    The server installs its own SIGTERM/SIGINT handlers before the lifespan starts: ours
+    The server installs its own SIGTERM/SIGINT handlers before the worker starts: ours
     replaces the SIGTERM one, arms the grace timer, and hands over through SIGINT."""
     loop = asyncio.get_running_loop()
     armed = False
@@ -114,94 +89,117 @@ def _drain_on_sigterm(holder: Holder, grace: float) -> None:
 class MetricsGuard:
     """/metrics and the /health detail answer only with [server] metrics_key, when one is set."""
 
-    def __init__(self, holder: Holder, app: Callable[[Scope, Receive, Send], Awaitable[None]]):
+    def __init__(self, holder: Holder, handler: Handler):
         self.holder = holder
-        self.app = app
+        self.handler = handler
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         try:
-            self.holder.state.keys.authorize_metrics(authorization)
+            self.holder.state.keys.authorize_metrics(scope.headers.get("authorization"))
         except RouterError as e:
-            await send_error(send, e)
+            send_error(proto, e)
             return
-        await self.app(scope, receive, send)
+        await self.handler(scope, proto)
 
 
-class FastPath:
-    """The completion endpoints straight off the server, everything else through starlette.
+class App:
+    """The routes on granian's RSGI interface.
 
-    Starlette's error and exception middleware wrap every `send` in two Python closures;
-    on a 64-chunk stream that was over a tenth of the router's CPU. These endpoints handle
-    their own errors, so they skip it; routing, 404/405 and the lifespan stay starlette's."""
+    The completion endpoints are looked up first, by exact path; they handle their own errors.
+    The other routes are few and rarely called: a failure in one is logged and answered 500."""
 
-    def __init__(self, app: Starlette, hot: dict[str, CompletionEndpoint]) -> None:
-        self.app = app
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.holder = holder = Holder()
+        holder.state = State.build(cfg, NodeGauge())
+        self.observer = observer = Observer(None, cfg.server.access_log)
+        hot: dict[str, Handler] = {
+            f"/v1/{ep.value.replace('.', '/')}": CompletionEndpoint(holder, ep, observer)
+            for ep in Endpoint
+        }
+        doors: tuple[FrontDoor, ...] = (ResponsesDoor(), MessagesDoor())
+        for door in doors:
+            hot[door.path] = CompletionEndpoint(holder, door.endpoint, observer, door)
         self.hot = hot
+        models = ModelsEndpoint(holder)
+        # path -> {method: handler}
+        self.routes: dict[str, dict[str, Handler]] = {
+            **{path: {"POST": h} for path, h in hot.items()},
+            "/v1/messages/count_tokens": {"POST": CountTokensEndpoint(holder)},
+            "/v1/models": {"GET": models},
+            "/health": {"GET": MetricsGuard(holder, HealthEndpoint(holder, "detail"))},
+            "/health/live": {"GET": HealthEndpoint(holder, "live")},
+            "/health/ready": {"GET": HealthEndpoint(holder, "ready")},
+            "/metrics": {"GET": MetricsGuard(holder, MetricsEndpoint())},
+            "/v1/usage": {"GET": UsageEndpoint(holder)},
+            "/tokenize": {"POST": TokenizeEndpoint(holder)},
+            "/detokenize": {"POST": DetokenizeEndpoint(holder)},
+        }
+        self._models: dict[str, Handler] = {"GET": models}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.hot.get(scope["path"])
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        path = scope.path
+        if scope.method == "POST":
+            endpoint = self.hot.get(path)
             if endpoint is not None:
-                await endpoint(scope, receive, send)
+                await endpoint(scope, proto)
                 return
-        await self.app(scope, receive, send)
+        try:
+            await self._route(scope, proto, path)
+        except Exception as exc:
+            log.error("unhandled error on %s %s: %s", scope.method, bounded(path),
+                      bounded(repr(exc)))
+            send_error(proto, internal_error(), render=_render(path))
 
+    async def _route(self, scope: Scope, proto: HTTPProtocol, path: str) -> None:
+        methods: dict[str, Handler] | None = self.routes.get(path)
+        if methods is None:
+            if not path.startswith("/v1/models/"):
+                send_error(proto, unknown_url(path), render=_render(path))
+                return
+            methods = self._models
+        method = scope.method
+        handler = methods.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            allow = ", ".join(methods)
+            err = MethodNotAllowed(
+                f"Method {method} is not allowed for {path}; use {allow}.",
+                headers={"Allow": allow},
+            )
+            send_error(proto, err, render=_render(path))
+            return
+        await handler(scope, proto)
 
-def build_app(cfg: Config) -> FastPath:
-    holder = Holder()
-    holder.state = State.build(cfg, NodeGauge())
-    observer = Observer(None, cfg.server.access_log)
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self._start())
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        observer.tracer = _tracer(cfg)
-        _drain_on_sigterm(holder, cfg.server.shutdown_grace)
-        await holder.state.start()
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self._stop())
+
+    async def _start(self) -> None:
+        self.observer.tracer = _tracer(self.cfg)
+        _drain_on_sigterm(self.holder, self.cfg.server.shutdown_grace)
+        await self.holder.state.start()
         # What start-up built lives as long as the worker: out of the collector's sight, a
         # full collection walks only what requests allocate.
         gc.freeze()
-        try:
-            yield
-        finally:
-            # The server stops once every response is sent; requests may still be cleaning up
-            # (draining a finished Triton call, closing an upstream). Let them end, within the
-            # grace period's reach, before their connections close under them.
-            if holder.tasks:
-                await asyncio.wait(list(holder.tasks), timeout=cfg.server.shutdown_grace + 1)
-            await holder.state.aclose()
-            metrics.PENDING.flush()
-            if observer.tracer is not None:
-                observer.tracer.shutdown()
-            flush_logs()
 
-    hot = {
-        f"/v1/{ep.value.replace('.', '/')}": CompletionEndpoint(holder, ep, observer)
-        for ep in Endpoint
-    }
-    doors: tuple[FrontDoor, ...] = (ResponsesDoor(), MessagesDoor())
-    for door in doors:
-        hot[door.path] = CompletionEndpoint(holder, door.endpoint, observer, door)
-    routes = [
-        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in hot.items()),
-        Route("/v1/messages/count_tokens", CountTokensEndpoint(holder), methods=["POST"]),
-        Route("/v1/models", ModelsEndpoint(holder), methods=["GET"]),
-        Route("/v1/models/{model_id:path}", ModelsEndpoint(holder), methods=["GET"]),
-        Route("/health", MetricsGuard(holder, HealthEndpoint(holder, "detail")), methods=["GET"]),
-        Route("/health/live", HealthEndpoint(holder, "live"), methods=["GET"]),
-        Route("/health/ready", HealthEndpoint(holder, "ready"), methods=["GET"]),
-        Route("/metrics", MetricsGuard(holder, MetricsEndpoint()), methods=["GET"]),
-        Route("/v1/usage", UsageEndpoint(holder), methods=["GET"]),
-        Route("/tokenize", TokenizeEndpoint(holder), methods=["POST"]),
-        Route("/detokenize", DetokenizeEndpoint(holder), methods=["POST"]),
-    ]
-    app = Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
-    )
-    app.state.holder = holder
-    return FastPath(app, hot)
+    async def _stop(self) -> None:
+        # The server stops once every response is sent; requests may still be cleaning up
+        # (draining a finished Triton call, closing an upstream). Let them end, within the
+        # grace period's reach, before their connections close under them.
+        holder = self.holder
+        if holder.tasks:
+            await asyncio.wait(list(holder.tasks), timeout=self.cfg.server.shutdown_grace + 1)
+        await holder.state.aclose()
+        metrics.PENDING.flush()
+        if self.observer.tracer is not None:
+            self.observer.tracer.shutdown()
+        flush_logs()
+
+
+def build_app(cfg: Config) -> App:
+    return App(cfg)
 
 
 _listeners: list[logging.handlers.QueueListener] = []
@@ -235,7 +233,7 @@ def setup_logging(level: str) -> None:
     root.propagate = False
 
 
-def create_app() -> FastPath:
+def create_app() -> App:
     """Factory for granian workers: the config path comes from AIROUTER_CONFIG."""
     path = os.environ.get("AIROUTER_CONFIG", config_mod.DEFAULT_CONFIG)
     base = os.environ.get("AIROUTER_CONFIG_BASE")

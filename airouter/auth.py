@@ -61,30 +61,30 @@ class KeyStore:
         mk = cfg.server.metrics_key
         self._metrics_digest = _digest(mk) if mk else None
 
-    def authorize_metrics(self, authorization: bytes | None) -> None:
+    def authorize_metrics(self, authorization: str | None) -> None:
         """/metrics and the /health detail: open unless [server] metrics_key is set."""
         want = self._metrics_digest
         if want is None:
             return
-        scheme, _, value = (authorization or b"").partition(b" ")
-        token = value.strip() if scheme.lower() == b"bearer" else b""
+        scheme, _, value = (authorization or "").partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else ""
         if not token:
             raise Unauthorized(
                 "Missing metrics key. Send it as 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not hmac.compare_digest(hashlib.sha256(token).digest(), want):
+        if not hmac.compare_digest(hashlib.sha256(token.encode()).digest(), want):
             raise Unauthorized(
                 "Incorrect metrics key provided.", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    def authenticate(self, authorization: bytes | None, api_key: bytes | None) -> ClientKey:
+    def authenticate(self, authorization: str | None, api_key: str | None) -> ClientKey:
         if not self.enabled:
             return ANONYMOUS
-        token: bytes | None = None
+        token: str | None = None
         if authorization is not None:
-            scheme, _, value = authorization.partition(b" ")
-            if scheme.lower() == b"bearer":
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer":
                 token = value.strip()
         elif api_key is not None:
             token = api_key.strip()
@@ -92,7 +92,7 @@ class KeyStore:
             raise Unauthorized(
                 "Missing API key. Send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
             )
-        d = hashlib.sha256(token).digest()
+        d = hashlib.sha256(token.encode()).digest()
         found = self._by_digest.get(d)
         if found is None or not hmac.compare_digest(found.digest, d):
             raise Unauthorized("Incorrect API key provided.")

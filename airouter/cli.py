@@ -117,7 +117,8 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         factory=True,
         address=host,
         port=port,
-        interface=Interfaces.ASGI,
+        interface=Interfaces.RSGI,
+        websockets=False,
         workers=workers,
         loop=Loops.uvloop,
         log_level=level,  # type: ignore[arg-type]

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import msgspec
 
-from airouter.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from airouter.backends.base import Target
 from airouter.errors import InvalidRequest, RouterError
 from airouter.identity import RequestHeaders
 from airouter.lifecycle import Holder
 from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
+from airouter.rsgi import ClientGone, HTTPProtocol, Scope, read_body, send_error, send_json
 from airouter.tokenizers import prompt_tokens
 
 _encode = msgspec.json.Encoder().encode
@@ -31,14 +30,14 @@ class CountTokensEndpoint:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         state = self.holder.state
         h = RequestHeaders(scope)
-        rh = [(b"x-request-id", h.request_id or b"")]
+        rh = [("x-request-id", h.request_id)]
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
             chat, req = anthropic.to_chat(
-                parse_object(await read_body(receive, state.body_limit)), count_only=True
+                parse_object(await read_body(proto, state.body_limit)), count_only=True
             )
             target = state.models.resolve(req.model, key)
             n = await count_prompt_tokens(target, chat)
@@ -49,9 +48,8 @@ class CountTokensEndpoint:
                     param="model",
                     code="unsupported_model",
                 )
-            await send_json(send, 200, _encode({"input_tokens": n}), rh)
+            send_json(proto, 200, _encode({"input_tokens": n}), rh)
         except RouterError as e:
-            with contextlib.suppress(ClientGone):
-                await send_error(send, e, rh, anthropic.error_json)
+            send_error(proto, e, rh, anthropic.error_json)
         except ClientGone:
             return

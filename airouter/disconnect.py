@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from airouter.asgi import Receive
+from airouter.rsgi import HTTPProtocol
 
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-# A watcher is a task blocked in receive(): tens of microseconds to start and cancel, a
+# A watcher is a future waiting on the connection: tens of microseconds to start and cancel, a
 # fifth of a fast request's cost. Most answers that end this soon never need one; a client
 # that leaves earlier is noticed this much later, or when a send to it fails.
 WATCH_AFTER_S = 0.1
@@ -21,14 +15,14 @@ WATCH_AFTER_S = 0.1
 class DisconnectWatch:
     """Cancels the handler's task when the client goes away, so backend work stops at once."""
 
-    __slots__ = ("_task", "_watcher", "_active", "_receive", "_timer")
+    __slots__ = ("_task", "_watcher", "_active", "_proto", "_timer")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, proto: HTTPProtocol) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
         self._active = True
-        self._receive = receive
+        self._proto = proto
         self._watcher: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             WATCH_AFTER_S, self._start
@@ -37,13 +31,13 @@ class DisconnectWatch:
     def _start(self) -> None:
         self._timer = None
         if self._active:
-            self._watcher = asyncio.ensure_future(_until_disconnect(self._receive))
+            self._watcher = asyncio.ensure_future(self._proto.client_disconnect())
             self._watcher.add_done_callback(self._fire)
 
     def _fire(self, w: asyncio.Future[None]) -> None:
         if w.cancelled():
             return
-        if w.exception() is not None:  # receive() itself failed: retrieved, not a disconnect
+        if w.exception() is not None:  # the wait itself failed: retrieved, not a disconnect
             return
         if self._active:
             self._task.cancel()

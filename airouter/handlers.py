@@ -1,24 +1,16 @@
-"""ASGI endpoints. They speak only to the Backend interface and never branch on backend type."""
+"""The endpoints. They speak only to the Backend interface and never branch on backend type."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 
-from airouter.asgi import (
-    SSE_HEADERS,
-    ClientGone,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    send_error,
-    send_json,
-)
 from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.bounds import bounded
@@ -31,6 +23,17 @@ from airouter.limits import Ticket
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.observability.spans import start_spans
 from airouter.routing import open_call, request_for
+from airouter.rsgi import (
+    SSE_HEADERS,
+    ClientGone,
+    Headers,
+    HTTPProtocol,
+    ProtocolClosed,
+    Scope,
+    read_body,
+    send_error,
+    send_json,
+)
 from airouter.state import State
 from airouter.streaming.modes import body_from_chunks
 
@@ -52,26 +55,26 @@ class CompletionEndpoint:
         self.path = self.door.path
         self.error_json = self.door.error_json
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         state = self.holder.state
         h = RequestHeaders(scope)
-        rid = (h.request_id or b"").decode("latin-1")
+        rid = h.request_id
         request_id_var.set(rid)
-        rh = [(b"x-request-id", h.request_id or b"")]
+        rh = [("x-request-id", rid)]
         rec = Record(rid, "POST", self.path, self.door.label)
         task = asyncio.current_task()
         tasks = self.holder.tasks
         if task is not None:
             tasks.add(task)
         try:
-            await self._handle(state, h, rec, rh, receive, send)
+            await self._handle(state, h, rec, rh, proto)
         except Exception:
             # A bug, not a client or backend problem: log it, never show a traceback.
             log.exception("request failed")
             rec.status, rec.error = 500, "internal_error"
             if not rec.started:
                 with contextlib.suppress(Exception):
-                    await send_error(send, internal_error(), rh, self.error_json)
+                    send_error(proto, internal_error(), rh, self.error_json)
         finally:
             tasks.discard(task)
             self.observer.finish(rec)
@@ -81,25 +84,25 @@ class CompletionEndpoint:
         state: State,
         h: RequestHeaders,
         rec: Record,
-        rh: list[tuple[bytes, bytes]],
-        receive: Receive,
-        send: Send,
+        rh: Headers,
+        proto: HTTPProtocol,
     ) -> None:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
-            data = await read_body(receive, state.body_limit, state.body_timeout)
+            data = await read_body(proto, state.body_limit, state.body_timeout)
             req = self.door.decode(data)
             target = state.models.resolve(req.model, key)
             ticket = await state.limits.admit(key.name, target, req.body)
         except RouterError as e:
             rec.status, rec.error = e.status, e.code or e.type
-            await send_error(send, e, rh, self.error_json)
+            send_error(proto, e, rh, self.error_json)
             return
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
-        rh += ticket.headers
+        if ticket.headers:
+            rh += [(k.decode(), v.decode()) for k, v in ticket.headers]
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
         sent = request_for(self.endpoint, body, target)
@@ -112,10 +115,10 @@ class CompletionEndpoint:
         )
         rec.call = call
         self.observer.started(rec)
-        watch = DisconnectWatch(receive)
+        watch = DisconnectWatch(proto)
         try:
             rec.status = await self._serve(
-                call, body, send, rh, rec, key, watch, req.renderer, ticket
+                call, body, proto, rh, rec, key, watch, req.renderer, ticket
             )
         except asyncio.CancelledError:
             if rec.complete:
@@ -135,7 +138,7 @@ class CompletionEndpoint:
             else:
                 rec.status, rec.error = 503, "shutdown"
                 if not rec.started:
-                    await send_error(send, shutting_down(), rh, self.error_json)
+                    send_error(proto, shutting_down(), rh, self.error_json)
         finally:
             watch.stop()
             ticket.release(call.stats)
@@ -144,8 +147,8 @@ class CompletionEndpoint:
         self,
         call: Call,
         client_body: dict[str, Any],
-        send: Send,
-        rh: list[tuple[bytes, bytes]],
+        proto: HTTPProtocol,
+        rh: Headers,
         rec: Record,
         key: ClientKey,
         watch: DisconnectWatch,
@@ -158,12 +161,12 @@ class CompletionEndpoint:
             )
         except RouterError as e:
             rec.error = e.code or e.type
-            await send_error(send, e, rh, self.error_json)
+            send_error(proto, e, rh, self.error_json)
             return e.status
         try:
             if call.stream:
-                return await self._stream(call, reply, send, rh, rec, renderer, ticket)
-            return await self._whole(reply, send, rh, rec, renderer, ticket)
+                return await self._stream(call, reply, proto, rh, rec, renderer, ticket)
+            return await self._whole(reply, proto, rh, rec, renderer, ticket)
         finally:
             if not watch.gone:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
@@ -171,7 +174,7 @@ class CompletionEndpoint:
             await reply.aclose()
 
     async def _whole(
-        self, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
+        self, reply: Reply, proto: HTTPProtocol, rh: Headers, rec: Record,
         renderer: Renderer, ticket: Ticket,
     ) -> int:
         try:
@@ -182,38 +185,46 @@ class CompletionEndpoint:
                 body = await body_from_chunks(self.endpoint, reply.chunks)
             body = renderer.whole(body)
         except RouterError as e:
-            reply.fault = e
+            reply.fault = e.with_traceback(None)
             rec.error = e.code or e.type
-            await send_error(send, e, rh, self.error_json)
+            send_error(proto, e, rh, self.error_json)
             return e.status
         await ticket.settle(rec.call.stats if rec.call else None)
         rec.started = True
-        await send_json(send, 200, body, rh)
+        send_json(proto, 200, body, rh)
         rec.complete = True
         return 200
 
     async def _stream(
-        self, call: Call, reply: Reply, send: Send, rh: list[tuple[bytes, bytes]], rec: Record,
+        self, call: Call, reply: Reply, proto: HTTPProtocol, rh: Headers, rec: Record,
         renderer: Renderer, ticket: Ticket,
     ) -> int:
         try:
             events = renderer.events(reply, call.include_usage)
         except RouterError as e:
             rec.error = e.code or e.type
-            await send_error(send, e, rh, self.error_json)
+            send_error(proto, e, rh, self.error_json)
             return e.status
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + rh})
+        out = proto.response_stream(200, SSE_HEADERS + rh)
+        return await self._pump(out.send_bytes, events, reply, rec, renderer, ticket)
+
+    async def _pump(
+        self, send: Callable[[bytes], Awaitable[None]], events: AsyncIterator[bytes],
+        reply: Reply, rec: Record, renderer: Renderer, ticket: Ticket,
+    ) -> int:
         rec.started = True
         try:
             async for data in events:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
+                await send(data)
                 rec.chunk_sent()
                 ticket.chunk(data)
             tail = renderer.end()
         except RouterError as e:
             # Headers are gone: report in-band, in the client API's way, then end cleanly.
             rec.error, rec.broken = e.code or e.type, e.status
-            reply.fault = e
+            # Without its traceback: that would keep this frame, and so the stream, alive, and
+            # an RSGI stream ends only when nothing refers to it any more.
+            reply.fault = e.with_traceback(None)
             tail = renderer.failed(e)
         except asyncio.CancelledError:
             if not self.holder.draining:
@@ -223,16 +234,26 @@ class CompletionEndpoint:
                 task.uncancel()
             rec.error, rec.broken = "shutdown", 503
             tail = renderer.failed(shutting_down())
-        except OSError:
-            raise
+        except ProtocolClosed:
+            return _client_left(rec)
         except Exception:
             log.exception("stream failed")
             rec.error, rec.broken = "internal_error", 500
             tail = renderer.failed(internal_error())
-        await ticket.settle(call.stats)
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await ticket.settle(rec.call.stats if rec.call else None)
+        try:
+            await send(tail)
+        except ProtocolClosed:
+            return _client_left(rec)
         rec.complete = True
         return 200
+
+
+def _client_left(rec: Record) -> int:
+    """A write found the client gone before the disconnect watch did."""
+    rec.error = "client_disconnected"
+    log.info("client disconnected")
+    return 499
 
 
 def _switch(rec: Record, call: Call) -> None:
@@ -248,20 +269,20 @@ class ModelsEndpoint:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         state = self.holder.state
         h = RequestHeaders(scope)
-        rh = [(b"x-request-id", h.request_id or b"")]
+        rh = [("x-request-id", h.request_id)]
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
-            model_id = scope.get("path_params", {}).get("model_id")
-            if model_id is None:
-                await send_json(send, 200, state.listing(key), rh)
+            if scope.path == "/v1/models":
+                send_json(proto, 200, state.listing(key), rh)
                 return
+            model_id = unquote(scope.path.removeprefix("/v1/models/"))
             target = state.models.resolve(model_id, key)
-            await send_json(send, 200, msgspec.json.encode(state.card(target.alias)), rh)
+            send_json(proto, 200, msgspec.json.encode(state.card(target.alias)), rh)
         except RouterError as e:
-            await send_error(send, e, rh)
+            send_error(proto, e, rh)
 
 
 class HealthEndpoint:
@@ -271,10 +292,10 @@ class HealthEndpoint:
         self.holder = holder
         self.kind = kind
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         state = self.holder.state
         if self.kind == "live":
-            await send_json(send, 200, b'{"status":"ok"}')
+            send_json(proto, 200, b'{"status":"ok"}')
             return
         backends = {name: b.health() for name, b in state.backends.items()}
         routable = [
@@ -287,4 +308,4 @@ class HealthEndpoint:
         if self.kind == "detail":
             body["backends"] = backends
             body["models"] = len(state.cfg.models)
-        await send_json(send, 200 if ready else 503, msgspec.json.encode(body))
+        send_json(proto, 200 if ready else 503, msgspec.json.encode(body))

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from airouter.asgi import ClientGone, Receive, Scope, Send, read_body, send_error, send_json
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest, RouterError
+from airouter.identity import RequestHeaders
+from airouter.rsgi import ClientGone, HTTPProtocol, Scope, read_body, send_error, send_json
 from airouter.templates import ChatTemplate, PromptError, TemplateConfigError
 from airouter.tokenizers import OFFLOAD_CHARS, Tokenizer, chat_template, for_model
 
@@ -71,9 +72,11 @@ class _Base:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    def _tokenizer(self, headers: Any, model: str | None) -> tuple[Tokenizer, ModelConfig, str]:
+    def _tokenizer(
+        self, headers: RequestHeaders, model: str | None
+    ) -> tuple[Tokenizer, ModelConfig, str]:
         state = self.holder.state
-        key = state.keys.authenticate(headers.get(b"authorization"), headers.get(b"api-key"))
+        key = state.keys.authenticate(headers.authorization, headers.api_key)
         target = state.models.resolve(model, key)
         tok = for_model(target.model)
         if tok is None:
@@ -83,22 +86,22 @@ class _Base:
             )
         return tok, target.model, target.alias
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope["headers"])
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        headers = RequestHeaders(scope)
         try:
-            data = await read_body(receive, self.holder.state.body_limit)
-            await send_json(send, 200, await self.handle(headers, data))
+            data = await read_body(proto, self.holder.state.body_limit)
+            send_json(proto, 200, await self.handle(headers, data))
         except RouterError as e:
-            await send_error(send, e)
+            send_error(proto, e)
         except ClientGone:
             pass
 
-    async def handle(self, headers: Any, data: bytes) -> bytes:
+    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
         raise NotImplementedError
 
 
 class TokenizeEndpoint(_Base):
-    async def handle(self, headers: Any, data: bytes) -> bytes:
+    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
         req: TokenizeRequest = _decode(data, TokenizeRequest)
         tok, model, alias = self._tokenizer(headers, req.model)
         if (req.prompt is None) == (req.messages is None):
@@ -127,7 +130,7 @@ class TokenizeEndpoint(_Base):
 
 
 class DetokenizeEndpoint(_Base):
-    async def handle(self, headers: Any, data: bytes) -> bytes:
+    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
         req: DetokenizeRequest = _decode(data, DetokenizeRequest)
         tok, _, _ = self._tokenizer(headers, req.model)
         if not tok.valid_ids(req.tokens):

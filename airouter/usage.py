@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from airouter.asgi import Receive, Scope, Send, send_error, send_json
 from airouter.errors import RouterError
+from airouter.identity import RequestHeaders
+from airouter.rsgi import HTTPProtocol, Scope, send_error, send_json
 
 if TYPE_CHECKING:
     from airouter.lifecycle import Holder
@@ -20,13 +21,13 @@ class UsageEndpoint:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
         state = self.holder.state
-        headers = dict(scope["headers"])
+        h = RequestHeaders(scope)
         try:
-            key = state.keys.authenticate(headers.get(b"authorization"), headers.get(b"api-key"))
+            key = state.keys.authenticate(h.authorization, h.api_key)
         except RouterError as e:
-            await send_error(send, e)
+            send_error(proto, e)
             return
         kc = state.cfg.keys.get(key.name)
         admin = kc is not None and kc.admin
@@ -41,4 +42,4 @@ class UsageEndpoint:
             a for a in state.cfg.models if key.allows(a)
         ]
         body["models"] = await limits.report_models(labels)
-        await send_json(send, 200, _encode(body))
+        send_json(proto, 200, _encode(body))

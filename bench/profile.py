@@ -40,7 +40,7 @@ def _short(frame: str) -> str:
 
 # Self time in these frames is native code they called (py-spy without --native).
 NO_PYTHON = "(native thread, no Python frame: granian's Rust runtime)"
-_LOOP_FRAME = "MPServer._spawn_asgi_lifespan_worker"
+_LOOP_FRAME = "MPServer._spawn_rsgi_worker"
 
 
 def _package(frame: str) -> str:
