@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 
+from airouter.errors import RateLimited, RouterError, ServiceUnavailable
+
 # What a store answers to a request for a slot.
 FULL, GRANTED, TIMEOUT = 0, 1, -1
 
@@ -16,6 +18,30 @@ def slot_key(backend: str, url: str, label: str) -> str:
     readable, and without the URL's credentials (a digest of the URL keeps two nodes on one
     host:port apart)."""
     return f"{backend}:{label}:{hashlib.sha1(url.encode()).hexdigest()[:8]}"
+
+
+def refusal(backend: str, outcome: int, queue_timeout: float) -> RouterError:
+    """What a request gets when a node is full: FULL (its queue too) or TIMEOUT (it waited
+    `queue_timeout` seconds in the queue)."""
+    if outcome == FULL:
+        return RateLimited(
+            f"The backend '{backend}' is at capacity; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    return ServiceUnavailable(
+        f"The backend '{backend}' stayed at capacity for {queue_timeout:g}s.",
+        headers={"Retry-After": "2"},
+        code="queue_timeout",
+    )
+
+
+def unchecked() -> ServiceUnavailable:
+    """The store is unreachable and limits_on_redis_failure is "deny"."""
+    return ServiceUnavailable(
+        "Node limits cannot be checked right now; please retry shortly.",
+        code="limits_unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 class SlotStore(ABC):

@@ -13,7 +13,15 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airouter.backends.base import Reply
-from airouter.backends.node_slots import FULL, GRANTED, SlotStore, slot_key
+from airouter.backends.node_slots import (
+    FULL,
+    GRANTED,
+    TIMEOUT,
+    SlotStore,
+    refusal,
+    slot_key,
+    unchecked,
+)
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import NodesConfig
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
@@ -230,8 +238,12 @@ class NodePool:
         """Take a concurrency slot on `node`, queueing (bounded) when it is full. Answers the
         lease to give back to `release` ("" for a slot counted in this process only)."""
         limit = self.max_concurrent
+        if not limit:  # the common case: nothing to count with anyone
+            node.in_flight += 1
+            node.served += 1
+            return ""
         store = self.slots
-        if limit and store is not None:
+        if store is not None:
             node.waiting += 1
             try:
                 got = await store.take(node.key, limit, self.max_queue, self.queue_timeout)
@@ -240,38 +252,21 @@ class NodePool:
             if got is not None:
                 outcome, lease = got
                 if outcome != GRANTED:
-                    raise self._full() if outcome == FULL else self._timed_out()
+                    raise refusal(self.backend, outcome, self.queue_timeout)
                 node.in_flight += 1
                 node.served += 1
                 return lease
             if not store.allow_on_failure:
-                raise ServiceUnavailable(
-                    "Node limits cannot be checked right now; please retry shortly.",
-                    code="limits_unavailable",
-                    headers={"Retry-After": "1"},
-                )
+                raise unchecked()
         await self._acquire_here(node)
         return ""
-
-    def _full(self) -> RateLimited:
-        return RateLimited(
-            f"The backend '{self.backend}' is at capacity; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
-
-    def _timed_out(self) -> ServiceUnavailable:
-        return ServiceUnavailable(
-            f"The backend '{self.backend}' stayed at capacity for {self.queue_timeout:g}s.",
-            headers={"Retry-After": "2"},
-            code="queue_timeout",
-        )
 
     async def _acquire_here(self, node: Node) -> None:
         """A slot counted in this process alone."""
         limit = self.max_concurrent
         if limit and node.in_flight >= limit:
             if len(node.waiters) >= self.max_queue:
-                raise self._full()
+                raise refusal(self.backend, FULL, self.queue_timeout)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             node.waiters.append(fut)
             try:
@@ -283,7 +278,7 @@ class NodePool:
                 elif fut in node.waiters:
                     node.waiters.remove(fut)
                 if isinstance(e, TimeoutError):
-                    raise self._timed_out() from None
+                    raise refusal(self.backend, TIMEOUT, self.queue_timeout) from None
                 raise
             return  # the releaser handed its slot over to us: in_flight already counts it
         node.in_flight += 1

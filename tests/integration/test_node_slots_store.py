@@ -148,3 +148,62 @@ def test_unreachable_redis_answers_none(tmp_path: Path) -> None:
             await store.aclose()
 
     asyncio.run(main())
+
+
+def test_a_pool_gives_back_every_slot(tmp_path: Path) -> None:
+    """Whatever way a call on a node ends, its slot in the shared table is given back."""
+    from airouter.backends.base import Reply
+    from airouter.backends.nodes import NodePool, NodeSpec, with_failover
+    from airouter.errors import RouterError
+
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+
+    async def main() -> None:
+        pool = NodePool("b", [NodeSpec("http://127.0.0.1:1/v1")], max_concurrent=1,
+                        max_queue=1, queue_timeout=5)
+        node = pool.nodes[0]
+        async with stores(lambda: SharedSlots(path), 2) as (mine, probe):
+            pool.slots = mine
+
+            async def free() -> None:
+                await settle()
+                got = await probe.take(node.key, 1, 0, 1)
+                assert got is not None and got[0] == GRANTED, "a slot leaked"
+                probe.give(node.key, got[1])
+                await settle()
+                assert node.in_flight == 0
+
+            async def refused(n: object) -> Reply:
+                raise RouterError("no", status=400)
+
+            with pytest.raises(RouterError):
+                await with_failover(pool, 0, refused)
+            await free()
+
+            async def forever(n: object) -> Reply:
+                await asyncio.sleep(60)
+                raise AssertionError
+
+            call = asyncio.create_task(with_failover(pool, 0, forever))
+            await settle()
+            assert node.in_flight == 1
+            # A second call queues (in the table, seen in health), then its client goes away.
+            queued = asyncio.create_task(pool.acquire(node))
+            await settle()
+            assert node.status()["queued"] == 1
+            queued.cancel()
+            call.cancel()
+            await asyncio.gather(call, queued, return_exceptions=True)
+            assert node.status()["queued"] == 0
+            await free()
+
+            async def ok(n: object) -> Reply:
+                return Reply(body=b"{}")
+
+            reply = await with_failover(pool, 0, ok)
+            assert node.in_flight == 1
+            await reply.aclose()
+            await free()
+
+    asyncio.run(main())
