@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -109,7 +110,7 @@ class RedisSlots(SlotStore):
         self._logged = 0.0
         self.up = True
         self.held: dict[str, str] = {}  # lease -> node key, renewed while held
-        self._prefix = hashlib.sha1(str((time.time(), id(self))).encode()).hexdigest()[:12]
+        self._prefix = os.urandom(6).hex()
         self._seq = 0
         self._keys: dict[str, tuple[str, str, str]] = {}
 
@@ -148,7 +149,7 @@ class RedisSlots(SlotStore):
                 if got == GRANTED:
                     self.held[lease] = key
                     return GRANTED, lease
-                if got is None or got == FULL:
+                if got != QUEUED:
                     return None if got is None else (FULL, "")
                 left = deadline - time.monotonic()
                 if left <= 0:
