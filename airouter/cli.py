@@ -88,7 +88,7 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     os.environ["AIROUTER_CONFIG_BASE"] = str(Path(path).parent)
     os.environ["AIROUTER_LOG_LEVEL"] = level
     if not cfg.server.redis_url:
-        # Without Redis the workers share limits through counters in this process.
+        # Without Redis the workers share limits and node slots through this process.
         from airouter.limits.shared import SOCKET_ENV, start_server
 
         start_server(os.path.join(runtime, "limits.sock"))

@@ -50,6 +50,9 @@ class ServerConfig(Base):
     # Shared limits: every replica and worker counts in this Redis (else: one process group).
     redis_url: str | None = None
     limits_on_redis_failure: Literal["allow", "deny"] = "allow"
+    # How long a node slot held in Redis outlives a replica that died holding it (a live
+    # replica renews its slots every third of this).
+    slot_lease_ttl: Seconds = 30.0
 
 
 Count = Annotated[int, msgspec.Meta(ge=1)]

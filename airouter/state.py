@@ -10,9 +10,12 @@ import msgspec
 from airouter import tokenizers
 from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
+from airouter.backends.node_slots import SlotStore
+from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import Config, ConfigError
 from airouter.limits import Limiter
+from airouter.limits.slots import make_slot_store
 from airouter.routing import ModelMap
 
 
@@ -37,6 +40,7 @@ class State:
     body_limit: int
     limits: Limiter
     body_timeout: float = 60.0
+    slots: SlotStore | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     _listings: dict[str, bytes] = field(default_factory=dict)
 
@@ -64,6 +68,7 @@ class State:
         started: list[Backend] = []
         await self.limits.start()
         try:
+            await self._share_slots()
             for b in self.backends.values():
                 await b.start()
                 started.append(b)
@@ -74,12 +79,29 @@ class State:
         except BaseException:
             for b in started:
                 await b.aclose()
+            await self._close_slots()
             await self.limits.aclose()
             raise
+
+    async def _share_slots(self) -> None:
+        """Count the nodes' concurrency slots with the other workers (and replicas)."""
+        self.slots = make_slot_store(self.cfg)
+        if self.slots is None:
+            return
+        await self.slots.start()
+        for b in self.backends.values():
+            pool = getattr(b, "pool", None)
+            if isinstance(pool, NodePool):
+                pool.slots = self.slots
+
+    async def _close_slots(self) -> None:
+        if self.slots is not None:
+            await self.slots.aclose()
 
     async def aclose(self) -> None:
         for b in self.backends.values():
             await b.aclose()
+        await self._close_slots()
         await self.limits.aclose()
 
     def card(self, alias: str) -> ModelCard:

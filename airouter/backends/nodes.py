@@ -13,6 +13,15 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airouter.backends.base import Reply
+from airouter.backends.node_slots import (
+    FULL,
+    GRANTED,
+    TIMEOUT,
+    SlotStore,
+    refusal,
+    slot_key,
+    unchecked,
+)
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import NodesConfig
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
@@ -65,6 +74,8 @@ class Node:
         "checked_at",
         "answering",
         "backend",
+        "key",
+        "waiting",
     )
 
     def __init__(self, backend: str, spec: NodeSpec) -> None:
@@ -84,7 +95,9 @@ class Node:
         self.checked_at = 0
         self.answering = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.waiting = 0  # requests of this process queued in a shared store
         self.label = node_label(spec.url)
+        self.key = slot_key(backend, spec.url, self.label)
 
     def available(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -96,7 +109,7 @@ class Node:
             "url": self.label,
             "status": state,
             "in_flight": self.in_flight,
-            "queued": len(self.waiters),
+            "queued": len(self.waiters) + self.waiting,
             "weight": self.weight,
         }
 
@@ -135,6 +148,8 @@ class NodePool:
         self.panic_threshold = panic_threshold
         self._rr_credit = [0.0] * len(self.nodes)
         self._checks: asyncio.Task[None] | None = None
+        # Set when slots are counted across workers or replicas (limits.slots.attach).
+        self.slots: SlotStore | None = None
 
     @classmethod
     def from_config(
@@ -219,15 +234,39 @@ class NodePool:
         self._rr_credit[self.nodes.index(best)] -= total
         return best
 
-    async def acquire(self, node: Node) -> None:
-        """Take a concurrency slot on `node`, queueing (bounded) when it is full."""
+    async def acquire(self, node: Node) -> str:
+        """Take a concurrency slot on `node`, queueing (bounded) when it is full. Answers the
+        lease to give back to `release` ("" for a slot counted in this process only)."""
+        limit = self.max_concurrent
+        if not limit:  # the common case: nothing to count with anyone
+            node.in_flight += 1
+            node.served += 1
+            return ""
+        store = self.slots
+        if store is not None:
+            node.waiting += 1
+            try:
+                got = await store.take(node.key, limit, self.max_queue, self.queue_timeout)
+            finally:
+                node.waiting -= 1
+            if got is not None:
+                outcome, lease = got
+                if outcome != GRANTED:
+                    raise refusal(self.backend, outcome, self.queue_timeout)
+                node.in_flight += 1
+                node.served += 1
+                return lease
+            if not store.allow_on_failure:
+                raise unchecked()
+        await self._acquire_here(node)
+        return ""
+
+    async def _acquire_here(self, node: Node) -> None:
+        """A slot counted in this process alone."""
         limit = self.max_concurrent
         if limit and node.in_flight >= limit:
             if len(node.waiters) >= self.max_queue:
-                raise RateLimited(
-                    f"The backend '{self.backend}' is at capacity; retry shortly.",
-                    headers={"Retry-After": "1"},
-                )
+                raise refusal(self.backend, FULL, self.queue_timeout)
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             node.waiters.append(fut)
             try:
@@ -239,19 +278,16 @@ class NodePool:
                 elif fut in node.waiters:
                     node.waiters.remove(fut)
                 if isinstance(e, TimeoutError):
-                    raise ServiceUnavailable(
-                        f"The backend '{self.backend}' stayed at capacity for "
-                        f"{self.queue_timeout:g}s.",
-                        headers={"Retry-After": "2"},
-                        code="queue_timeout",
-                    ) from None
+                    raise refusal(self.backend, TIMEOUT, self.queue_timeout) from None
                 raise
-            # The releaser handed its slot over to us: in_flight already counts it.
-            return
+            return  # the releaser handed its slot over to us: in_flight already counts it
         node.in_flight += 1
         node.served += 1
 
-    def release(self, node: Node) -> None:
+    def release(self, node: Node, lease: str = "") -> None:
+        if lease and self.slots is not None:
+            self.slots.give(node.key, lease)
+        # A request counted here alone (the store was unreachable) may wait for this slot.
         while node.waiters:
             fut = node.waiters.popleft()
             if not fut.done():
@@ -363,7 +399,7 @@ async def with_failover(
         if node is None:
             break
         try:
-            await pool.acquire(node)
+            lease = await pool.acquire(node)
         except RateLimited as e:  # this node's queue is full: another node may have room
             tried.append(node)
             last = e
@@ -371,7 +407,7 @@ async def with_failover(
         try:
             reply = await attempt(node)
         except RouterError as e:
-            pool.release(node)
+            pool.release(node, lease)
             if e.status >= 500 and e.status != 504:
                 pool.failed(node, e.code or str(e.status))
             if not e.retryable:
@@ -380,10 +416,10 @@ async def with_failover(
             last = e
             continue
         except BaseException:
-            pool.release(node)
+            pool.release(node, lease)
             raise
         pool.answering(node)
-        reply.on_close(functools.partial(_settle, reply, pool, node))
+        reply.on_close(functools.partial(_settle, reply, pool, node, lease))
         return reply
     if last is not None and not (none_up and last.retryable and last.status != 429):
         raise last
@@ -394,11 +430,11 @@ async def with_failover(
     )
 
 
-def _settle(reply: Reply, pool: NodePool, node: Node) -> None:
+def _settle(reply: Reply, pool: NodePool, node: Node, lease: str) -> None:
     """The answer is over: give the slot back and hold the node to how it went."""
     node.answering -= 1
     node.completed += 1
-    pool.release(node)
+    pool.release(node, lease)
     fault = reply.fault
     if fault is None:
         pool.succeeded(node)

@@ -1,9 +1,10 @@
 """Limits shared by the workers of one process group, without Redis.
 
-The main process keeps the counters (engine.Counters) in a thread of its own and answers the
-workers over a unix socket: length-prefixed msgpack frames, pipelined on one connection per
-worker. A worker's admission is one local round trip (tens of microseconds; see
-bench/micro), and the counters outlive worker restarts and config reloads."""
+The main process keeps the counters (engine.Counters) and the nodes' slots (slots.SlotTable)
+in a thread of its own and answers the workers over a unix socket: length-prefixed msgpack
+frames, pipelined on one connection per worker and purpose. A worker's admission is one local
+round trip (tens of microseconds; see bench/micro), and the counters outlive worker restarts
+and config reloads. A frame with request id 0 gets no answer (a slot given back)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from typing import Any
 
 import msgspec
 
+from airouter.backends.node_slots import GRANTED, SlotStore
 from airouter.limits.engine import Check, Counters, Engine, Item, Outcome
+from airouter.limits.slots import SlotTable
 
 log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
@@ -43,35 +46,61 @@ def _dispatch(counters: Counters, op: str, args: list[Any]) -> Any:
 
 
 async def _serve_conn(
-    counters: Counters, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    counters: Counters, table: SlotTable, reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
 ) -> None:
+    owner = object()  # this connection: its worker's slots end with it
+    waits: set[asyncio.Task[None]] = set()
+
+    def answer(rid: int, result: Any) -> None:
+        if rid and not writer.is_closing():
+            body = _encode([rid, result])
+            writer.write(_HEAD.pack(len(body)) + body)
+
+    async def queued(rid: int, key: str, lease: str, fut: asyncio.Future[int], t: float) -> None:
+        answer(rid, await table.wait(key, lease, fut, t))
+
     try:
         while True:
             head = await reader.readexactly(4)
             rid, op, args = _decode(await reader.readexactly(_HEAD.unpack(head)[0]))
             try:
-                result = _dispatch(counters, op, args)
+                if op == "take":
+                    key, limit, max_queue, lease, seconds = args
+                    got = table.take(key, limit, max_queue, lease, owner)
+                    if isinstance(got, asyncio.Future):
+                        task = asyncio.create_task(queued(rid, key, lease, got, seconds))
+                        waits.add(task)
+                        task.add_done_callback(waits.discard)
+                        continue
+                    result: Any = got
+                elif op == "give":
+                    table.give(args[0], args[1])
+                    result = None
+                else:
+                    result = _dispatch(counters, op, args)
             except Exception:  # a malformed frame: answer it, keep the worker's connection
                 log.exception("limits: bad request %r", op)
                 result = None
-            body = _encode([rid, result])
-            writer.write(_HEAD.pack(len(body)) + body)
+            answer(rid, result)
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
     finally:
+        table.drop(owner)
         writer.close()
 
 
 def start_server(path: str) -> threading.Thread:
     """Serve counters on `path` from a daemon thread of the calling (main) process."""
     counters = Counters()
+    table = SlotTable()
     ready = threading.Event()
 
     async def main() -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         server = await asyncio.start_unix_server(
-            lambda r, w: _serve_conn(counters, r, w), path=path
+            lambda r, w: _serve_conn(counters, table, r, w), path=path
         )
         ready.set()
         async with server:
@@ -84,8 +113,8 @@ def start_server(path: str) -> threading.Thread:
     return t
 
 
-class SharedEngine(Engine):
-    """A worker's client of the main process's counters."""
+class _Client:
+    """One pipelined connection to the main process's server."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -119,7 +148,7 @@ class SharedEngine(Engine):
                     fut.set_exception(ConnectionError("limits server connection lost"))
             self._pending.clear()
 
-    async def _call(self, op: str, args: list[Any]) -> Any:
+    async def _call(self, op: str, args: list[Any], seconds: float = CALL_TIMEOUT) -> Any:
         writer = self._writer
         if writer is None or writer.is_closing():
             writer = await self._connect()
@@ -130,17 +159,59 @@ class SharedEngine(Engine):
         body = _encode([rid, op, args])
         writer.write(_HEAD.pack(len(body)) + body)
         try:
-            async with asyncio.timeout(CALL_TIMEOUT):
+            async with asyncio.timeout(seconds):
                 return await fut
         except TimeoutError:
-            self._pending.pop(rid, None)
             raise ConnectionError("the limits server did not answer") from None
+        finally:
+            self._pending.pop(rid, None)
+
+    def _send(self, op: str, args: list[Any]) -> None:
+        """A frame that needs no answer; none when the connection is gone (its slots went
+        with it)."""
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            body = _encode([0, op, args])
+            writer.write(_HEAD.pack(len(body)) + body)
 
     async def aclose(self) -> None:
         if self._writer is not None:
             self._writer.close()
         if self._reader_task is not None:
             self._reader_task.cancel()
+
+
+class SharedSlots(_Client, SlotStore):
+    """A worker's client of the main process's node slots."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._prefix = os.urandom(6).hex() + ":"
+        self._seq = 0
+
+    async def take(
+        self, key: str, limit: int, max_queue: int, queue_timeout: float
+    ) -> tuple[int, str] | None:
+        self._seq += 1
+        lease = f"{self._prefix}{self._seq}"
+        try:
+            got = await self._call(
+                "take", [key, limit, max_queue, lease, queue_timeout], queue_timeout + CALL_TIMEOUT
+            )
+        except OSError:
+            self._send("give", [key, lease])
+            return None
+        except BaseException:  # cancelled: whether queued or just granted, nothing is kept
+            self._send("give", [key, lease])
+            raise
+        return (got, lease) if got == GRANTED else (got, "")
+
+    def give(self, key: str, lease: str) -> None:
+        self._send("give", [key, lease])
+
+
+class SharedEngine(_Client, Engine):
+    """A worker's client of the main process's counters."""
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
         try:

@@ -1,0 +1,70 @@
+"""Where a node's concurrency slots are counted when they must hold beyond this process: the
+interface a pool calls, implemented by the limits stores (the main process's counters for the
+workers of one replica, Redis for every replica)."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+
+from airouter.errors import RateLimited, RouterError, ServiceUnavailable
+
+# What a store answers to a request for a slot.
+FULL, GRANTED, TIMEOUT = 0, 1, -1
+
+
+def slot_key(backend: str, url: str, label: str) -> str:
+    """A node's name in a store: the same in every worker and replica with the same config,
+    readable, and without the URL's credentials (a digest of the URL keeps two nodes on one
+    host:port apart)."""
+    return f"{backend}:{label}:{hashlib.sha1(url.encode()).hexdigest()[:8]}"
+
+
+def refusal(backend: str, outcome: int, queue_timeout: float) -> RouterError:
+    """What a request gets when a node is full: FULL (its queue too) or TIMEOUT (it waited
+    `queue_timeout` seconds in the queue)."""
+    if outcome == FULL:
+        return RateLimited(
+            f"The backend '{backend}' is at capacity; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    return ServiceUnavailable(
+        f"The backend '{backend}' stayed at capacity for {queue_timeout:g}s.",
+        headers={"Retry-After": "2"},
+        code="queue_timeout",
+    )
+
+
+def unchecked() -> ServiceUnavailable:
+    """The store is unreachable and limits_on_redis_failure is "deny"."""
+    return ServiceUnavailable(
+        "Node limits cannot be checked right now; please retry shortly.",
+        code="limits_unavailable",
+        headers={"Retry-After": "1"},
+    )
+
+
+class SlotStore(ABC):
+    """Slots of nodes shared with other workers or replicas. A taken slot is a lease: given
+    back by `give`, or freed by the store when its holder dies."""
+
+    allow_on_failure = True  # limits_on_redis_failure: "allow" counts in this process instead
+
+    async def start(self) -> None:
+        """Connect; called in the event loop that will use the store."""
+
+    async def aclose(self) -> None:
+        """Disconnect."""
+
+    @abstractmethod
+    async def take(
+        self, key: str, limit: int, max_queue: int, queue_timeout: float
+    ) -> tuple[int, str] | None:
+        """A slot of `key` when fewer than `limit` are taken, else wait in its queue (at most
+        `max_queue` waiting, across every holder of the store) up to `queue_timeout` seconds.
+        Answers (GRANTED, lease), (FULL, "") or (TIMEOUT, ""), or None when the store cannot
+        be reached. A cancelled call leaves nothing taken and nothing queued."""
+
+    @abstractmethod
+    def give(self, key: str, lease: str) -> None:
+        """Give a slot back, without waiting for the store."""
