@@ -6,7 +6,7 @@ charges that arrive queue up and go together in the next call (each still atomic
 and in the order they were made). An idle worker pays one round trip per admission; a busy
 one shares each round trip among every request that arrived meanwhile. Charges at the end of
 a request are not waited for: they go out in the next call, ahead of any later admission of
-this worker, and in the same loop turn when no call is in flight."""
+this worker: at once when no call is in flight, else with the next call."""
 
 from __future__ import annotations
 
@@ -398,7 +398,9 @@ class RedisEngine(Engine):
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> Awaitable[None] | None:
-        self._queue(("C", lease, items, release or ()), None)
+        if self._queue(("C", lease, items, release or ()), None) and self._inflight is None:
+            # Idle: on the wire now, before the answer's last bytes leave.
+            self._flush()
         return None
 
     async def charge(
