@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable
+from itertools import chain
 from typing import Any
 
 import msgspec
@@ -26,11 +27,12 @@ from airouter.limits.engine import LEASE_TTL, WINDOW_SECONDS, Check, Engine, Ite
 
 log = logging.getLogger("airouter.limits")
 
-# ARGV[1]: msgpack [window s, lease ttl ms, ops]; an op is one of
-#   ["A", dry, lease, [[kind, key, limit, amount, ttl], ...]]  admit; result
-#        [failed (0 = admitted), wait s (-1 = never), [used...], [reset s...]]
-#   ["C", lease, [[kind, key, amount, ttl], ...], [lease set key, ...]]  charge, free a lease
-#   ["R", [lease set key, ...], [lease, ...]]  renew leases
+# ARGV[1]: msgpack [window s, lease ttl ms, ops]; an op is one flat array (one Lua table to
+# unpack per request, not one per check), one of
+#   ["A", dry, lease, (kind, key, limit, amount, ttl) * n]  admit; result
+#        [failed (0 = admitted), wait s (-1 = never), used * n, reset s * n]
+#   ["C", lease, n, (kind, key, amount, ttl) * n, lease set key * m]  charge, free a lease
+#   ["R", (lease set key, lease) * n]  renew leases
 # Returns msgpack: one result per op (0 for C and R). The keys travel inside the argument, not
 # in KEYS: one call touches the keys of many requests (many hash slots), so the script is for
 # a single Redis, not a Cluster, either way.
@@ -147,10 +149,12 @@ end
 for n, op in ipairs(batch[3]) do
   local what = op[1]
   if what == 'A' then
-    local dry, checks, used, reset = op[2], op[4], {}, {}
+    local dry, lease, k = op[2], op[3], (#op - 3) / 5
+    local res = {0, 0}
     local failed, wait = 0, 0
-    for i, c in ipairs(checks) do
-      local ck, key, limit, amount = c[1], c[2], c[3], c[4]
+    for i = 1, k do
+      local j = 3 + (i - 1) * 5
+      local ck, key, limit, amount = op[j + 1], op[j + 2], op[j + 3], op[j + 4]
       local u, r, w = 0, 0, nil
       if ck == 'w' then
         local win = window(key)
@@ -175,36 +179,42 @@ for n, op in ipairs(batch[3]) do
         u = total(key).u
         if u + amount > limit then w = -1 end
       end
-      used[i], reset[i] = u, r
+      res[2 + i], res[2 + k + i] = u, r
       if failed == 0 and w ~= nil then failed, wait = i, w end
     end
     if failed == 0 and not dry then
-      for i, c in ipairs(checks) do
-        local ck, key, amount = c[1], c[2], c[4]
-        used[i] = used[i] + amount
+      for i = 1, k do
+        local j = 3 + (i - 1) * 5
+        local ck, key, amount = op[j + 1], op[j + 2], op[j + 4]
+        res[2 + i] = res[2 + i] + amount
         if ck == 'c' then
           local l = L[key]
-          l.n, l.x = l.n + redis.call('ZADD', key, now_ms + ttl, op[3]), true
+          l.n, l.x = l.n + redis.call('ZADD', key, now_ms + ttl, lease), true
         else
-          add(ck, key, amount, c[5])
-          if ck == 'w' and reset[i] == 0 then reset[i] = sec + span - now end
+          add(ck, key, amount, op[j + 5])
+          if ck == 'w' and res[2 + k + i] == 0 then res[2 + k + i] = sec + span - now end
         end
       end
     end
-    out[n] = {failed, wait, used, reset}
+    res[1], res[2] = failed, wait
+    out[n] = res
   elseif what == 'C' then
-    for _, c in ipairs(op[3]) do add(c[1], c[2], c[3], c[4]) end
-    for _, key in ipairs(op[4]) do
-      local gone = redis.call('ZREM', key, op[2])
+    local lease, k = op[2], op[3]
+    for i = 1, k do
+      local j = 3 + (i - 1) * 4
+      add(op[j + 1], op[j + 2], op[j + 3], op[j + 4])
+    end
+    for j = 4 + k * 4, #op do
+      local key = op[j]
+      local gone = redis.call('ZREM', key, lease)
       local l = L[key]
       if l then l.n = l.n - gone end
     end
     out[n] = 0
   else
-    local leases = op[3]
-    for i, key in ipairs(op[2]) do
-      redis.call('ZADD', key, 'XX', now_ms + ttl, leases[i])
-      redis.call('PEXPIRE', key, ttl * 2)
+    for j = 2, #op, 2 do
+      redis.call('ZADD', op[j], 'XX', now_ms + ttl, op[j + 1])
+      redis.call('PEXPIRE', op[j], ttl * 2)
     end
     out[n] = 0
   end
@@ -265,7 +275,7 @@ class RedisEngine(Engine):
         if self._ops or self._inflight is not None:
             # Ops run in order: when this empty one is answered, every queued charge is in.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._op(("R", [], [])), 2)
+                await asyncio.wait_for(self._op(["R"]), 2)
         if self._conn is not None:
             self._conn.close()
 
@@ -387,18 +397,17 @@ class RedisEngine(Engine):
     # -- the Engine interface ---------------------------------------------------------------
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
-        out = await self._op(("A", dry, lease, checks))
+        out = await self._op(["A", dry, lease, *chain.from_iterable(checks)])
         if out is None:
             return None
-        failed, wait, used, reset = out
-        # cmsgpack turns an empty table into a map: no checks means empty lists.
-        return Outcome(failed - 1, math.inf if wait < 0 else wait,
-                       used if used else [], reset if reset else [])
+        n = len(checks)
+        wait = out[1]
+        return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
 
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> Awaitable[None] | None:
-        if self._queue(("C", lease, items, release or ()), None) and self._inflight is None:
+        if self._queue(_charge(items, release, lease), None) and self._inflight is None:
             # Idle: on the wire now, before the answer's last bytes leave.
             self._flush()
         return None
@@ -406,13 +415,20 @@ class RedisEngine(Engine):
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        await self._op(("C", lease, items, release or ()))
+        await self._op(_charge(items, release, lease))
 
     async def release(self, keys: list[str], lease: str) -> None:
         await self.charge([], keys, lease)
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        await self._op(("R", keys, leases))
+        await self._op(["R", *chain.from_iterable(zip(keys, leases, strict=True))])
+
+
+def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[Any]:
+    op: list[Any] = ["C", lease, len(items), *chain.from_iterable(items)]
+    if release:
+        op += release
+    return op
 
 
 def _safe(url: str) -> str:
