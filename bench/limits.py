@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import bodies, deps, router, scenarios, wrk
+from bench import bodies, deps, profile, router, scenarios, wrk
 from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, free_port, pinned, spawn
 
 ADMIN_KEY = "sk-bench-admin"
@@ -222,7 +222,11 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
             # in-process counters live), and redis-server.
             watch = {m: [rts[m].pid, _worker(rts[m])] for m in MODES}
             watch["redis"].append(rpid)
-            runs, cpu = scenarios.take_turns(urls, dict.fromkeys(MODES, script), watch, s)
+            # --profile: py-spy on the Redis router's worker (its turns; idle time is not sampled).
+            out_file = env.results / f"{env.stamp}-profile-limits-{kind}.txt"
+            with profile.record(_worker(rts["redis"]), out_file, s.wrk_seconds * len(MODES),
+                                s.profile) as prof:
+                runs, cpu = scenarios.take_turns(urls, dict.fromkeys(MODES, script), watch, s)
             evals = _redis_evals(rport) - evals0
             res: dict[str, Any] = {}
             for m in MODES:
@@ -232,6 +236,11 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 n = max(r.requests, 1)
                 entry["cpu_us_per_req"] = round(cpu[m][0] / n * 1e6, 1)
                 entry["main_cpu_us_per_req"] = max(0.0, round((cpu[m][0] - cpu[m][1]) / n * 1e6, 1))
+                if m == "redis" and prof:
+                    p = prof[0]
+                    entry["profile"] = {"file": str(p.path), "samples": p.samples,
+                                        "self_top": p.self_top, "inclusive_top": p.incl_top,
+                                        "self_by_package": p.by_package}
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
                     entry["redis_calls_per_req"] = round(evals / max(r.requests, 1), 3)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 WINDOW, LEASES, TOTAL = "w", "c", "b"
 WINDOW_SECONDS = 60
@@ -25,8 +27,9 @@ LEASE_TTL = 30.0  # seconds; renewed every LEASE_TTL / 3 while the request runs
 Item = tuple[str, str, int, int]  # kind, storage key, amount, ttl
 
 
-@dataclass(slots=True, frozen=True)
-class Check:
+class Check(NamedTuple):
+    """A tuple, so a store packs it as it is (msgpack array) and building one is cheap."""
+
     kind: str
     key: str
     limit: int
@@ -66,6 +69,13 @@ class Engine(ABC):
     ) -> None:
         """Add (kind, key, amount, ttl) without checking (WINDOW now, TOTAL at once), and free
         `lease` in the `release` lease sets, in one round trip."""
+
+    def post(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> Awaitable[None] | None:
+        """`charge`, without waiting where the store can queue it in order (None); else the
+        awaitable the caller must wait for."""
+        return self.charge(items, release, lease)
 
     @abstractmethod
     async def release(self, keys: list[str], lease: str) -> None: ...
@@ -222,6 +232,12 @@ class LocalEngine(Engine):
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
         self.counters.charge(items, release, lease)
+
+    def post(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> Awaitable[None] | None:
+        self.counters.charge(items, release, lease)
+        return None
 
     async def release(self, keys: list[str], lease: str) -> None:
         self.counters.release(keys, lease)

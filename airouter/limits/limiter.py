@@ -7,14 +7,24 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Awaitable
 from typing import Any
 
 from airouter.backends.base import Stats, Target
 from airouter.config import Config
 from airouter.errors import RouterError, ServiceUnavailable
 from airouter.limits import metrics
-from airouter.limits.engine import LEASE_TTL, LEASES, TOTAL, Engine, Item, LocalEngine
+from airouter.limits.engine import (
+    LEASE_TTL,
+    LEASES,
+    TOTAL,
+    WINDOW,
+    Check,
+    Engine,
+    Item,
+    LocalEngine,
+    Outcome,
+)
 from airouter.limits.policy import (
     BUDGET,
     CONCURRENT,
@@ -25,9 +35,10 @@ from airouter.limits.policy import (
     Rules,
     headers,
     refusal,
+    reset_header,
 )
 from airouter.limits.shared import SOCKET_ENV, SharedEngine
-from airouter.tokenizers import prompt_tokens
+from airouter.tokenizers import estimate, prompt_text, prompt_tokens
 
 log = logging.getLogger("airouter.limits")
 BATCH = 32  # streamed chunks per completion-token charge: no store round trip per token
@@ -58,7 +69,7 @@ class Ticket:
     """One admitted request: what it was charged, and the leases it holds."""
 
     __slots__ = (
-        "limiter", "key", "label", "token_rules", "lease", "lease_keys", "prompt",
+        "limiter", "key", "label", "checks", "charges", "lease", "lease_keys", "prompt",
         "charged", "seen", "settled", "headers",
     )
 
@@ -66,9 +77,10 @@ class Ticket:
         self.limiter = limiter
         self.key = key
         self.label = label
-        self.token_rules: list[tuple[str, str, int]] = []  # (kind, storage key, ttl)
+        self.checks: list[Check] = []
+        self.charges: tuple[int, ...] = ()  # indexes of the checks that count tokens
         self.lease = ""
-        self.lease_keys: list[str] = []
+        self.lease_keys: tuple[str, ...] = ()
         self.prompt = prompt
         self.charged = 0  # completion tokens charged so far
         self.seen = 0  # events streamed: the completion estimate when the backend counts none
@@ -78,24 +90,32 @@ class Ticket:
     def chunk(self, data: bytes) -> None:
         """Streamed events went out (about one token each): charge every BATCH of them."""
         self.seen += data.count(b"\n\n")
-        if self.token_rules and self.seen - self.charged >= BATCH:
+        if self.charges and self.seen - self.charged >= BATCH:
             n = self.seen - self.charged
             self.charged = self.seen
             engine = self.limiter.engine
             assert engine is not None
-            self.limiter.spawn(engine.charge(self._items(n)))
+            wait = engine.post(self._items(n))
+            if wait is not None:
+                self.limiter.spawn(wait)
 
     def _items(self, n: int) -> list[Item]:
-        return [(kind, key, n, ttl) for kind, key, ttl in self.token_rules]
+        checks = self.checks
+        return [(checks[i].kind, checks[i].key, n, checks[i].ttl) for i in self.charges]
 
     async def settle(self, stats: Stats | None, failed: bool = False) -> None:
         """The answer is complete: charge the difference between what the backend counted
         (or what we estimated) and what was charged so far, and free the request's slots.
         A request that `failed` before any output gets its prompt tokens back."""
+        wait = self._settle(stats, failed)
+        if wait is not None:
+            await wait
+
+    def _settle(self, stats: Stats | None, failed: bool) -> Awaitable[None] | None:
+        """Settle now; what is left to wait for where the store cannot queue the charge."""
         if self.settled:
-            return
+            return None
         self.settled = True
-        lim = self.limiter
         if failed and not self.seen and (stats is None or stats.completion_tokens is None):
             prompt = 0
         else:
@@ -104,23 +124,79 @@ class Ticket:
             else self.seen
         delta = prompt - self.prompt + completion - self.charged
         self.charged = completion
+        lim = self.limiter
         lim.record(self.key, self.label, prompt, completion)
         engine = lim.engine
-        if engine is None:
-            return
-        lim.add_usage(self.key, prompt, completion)
-        items = self._items(delta) if delta and self.token_rules else []
+        if engine is None or not (self.charges or self.lease_keys):
+            return None
         if self.lease_keys:
             lim.leases.pop(self.lease, None)
-        if self.token_rules or self.lease_keys:
-            # Before the last bytes: a client that sends its next request at once finds its
-            # tokens counted and its slot free, on any replica.
-            await engine.charge(items, self.lease_keys, self.lease)
+        # Queued ahead of this worker's next admission and sent before, or with, the last
+        # bytes: a client that sends its next request at once finds its tokens counted and its
+        # slot free, on any replica.
+        return engine.post(self._items(delta) if delta and self.charges else [],
+                           list(self.lease_keys), self.lease)
 
     def release(self, stats: Stats | None) -> None:
         """The request is over (done, failed or cancelled): settle it if the answer did not."""
         if not self.settled:
-            self.limiter.spawn(self.settle(stats, failed=True))
+            wait = self._settle(stats, True)
+            if wait is not None:
+                self.limiter.spawn(wait)
+
+
+class Plan:
+    """What the requests of one (key, model label) pair check, built on first use: the
+    checks that never change, where the prompt's tokens go, and the rate-limit headers."""
+
+    __slots__ = ("rules", "fixed", "tokens", "budgets", "charges", "lease_keys", "scopes",
+                 "limit_bytes")
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self.fixed: list[Check] = [r.one for r in rules]  # amount 1; tokens, budgets replaced
+        self.tokens = tuple(i for i, r in enumerate(rules) if r.what == TOKENS)
+        self.budgets = tuple(i for i, r in enumerate(rules) if r.what == BUDGET)
+        self.charges = tuple(sorted(self.tokens + self.budgets))
+        self.lease_keys = tuple(r.key for r in rules if r.kind == LEASES)
+        self.limit_bytes = [str(r.limit).encode() for r in rules]
+        self.scopes = [
+            (names, idx)
+            for what, names in ((REQUESTS, _REQUEST_HEADERS), (TOKENS, _TOKEN_HEADERS))
+            if (idx := tuple(i for i, r in enumerate(rules) if r.what == what))
+        ]
+
+    def checks(self, rules: Rules, prompt: int) -> list[Check]:
+        out = self.fixed.copy()
+        for i in self.tokens:
+            r = self.rules[i]
+            out[i] = Check(WINDOW, r.key, r.limit, prompt)
+        for i in self.budgets:
+            out[i] = self.rules[i].check(prompt, rules.period_id(self.rules[i].period))
+        return out
+
+    def headers(self, out: Outcome) -> list[tuple[bytes, bytes]]:
+        """policy.headers for an admission, from what was built once."""
+        used, limits = out.used, self.rules
+        h: list[tuple[bytes, bytes]] = []
+        for (limit_h, left_h, reset_h), idx in self.scopes:
+            best = idx[0]
+            left = max(0, limits[best].limit - used[best])
+            for i in idx[1:]:
+                n = max(0, limits[i].limit - used[i])
+                if n < left:
+                    best, left = i, n
+            h.append((limit_h, self.limit_bytes[best]))
+            h.append((left_h, b"%d" % left))
+            h.append((reset_h, reset_header(out.reset[best])))
+        return h
+
+
+_REQUEST_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests",
+                    b"x-ratelimit-reset-requests")
+_TOKEN_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens",
+                  b"x-ratelimit-reset-tokens")
+_NO_PLAN = Plan([])
 
 
 class Limiter:
@@ -129,16 +205,15 @@ class Limiter:
         self.allow_on_failure = cfg.server.limits_on_redis_failure == "allow"
         self.engine: Engine | None = make_engine(cfg) if (self.rules.active or cfg.keys) else None
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.leases: dict[str, list[str]] = {}
+        self.leases: dict[str, tuple[str, ...]] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._children: dict[tuple[str, ...], Any] = {}
-        # Per (key, model): [requests, prompt, completion], added to Prometheus once a second
-        # rather than three locked increments per request.
+        self._plans: dict[tuple[str, str], Plan] = {}
+        # Per (key, model): [requests, prompt, completion], added to Prometheus and (per key,
+        # for /v1/usage) to the store once a second rather than per request.
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._seq = 0
         self._lease_prefix = os.urandom(6).hex() + ":"
-        # Use per key for /v1/usage, sent to the store in one batch a second, not per request.
-        self._usage: dict[str, int] = {}
 
     async def start(self) -> None:
         if self.engine is not None:
@@ -150,26 +225,27 @@ class Limiter:
             self._renewer.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2)
-        self._flush_metrics()
+        with contextlib.suppress(Exception):
+            await self._flush()
         if self.engine is not None:
-            with contextlib.suppress(Exception):
-                await self._flush_usage()
             await self.engine.aclose()
 
-    def add_usage(self, key: str, prompt: int, completion: int) -> None:
-        u = self._usage
-        req, p, c = usage_keys(key)
-        u[req] = u.get(req, 0) + 1
-        u[p] = u.get(p, 0) + prompt
-        u[c] = u.get(c, 0) + completion
+    async def _flush(self) -> None:
+        """Per-key totals to Prometheus and, for /v1/usage, to the store."""
+        counts, self._counts = self._counts, {}
+        usage: dict[str, int] = {}
+        for (key, model), (requests, prompt, completion) in counts.items():
+            self._child(metrics.KEY_REQUESTS, key, model).inc(requests)
+            if prompt:
+                self._child(metrics.KEY_TOKENS, key, model, "prompt").inc(prompt)
+            if completion:
+                self._child(metrics.KEY_TOKENS, key, model, "completion").inc(completion)
+            for k, v in zip(usage_keys(key), (requests, prompt, completion), strict=True):
+                usage[k] = usage.get(k, 0) + v
+        if usage and self.engine is not None:
+            await self.engine.charge([(TOTAL, k, v, 0) for k, v in usage.items() if v])
 
-    async def _flush_usage(self) -> None:
-        if self._usage and self.engine is not None:
-            items = [(TOTAL, k, v, 0) for k, v in self._usage.items() if v]
-            self._usage = {}
-            await self.engine.charge(items)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
         t = asyncio.ensure_future(coro)
         self.tasks.add(t)
         t.add_done_callback(self.tasks.discard)
@@ -179,12 +255,9 @@ class Limiter:
         while True:
             await asyncio.sleep(USAGE_FLUSH)
             ticks += 1
-            self._flush_metrics()
-            if self.engine is None:
-                continue
             with contextlib.suppress(Exception):
-                await self._flush_usage()
-            if ticks * USAGE_FLUSH >= LEASE_TTL / 3:
+                await self._flush()
+            if self.engine is not None and ticks * USAGE_FLUSH >= LEASE_TTL / 3:
                 ticks = 0
                 await self._renew()
 
@@ -214,28 +287,31 @@ class Limiter:
         c[1] += prompt
         c[2] += completion
 
-    def _flush_metrics(self) -> None:
-        counts, self._counts = self._counts, {}
-        for (key, model), (requests, prompt, completion) in counts.items():
-            self._child(metrics.KEY_REQUESTS, key, model).inc(requests)
-            if prompt:
-                self._child(metrics.KEY_TOKENS, key, model, "prompt").inc(prompt)
-            if completion:
-                self._child(metrics.KEY_TOKENS, key, model, "completion").inc(completion)
+    def _plan(self, key: str, label: str) -> Plan:
+        plan = self._plans.get((key, label))
+        if plan is None:
+            rules = self.rules.for_request(key, label) if self.rules.active else []
+            plan = self._plans[(key, label)] = Plan(rules) if rules else _NO_PLAN
+        return plan
 
     async def admit(self, key: str, target: Target, body: dict[str, Any]) -> Ticket:
         """Admit a request or raise the 429 (or, when the store is unreachable and the policy
         is "deny", the 503) the client should get."""
         label = target.label
-        rules = self.rules.for_request(key, label) if self.rules.active else []
-        if not rules:
+        plan = self._plan(key, label)
+        if plan is _NO_PLAN:
             return Ticket(self, key, label, 0)
-        prompt = await prompt_tokens(target.model, body)
+        model = target.model
+        if model.tokenizer:
+            prompt = await prompt_tokens(model, body)
+        else:  # what prompt_tokens counts without a tokenizer, without its coroutine
+            text, ids = prompt_text(body)
+            prompt = ids + estimate(text)
         ticket = Ticket(self, key, label, prompt)
         assert self.engine is not None
         self._seq += 1
-        lease = f"{self._lease_prefix}{self._seq}"
-        checks = self.rules.checks(rules, prompt)
+        lease = self._lease_prefix + str(self._seq)
+        checks = plan.checks(self.rules, prompt)
         out = await self.engine.admit(checks, lease)
         if out is None:
             if self.allow_on_failure:
@@ -247,20 +323,20 @@ class Limiter:
                 headers={"Retry-After": "1"},
             )
         if out.failed >= 0:
-            rule = rules[out.failed]
+            rule = plan.rules[out.failed]
             self._child(metrics.KEY_REJECTED, key, rule.what).inc()
             err: RouterError = refusal(rule, checks[out.failed], out, target.alias)
-            err.headers.update({k.decode(): v.decode() for k, v in headers(rules, out, False)})
+            err.headers.update(
+                {k.decode(): v.decode() for k, v in headers(plan.rules, out, False)}
+            )
             raise err
-        ticket.headers = headers(rules, out, True)
-        for r, c in zip(rules, checks, strict=True):
-            if r.what in (TOKENS, BUDGET):
-                ticket.token_rules.append((c.kind, c.key, c.ttl))
-            elif r.kind == LEASES:
-                ticket.lease_keys.append(c.key)
-        if ticket.lease_keys:
+        ticket.headers = plan.headers(out)
+        ticket.checks = checks
+        ticket.charges = plan.charges
+        if plan.lease_keys:
             ticket.lease = lease
-            self.leases[lease] = ticket.lease_keys
+            ticket.lease_keys = plan.lease_keys
+            self.leases[lease] = plan.lease_keys
         return ticket
 
     async def report(self, key: str) -> dict[str, Any]:
@@ -270,8 +346,6 @@ class Limiter:
             return out
         rules = self.rules.keys.get(key, [])
         req, p, c = usage_keys(key)
-        from airouter.limits.engine import Check
-
         totals = [Check(TOTAL, k, 1 << 62, 0) for k in (req, p, c)]
         checks = self.rules.checks(rules, 0) if rules else []
         got = await self.engine.admit([*totals, *checks], "", dry=True)

@@ -11,6 +11,9 @@ from airouter.errors import RateLimited, RouterError
 from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check, Outcome
 
 PREFIX = "airouter:lim:"
+# Window keys name their layout (w2: buckets with their sum and oldest second), so replicas of
+# a version with another layout, during a rolling upgrade, never read each other's.
+LAYOUT = ":w2"
 REQUESTS, TOKENS, CONCURRENT, BUDGET = "requests", "tokens", "concurrent", "budget"
 _WHAT = {
     REQUESTS: "requests per min (RPM)",
@@ -65,9 +68,9 @@ def rules_for(scope: str, name: str, lc: LimitsConfig, owner: str) -> list[Rule]
         period = getattr(lc, "budget_period", None)
         out.append(Rule(BUDGET, TOTAL, base + "budget:", budget, owner, period))
     if lc.rpm is not None:
-        out.append(Rule(REQUESTS, WINDOW, base + "rpm", lc.rpm, owner))
+        out.append(Rule(REQUESTS, WINDOW, base + "rpm" + LAYOUT, lc.rpm, owner))
     if lc.tpm is not None:
-        out.append(Rule(TOKENS, WINDOW, base + "tpm", lc.tpm, owner))
+        out.append(Rule(TOKENS, WINDOW, base + "tpm" + LAYOUT, lc.tpm, owner))
     if lc.max_concurrent is not None:
         out.append(Rule(CONCURRENT, LEASES, base + "conc", lc.max_concurrent, owner))
     return out
@@ -122,6 +125,22 @@ def duration(seconds: float) -> str:
         return f"{math.ceil(seconds * 10) / 10:g}s"
     m, s = divmod(math.ceil(seconds), 60)
     return f"{m}m{s}s"
+
+
+_RESETS: dict[int, bytes] = {}
+
+
+def reset_header(seconds: float) -> bytes:
+    """duration(seconds) as header bytes; the usual values (a window's reset is under 60 s)
+    are formatted once."""
+    if seconds <= 0 or seconds >= 60:
+        return duration(seconds).encode()
+    # What duration() depends on: milliseconds under a second, tenths above.
+    k = math.ceil(seconds * 1000) if seconds < 1 else 1000 + math.ceil(seconds * 10)
+    b = _RESETS.get(k)
+    if b is None:
+        b = _RESETS[k] = duration(seconds).encode()
+    return b
 
 
 def headers(rules: list[Rule], out: Outcome, admitted: bool) -> list[tuple[bytes, bytes]]:

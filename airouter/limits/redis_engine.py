@@ -2,188 +2,165 @@
 between reading a counter and raising it; time is Redis's own clock.
 
 Calls from one worker are coalesced: while a script call is in flight, the admissions and
-charges that arrive queue up and go together in the next call (each still atomic on its own).
-An idle worker pays one round trip per admission; a busy one shares each round trip among
-every request that arrived meanwhile, which is where the CPU of a client goes (a syscall and a
-reply parse per call, not per request)."""
+charges that arrive queue up and go together in the next call (each still atomic on its own,
+and in the order they were made). An idle worker pays one round trip per admission; a busy
+one shares each round trip among every request that arrived meanwhile. Charges at the end of
+a request are not waited for: they go out in the next call, ahead of any later admission of
+this worker: at once when no call is in flight, else with the next call."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Awaitable
+from itertools import chain
 from typing import Any
 
 import msgspec
 
-from airouter.limits import metrics
+from airouter.limits import metrics, resp
 from airouter.limits.engine import LEASE_TTL, WINDOW_SECONDS, Check, Engine, Item, Outcome
+from airouter.limits.redis_script import SCRIPT, SCRIPT_SHA
 
 log = logging.getLogger("airouter.limits")
 
-# KEYS: every key the batch touches, once. ARGV[1]: msgpack [window s, lease ttl ms, ops], an
-# op being one of (keys as 1-based indexes into KEYS):
-#   ["A", dry, lease, [[key, kind, limit, amount, ttl], ...]]  admit; result
-#        [failed (0 = admitted), wait ms (-1 = never), [used...], [reset ms...]]
-#   ["C", lease, [[key, kind, amount, ttl], ...], [lease set key, ...]]  charge, free a lease
-#   ["R", [[lease set key, lease], ...]]  renew leases
-# Returns msgpack: one result per op (0 for C and R). One argument in and one out, packed
-# and parsed in C on both sides, instead of hundreds of RESP arguments.
-SCRIPT = """
-local t = redis.call('TIME')
-local sec = tonumber(t[1])
-local now = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
-local batch = cmsgpack.unpack(ARGV[1])
-local span, ttl = batch[1], batch[2]
-local out = {}
-
-local function window(key, limit, amount)
-  local h = redis.call('HGETALL', key)
-  local secs, vals, u = {}, {}, 0
-  for j = 1, #h, 2 do
-    local s, v = tonumber(h[j]), tonumber(h[j + 1])
-    if s <= sec - span then
-      redis.call('HDEL', key, h[j])
-    else
-      u = u + v
-      secs[#secs + 1] = s
-      vals[s] = v
-    end
-  end
-  table.sort(secs)
-  local reset = 0
-  if #secs > 0 then reset = (secs[1] + span) * 1000 - now end
-  local wait = nil
-  if u + amount > limit then
-    wait = -1
-    local need, freed = u + amount - limit, 0
-    for _, s in ipairs(secs) do
-      freed = freed + vals[s]
-      if freed >= need then
-        wait = (s + span) * 1000 - now
-        break
-      end
-    end
-  end
-  return u, reset, wait
-end
-
-local function add(kind, key, amount, kttl)
-  if kind == 'w' then
-    redis.call('HINCRBY', key, sec, amount)
-    redis.call('EXPIRE', key, span + 1)
-  elseif kind == 'b' then
-    redis.call('INCRBY', key, amount)
-    if kttl > 0 then redis.call('EXPIRE', key, kttl) end
-  end
-end
-
-for n, op in ipairs(batch[3]) do
-  if op[1] == 'A' then
-    local checks, used, reset = op[4], {}, {}
-    local failed, wait = 0, 0
-    for i, c in ipairs(checks) do
-      local key, ck, limit, amount = KEYS[c[1]], c[2], c[3], c[4]
-      local u, r, w = 0, 0, nil
-      if ck == 'w' then
-        u, r, w = window(key, limit, amount)
-      elseif ck == 'c' then
-        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-        u = redis.call('ZCARD', key)
-        if u + amount > limit then w = 1000 end
-      else
-        u = tonumber(redis.call('GET', key) or '0')
-        if u + amount > limit then w = -1 end
-      end
-      used[i], reset[i] = u, r
-      if failed == 0 and w ~= nil then failed, wait = i, w end
-    end
-    if failed == 0 and not op[2] then
-      for i, c in ipairs(checks) do
-        local key, ck, amount = KEYS[c[1]], c[2], c[4]
-        used[i] = used[i] + amount
-        if ck == 'c' then
-          redis.call('ZADD', key, now + ttl, op[3])
-          redis.call('PEXPIRE', key, ttl * 2)
-        else
-          add(ck, key, amount, c[5])
-          if ck == 'w' and reset[i] == 0 then reset[i] = (sec + span) * 1000 - now end
-        end
-      end
-    end
-    out[n] = {failed, wait, used, reset}
-  elseif op[1] == 'C' then
-    for _, c in ipairs(op[3]) do add(c[2], KEYS[c[1]], c[3], c[4]) end
-    for _, key in ipairs(op[4]) do redis.call('ZREM', KEYS[key], op[2]) end
-    out[n] = 0
-  else
-    for _, l in ipairs(op[2]) do
-      redis.call('ZADD', KEYS[l[1]], 'XX', now + ttl, l[2])
-      redis.call('PEXPIRE', KEYS[l[1]], ttl * 2)
-    end
-    out[n] = 0
-  end
-end
-return cmsgpack.pack(out)
-"""
-
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 LOG_EVERY = 60.0
 RETRY_AFTER = 1.0  # after a failure, skip Redis this long: a dead server costs no latency
 MAX_BATCH = 256
+_EVALSHA = b"*4\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode() + b"\r\n$1\r\n0\r\n"
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
 
 
 class RedisEngine(Engine):
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
         self.timeout = timeout
-        self.client: Any = None
-        self._conn: Any = None
+        self._conn: resp.Connection | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._logged = 0.0
         self.up = True
-        self._queue: list[tuple[list[Any], asyncio.Future[Any]]] = []
-        self._sender: asyncio.Task[None] | None = None
+        self._ops: list[Any] = []
+        self._waiters: list[asyncio.Future[Any] | None] = []  # per op; None: nobody waits
+        self._scheduled = False
+        # The batch in flight: its waiters, command and time-out; one at a time.
+        self._inflight: tuple[list[asyncio.Future[Any] | None], bytes, asyncio.TimerHandle] | None
+        self._inflight = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
-
-        self.client = aioredis.Redis.from_url(
-            self.url,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=self.timeout,
-            health_check_interval=0,
-        )
-        # One batch is in flight at a time, so one connection, used directly: a pool, its
-        # lock and the command layer cost as much CPU as the call itself.
-        self._conn = self.client.connection_pool.make_connection()
+        self._loop = asyncio.get_running_loop()
         metrics.LIMITS_UP.labels("redis").set(1)
 
     async def aclose(self) -> None:
-        if self._sender is not None:
-            await asyncio.wait([self._sender], timeout=2)
+        if self._ops or self._inflight is not None:
+            # Ops run in order: when this empty one is answered, every queued charge is in.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._op(["R"]), 2)
         if self._conn is not None:
-            await self._conn.disconnect()
-        if self.client is not None:
-            await self.client.aclose()
+            self._conn.close()
 
-    async def _eval(self, keys: list[str], packed: bytes) -> Any:
-        """EVALSHA on the engine's connection; loads the script when Redis lacks it (a fresh
-        or restarted server)."""
-        from redis.exceptions import NoScriptError
+    # -- batching ---------------------------------------------------------------------------
 
+    def _queue(self, op: Any, fut: asyncio.Future[Any] | None) -> bool:
+        """Queue an op for the next script call; False when Redis is down (skipped)."""
+        if not self.up and time.monotonic() < self._down_until:
+            return False
+        self._ops.append(op)
+        self._waiters.append(fut)
+        if self._inflight is None and not self._scheduled:
+            # At the end of this loop turn: every op made in the same turn goes in one call.
+            self._scheduled = True
+            loop = self._loop or asyncio.get_running_loop()
+            loop.call_soon(self._flush)
+        return True
+
+    async def _op(self, op: Any) -> Any:
+        fut = (self._loop or asyncio.get_running_loop()).create_future()
+        if not self._queue(op, fut):
+            return None
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._inflight is not None or not self._ops:
+            return
         conn = self._conn
-        cmd = conn.pack_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, packed)
-        await conn.send_packed_command(cmd, check_health=False)
+        if conn is None or conn.transport is None:
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
+        ops, waiters = self._ops, self._waiters
+        if len(ops) > MAX_BATCH:
+            self._ops, self._waiters = ops[MAX_BATCH:], waiters[MAX_BATCH:]
+            ops, waiters = ops[:MAX_BATCH], waiters[:MAX_BATCH]
+        else:
+            self._ops, self._waiters = [], []
+        packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), ops))
+        cmd = b"%s$%d\r\n%s\r\n" % (_EVALSHA, len(packed), packed)
+        loop = self._loop or asyncio.get_running_loop()
+        self._inflight = (waiters, packed, loop.call_later(self.timeout, self._timed_out, conn))
+        conn.send(cmd, self._reply)
+
+    async def _connect(self) -> None:
         try:
-            return await conn.read_response()
-        except NoScriptError:
-            await conn.send_command("SCRIPT", "LOAD", SCRIPT, check_health=False)
-            await conn.read_response()
-            await conn.send_packed_command(cmd, check_health=False)
-            return await conn.read_response()
+            async with asyncio.timeout(self.timeout):
+                self._conn = await resp.connect(self.url, SCRIPT.encode())
+        except (OSError, resp.ReplyError) as e:
+            self._failed(e)
+            self._drop_queued()
+        finally:
+            self._connecting = None
+        self._flush()
+
+    def _timed_out(self, conn: resp.Connection) -> None:
+        conn.close(TimeoutError("Redis did not answer in time"))
+
+    def _reply(self, reply: resp.Reply) -> None:
+        assert self._inflight is not None
+        waiters, packed, timer = self._inflight
+        if isinstance(reply, resp.ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # A restarted or flushed Redis: EVAL loads the script and runs this batch.
+            assert self._conn is not None
+            self._conn.send(resp.command(b"EVAL", SCRIPT.encode(), b"0", packed), self._reply)
+            return
+        timer.cancel()
+        self._inflight = None
+        results: Any = None
+        if isinstance(reply, bytes):
+            try:
+                results = _unpack(reply)
+            except msgspec.DecodeError:
+                log.exception("limits: the Redis script answered garbage")
+            self._ok()
+        elif isinstance(reply, resp.ReplyError):
+            # A script error (a Redis without Lua's cmsgpack, say): a bug or a setup problem,
+            # not an outage; served under the same policy, logged in full.
+            log.error("limits: the Redis script failed: %s", reply)
+        else:
+            self._failed(reply if isinstance(reply, BaseException) else ValueError(repr(reply)))
+            if self._conn is not None:
+                self._conn.close()
+            self._drop_queued()
+        if not isinstance(results, list) or len(results) != len(waiters):
+            results = [None] * len(waiters)
+        # Every waiting request gets an answer, whatever happened (None: no verdict).
+        for fut, result in zip(waiters, results, strict=True):
+            if fut is not None and not fut.done():
+                fut.set_result(result)
+        if self._ops:
+            self._flush()
+
+    def _drop_queued(self) -> None:
+        """Redis is down: the queued ops get no verdict (their waiters apply the policy)."""
+        waiters, self._ops, self._waiters = self._waiters, [], []
+        for fut in waiters:
+            if fut is not None and not fut.done():
+                fut.set_result(None)
 
     def _failed(self, e: BaseException) -> None:
         now = time.monotonic()
@@ -202,89 +179,41 @@ class RedisEngine(Engine):
             metrics.LIMITS_UP.labels("redis").set(1)
             log.warning("limits: Redis at %s is back", _safe(self.url))
 
-    async def _op(self, op: list[Any]) -> Any:
-        """Queue one op (storage keys as strings) for the next script call; None when Redis
-        is unreachable."""
-        if not self.up and time.monotonic() < self._down_until:
-            return None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, fut))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send())
-        return await fut
-
-    async def _send(self) -> None:
-        import redis.exceptions
-
-        errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            results: list[Any] = []
-            try:
-                index: dict[str, int] = {}
-                ops = [_indexed(op, index) for op, _ in batch]
-                packed = _pack([WINDOW_SECONDS, int(LEASE_TTL * 1000), ops])
-                results = _unpack(await self._eval(list(index), packed))
-                self._ok()
-            except errors as e:
-                # The reply may still come: never read it as the next call's.
-                await self._conn.disconnect()
-                self._failed(e)
-            except Exception:
-                # A script error (a Redis without Lua's cmsgpack, say): a bug or a setup
-                # problem, not an outage; served under the same policy, logged in full.
-                log.exception("limits: the Redis script failed")
-                await self._conn.disconnect()
-            finally:
-                # Every waiting request gets an answer, whatever happened (None: no verdict).
-                if len(results) != len(batch):
-                    results = [None] * len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if not fut.done():
-                        fut.set_result(result)
+    # -- the Engine interface ---------------------------------------------------------------
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
-        out = await self._op(
-            ["A", dry, lease, [[c.key, c.kind, c.limit, c.amount, c.ttl] for c in checks]]
-        )
+        out = await self._op(["A", dry, lease, *chain.from_iterable(checks)])
         if out is None:
             return None
-        failed, wait, used, reset = out
-        # cmsgpack turns an empty table into a map: no checks means empty lists.
-        return Outcome(
-            failed - 1, math.inf if wait < 0 else wait / 1000,
-            list(used) if used else [], [r / 1000 for r in reset] if reset else [],
-        )
+        n = len(checks)
+        wait = out[1]
+        return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
+
+    def post(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> Awaitable[None] | None:
+        if self._queue(_charge(items, release, lease), None) and self._inflight is None:
+            # Idle: on the wire now, before the answer's last bytes leave.
+            self._flush()
+        return None
 
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        await self._op(["C", lease, [list(i) for i in items], release or []])
+        await self._op(_charge(items, release, lease))
 
     async def release(self, keys: list[str], lease: str) -> None:
         await self.charge([], keys, lease)
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        await self._op(["R", [[k, lease] for k, lease in zip(keys, leases, strict=True)]])
+        await self._op(["R", *chain.from_iterable(zip(keys, leases, strict=True))])
 
 
-_pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder().decode
-
-
-def _indexed(op: list[Any], index: dict[str, int]) -> list[Any]:
-    """The op with its storage keys replaced by their 1-based index into KEYS (`index`)."""
-
-    def ix(key: str) -> int:
-        return index.setdefault(key, len(index) + 1)
-
-    kind = op[0]
-    if kind == "A":
-        return ["A", op[1], op[2], [[ix(c[0]), *c[1:]] for c in op[3]]]
-    if kind == "C":
-        return ["C", op[1], [[ix(c[1]), c[0], c[2], c[3]] for c in op[2]],
-                [ix(k) for k in op[3]]]
-    return ["R", [[ix(k), lease] for k, lease in op[1]]]
+def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[Any]:
+    op: list[Any] = ["C", lease, len(items), *chain.from_iterable(items)]
+    if release:
+        op += release
+    return op
 
 
 def _safe(url: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airouter.limits import redis_engine
+from airouter.limits import redis_engine, resp
 from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check, Counters, LocalEngine, Outcome
 from airouter.limits.redis_engine import RedisEngine
 from tests.support.redis import run_redis
@@ -95,3 +95,41 @@ async def scenario(redis: RedisEngine, local: LocalEngine) -> None:
     # A usage peek of keys that do not exist.
     empty = await both([Check(WINDOW, "t:none", 5, 0), Check(TOTAL, "t:none:b", 5, 0)], dry=True)
     assert empty.used == [0, 0] and empty.reset == [0.0, 0.0]
+
+
+def test_one_call_carries_many_requests_in_order(tmp_path: Path) -> None:
+    """Ops made in one loop turn share a script call; each still sees the ones before it,
+    charges that nobody waits for included, and the script survives a flushed cache."""
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            redis = RedisEngine(server.url)
+            await redis.start()
+            try:
+                rpm = Check(WINDOW, "b:rpm", 3, 1)
+                conc = Check(LEASES, "b:conc", 2, 1)
+                got = await asyncio.gather(
+                    *(redis.admit([rpm, conc], f"l{i}") for i in range(5))
+                )
+                # The third and later do not fit the leases (a refusal applies nothing).
+                assert [o.failed if o else None for o in got] == [-1, -1, 1, 1, 1]
+                assert [o.used for o in got if o] == [[1, 1], [2, 2], [2, 2], [2, 2], [2, 2]]
+                assert (await redis.admit([rpm], "")).used == [3]  # type: ignore[union-attr]
+                # A slot freed and tokens charged without waiting, then admissions in the
+                # same call: the first sees the free slot, the second the tokens.
+                assert redis.post([(WINDOW, "b:tpm", 50, 0)], [conc.key], "l0") is None
+                again, tpm = await asyncio.gather(
+                    redis.admit([conc], "l5"), redis.admit([Check(WINDOW, "b:tpm", 60, 20)], "")
+                )
+                assert again is not None and again.failed == -1 and again.used == [2]
+                assert tpm is not None and tpm.failed == 0 and tpm.used == [50]
+                # A Redis that lost its scripts (restarted, SCRIPT FLUSH) gets it again.
+                flush = await resp.connect(server.url)
+                assert await flush.call(b"SCRIPT", b"FLUSH") == "OK"
+                flush.close()
+                peek = await redis.admit([Check(WINDOW, "b:tpm", 60, 0)], "", dry=True)
+                assert peek is not None and peek.used == [50] and redis.up
+            finally:
+                await redis.aclose()
+
+    asyncio.run(main())

@@ -1,0 +1,222 @@
+"""The Lua script behind the Redis store: every admission, charge and renewal of a batch in
+one atomic call."""
+
+from __future__ import annotations
+
+import hashlib
+
+# ARGV[1]: msgpack [window s, lease ttl ms, ops]; an op is one flat array (one Lua table to
+# unpack per request, not one per check), one of
+#   ["A", dry, lease, (kind, key, limit, amount, ttl) * n]  admit; result
+#        [failed (0 = admitted), wait s (-1 = never), used * n, reset s * n]
+#   ["C", lease, n, (kind, key, amount, ttl) * n, lease set key * m]  charge, free a lease
+#   ["R", (lease set key, lease) * n]  renew leases
+# Returns msgpack: one result per op (0 for C and R). The keys travel inside the argument, not
+# in KEYS: one call touches the keys of many requests (many hash slots), so the script is for
+# a single Redis, not a Cluster, either way.
+#
+# A window (rpm, tpm) is a hash of one-second buckets plus two fields: "n", their sum, and "o",
+# the oldest bucket's second. A check reads those two; the buckets are read only when the
+# oldest has left the window (about once a second per busy key) or to tell a refused client
+# how long to wait. Within one call every counter is read once and written once, at the end,
+# whatever number of requests touch it (a lease is its own member: added and removed each).
+SCRIPT = """
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local now = sec + tonumber(t[2]) / 1000000
+local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local batch = cmsgpack.unpack(ARGV[1])
+local span, ttl = batch[1], batch[2]
+local cut = sec - span
+local out = {}
+-- Per key: u, what is used (read once, then kept up to date), and p, what to add at the end.
+local W, B, L = {}, {}, {}
+
+local function rebuild(key)
+  local h = redis.call('HGETALL', key)
+  local u, o, dead = 0, nil, {}
+  for j = 1, #h, 2 do
+    local s = tonumber(h[j])
+    if s then
+      if s <= cut then
+        dead[#dead + 1] = h[j]
+      else
+        u = u + tonumber(h[j + 1])
+        if o == nil or s < o then o = s end
+      end
+    end
+  end
+  if o == nil then
+    if #h > 0 then redis.call('DEL', key) end
+    return 0, nil
+  end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  redis.call('HSET', key, 'n', u, 'o', o)
+  return u, o
+end
+
+local function entry(T, key)
+  local e = T[key]
+  if e == nil then
+    e = {p = 0}
+    T[key] = e
+  end
+  return e
+end
+
+local function window(key)
+  local w = entry(W, key)
+  if w.u == nil then
+    local h = redis.call('HMGET', key, 'n', 'o')
+    local u, o = tonumber(h[1]), tonumber(h[2])
+    if o == nil or o <= cut then u, o = rebuild(key) end
+    if o == nil and w.t then o = sec end
+    w.u, w.o = u + w.p, o
+  end
+  return w
+end
+
+local function wait_for(key, need)
+  local h = redis.call('HGETALL', key)
+  local secs, vals = {}, {}
+  for j = 1, #h, 2 do
+    local s = tonumber(h[j])
+    if s then
+      secs[#secs + 1] = s
+      vals[s] = tonumber(h[j + 1])
+    end
+  end
+  local w = W[key]
+  if w and w.t then
+    if vals[sec] == nil then
+      secs[#secs + 1] = sec
+      vals[sec] = 0
+    end
+    vals[sec] = vals[sec] + w.p
+  end
+  table.sort(secs)
+  local freed = 0
+  for _, s in ipairs(secs) do
+    freed = freed + vals[s]
+    if freed >= need then return s + span - now end
+  end
+  return -1
+end
+
+local function total(key)
+  local b = entry(B, key)
+  if b.u == nil then b.u = tonumber(redis.call('GET', key) or '0') + b.p end
+  return b
+end
+
+local function add(kind, key, amount, kttl)
+  if kind == 'w' then
+    local w = entry(W, key)
+    w.p, w.t = w.p + amount, true
+    if w.u then
+      w.u = w.u + amount
+      if w.o == nil then w.o = sec end
+    end
+  elseif kind == 'b' then
+    local b = entry(B, key)
+    b.p, b.t, b.ttl = b.p + amount, true, kttl
+    if b.u then b.u = b.u + amount end
+  end
+end
+
+for n, op in ipairs(batch[3]) do
+  local what = op[1]
+  if what == 'A' then
+    local dry, lease, k = op[2], op[3], (#op - 3) / 5
+    local res = {0, 0}
+    local failed, wait = 0, 0
+    for i = 1, k do
+      local j = 3 + (i - 1) * 5
+      local ck, key, limit, amount = op[j + 1], op[j + 2], op[j + 3], op[j + 4]
+      local u, r, w = 0, 0, nil
+      if ck == 'w' then
+        local win = window(key)
+        u = win.u
+        if win.o then r = win.o + span - now end
+        if u + amount > limit and failed == 0 then w = wait_for(key, u + amount - limit) end
+      elseif ck == 'c' then
+        local l = L[key]
+        if l == nil then
+          l = {n = redis.call('ZCARD', key)}
+          L[key] = l
+        end
+        u = l.n
+        -- Expired leases (of a worker that died) matter only where they would refuse.
+        if (dry or u + amount > limit) and not l.clean then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+          l.n, l.clean = redis.call('ZCARD', key), true
+          u = l.n
+        end
+        if u + amount > limit then w = 1 end
+      else
+        u = total(key).u
+        if u + amount > limit then w = -1 end
+      end
+      res[2 + i], res[2 + k + i] = u, r
+      if failed == 0 and w ~= nil then failed, wait = i, w end
+    end
+    if failed == 0 and not dry then
+      for i = 1, k do
+        local j = 3 + (i - 1) * 5
+        local ck, key, amount = op[j + 1], op[j + 2], op[j + 4]
+        res[2 + i] = res[2 + i] + amount
+        if ck == 'c' then
+          local l = L[key]
+          l.n, l.x = l.n + redis.call('ZADD', key, now_ms + ttl, lease), true
+        else
+          add(ck, key, amount, op[j + 5])
+          if ck == 'w' and res[2 + k + i] == 0 then res[2 + k + i] = sec + span - now end
+        end
+      end
+    end
+    res[1], res[2] = failed, wait
+    out[n] = res
+  elseif what == 'C' then
+    local lease, k = op[2], op[3]
+    for i = 1, k do
+      local j = 3 + (i - 1) * 4
+      add(op[j + 1], op[j + 2], op[j + 3], op[j + 4])
+    end
+    for j = 4 + k * 4, #op do
+      local key = op[j]
+      local gone = redis.call('ZREM', key, lease)
+      local l = L[key]
+      if l then l.n = l.n - gone end
+    end
+    out[n] = 0
+  else
+    for j = 2, #op, 2 do
+      redis.call('ZADD', op[j], 'XX', now_ms + ttl, op[j + 1])
+      redis.call('PEXPIRE', op[j], ttl * 2)
+    end
+    out[n] = 0
+  end
+end
+
+for key, w in pairs(W) do
+  if w.t then
+    -- The first use of this second's bucket: the key may be new, and lives a window longer.
+    if redis.call('HINCRBY', key, sec, w.p) == w.p then
+      redis.call('HSETNX', key, 'o', sec)
+      redis.call('EXPIRE', key, span + 1)
+    end
+    redis.call('HINCRBY', key, 'n', w.p)
+  end
+end
+for key, b in pairs(B) do
+  if b.t and redis.call('INCRBY', key, b.p) == b.p and b.ttl > 0 then
+    redis.call('EXPIRE', key, b.ttl)
+  end
+end
+for key, l in pairs(L) do
+  if l.x then redis.call('PEXPIRE', key, ttl * 2) end
+end
+return cmsgpack.pack(out)
+"""
+
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
