@@ -101,8 +101,7 @@ class CompletionEndpoint:
         except ClientGone:
             rec.status, rec.error = 499, "client_gone"
             return
-        if ticket.headers:
-            rh += [(k.decode(), v.decode()) for k, v in ticket.headers]
+        rh += ticket.headers
         rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
         sent = request_for(self.endpoint, body, target)

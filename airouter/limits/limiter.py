@@ -85,7 +85,7 @@ class Ticket:
         self.charged = 0  # completion tokens charged so far
         self.seen = 0  # events streamed: the completion estimate when the backend counts none
         self.settled = False
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[str, str]] = []
 
     def chunk(self, data: bytes) -> None:
         """Streamed events went out (about one token each): charge every BATCH of them."""
@@ -150,7 +150,7 @@ class Plan:
     checks that never change, where the prompt's tokens go, and the rate-limit headers."""
 
     __slots__ = ("rules", "fixed", "tokens", "budgets", "charges", "lease_keys", "scopes",
-                 "limit_bytes")
+                 "limit_strs")
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
@@ -159,7 +159,7 @@ class Plan:
         self.budgets = tuple(i for i, r in enumerate(rules) if r.what == BUDGET)
         self.charges = tuple(sorted(self.tokens + self.budgets))
         self.lease_keys = tuple(r.key for r in rules if r.kind == LEASES)
-        self.limit_bytes = [str(r.limit).encode() for r in rules]
+        self.limit_strs = [str(r.limit) for r in rules]
         self.scopes = [
             (names, idx)
             for what, names in ((REQUESTS, _REQUEST_HEADERS), (TOKENS, _TOKEN_HEADERS))
@@ -175,10 +175,10 @@ class Plan:
             out[i] = self.rules[i].check(prompt, rules.period_id(self.rules[i].period))
         return out
 
-    def headers(self, out: Outcome) -> list[tuple[bytes, bytes]]:
+    def headers(self, out: Outcome) -> list[tuple[str, str]]:
         """policy.headers for an admission, from what was built once."""
         used, limits = out.used, self.rules
-        h: list[tuple[bytes, bytes]] = []
+        h: list[tuple[str, str]] = []
         for (limit_h, left_h, reset_h), idx in self.scopes:
             best = idx[0]
             left = max(0, limits[best].limit - used[best])
@@ -186,16 +186,16 @@ class Plan:
                 n = max(0, limits[i].limit - used[i])
                 if n < left:
                     best, left = i, n
-            h.append((limit_h, self.limit_bytes[best]))
-            h.append((left_h, b"%d" % left))
+            h.append((limit_h, self.limit_strs[best]))
+            h.append((left_h, str(left)))
             h.append((reset_h, reset_header(out.reset[best])))
         return h
 
 
-_REQUEST_HEADERS = (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests",
-                    b"x-ratelimit-reset-requests")
-_TOKEN_HEADERS = (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens",
-                  b"x-ratelimit-reset-tokens")
+_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests")
+_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                  "x-ratelimit-reset-tokens")
 _NO_PLAN = Plan([])
 
 
@@ -326,9 +326,7 @@ class Limiter:
             rule = plan.rules[out.failed]
             self._child(metrics.KEY_REJECTED, key, rule.what).inc()
             err: RouterError = refusal(rule, checks[out.failed], out, target.alias)
-            err.headers.update(
-                {k.decode(): v.decode() for k, v in headers(plan.rules, out, False)}
-            )
+            err.headers.update(headers(plan.rules, out, False))
             raise err
         ticket.headers = plan.headers(out)
         ticket.checks = checks

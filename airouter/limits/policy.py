@@ -127,26 +127,26 @@ def duration(seconds: float) -> str:
     return f"{m}m{s}s"
 
 
-_RESETS: dict[int, bytes] = {}
+_RESETS: dict[int, str] = {}
 
 
-def reset_header(seconds: float) -> bytes:
-    """duration(seconds) as header bytes; the usual values (a window's reset is under 60 s)
+def reset_header(seconds: float) -> str:
+    """duration(seconds) for the header; the usual values (a window's reset is under 60 s)
     are formatted once."""
     if seconds <= 0 or seconds >= 60:
-        return duration(seconds).encode()
+        return duration(seconds)
     # What duration() depends on: milliseconds under a second, tenths above.
     k = math.ceil(seconds * 1000) if seconds < 1 else 1000 + math.ceil(seconds * 10)
     b = _RESETS.get(k)
     if b is None:
-        b = _RESETS[k] = duration(seconds).encode()
+        b = _RESETS[k] = duration(seconds)
     return b
 
 
-def headers(rules: list[Rule], out: Outcome, admitted: bool) -> list[tuple[bytes, bytes]]:
+def headers(rules: list[Rule], out: Outcome, admitted: bool) -> list[tuple[str, str]]:
     """x-ratelimit-* for requests and tokens: the scope with the least left wins."""
-    h: list[tuple[bytes, bytes]] = []
-    for what, suffix in ((REQUESTS, b"requests"), (TOKENS, b"tokens")):
+    h: list[tuple[str, str]] = []
+    for what, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
         best: tuple[int, int, float] | None = None
         for i, r in enumerate(rules):
             if r.what != what:
@@ -156,9 +156,9 @@ def headers(rules: list[Rule], out: Outcome, admitted: bool) -> list[tuple[bytes
                 best = (r.limit, left, out.reset[i])
         if best is not None:
             h += [
-                (b"x-ratelimit-limit-" + suffix, str(best[0]).encode()),
-                (b"x-ratelimit-remaining-" + suffix, str(best[1]).encode()),
-                (b"x-ratelimit-reset-" + suffix, duration(best[2]).encode()),
+                ("x-ratelimit-limit-" + suffix, str(best[0])),
+                ("x-ratelimit-remaining-" + suffix, str(best[1])),
+                ("x-ratelimit-reset-" + suffix, duration(best[2])),
             ]
     return h
 

@@ -120,11 +120,11 @@ def test_rules_and_headers_pick_the_tightest_scope() -> None:
     assert [r.what for r in rules] == ["budget", "requests", "tokens", "requests"]
     out = Outcome(-1, 0.0, [0, 5, 100, 3], [0.0, 30.0, 12.5, 2.0])
     h = dict(headers(rules, out, True))
-    assert h[b"x-ratelimit-limit-requests"] == b"4"
-    assert h[b"x-ratelimit-remaining-requests"] == b"1"
-    assert h[b"x-ratelimit-reset-requests"] == b"2s"
-    assert h[b"x-ratelimit-remaining-tokens"] == b"900"
-    assert h[b"x-ratelimit-reset-tokens"] == b"12.5s"
+    assert h["x-ratelimit-limit-requests"] == "4"
+    assert h["x-ratelimit-remaining-requests"] == "1"
+    assert h["x-ratelimit-reset-requests"] == "2s"
+    assert h["x-ratelimit-remaining-tokens"] == "900"
+    assert h["x-ratelimit-reset-tokens"] == "12.5s"
 
 
 def test_refusals_in_openai_style() -> None:
