@@ -90,7 +90,7 @@ class CompletionEndpoint:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
-            data = await read_body(proto, state.body_limit, state.body_timeout)
+            data = await read_body(proto, state.body_limit, state.body_timeout, h.length)
             req = self.door.decode(data)
             target = state.models.resolve(req.model, key)
             ticket = await state.limits.admit(key.name, target, req.body)

@@ -26,12 +26,13 @@ def new_request_id() -> str:
 class RequestHeaders:
     """The headers a request's handling needs, looked up by name (the server parsed them)."""
 
-    __slots__ = ("authorization", "api_key", "request_id", "forward")
+    __slots__ = ("authorization", "api_key", "request_id", "forward", "length")
 
     def __init__(self, scope: Scope) -> None:
         get = scope.headers.get
         self.authorization: str | None = get("authorization")
         self.api_key: str | None = get("api-key") or get("x-api-key")
+        self.length: str | None = get("content-length")
         rid = get("x-request-id")
         # Not printable ASCII: not fit for our headers, logs or gRPC metadata. Bound what we
         # echo back and log.

@@ -35,28 +35,93 @@ class ClientGone(Exception):
     """The client disconnected before the request body arrived."""
 
 
-async def read_body(proto: HTTPProtocol, limit: int, stall: float | None = None) -> bytes:
-    """The whole request body; 413 past `limit` bytes, 408 when it stalls for `stall`s."""
+class _Reading:
+    __slots__ = ("task", "since", "stall", "timed_out")
+
+    def __init__(self, task: asyncio.Task[object], since: float, stall: float) -> None:
+        self.task = task
+        self.since = since  # when the last part arrived (or the reading began)
+        self.stall = stall
+        self.timed_out = False
+
+
+class _Sweep:
+    """Bodies still arriving, looked at a few times a second: nginx's client_body_timeout
+    (the limit is between two reads, not on the whole body) without a timer per read."""
+
+    def __init__(self) -> None:
+        self.reading: set[_Reading] = set()
+        self.tick = 0.25
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, r: _Reading) -> None:
+        self.reading.add(r)
+        if r.stall < 4 * self.tick:
+            self.tick = r.stall / 4
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for r in [r for r in self.reading if now - r.since >= r.stall]:
+            self.reading.discard(r)
+            r.timed_out = True
+            r.task.cancel()
+        self._timer = loop.call_later(self.tick, self._sweep) if self.reading else None
+
+
+_SWEEP = _Sweep()
+
+
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+
+
+async def read_body(
+    proto: HTTPProtocol, limit: int, stall: float | None = None, length: str | None = None
+) -> bytes:
+    """The whole request body; 413 past `limit` bytes, 408 when nothing arrives for `stall`s.
+    `length`: the Content-Length header. Each part read from the server is a wake-up across
+    its threads: with the length known, the read that completes the body is the last."""
+    want = int(length) if length is not None and length.isdigit() else -1
+    if want > limit:
+        raise _too_large(limit)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    reading: _Reading | None = None
+    if stall is not None and task is not None:
+        reading = _Reading(task, loop.time(), stall)
+        _SWEEP.add(reading)
     parts: list[bytes] = []
     size = 0
-    loop = asyncio.get_running_loop()
+    chunks = proto.__aiter__()
     try:
-        # nginx's client_body_timeout: the limit is between two reads, not on the whole body.
-        async with asyncio.timeout(None if stall is None else loop.time() + stall) as deadline:
-            async for chunk in proto:
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
-                parts.append(chunk)
-                if stall is not None:
-                    deadline.reschedule(loop.time() + stall)
-    except TimeoutError:
+        while size != want:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            parts.append(chunk)
+            if reading is not None:
+                reading.since = loop.time()
+    except asyncio.CancelledError:
+        if reading is None or not reading.timed_out:
+            raise
+        assert task is not None
+        task.uncancel()
         raise RequestTimeout(
             f"The request body did not arrive: nothing was received for {stall:g}s.",
             headers={"Connection": "close"},
         ) from None
     except (ProtocolClosed, ProtocolError) as e:  # the client went away mid-body
         raise ClientGone from e
+    finally:
+        if reading is not None:
+            _SWEEP.reading.discard(reading)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
