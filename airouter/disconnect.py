@@ -12,24 +12,46 @@ from airouter.rsgi import HTTPProtocol
 WATCH_AFTER_S = 0.1
 
 
+class _Sweep:
+    """Requests not yet watched, looked at every WATCH_AFTER_S / 2: a set entry per request
+    instead of a timer per request."""
+
+    def __init__(self) -> None:
+        self.waiting: set[DisconnectWatch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, w: DisconnectWatch) -> None:
+        self.waiting.add(w)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S / 2, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() - WATCH_AFTER_S
+        ready = [w for w in self.waiting if w.since <= due]
+        for w in ready:
+            self.waiting.discard(w)
+            w.start()
+        self._timer = loop.call_later(WATCH_AFTER_S / 2, self._sweep) if self.waiting else None
+
+
+_SWEEP = _Sweep()
+
+
 class DisconnectWatch:
     """Cancels the handler's task when the client goes away, so backend work stops at once."""
 
-    __slots__ = ("_task", "_watcher", "_active", "_proto", "_timer")
+    __slots__ = ("_task", "_watcher", "_active", "_proto", "since")
 
-    def __init__(self, proto: HTTPProtocol) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def __init__(self, proto: HTTPProtocol, task: asyncio.Task[object]) -> None:
         self._task = task
         self._active = True
         self._proto = proto
         self._watcher: asyncio.Future[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            WATCH_AFTER_S, self._start
-        )
+        self.since = task.get_loop().time()
+        _SWEEP.add(self)
 
-    def _start(self) -> None:
-        self._timer = None
+    def start(self) -> None:
         if self._active:
             self._watcher = asyncio.ensure_future(self._proto.client_disconnect())
             self._watcher.add_done_callback(self._fire)
@@ -48,9 +70,8 @@ class DisconnectWatch:
         return w is not None and w.done() and not w.cancelled() and w.exception() is None
 
     def stop(self) -> None:
-        self._active = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._active:
+            self._active = False
+            _SWEEP.waiting.discard(self)
         if self._watcher is not None:
             self._watcher.cancel()

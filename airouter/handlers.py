@@ -63,11 +63,11 @@ class CompletionEndpoint:
         rh = [("x-request-id", rid)]
         rec = Record(rid, "POST", self.path, self.door.label)
         task = asyncio.current_task()
+        assert task is not None  # the server runs each request as an asyncio task
         tasks = self.holder.tasks
-        if task is not None:
-            tasks.add(task)
+        tasks.add(task)
         try:
-            await self._handle(state, h, rec, rh, proto)
+            await self._handle(state, h, rec, rh, proto, task)
         except Exception:
             # A bug, not a client or backend problem: log it, never show a traceback.
             log.exception("request failed")
@@ -86,6 +86,7 @@ class CompletionEndpoint:
         rec: Record,
         rh: Headers,
         proto: HTTPProtocol,
+        task: asyncio.Task[Any],
     ) -> None:
         try:
             key = state.keys.authenticate(h.authorization, h.api_key)
@@ -114,7 +115,7 @@ class CompletionEndpoint:
         )
         rec.call = call
         self.observer.started(rec)
-        watch = DisconnectWatch(proto)
+        watch = DisconnectWatch(proto, task)
         try:
             rec.status = await self._serve(
                 call, body, proto, rh, rec, key, watch, req.renderer, ticket
@@ -126,9 +127,7 @@ class CompletionEndpoint:
                 rec.status = 200
             if not (watch.gone or self.holder.draining):
                 raise
-            task = asyncio.current_task()
-            if task is not None:
-                task.uncancel()
+            task.uncancel()
             if rec.complete:
                 pass
             elif watch.gone:

@@ -93,6 +93,39 @@ class Record:
         self.last = now
 
 
+class _Series:
+    """The metric children of one (model label, backend, endpoint), each made on first use:
+    a request finds them with one dict access each instead of a label tuple per metric."""
+
+    __slots__ = ("_children", "_labels", "_requests")
+
+    def __init__(self, label: str, backend: str, endpoint: str) -> None:
+        self._labels = (label, backend, endpoint)
+        self._children: dict[Any, Any] = {}
+        self._requests: dict[tuple[str, int, str], Any] = {}
+
+    def child(self, metric: Any) -> Any:
+        c = self._children.get(metric)
+        if c is None:
+            label, backend, endpoint = self._labels
+            with_endpoint = metric is metrics.DURATION
+            c = self._children[metric] = (
+                metric.labels(label, backend, endpoint) if with_endpoint
+                else metric.labels(label, backend)
+            )
+        return c
+
+    def requests(self, node: str, status: int, outcome: str) -> Any:
+        key = (node, status, outcome)
+        c = self._requests.get(key)
+        if c is None:
+            label, backend, endpoint = self._labels
+            c = self._requests[key] = metrics.REQUESTS.labels(
+                label, backend, node, endpoint, str(status), outcome
+            )
+        return c
+
+
 class Observer:
     """Turns finished records into metrics, spans and access-log lines."""
 
@@ -100,6 +133,14 @@ class Observer:
         self.tracer = tracer
         self.access = access
         self._children: dict[tuple[str, ...], Any] = {}
+        self._series: dict[tuple[str, str, str], _Series] = {}
+
+    def series(self, rec: Record) -> _Series:
+        key = (rec.label, rec.backend, rec.endpoint)
+        s = self._series.get(key)
+        if s is None:
+            s = self._series[key] = _Series(*key)
+        return s
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric._name, *labels)
@@ -109,7 +150,7 @@ class Observer:
         return child
 
     def started(self, rec: Record) -> None:
-        rec.in_flight = self._child(metrics.IN_FLIGHT, rec.label, rec.backend)
+        rec.in_flight = self.series(rec).child(metrics.IN_FLIGHT)
         metrics.PENDING.live_add(rec.in_flight, 1)
 
     @staticmethod
@@ -132,32 +173,18 @@ class Observer:
             rec.error = bounded(rec.error)
         outcome = self.outcome(rec)
         if rec.label:
-            pending.inc(
-                self._child(
-                    metrics.REQUESTS, rec.label, rec.backend, node, rec.endpoint, str(rec.status),
-                    outcome,
-                )
-            )
-            pending.observe(
-                self._child(metrics.DURATION, rec.label, rec.backend, rec.endpoint), duration
-            )
+            series = self.series(rec)
+            pending.inc(series.requests(node, rec.status, outcome))
+            pending.observe(series.child(metrics.DURATION), duration)
             if rec.first:
-                pending.observe(
-                    self._child(metrics.TTFT, rec.label, rec.backend), rec.first - rec.start
-                )
+                pending.observe(series.child(metrics.TTFT), rec.first - rec.start)
             if rec.gaps is not None:
-                pending.add_gaps(self._child(metrics.ITL, rec.label, rec.backend), rec.gaps)
+                pending.add_gaps(series.child(metrics.ITL), rec.gaps)
             if stats is not None:
                 if stats.prompt_tokens:
-                    pending.inc(
-                        self._child(metrics.PROMPT_TOKENS, rec.label, rec.backend),
-                        stats.prompt_tokens,
-                    )
+                    pending.inc(series.child(metrics.PROMPT_TOKENS), stats.prompt_tokens)
                 if stats.completion_tokens:
-                    pending.inc(
-                        self._child(metrics.COMPLETION_TOKENS, rec.label, rec.backend),
-                        stats.completion_tokens,
-                    )
+                    pending.inc(series.child(metrics.COMPLETION_TOKENS), stats.completion_tokens)
             if (rec.status >= 500 or rec.broken >= 500) and rec.backend:
                 pending.inc(
                     self._child(
