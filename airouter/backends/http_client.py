@@ -361,14 +361,27 @@ class Pool:
         else:
             data = head + b"\r\n"
         conn = self._reuse()
-        if conn is not None:
-            try:
-                return await self._exchange(conn, data, method)
-            except Disconnected:
-                # The upstream closed this idle connection as we sent on it, before a byte of
-                # the answer: it never saw the request, so a fresh connection may carry it.
-                if conn.received:
-                    raise
+        if conn is None:
+            return await self._exchange(await self._connect(), data, method)
+        # _exchange inlined: the common path (an idle connection reused) runs one coroutine.
+        try:
+            conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
+            parser = conn.parser
+            assert parser is not None
+            while not parser.head_done:
+                await conn.wait()
+            return Response(conn, self)
+        except Disconnected:
+            conn.finished()
+            conn.abort()
+            # The upstream closed this idle connection as we sent on it, before a byte of the
+            # answer: it never saw the request, so a fresh connection may carry it.
+            if conn.received:
+                raise
+        except BaseException:
+            conn.finished()
+            conn.abort()
+            raise
         return await self._exchange(await self._connect(), data, method)
 
     async def _exchange(self, conn: Connection, data: bytes, method: bytes) -> Response:

@@ -399,7 +399,12 @@ async def with_failover(
         if node is None:
             break
         try:
-            lease = await pool.acquire(node)
+            if not pool.max_concurrent:  # nothing to wait for: no coroutine to run
+                node.in_flight += 1
+                node.served += 1
+                lease = ""
+            else:
+                lease = await pool.acquire(node)
         except RateLimited as e:  # this node's queue is full: another node may have room
             tried.append(node)
             last = e

@@ -215,24 +215,24 @@ class OpenAIHttpBackend(Backend):
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
         call.stats.node = node.label
-        # A whole answer arrives only when the generation is done: no first-token deadline for
-        # it (the idle timeout still bounds the silence).
-        try:
-            async with asyncio.timeout(self.cfg.first_token_timeout if stream else None):
-                return await self._send(node, call, data)
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"The backend '{self.name}' sent no answer within "
-                f"{self.cfg.first_token_timeout:g}s."
-            ) from None
-
-    async def _send(self, node: Node, call: Call, data: bytes) -> Reply:
         if self._conns >= self._conn_limit:
             raise self._full()
         self._conns += 1
         handed = False  # a streamed reply gives the connection back when it closes
         try:
-            reply = await self._send_on(node, call, data)
+            if not stream:
+                # A whole answer arrives only when the generation is done: no first-token
+                # deadline for it (the idle timeout still bounds the silence).
+                reply = await self._send_on(node, call, data)
+            else:
+                try:
+                    async with asyncio.timeout(self.cfg.first_token_timeout):
+                        reply = await self._send_on(node, call, data)
+                except TimeoutError:
+                    raise GatewayTimeout(
+                        f"The backend '{self.name}' sent no answer within "
+                        f"{self.cfg.first_token_timeout:g}s."
+                    ) from None
             handed = reply.body is None
             return reply
         finally:
