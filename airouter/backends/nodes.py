@@ -176,8 +176,8 @@ class NodePool:
 
     @property
     def any_available(self) -> bool:
-        now = time.monotonic()
-        return any(n.available(now) for n in self.nodes)
+        now = time.monotonic()  # asked once per request: a list, not a generator's frame
+        return any([n.healthy and now >= n.ejected_until for n in self.nodes])
 
     @property
     def routable(self) -> bool:
