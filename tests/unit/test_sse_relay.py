@@ -32,3 +32,20 @@ def test_a_bad_event_is_found_at_every_position(bad: bytes) -> None:
         assert _first_bad_event(out, len(payloads)) == want, (bad, at)
         # What comes before it is whole, good events.
         assert _first_bad_event(out[:want], at) == -1 if at else want == 0
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (b'{"a": 1', b'"b": 2}'),  # two halves that join into one object
+        (b'{"a": [1', b'2]}'),
+        (b"{}, {}", b"{}"),  # one event holding two objects
+    ],
+)
+def test_events_valid_only_when_joined_are_still_found(pair: tuple[bytes, bytes]) -> None:
+    """All events are first checked at once, as one JSON array: events that parse only
+    together (or one that holds two values) must still be reported, at the right place."""
+    for at in range(len(GOOD) + 1):
+        payloads = [*GOOD[:at], *pair, *GOOD[at:]]
+        out = framed(payloads)
+        assert _first_bad_event(out, len(payloads)) == len(framed(GOOD[:at])), (pair, at)
