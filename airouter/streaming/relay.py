@@ -114,24 +114,28 @@ class RelayState:
             self.pending = buf
             return b""
         out = buf[: cut + 2]
-        events = out.count(b"\n\n")
-        # Pass through only one-line `data: ` events; anything else goes to the decoder.
-        if (b"\r" in out or not out.startswith(b"data: ")
-                or out.count(b"\n") != 2 * events
-                or out.count(b"\n\ndata: ") != events - 1):
+        # Pass through only one-line `data: ` events; anything else goes to the decoder. The
+        # payloads joined by commas (a JSON array's inside, validated in one call below) hold
+        # no newline exactly when every event is one `data: ` line. (bytes.count of one byte
+        # is a slow loop in CPython; `in` is a memchr.)
+        body = out[6:-2]
+        joined = body.replace(b"\n\ndata: ", b",")
+        if b"\r" in out or not out.startswith(b"data: ") or b"\n" in joined:
             return self._fallback(data)
+        events = (len(body) - len(joined)) // 7 + 1
         self.pending = buf[cut + 2 :]
         if out.endswith(b"data: [DONE]\n\n"):
             self.done = self.complete = True
             out = out[:-14]
+            joined = joined[:-7]
             events -= 1
-        if b"[DONE]" in out:  # not a plain last event: let the decoder judge
+        if b"[DONE]" in joined:  # not a plain last event: let the decoder judge
             self.done = self.complete = False
             self.pending = b""
             return self._fallback(buf)
         if not out:
             return b""
-        bad = first_bad_event(out, events)
+        bad = first_bad_event(out, events, joined)
         if bad >= 0:
             end = out.find(b"\n\n", bad)
             self.failed = self._not_json(out[bad + 6 : end])
@@ -245,9 +249,10 @@ _check_event = msgspec.json.Decoder(_Object).decode
 _check_events = msgspec.json.Decoder(list[_Object]).decode
 
 
-def first_bad_event(out: bytes, events: int) -> int:
-    """Where the first `data: ` event of `out` (whole one-line events) whose payload is not a
-    JSON object starts, or -1. Such a payload must never reach the client: each is validated
+def first_bad_event(out: bytes, events: int, joined: bytes | None = None) -> int:
+    """Where the first `data: ` event of `out` (whole one-line events; `joined`: their payloads
+    joined by commas, when the caller has them) whose payload is not a JSON object starts,
+    or -1. Such a payload must never reach the client: each is validated
     in C, without building any object (about 0.3 us for a 200-byte chunk)."""
     check = _check_event
     view = memoryview(out)
@@ -260,8 +265,10 @@ def first_bad_event(out: bytes, events: int) -> int:
     # Every payload at once, as one JSON array: one call instead of one per event. One-line
     # events cannot hold the separator; payloads that only parse when joined (`{"a":1` and
     # `"b":2}`) give fewer elements, and then each is checked on its own.
+    if joined is None:
+        joined = out[6:-2].replace(b"\n\ndata: ", b",")
     try:
-        whole = len(_check_events(b"[" + out[6:-2].replace(b"\n\ndata: ", b",") + b"]"))
+        whole = len(_check_events(b"[" + joined + b"]"))
     except msgspec.DecodeError:
         whole = -1
     if whole == events:
