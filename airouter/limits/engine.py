@@ -116,6 +116,7 @@ class Counters:
         self._clock = clock
         self.windows: dict[str, Window] = {}
         self.leases: dict[str, dict[str, float]] = {}
+        self._soonest: dict[str, float] = {}  # per lease set: no lease in it expires before
         self.totals: dict[str, int] = {}
         self._expiry: dict[str, float] = {}
 
@@ -134,9 +135,10 @@ class Counters:
         held = self.leases.get(key)
         if held is None:
             held = self.leases[key] = {}
-        else:
+        elif self._soonest.get(key, 0.0) <= now:  # a scan only when some lease may be over
             for lease in [lease for lease, exp in held.items() if exp <= now]:
                 del held[lease]
+            self._soonest[key] = min(held.values(), default=math.inf)
         return held
 
     def _total(self, key: str, now: float) -> int:
@@ -184,7 +186,9 @@ class Counters:
                     if not reset[i]:
                         reset[i] = sec + WINDOW_SECONDS - now
                 elif c.kind == LEASES:
-                    self.leases[c.key][lease] = now + LEASE_TTL
+                    self.leases[c.key][lease] = exp = now + LEASE_TTL
+                    if exp < self._soonest.get(c.key, math.inf):
+                        self._soonest[c.key] = exp
                 else:
                     self._add_total(c.key, c.amount, c.ttl, now)
         return Outcome(failed, wait, used, reset)
