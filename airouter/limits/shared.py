@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import struct
 import threading
@@ -94,8 +95,8 @@ class _Server(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _admit(self, op: list[Any]) -> list[Any]:
-        o = self.counters.admit([Check(*c) for c in op[3]], op[2], op[1])
-        return [o.failed, -1.0 if o.wait == float("inf") else o.wait, o.used, o.reset]
+        o = self.counters.admit(op[3], op[2], op[1])  # each check unpacks as a Check would
+        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
 
     def _charge(self, op: list[Any]) -> None:
         self.counters.charge(op[1], op[2], op[3])
