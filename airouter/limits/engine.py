@@ -166,12 +166,13 @@ class Counters:
         reset: list[float] = []
         failed, wait = -1, 0.0
         windows = self.windows
+        cutoff = sec - WINDOW_SECONDS
         for i, (kind, key, limit, amount, _) in enumerate(checks):
             if kind == WINDOW:
                 w = windows.get(key)
                 if w is None:
                     w = windows[key] = Window()
-                else:
+                elif w.oldest <= cutoff:
                     w.expire(sec)
                 u = w.total
                 reset.append(w.oldest + WINDOW_SECONDS - now if w.buckets else 0.0)
