@@ -33,6 +33,7 @@ log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
 CALL_TIMEOUT = 1.0  # seconds; then the request is served under limits_on_redis_failure
 SWEEP = CALL_TIMEOUT / 4  # how often a connection looks for an answer overdue
+LOG_EVERY = 60.0  # seconds between two logs of an unreachable server
 QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a frame of its own
 _HEAD = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
@@ -175,6 +176,7 @@ class _Client(asyncio.Protocol):
         # Queued slot requests: token -> (future, when to give up on the server).
         self._deferred: dict[int, tuple[asyncio.Future[Any], float]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._logged = -LOG_EVERY
 
     # -- batching ---------------------------------------------------------------------------
 
@@ -224,7 +226,9 @@ class _Client(asyncio.Protocol):
             async with asyncio.timeout(CALL_TIMEOUT):
                 await loop.create_unix_connection(lambda: self, self.path)
         except OSError as e:
-            log.error("limits: the main process's server is unreachable (%s)", e)
+            if loop.time() - self._logged >= LOG_EVERY:
+                self._logged = loop.time()
+                log.error("limits: the main process's server is unreachable (%s)", e)
             self._answer(self._waiters, None)
             self._ops, self._waiters, self._asks = [], [], 0
         finally:
