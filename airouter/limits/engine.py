@@ -22,6 +22,7 @@ from typing import NamedTuple
 WINDOW, LEASES, TOTAL = "w", "c", "b"
 WINDOW_SECONDS = 60
 LEASE_TTL = 30.0  # seconds; renewed every LEASE_TTL / 3 while the request runs
+_NEVER = 1 << 62  # the oldest second of an empty window
 
 
 Item = tuple[str, str, int, int]  # kind, storage key, amount, ttl
@@ -86,26 +87,36 @@ class Engine(ABC):
 
 
 class Window:
-    """One-second buckets in time order (dicts keep insertion order) and their sum, so a check
-    costs no scan: expired buckets leave from the front."""
+    """One-second buckets in time order (dicts keep insertion order), their sum and the oldest
+    bucket's second, so a check costs no scan: expired buckets leave from the front."""
 
-    __slots__ = ("buckets", "total")
+    __slots__ = ("buckets", "total", "oldest")
 
     def __init__(self) -> None:
         self.buckets: dict[int, int] = {}
         self.total = 0
+        self.oldest = _NEVER  # no bucket
 
     def expire(self, sec: int) -> None:
-        b = self.buckets
         cutoff = sec - WINDOW_SECONDS
+        if self.oldest > cutoff:
+            return
+        b = self.buckets
         while b:
             s = next(iter(b))
             if s > cutoff:
-                break
+                self.oldest = s
+                return
             self.total -= b.pop(s)
+        self.oldest = _NEVER
 
     def add(self, sec: int, amount: int) -> None:
-        self.buckets[sec] = self.buckets.get(sec, 0) + amount
+        b = self.buckets
+        if b:
+            b[sec] = b.get(sec, 0) + amount
+        else:
+            b[sec] = amount
+            self.oldest = sec
         self.total += amount
 
 
@@ -116,6 +127,7 @@ class Counters:
         self._clock = clock
         self.windows: dict[str, Window] = {}
         self.leases: dict[str, dict[str, float]] = {}
+        self._soonest: dict[str, float] = {}  # per lease set: no lease in it expires before
         self.totals: dict[str, int] = {}
         self._expiry: dict[str, float] = {}
 
@@ -134,9 +146,10 @@ class Counters:
         held = self.leases.get(key)
         if held is None:
             held = self.leases[key] = {}
-        else:
+        elif self._soonest.get(key, 0.0) <= now:  # a scan only when some lease may be over
             for lease in [lease for lease, exp in held.items() if exp <= now]:
                 del held[lease]
+            self._soonest[key] = min(held.values(), default=math.inf)
         return held
 
     def _total(self, key: str, now: float) -> int:
@@ -152,41 +165,49 @@ class Counters:
         used: list[int] = []
         reset: list[float] = []
         failed, wait = -1, 0.0
-        for i, c in enumerate(checks):
-            if c.kind == WINDOW:
-                w = self._window(c.key, sec)
+        windows = self.windows
+        cutoff = sec - WINDOW_SECONDS
+        for i, (kind, key, limit, amount, _) in enumerate(checks):
+            if kind == WINDOW:
+                w = windows.get(key)
+                if w is None:
+                    w = windows[key] = Window()
+                elif w.oldest <= cutoff:
+                    w.expire(sec)
                 u = w.total
-                reset.append(next(iter(w.buckets)) + WINDOW_SECONDS - now if w.buckets else 0.0)
-                if failed < 0 and u + c.amount > c.limit:
+                reset.append(w.oldest + WINDOW_SECONDS - now if w.buckets else 0.0)
+                if failed < 0 and u + amount > limit:
                     failed, wait = i, math.inf
-                    need, freed = u + c.amount - c.limit, 0
+                    need, freed = u + amount - limit, 0
                     for s, v in w.buckets.items():
                         freed += v
                         if freed >= need:
                             wait = s + WINDOW_SECONDS - now
                             break
-            elif c.kind == LEASES:
-                u = len(self._leases(c.key, now))
+            elif kind == LEASES:
+                u = len(self._leases(key, now))
                 reset.append(0.0)
-                if failed < 0 and u + c.amount > c.limit:
+                if failed < 0 and u + amount > limit:
                     failed, wait = i, 1.0
             else:
-                u = self._total(c.key, now)
+                u = self._total(key, now)
                 reset.append(0.0)
-                if failed < 0 and u + c.amount > c.limit:
+                if failed < 0 and u + amount > limit:
                     failed, wait = i, math.inf
             used.append(u)
         if failed < 0 and not dry:
-            for i, c in enumerate(checks):
-                used[i] += c.amount
-                if c.kind == WINDOW:
-                    self.windows[c.key].add(sec, c.amount)
+            for i, (kind, key, _, amount, ttl) in enumerate(checks):
+                used[i] += amount
+                if kind == WINDOW:
+                    windows[key].add(sec, amount)
                     if not reset[i]:
                         reset[i] = sec + WINDOW_SECONDS - now
-                elif c.kind == LEASES:
-                    self.leases[c.key][lease] = now + LEASE_TTL
+                elif kind == LEASES:
+                    self.leases[key][lease] = exp = now + LEASE_TTL
+                    if exp < self._soonest.get(key, math.inf):
+                        self._soonest[key] = exp
                 else:
-                    self._add_total(c.key, c.amount, c.ttl, now)
+                    self._add_total(key, amount, ttl, now)
         return Outcome(failed, wait, used, reset)
 
     def _add_total(self, key: str, amount: int, ttl: int, now: float) -> None:

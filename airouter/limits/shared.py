@@ -1,22 +1,29 @@
 """Limits shared by the workers of one process group, without Redis.
 
 The main process keeps the counters (engine.Counters) and the nodes' slots (slots.SlotTable)
-in a thread of its own and answers the workers over a unix socket: length-prefixed msgpack
-frames, pipelined on one connection per worker and purpose. A worker's admission is one local
-round trip (tens of microseconds; see bench/micro), and the counters outlive worker restarts
-and config reloads. A frame with request id 0 gets no answer (a slot given back)."""
+in a thread of its own and answers the workers over a unix socket, one connection per worker
+and purpose. A frame is a length-prefixed msgpack [answer?, ops]: every op made while the
+previous frame is unanswered goes in the next one (as with Redis, limits.redis_engine), so a
+busy worker pays one write, one read and one decode per batch, not per op, and the server
+answers a batch in one frame of results, one per op, in order. Charges and releases are not
+waited for: they are queued ahead of the worker's later admissions, and a frame of them alone
+gets no answer. A queued slot request is answered later in a frame of its own. The counters
+outlive worker restarts and config reloads."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import struct
 import threading
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import msgspec
+import uvloop
 
 from airouter.backends.node_slots import GRANTED, SlotStore
 from airouter.limits.engine import Check, Counters, Engine, Item, Outcome
@@ -25,69 +32,102 @@ from airouter.limits.slots import SlotTable
 log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
 CALL_TIMEOUT = 1.0  # seconds; then the request is served under limits_on_redis_failure
+SWEEP = CALL_TIMEOUT / 4  # how often a connection looks for an answer overdue
+LOG_EVERY = 60.0  # seconds between two logs of an unreachable server
+QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a frame of its own
 _HEAD = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+_LOST: Any = object()  # the answer of an op whose connection went away
 
 
-def _dispatch(counters: Counters, op: str, args: list[Any]) -> Any:
-    if op == "admit":
-        checks = [Check(*c) for c in args[0]]
-        o = counters.admit(checks, args[1], args[2])
-        return [o.failed, -1.0 if o.wait == float("inf") else o.wait, o.used, o.reset]
-    if op == "charge":
-        items = [(str(k), str(n), int(a), int(t)) for k, n, a, t in args[0]]
-        counters.charge(items, args[1], args[2])
-    elif op == "release":
-        counters.release(args[0], args[1])
-    elif op == "renew":
-        counters.renew(args[0], args[1])
-    return None
+def _frames(buf: bytes) -> tuple[list[Any], bytes]:
+    """The complete frames in `buf`, decoded, and the bytes left of an incomplete one."""
+    out = []
+    pos, n = 0, len(buf)
+    while n - pos >= 4:
+        end = pos + 4 + _HEAD.unpack_from(buf, pos)[0]
+        if end > n:
+            break
+        out.append(_decode(buf[pos + 4:end]))
+        pos = end
+    return out, buf[pos:]
 
 
-async def _serve_conn(
-    counters: Counters, table: SlotTable, reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-) -> None:
-    owner = object()  # this connection: its worker's slots end with it
-    waits: set[asyncio.Task[None]] = set()
+class _Server(asyncio.Protocol):
+    """One worker's connection: its ops run in order, a batch's answers go in one write."""
 
-    def answer(rid: int, result: Any) -> None:
-        if rid and not writer.is_closing():
-            body = _encode([rid, result])
-            writer.write(_HEAD.pack(len(body)) + body)
+    def __init__(self, counters: Counters, table: SlotTable) -> None:
+        self.counters = counters
+        self.table = table
+        self.owner = object()  # this connection: its worker's slots end with it
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.waits: set[asyncio.Task[None]] = set()
+        self.run: dict[str, Callable[[list[Any]], Any]] = {
+            "A": self._admit, "C": self._charge, "L": self._release, "R": self._renew,
+            "T": self._take, "G": self._give, "N": lambda op: None,
+        }
 
-    async def queued(rid: int, key: str, lease: str, fut: asyncio.Future[int], t: float) -> None:
-        answer(rid, await table.wait(key, lease, fut, t))
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
-    try:
-        while True:
-            head = await reader.readexactly(4)
-            rid, op, args = _decode(await reader.readexactly(_HEAD.unpack(head)[0]))
-            try:
-                if op == "take":
-                    key, limit, max_queue, lease, seconds = args
-                    got = table.take(key, limit, max_queue, lease, owner)
-                    if isinstance(got, asyncio.Future):
-                        task = asyncio.create_task(queued(rid, key, lease, got, seconds))
-                        waits.add(task)
-                        task.add_done_callback(waits.discard)
-                        continue
-                    result: Any = got
-                elif op == "give":
-                    table.give(args[0], args[1])
-                    result = None
-                else:
-                    result = _dispatch(counters, op, args)
-            except Exception:  # a malformed frame: answer it, keep the worker's connection
-                log.exception("limits: bad request %r", op)
-                result = None
-            answer(rid, result)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        table.drop(owner)
-        writer.close()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.table.drop(self.owner)
+        for task in list(self.waits):
+            task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        frames, self.buf = _frames(self.buf + data if self.buf else data)
+        out: list[bytes] = []
+        run = self.run
+        for answer, ops in frames:
+            results = []
+            for op in ops:
+                try:
+                    results.append(run[op[0]](op))
+                except Exception:  # a malformed op: answer it, keep the worker's connection
+                    log.exception("limits: bad request %r", op[:1])
+                    results.append(None)
+            if answer:
+                body = _encode([0, results])
+                out += (_HEAD.pack(len(body)), body)
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def _admit(self, op: list[Any]) -> list[Any]:
+        o = self.counters.admit(op[3], op[2], op[1])  # each check unpacks as a Check would
+        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
+
+    def _charge(self, op: list[Any]) -> None:
+        self.counters.charge(op[1], op[2], op[3])
+
+    def _release(self, op: list[Any]) -> None:
+        self.counters.release(op[1], op[2])
+
+    def _renew(self, op: list[Any]) -> None:
+        self.counters.renew(op[1], op[2])
+
+    def _give(self, op: list[Any]) -> None:
+        self.table.give(op[1], op[2])
+
+    def _take(self, op: list[Any]) -> int | str:
+        _, key, limit, max_queue, lease, seconds, token = op
+        got = self.table.take(key, limit, max_queue, lease, self.owner)
+        if not isinstance(got, asyncio.Future):
+            return got
+        task = asyncio.create_task(self._queued(key, lease, got, seconds, token))
+        self.waits.add(task)
+        task.add_done_callback(self.waits.discard)
+        return QUEUED
+
+    async def _queued(
+        self, key: str, lease: str, fut: asyncio.Future[int], seconds: float, token: int
+    ) -> None:
+        result = await self.table.wait(key, lease, fut, seconds)
+        if self.transport is not None and not self.transport.is_closing():
+            body = _encode([1, token, result])
+            self.transport.write(_HEAD.pack(len(body)) + body)
 
 
 def start_server(path: str) -> threading.Thread:
@@ -99,86 +139,173 @@ def start_server(path: str) -> threading.Thread:
     async def main() -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        server = await asyncio.start_unix_server(
-            lambda r, w: _serve_conn(counters, table, r, w), path=path
-        )
+        loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: _Server(counters, table), path=path)
         ready.set()
         async with server:
             await server.serve_forever()
 
-    t = threading.Thread(target=asyncio.run, args=(main(),), name="airouter-limits", daemon=True)
+    def run() -> None:
+        # Each wake-up of this thread is CPU taken from workers that share its core: uvloop
+        # makes one cheaper than asyncio's own loop.
+        loop = uvloop.new_event_loop()
+        loop.run_until_complete(main())
+
+    t = threading.Thread(target=run, name="airouter-limits", daemon=True)
     t.start()
     if not ready.wait(10):
         raise RuntimeError(f"limits server did not start on {path}")
     return t
 
 
-class _Client:
-    """One pipelined connection to the main process's server."""
+class _Client(asyncio.Protocol):
+    """One connection to the main process's server; ops go in order, in batches."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._next = 0
-        self._lock = asyncio.Lock()
+        self._transport: asyncio.Transport | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buf = b""
+        self._ops: list[Any] = []
+        self._waiters: list[asyncio.Future[Any] | None] = []  # per op; None: nobody waits
+        self._asks = 0  # ops queued that wait for an answer
+        self._scheduled = False
+        self._inflight: list[asyncio.Future[Any] | None] | None = None  # one batch at a time
+        self._sent_at = 0.0
+        # Queued slot requests: token -> (future, when to give up on the server).
+        self._deferred: dict[int, tuple[asyncio.Future[Any], float]] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._logged = -LOG_EVERY
 
-    async def _connect(self) -> asyncio.StreamWriter:
-        async with self._lock:
-            if self._writer is None or self._writer.is_closing():
-                reader, self._writer = await asyncio.open_unix_connection(self.path)
-                self._reader_task = asyncio.create_task(self._read(reader))
-            return self._writer
+    # -- batching ---------------------------------------------------------------------------
 
-    async def _read(self, reader: asyncio.StreamReader) -> None:
+    def _queue(self, op: list[Any], fut: asyncio.Future[Any] | None) -> None:
+        self._ops.append(op)
+        self._waiters.append(fut)
+        if fut is not None:
+            self._asks += 1
+        if self._inflight is None and not self._scheduled:
+            # At the end of this loop turn: every op made in the same turn goes in one frame.
+            self._scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
+
+    async def _call(self, op: list[Any]) -> Any:
+        fut = (self._loop or asyncio.get_running_loop()).create_future()
+        self._queue(op, fut)
+        result = await fut
+        if result is _LOST:
+            raise ConnectionError("the limits server did not answer")
+        return result
+
+    def _post(self, op: list[Any]) -> None:
+        """An op nobody waits for, sent ahead of this worker's later ops: at the end of this
+        loop turn with whatever else it made, or with the next batch while one is in flight."""
+        self._queue(op, None)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._inflight is not None or not self._ops:
+            return
+        t = self._transport
+        if t is None or t.is_closing():
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
+        ops, waiters, asks = self._ops, self._waiters, self._asks
+        self._ops, self._waiters, self._asks = [], [], 0
+        body = _encode([asks > 0, ops])
+        t.write(_HEAD.pack(len(body)) + body)
+        if asks:
+            self._inflight = waiters
+            self._sent_at = (self._loop or asyncio.get_running_loop()).time()
+
+    async def _connect(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
         try:
-            while True:
-                head = await reader.readexactly(4)
-                rid, result = _decode(await reader.readexactly(_HEAD.unpack(head)[0]))
-                fut = self._pending.pop(rid, None)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                await loop.create_unix_connection(lambda: self, self.path)
+        except OSError as e:
+            if loop.time() - self._logged >= LOG_EVERY:
+                self._logged = loop.time()
+                log.error("limits: the main process's server is unreachable (%s)", e)
+            self._answer(self._waiters, None)
+            self._ops, self._waiters, self._asks = [], [], 0
+        finally:
+            self._connecting = None
+        self._flush()
+
+    @staticmethod
+    def _answer(waiters: list[asyncio.Future[Any] | None], results: list[Any] | None) -> None:
+        for i, fut in enumerate(waiters):
+            if fut is not None and not fut.done():
+                if results is None:
+                    fut.set_result(_LOST)
+                elif results[i] != QUEUED:  # else its answer comes later, to the same future
+                    fut.set_result(results[i])
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._buf = b""
+        loop = self._loop or asyncio.get_running_loop()
+        self._sweeper = loop.call_later(SWEEP, self._sweep)
+
+    def data_received(self, data: bytes) -> None:
+        frames, self._buf = _frames(self._buf + data if self._buf else data)
+        for frame in frames:
+            if frame[0] == 0:
+                waiters, self._inflight = self._inflight, None
+                if waiters is not None:
+                    results = frame[1]
+                    if len(results) != len(waiters):
+                        results = [None] * len(waiters)
+                    self._answer(waiters, results)
+            else:
+                fut, _ = self._deferred.pop(frame[1], (None, 0.0))
                 if fut is not None and not fut.done():
-                    fut.set_result(result)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            self._writer = None
-            for fut in self._pending.values():
+                    fut.set_result(frame[2])
+        if self._inflight is None and self._ops:
+            self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        waiters, self._inflight = self._inflight, None
+        self._answer(waiters or [], None)
+        deferred, self._deferred = self._deferred, {}
+        self._answer([fut for fut, _ in deferred.values()], None)
+        if self._ops:
+            self._flush()
+
+    def _sweep(self) -> None:
+        """An answer overdue drops the connection: its waiters get no verdict."""
+        t = self._transport
+        if t is None:
+            return
+        now = (self._loop or asyncio.get_running_loop()).time()
+        if self._inflight is not None and now - self._sent_at > CALL_TIMEOUT:
+            log.error("limits: the main process's server did not answer in time")
+            t.abort()
+            return
+        for token, (fut, deadline) in list(self._deferred.items()):
+            if deadline < now:
+                del self._deferred[token]
                 if not fut.done():
-                    fut.set_exception(ConnectionError("limits server connection lost"))
-            self._pending.clear()
-
-    async def _call(self, op: str, args: list[Any], seconds: float = CALL_TIMEOUT) -> Any:
-        writer = self._writer
-        if writer is None or writer.is_closing():
-            writer = await self._connect()
-        self._next += 1
-        rid = self._next
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
-        body = _encode([rid, op, args])
-        writer.write(_HEAD.pack(len(body)) + body)
-        try:
-            async with asyncio.timeout(seconds):
-                return await fut
-        except TimeoutError:
-            raise ConnectionError("the limits server did not answer") from None
-        finally:
-            self._pending.pop(rid, None)
-
-    def _send(self, op: str, args: list[Any]) -> None:
-        """A frame that needs no answer; none when the connection is gone (its slots went
-        with it)."""
-        writer = self._writer
-        if writer is not None and not writer.is_closing():
-            body = _encode([0, op, args])
-            writer.write(_HEAD.pack(len(body)) + body)
+                    fut.set_result(_LOST)
+        self._sweeper = (self._loop or asyncio.get_running_loop()).call_later(SWEEP, self._sweep)
 
     async def aclose(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
+        if self._ops or self._inflight is not None:
+            # Ops run in order: when this empty one is answered, every queued one is in.
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(self._call(["N"]), 2)
+        if self._transport is not None:
+            self._transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
 
 
 class SharedSlots(_Client, SlotStore):
@@ -193,45 +320,56 @@ class SharedSlots(_Client, SlotStore):
         self, key: str, limit: int, max_queue: int, queue_timeout: float
     ) -> tuple[int, str] | None:
         self._seq += 1
-        lease = f"{self._prefix}{self._seq}"
+        token = self._seq
+        lease = f"{self._prefix}{token}"
+        loop = self._loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._deferred[token] = (fut, loop.time() + queue_timeout + CALL_TIMEOUT)
+        self._queue(["T", key, limit, max_queue, lease, queue_timeout, token], fut)
         try:
-            got = await self._call(
-                "take", [key, limit, max_queue, lease, queue_timeout], queue_timeout + CALL_TIMEOUT
-            )
-        except OSError:
-            self._send("give", [key, lease])
-            return None
+            got = await fut
         except BaseException:  # cancelled: whether queued or just granted, nothing is kept
-            self._send("give", [key, lease])
+            self._post(["G", key, lease])
             raise
+        finally:
+            self._deferred.pop(token, None)
+        if got is _LOST:
+            self._post(["G", key, lease])
+            return None
         return (got, lease) if got == GRANTED else (got, "")
 
     def give(self, key: str, lease: str) -> None:
-        self._send("give", [key, lease])
+        self._post(["G", key, lease])
 
 
 class SharedEngine(_Client, Engine):
     """A worker's client of the main process's counters."""
 
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
         try:
-            failed, wait, used, reset = await self._call(
-                "admit", [[(c.kind, c.key, c.limit, c.amount, c.ttl) for c in checks], lease, dry]
-            )
-        except OSError:
+            failed, wait, used, reset = await self._call(["A", dry, lease, checks])
+        except (OSError, TypeError, ValueError):
             return None
         return Outcome(failed, float("inf") if wait < 0 else wait, used, reset)
+
+    def post(
+        self, items: list[Item], release: list[str] | None = None, lease: str = ""
+    ) -> Awaitable[None] | None:
+        self._post(["C", items, release or [], lease])
+        return None
 
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
         with contextlib.suppress(OSError):
-            await self._call("charge", [items, release or [], lease])
+            await self._call(["C", items, release or [], lease])
 
     async def release(self, keys: list[str], lease: str) -> None:
-        with contextlib.suppress(OSError):
-            await self._call("release", [keys, lease])
+        self._post(["L", keys, lease])
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
         with contextlib.suppress(OSError):
-            await self._call("renew", [keys, leases])
+            await self._call(["R", keys, leases])

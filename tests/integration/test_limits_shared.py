@@ -1,0 +1,100 @@
+"""The workers' client of the main process's counters, over a real unix socket: batching,
+queued charges seen in order, and a server that is away or silent."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from pathlib import Path
+
+from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check
+from airouter.limits.shared import CALL_TIMEOUT, SWEEP, SharedEngine, start_server
+
+
+def _frames_sent(engine: SharedEngine) -> list[int]:
+    """Count the frames the engine writes (each write is one frame)."""
+    count = [0]
+    transport = engine._transport
+    assert transport is not None
+    write = transport.write
+
+    def counting(data: bytes) -> None:
+        count[0] += 1
+        write(data)
+
+    transport.write = counting  # type: ignore[method-assign]
+    return count
+
+
+def test_ops_of_one_turn_go_in_one_frame_and_are_answered_in_order(tmp_path: Path) -> None:
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+
+    async def main() -> None:
+        engine = SharedEngine(path)
+        await engine.start()
+        assert await engine.admit([Check(WINDOW, "warm", 100, 1)], "l0") is not None
+        frames = _frames_sent(engine)
+        outs = await asyncio.gather(
+            *(engine.admit([Check(WINDOW, "rpm", 5, 1)], f"l{i}") for i in range(8))
+        )
+        assert frames[0] == 1
+        assert [o.failed if o else None for o in outs] == [-1] * 5 + [0] * 3
+        assert [o.used[0] if o else None for o in outs] == [1, 2, 3, 4, 5, 5, 5, 5]
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_queued_charge_counts_for_the_next_admission(tmp_path: Path) -> None:
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+
+    async def main() -> None:
+        engine = SharedEngine(path)
+        await engine.start()
+        checks = [Check(TOTAL, "budget", 100, 10), Check(LEASES, "conc", 1, 1)]
+        first = await engine.admit(checks, "a")
+        assert first is not None and first.failed == -1 and first.used == [10, 1]
+        # Not awaited: the charge and the release still come before the next admission.
+        assert engine.post([(TOTAL, "budget", 90, 0)], ["conc"], "a") is None
+        second = await engine.admit(checks, "b")
+        assert second is not None and second.failed == 0 and second.used == [100, 0]
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_absent_server_gives_no_verdict(tmp_path: Path) -> None:
+    async def main() -> None:
+        engine = SharedEngine(str(tmp_path / "nobody.sock"))
+        await engine.start()
+        assert await engine.admit([Check(WINDOW, "rpm", 5, 1)], "l") is None
+        engine.post([(WINDOW, "rpm", 1, 0)])  # dropped, not raised
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_silent_server_gives_no_verdict_in_time(tmp_path: Path) -> None:
+    path = str(tmp_path / "silent.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+
+    async def main() -> float:
+        engine = SharedEngine(path)
+        await engine.start()
+        t = time.monotonic()
+        out = await engine.admit([Check(WINDOW, "rpm", 5, 1)], "l")
+        took = time.monotonic() - t
+        assert out is None
+        await engine.aclose()
+        return took
+
+    try:
+        took = asyncio.run(main())
+    finally:
+        listener.close()
+    assert CALL_TIMEOUT <= took <= CALL_TIMEOUT + 2 * SWEEP + 0.5
