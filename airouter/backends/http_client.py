@@ -192,6 +192,9 @@ class Connection(asyncio.Protocol):
             return
         w = self.waiter
         self.waiter = None
+        if w.done():  # its reader was cancelled: nobody waits
+            self.timer = self.loop.call_at(now + self.timeout, self._on_timer)
+            return
         self.abort()
         if not w.done():
             w.set_exception(TimeoutError())
@@ -201,7 +204,9 @@ class Connection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
 
-    async def wait(self) -> None:
+    def wait(self) -> asyncio.Future[None]:
+        """What the next bytes, the end or a failure complete (a future, not a coroutine: one
+        per read of a stream). After it, `check()`."""
         if self.error is not None:
             raise self.error
         if self.lost:
@@ -209,10 +214,9 @@ class Connection(asyncio.Protocol):
         w = self.waiter = self.loop.create_future()
         if self.timer is not None:
             self.last = self.loop.time()
-        try:
-            await w
-        finally:
-            self.waiter = None
+        return w
+
+    def check(self) -> None:
         if self.error is not None:
             raise self.error
 
@@ -269,6 +273,7 @@ class Response:
             if conn.eof:
                 return self._flush()
             await conn.wait()
+            conn.check()
         data = conn.take()
         if self._inflate is not None:
             try:
@@ -370,6 +375,7 @@ class Pool:
             assert parser is not None
             while not parser.head_done:
                 await conn.wait()
+                conn.check()
             return Response(conn, self)
         except Disconnected:
             conn.finished()
@@ -391,6 +397,7 @@ class Pool:
             assert parser is not None
             while not parser.head_done:
                 await conn.wait()
+                conn.check()
             return Response(conn, self)
         except BaseException:
             conn.finished()
