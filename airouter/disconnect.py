@@ -19,11 +19,13 @@ class _Sweep:
     def __init__(self) -> None:
         self.waiting: set[DisconnectWatch] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, w: DisconnectWatch) -> None:
+    def add(self, w: DisconnectWatch, loop: asyncio.AbstractEventLoop) -> None:
         self.waiting.add(w)
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S / 2, self._sweep)
+        if self._timer is None or self._loop is not loop:  # a new loop: the old timer is gone
+            self._loop = loop
+            self._timer = loop.call_later(WATCH_AFTER_S / 2, self._sweep)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -48,8 +50,9 @@ class DisconnectWatch:
         self._active = True
         self._proto = proto
         self._watcher: asyncio.Future[None] | None = None
-        self.since = task.get_loop().time()
-        _SWEEP.add(self)
+        loop = task.get_loop()
+        self.since = loop.time()
+        _SWEEP.add(self, loop)
 
     def start(self) -> None:
         if self._active:

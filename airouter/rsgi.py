@@ -53,13 +53,15 @@ class _Sweep:
         self.reading: set[_Reading] = set()
         self.tick = 0.25
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, r: _Reading) -> None:
+    def add(self, r: _Reading, loop: asyncio.AbstractEventLoop) -> None:
         self.reading.add(r)
         if r.stall < 4 * self.tick:
             self.tick = r.stall / 4
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.tick, self._sweep)
+        if self._timer is None or self._loop is not loop:  # a new loop: the old timer is gone
+            self._loop = loop
+            self._timer = loop.call_later(self.tick, self._sweep)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,7 +94,7 @@ async def read_body(
     reading: _Reading | None = None
     if stall is not None and task is not None:
         reading = _Reading(task, loop.time(), stall)
-        _SWEEP.add(reading)
+        _SWEEP.add(reading, loop)
     parts: list[bytes] = []
     size = 0
     chunks = proto.__aiter__()

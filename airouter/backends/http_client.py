@@ -1,6 +1,7 @@
 """A lean keep-alive HTTP/1.1 client for the upstream leg: one asyncio protocol per
 connection, request heads built once per (node, path), a LIFO pool of idle connections per
-node, one idle timer per response, and flow control by pausing the socket."""
+node, the idle deadline of every response kept by one sweep per pool, and flow control by
+pausing the socket."""
 
 from __future__ import annotations
 
@@ -16,6 +17,28 @@ from airouter.streaming.http1 import ProtocolError, ResponseParser
 
 HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 KEEPALIVE = 15.0  # seconds an idle connection is kept (servers commonly keep 5 to 75)
+
+
+class IdleSweep:
+    """The connections of a pool that await a response, looked at 8 times per idle timeout:
+    the deadline costs a set entry per response instead of a timer (and a timer's cancel)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.tick = timeout / 8
+        self.active: set[Connection] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, conn: Connection) -> None:
+        self.active.add(conn)
+        if self._timer is None:
+            self._timer = self.loop.call_later(self.tick, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.active if now - c.last >= c.timeout]:
+            conn.expire()
+        self._timer = self.loop.call_later(self.tick, self._sweep) if self.active else None
 
 
 class HttpError(Exception):
@@ -68,8 +91,9 @@ class Origin:
 class Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sweep: IdleSweep | None = None) -> None:
         self.loop = loop
+        self.sweep = sweep
         self.transport: asyncio.Transport | None = None
         self.parser: ResponseParser | None = None
         self.body: list[bytes] = []
@@ -82,10 +106,10 @@ class Connection(asyncio.Protocol):
         self.lost = False  # connection_lost came
         self.received = False  # any byte of the current response arrived
         self.idle_since = 0.0
-        # The idle deadline: one timer per response, pushed on by arrivals, not one per read.
+        # The idle deadline, pushed on by arrivals; the pool's sweep looks at it.
         self.timeout = 0.0
         self.last = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.watched = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,7 +121,7 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         self.received = True
-        if self.timer is not None:
+        if self.watched:
             self.last = self.loop.time()
         try:
             chunk = parser.feed(data)
@@ -171,38 +195,35 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.eof = self.received = False
         self.error = None
-        if timeout is not None:
+        if timeout is not None and self.sweep is not None:
             self.timeout = timeout
             self.last = self.loop.time()
-            self.timer = self.loop.call_at(self.last + timeout, self._on_timer)
+            self.watched = True
+            self.sweep.add(self)
         transport = self.transport
         if transport is None or transport.is_closing():
             raise Disconnected("the upstream closed the connection")
         transport.write(data)
 
-    def _on_timer(self) -> None:
-        self.timer = None
+    def expire(self) -> None:
+        """The idle deadline passed (the sweep's call): fail the read that waits for it."""
         if self.eof or self.closed:
-            return
-        now = self.loop.time()
-        due = self.last + self.timeout
-        if self.waiter is None or now < due:
-            # Not waiting (the consumer is behind, not the upstream), or bytes came since.
-            self.timer = self.loop.call_at(max(due, now + self.timeout / 8), self._on_timer)
+            self._stop_timer()
             return
         w = self.waiter
-        self.waiter = None
-        if w.done():  # its reader was cancelled: nobody waits
-            self.timer = self.loop.call_at(now + self.timeout, self._on_timer)
+        if w is None or w.done():
+            # Not waiting (the consumer is behind, not the upstream), or its reader was
+            # cancelled: nobody waits.
             return
+        self.waiter = None
         self.abort()
-        if not w.done():
-            w.set_exception(TimeoutError())
+        w.set_exception(TimeoutError())
 
     def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.watched:
+            self.watched = False
+            assert self.sweep is not None
+            self.sweep.active.discard(self)
 
     def wait(self) -> asyncio.Future[None]:
         """What the next bytes, the end or a failure complete (a future, not a coroutine: one
@@ -212,7 +233,7 @@ class Connection(asyncio.Protocol):
         if self.lost:
             raise Disconnected("the upstream closed the connection")
         w = self.waiter = self.loop.create_future()
-        if self.timer is not None:
+        if self.watched:
             self.last = self.loop.time()
         return w
 
@@ -330,14 +351,18 @@ class Pool:
         if origin.tls:
             self.ssl = ssl_context or ssl.create_default_context()
         self.idle: list[Connection] = []
+        self._sweep: IdleSweep | None = None
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
+        sweep = self._sweep
+        if self.idle_timeout is not None and (sweep is None or sweep.loop is not loop):
+            sweep = self._sweep = IdleSweep(loop, self.idle_timeout)
         o = self.origin
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: Connection(loop), o.host, o.port, ssl=self.ssl,
+                    lambda: Connection(loop, sweep), o.host, o.port, ssl=self.ssl,
                     server_hostname=o.host if self.ssl is not None else None,
                 )
         except OSError as e:  # refused, unreachable, name unknown, TLS handshake failed
@@ -366,43 +391,26 @@ class Pool:
         else:
             data = head + b"\r\n"
         conn = self._reuse()
-        if conn is None:
-            return await self._exchange(await self._connect(), data, method)
-        # _exchange inlined: the common path (an idle connection reused) runs one coroutine.
-        try:
-            conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
-            parser = conn.parser
-            assert parser is not None
-            while not parser.head_done:
-                await conn.wait()
-                conn.check()
-            return Response(conn, self)
-        except Disconnected:
-            conn.finished()
-            conn.abort()
-            # The upstream closed this idle connection as we sent on it, before a byte of the
-            # answer: it never saw the request, so a fresh connection may carry it.
-            if conn.received:
-                raise
-        except BaseException:
-            conn.finished()
-            conn.abort()
-            raise
-        return await self._exchange(await self._connect(), data, method)
-
-    async def _exchange(self, conn: Connection, data: bytes, method: bytes) -> Response:
-        try:
-            conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
-            parser = conn.parser
-            assert parser is not None
-            while not parser.head_done:
-                await conn.wait()
-                conn.check()
-            return Response(conn, self)
-        except BaseException:
-            conn.finished()
-            conn.abort()
-            raise
+        reused = conn is not None
+        while True:  # one coroutine for the exchange: at most a second pass, on a fresh one
+            if conn is None:
+                conn = await self._connect()
+            try:
+                conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
+                parser = conn.parser
+                assert parser is not None
+                while not parser.head_done:
+                    await conn.wait()
+                    conn.check()
+                return Response(conn, self)
+            except BaseException as e:
+                conn.finished()
+                conn.abort()
+                # A pooled connection the upstream closed as we sent on it, before a byte of
+                # the answer: it never saw the request, so a fresh connection may carry it.
+                if not (reused and isinstance(e, Disconnected) and not conn.received):
+                    raise
+            conn, reused = None, False
 
     def put(self, conn: Connection) -> None:
         if conn.finished() and len(self.idle) < self.max_idle:
