@@ -168,3 +168,17 @@ def test_http1_content_length_response(benchmark: BenchmarkFixture) -> None:
         return body
 
     assert benchmark(parse) == bodies.completion_json()
+
+
+def test_relay_pass_through_64_events(benchmark: BenchmarkFixture, target: Target) -> None:
+    """One read of 64 whole events through the pass-through relay: framing check, JSON check
+    of every event, `model` rewritten to the alias, the last two payloads kept."""
+    from airouter.backends.base import Stats
+    from airouter.streaming.relay import RelayState
+
+    def relay() -> bytes | None:
+        return RelayState("b", target.model_repl, Stats()).raw(EVENTS)
+
+    out = benchmark(relay)
+    assert out is not None and out.count(b"\n\n") == bodies.SSE_CHUNKS
+    assert out.count(target.model_repl) == bodies.SSE_CHUNKS
