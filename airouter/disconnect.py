@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from airouter.rsgi import HTTPProtocol
+from airouter.sweep import Sweep
 
 # A watcher is a future waiting on the connection: tens of microseconds to start and cancel, a
 # fifth of a fast request's cost. Most answers that end this soon never need one; a client
@@ -12,32 +13,17 @@ from airouter.rsgi import HTTPProtocol
 WATCH_AFTER_S = 0.1
 
 
-class _Sweep:
-    """Requests not yet watched, looked at every WATCH_AFTER_S / 2: a set entry per request
-    instead of a timer per request."""
-
-    def __init__(self) -> None:
-        self.waiting: set[DisconnectWatch] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, w: DisconnectWatch, loop: asyncio.AbstractEventLoop) -> None:
-        self.waiting.add(w)
-        if self._timer is None or self._loop is not loop:  # a new loop: the old timer is gone
-            self._loop = loop
-            self._timer = loop.call_later(WATCH_AFTER_S / 2, self._sweep)
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = loop.time() - WATCH_AFTER_S
-        ready = [w for w in self.waiting if w.since <= due]
-        for w in ready:
-            self.waiting.discard(w)
-            w.start()
-        self._timer = loop.call_later(WATCH_AFTER_S / 2, self._sweep) if self.waiting else None
+def _due(w: DisconnectWatch, now: float) -> bool:
+    return now - w.since >= WATCH_AFTER_S
 
 
-_SWEEP = _Sweep()
+def _start(w: DisconnectWatch) -> None:
+    _SWEEP.discard(w)
+    w.start()
+
+
+# Requests not yet watched, looked at every WATCH_AFTER_S / 2.
+_SWEEP: Sweep[DisconnectWatch] = Sweep(WATCH_AFTER_S / 2, _due, _start)
 
 
 class DisconnectWatch:
@@ -75,6 +61,6 @@ class DisconnectWatch:
     def stop(self) -> None:
         if self._active:
             self._active = False
-            _SWEEP.waiting.discard(self)
+            _SWEEP.discard(self)
         if self._watcher is not None:
             self._watcher.cancel()

@@ -15,6 +15,7 @@ from granian._granian import RSGIProtocolError as ProtocolError
 from granian.rsgi import Scope
 
 from airouter.errors import BodyTooLarge, RequestTimeout, RouterError, error_json
+from airouter.sweep import Sweep
 
 __all__ = [
     "SSE_HEADERS", "ClientGone", "Headers", "HTTPProtocol", "ProtocolClosed", "Scope", "read_body",
@@ -45,35 +46,19 @@ class _Reading:
         self.timed_out = False
 
 
-class _Sweep:
-    """Bodies still arriving, looked at a few times a second: nginx's client_body_timeout
-    (the limit is between two reads, not on the whole body) without a timer per read."""
-
-    def __init__(self) -> None:
-        self.reading: set[_Reading] = set()
-        self.tick = 0.25
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, r: _Reading, loop: asyncio.AbstractEventLoop) -> None:
-        self.reading.add(r)
-        if r.stall < 4 * self.tick:
-            self.tick = r.stall / 4
-        if self._timer is None or self._loop is not loop:  # a new loop: the old timer is gone
-            self._loop = loop
-            self._timer = loop.call_later(self.tick, self._sweep)
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for r in [r for r in self.reading if now - r.since >= r.stall]:
-            self.reading.discard(r)
-            r.timed_out = True
-            r.task.cancel()
-        self._timer = loop.call_later(self.tick, self._sweep) if self.reading else None
+def _stalled(r: _Reading, now: float) -> bool:
+    return now - r.since >= r.stall
 
 
-_SWEEP = _Sweep()
+def _time_out(r: _Reading) -> None:
+    _SWEEP.discard(r)
+    r.timed_out = True
+    r.task.cancel()
+
+
+# Bodies still arriving: nginx's client_body_timeout (the limit is between two reads, not on
+# the whole body), looked at 4 times per timeout.
+_SWEEP: Sweep[_Reading] = Sweep(0.25, _stalled, _time_out)
 
 
 def _too_large(limit: int) -> BodyTooLarge:
@@ -94,6 +79,8 @@ async def read_body(
     reading: _Reading | None = None
     if stall is not None and task is not None:
         reading = _Reading(task, loop.time(), stall)
+        if stall < 4 * _SWEEP.tick:
+            _SWEEP.tick = stall / 4
         _SWEEP.add(reading, loop)
     parts: list[bytes] = []
     size = 0
@@ -123,7 +110,7 @@ async def read_body(
         raise ClientGone from e
     finally:
         if reading is not None:
-            _SWEEP.reading.discard(reading)
+            _SWEEP.discard(reading)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 

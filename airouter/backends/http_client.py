@@ -14,31 +14,14 @@ from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from airouter.streaming.http1 import ProtocolError, ResponseParser
+from airouter.sweep import Sweep
 
 HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 KEEPALIVE = 15.0  # seconds an idle connection is kept (servers commonly keep 5 to 75)
 
 
-class IdleSweep:
-    """The connections of a pool that await a response, looked at 8 times per idle timeout:
-    the deadline costs a set entry per response instead of a timer (and a timer's cancel)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self.loop = loop
-        self.tick = timeout / 8
-        self.active: set[Connection] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, conn: Connection) -> None:
-        self.active.add(conn)
-        if self._timer is None:
-            self._timer = self.loop.call_later(self.tick, self._sweep)
-
-    def _sweep(self) -> None:
-        now = self.loop.time()
-        for conn in [c for c in self.active if now - c.last >= c.timeout]:
-            conn.expire()
-        self._timer = self.loop.call_later(self.tick, self._sweep) if self.active else None
+def _idle(conn: Connection, now: float) -> bool:
+    return now - conn.last >= conn.timeout
 
 
 class HttpError(Exception):
@@ -91,7 +74,9 @@ class Origin:
 class Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one response at a time."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sweep: IdleSweep | None = None) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sweep: Sweep[Connection] | None = None
+    ) -> None:
         self.loop = loop
         self.sweep = sweep
         self.transport: asyncio.Transport | None = None
@@ -199,7 +184,7 @@ class Connection(asyncio.Protocol):
             self.timeout = timeout
             self.last = self.loop.time()
             self.watched = True
-            self.sweep.add(self)
+            self.sweep.add(self, self.loop)
         transport = self.transport
         if transport is None or transport.is_closing():
             raise Disconnected("the upstream closed the connection")
@@ -223,7 +208,7 @@ class Connection(asyncio.Protocol):
         if self.watched:
             self.watched = False
             assert self.sweep is not None
-            self.sweep.active.discard(self)
+            self.sweep.discard(self)
 
     def wait(self) -> asyncio.Future[None]:
         """What the next bytes, the end or a failure complete (a future, not a coroutine: one
@@ -351,13 +336,14 @@ class Pool:
         if origin.tls:
             self.ssl = ssl_context or ssl.create_default_context()
         self.idle: list[Connection] = []
-        self._sweep: IdleSweep | None = None
+        # Every response's idle deadline, looked at 8 times per timeout.
+        self._sweep: Sweep[Connection] | None = (
+            None if idle_timeout is None else Sweep(idle_timeout / 8, _idle, Connection.expire)
+        )
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
         sweep = self._sweep
-        if self.idle_timeout is not None and (sweep is None or sweep.loop is not loop):
-            sweep = self._sweep = IdleSweep(loop, self.idle_timeout)
         o = self.origin
         try:
             async with asyncio.timeout(self.connect_timeout):
