@@ -33,7 +33,6 @@ from airouter.limits.policy import (
     TOKENS,
     Rule,
     Rules,
-    headers,
     refusal,
     reset_header,
 )
@@ -176,7 +175,8 @@ class Plan:
         return out
 
     def headers(self, out: Outcome) -> list[tuple[str, str]]:
-        """policy.headers for an admission, from what was built once."""
+        """x-ratelimit-* for requests and tokens, admitted or refused: the scope with the
+        least left wins (names and limits built once)."""
         used, limits = out.used, self.rules
         h: list[tuple[str, str]] = []
         for (limit_h, left_h, reset_h), idx in self.scopes:
@@ -326,7 +326,7 @@ class Limiter:
             rule = plan.rules[out.failed]
             self._child(metrics.KEY_REJECTED, key, rule.what).inc()
             err: RouterError = refusal(rule, checks[out.failed], out, target.alias)
-            err.headers.update(headers(plan.rules, out, False))
+            err.headers.update(plan.headers(out))
             raise err
         ticket.headers = plan.headers(out)
         ticket.checks = checks

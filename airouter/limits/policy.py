@@ -143,26 +143,6 @@ def reset_header(seconds: float) -> str:
     return b
 
 
-def headers(rules: list[Rule], out: Outcome, admitted: bool) -> list[tuple[str, str]]:
-    """x-ratelimit-* for requests and tokens: the scope with the least left wins."""
-    h: list[tuple[str, str]] = []
-    for what, suffix in ((REQUESTS, "requests"), (TOKENS, "tokens")):
-        best: tuple[int, int, float] | None = None
-        for i, r in enumerate(rules):
-            if r.what != what:
-                continue
-            left = max(0, r.limit - out.used[i])
-            if best is None or left < best[1]:
-                best = (r.limit, left, out.reset[i])
-        if best is not None:
-            h += [
-                ("x-ratelimit-limit-" + suffix, str(best[0])),
-                ("x-ratelimit-remaining-" + suffix, str(best[1])),
-                ("x-ratelimit-reset-" + suffix, duration(best[2])),
-            ]
-    return h
-
-
 def refusal(rule: Rule, check: Check, out: Outcome, alias: str) -> RouterError:
     used = out.used[out.failed]
     hdrs = {}

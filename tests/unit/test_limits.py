@@ -8,7 +8,8 @@ import pytest
 
 from airouter.config import parse
 from airouter.limits.engine import LEASE_TTL, LEASES, TOTAL, WINDOW, Check, Counters, Outcome
-from airouter.limits.policy import QuotaExceeded, Rules, duration, headers, refusal
+from airouter.limits.limiter import Plan
+from airouter.limits.policy import QuotaExceeded, Rules, duration, refusal
 
 
 class Clock:
@@ -119,7 +120,7 @@ def test_rules_and_headers_pick_the_tightest_scope() -> None:
     rules = Rules(parse(CFG)).for_request("a", "m")
     assert [r.what for r in rules] == ["budget", "requests", "tokens", "requests"]
     out = Outcome(-1, 0.0, [0, 5, 100, 3], [0.0, 30.0, 12.5, 2.0])
-    h = dict(headers(rules, out, True))
+    h = dict(Plan(rules).headers(out))
     assert h["x-ratelimit-limit-requests"] == "4"
     assert h["x-ratelimit-remaining-requests"] == "1"
     assert h["x-ratelimit-reset-requests"] == "2s"
