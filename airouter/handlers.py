@@ -154,12 +154,9 @@ class CompletionEndpoint:
         ticket: Ticket,
     ) -> int:
         try:
-            if call.target.model.fallbacks:
-                reply = await open_call(
-                    self.holder.state.models, call, client_body, key, lambda c: _switch(rec, c)
-                )
-            else:  # what open_call does without fallbacks, without its coroutine
-                reply = await call.target.backend.open(call)
+            reply = await open_call(
+                self.holder.state.models, call, client_body, key, lambda c: _switch(rec, c)
+            )
         except RouterError as e:
             rec.error = e.code or e.type
             send_error(proto, e, rh, self.error_json)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -111,15 +111,28 @@ def request_for(endpoint: Endpoint, body: dict[str, Any], target: Target) -> dic
     return body
 
 
-async def open_call(
+def open_call(
+    models: ModelMap,
+    call: Call,
+    client_body: dict[str, Any],
+    key: ClientKey,
+    switched: Callable[[Call], None],
+) -> Awaitable[Reply]:
+    """Open `call` on its target; when every node of it is down, on its fallbacks, each with a
+    call of its own built from the client's request (`switched` hears of each). A target
+    without fallbacks is the backend's own coroutine: one frame fewer on every await."""
+    if not call.target.model.fallbacks:
+        return call.target.backend.open(call)
+    return _with_fallbacks(models, call, client_body, key, switched)
+
+
+async def _with_fallbacks(
     models: ModelMap,
     call: Call,
     client_body: dict[str, Any],
     key: ClientKey,
     switched: Callable[[Call], None],
 ) -> Reply:
-    """Open `call` on its target; when every node of it is down, on its fallbacks, each with a
-    call of its own built from the client's request (`switched` hears of each)."""
     try:
         return await call.target.backend.open(call)
     except RouterError as e:
