@@ -234,14 +234,20 @@ class NodePool:
         self._rr_credit[self.nodes.index(best)] -= total
         return best
 
+    def take_free(self, node: Node) -> bool:
+        """A slot on a node without a limit (the common case): counted here, at once."""
+        if self.max_concurrent:
+            return False
+        node.in_flight += 1
+        node.served += 1
+        return True
+
     async def acquire(self, node: Node) -> str:
         """Take a concurrency slot on `node`, queueing (bounded) when it is full. Answers the
         lease to give back to `release` ("" for a slot counted in this process only)."""
-        limit = self.max_concurrent
-        if not limit:  # the common case: nothing to count with anyone
-            node.in_flight += 1
-            node.served += 1
+        if self.take_free(node):
             return ""
+        limit = self.max_concurrent
         store = self.slots
         if store is not None:
             node.waiting += 1
@@ -399,12 +405,8 @@ async def with_failover(
         if node is None:
             break
         try:
-            if not pool.max_concurrent:  # nothing to wait for: no coroutine to run
-                node.in_flight += 1
-                node.served += 1
-                lease = ""
-            else:
-                lease = await pool.acquire(node)
+            # Nothing to wait for on a node without a limit: no coroutine to run.
+            lease = "" if pool.take_free(node) else await pool.acquire(node)
         except RateLimited as e:  # this node's queue is full: another node may have room
             tried.append(node)
             last = e
