@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from airouter.backends.base import Stats, Target
 from airouter.backends.http_client import HttpError, Response
-from airouter.errors import BadGateway, GatewayTimeout
+from airouter.errors import BadGateway, GatewayTimeout, RouterError
 from airouter.streaming.relay import MODEL, RelayState, record_usage
 from airouter.streaming.relay import first_bad_event as _first_bad_event
 
@@ -18,6 +18,14 @@ __all__ = ["Relay", "_first_bad_event", "record_usage", "rewrite_model"]
 
 def rewrite_model(payload: bytes, target: Target) -> bytes:
     return MODEL.sub(target.model_repl, payload, count=1)
+
+
+def _read_failed(name: str, e: Exception) -> RouterError:
+    if isinstance(e, TimeoutError):
+        return GatewayTimeout(
+            f"The backend '{name}' stopped sending for longer than the idle timeout."
+        )
+    return BadGateway(f"The backend '{name}' broke off the stream: {type(e).__name__}.")
 
 
 class Relay:
@@ -36,14 +44,8 @@ class Relay:
         """What the upstream sent next (b"" at its end), its failures as router errors."""
         try:
             return await self.resp.readany()
-        except TimeoutError:
-            raise GatewayTimeout(
-                f"The backend '{self.name}' stopped sending for longer than the idle timeout."
-            ) from None
-        except HttpError as e:
-            raise BadGateway(
-                f"The backend '{self.name}' broke off the stream: {type(e).__name__}."
-            ) from None
+        except (TimeoutError, HttpError) as e:
+            raise _read_failed(self.name, e) from None
 
     async def next_batch(self) -> list[bytes] | None:
         """The next non-empty batch, or None at the end of the stream."""
@@ -136,16 +138,9 @@ class _Raw:
                 state.end()
                 raise StopAsyncIteration
             try:
-                data = await resp.readany()
-            except TimeoutError:
-                raise GatewayTimeout(
-                    f"The backend '{relay.name}' stopped sending for longer than the idle "
-                    "timeout."
-                ) from None
-            except HttpError as e:
-                raise BadGateway(
-                    f"The backend '{relay.name}' broke off the stream: {type(e).__name__}."
-                ) from None
+                data = await resp.readany()  # Relay._read inlined: no coroutine per read
+            except (TimeoutError, HttpError) as e:
+                raise _read_failed(relay.name, e) from None
             out = state.raw(data)
             if out is None:
                 self.ended = True
