@@ -1,4 +1,4 @@
-"""build_app(config): the RSGI application granian serves: routes, OpenAI-shaped 404/405/500,
+"""App(config): the RSGI application granian serves: routes, OpenAI-shaped 404/405/500,
 and the worker's start-up and shut-down (backends opened and closed)."""
 
 from __future__ import annotations
@@ -201,10 +201,6 @@ class App:
         flush_logs()
 
 
-def build_app(cfg: Config) -> App:
-    return App(cfg)
-
-
 _listeners: list[logging.handlers.QueueListener] = []
 
 
@@ -242,4 +238,4 @@ def create_app() -> App:
     base = os.environ.get("AIROUTER_CONFIG_BASE")
     cfg = config_mod.load(path, Path(base) if base else None)
     setup_logging(os.environ.get("AIROUTER_LOG_LEVEL", cfg.server.log_level))
-    return build_app(cfg)
+    return App(cfg)
