@@ -26,7 +26,7 @@ ADMIN_KEY = "sk-bench-admin"
 KEY_NAME = "bench"
 GOAL = 0.9  # Redis-backed limits keep >= 90% of the non-streaming req/s without limits
 MODES = ("off", "local", "redis")
-LABEL = {"off": "limits off", "local": "in process", "redis": "Redis"}
+LABEL = {"off": "limits off", "local": "in process", "redis": "Redis", "base": "Redis, base"}
 # High enough that a minute of the fastest load passes every check with room to spare.
 KEY_LIMITS = """
 [keys.{name}]
@@ -101,10 +101,10 @@ def run_redis(tmp: Path) -> Iterator[tuple[int, int]]:
         yield port, proc.pid
 
 
-def config(up: str, redis_port: int | None) -> str:
+def config(up: str, redis_port: int | None, db: int = 0) -> str:
     server = 'limits_on_redis_failure = "deny"'  # a Redis away must show, not skip limits
     if redis_port is not None:
-        server += f'\nredis_url = "redis://{HOST}:{redis_port}/0"'
+        server += f'\nredis_url = "redis://{HOST}:{redis_port}/{db}"'
     keys = KEY_LIMITS.format(name=KEY_NAME, key=bodies.CLIENT_KEY, admin=ADMIN_KEY)
     return router.openai_config(
         up + "/json/v1", up + "/sse/v1", None, limits=(server, keys, MODEL_LIMITS)
@@ -197,16 +197,23 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 router.run(env.tmp, "limits-redis", config(up, rport), ROUTER_CORE, s.prelude)
             ),
         }
+        # --baseline: the same Redis limits from another checkout (its own database), an A/B.
+        modes = (*MODES, "base") if s.baseline else MODES
+        if s.baseline:
+            rts["base"] = stack.enter_context(
+                router.run(env.tmp, "limits-base", config(up, rport, 1), ROUTER_CORE, s.prelude,
+                           cwd=Path(s.baseline))
+            )
         # Requests every limited router has admitted so far: the check, warm-ups and rounds.
-        sent = {"local": 0, "redis": 0}
-        slack = {"local": 0, "redis": 0}
+        sent = dict.fromkeys(modes[1:], 0)
+        slack = dict.fromkeys(modes[1:], 0)
         evals_before = _redis_evals(rport)
         for kind, stream in (("chat", False), ("stream", True)):
             alias = bodies.ALIAS_SSE if stream else bodies.ALIAS_JSON
             body = bodies.chat_request(alias, stream=stream)
-            urls = {m: rts[m].url + "/v1/chat/completions" for m in MODES}
+            urls = {m: rts[m].url + "/v1/chat/completions" for m in modes}
             script = wrk.lua_script(env.tmp / f"limits-{kind}.lua", body, bodies.CLIENT_KEY)
-            for m in MODES:
+            for m in modes:
                 if m == "off":
                     scenarios.check(urls[m], body, bodies.CLIENT_KEY, stream=stream, model=alias)
                 else:
@@ -220,16 +227,18 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
             evals0 = _redis_evals(rport)
             # The router's group, its worker alone (the rest is the main process, where the
             # in-process counters live), and redis-server.
-            watch = {m: [rts[m].pid, _worker(rts[m])] for m in MODES}
+            watch = {m: [rts[m].pid, _worker(rts[m])] for m in modes}
             watch["redis"].append(rpid)
             # --profile: py-spy on the Redis router's worker (its turns; idle time is not sampled).
             out_file = env.results / f"{env.stamp}-profile-limits-{kind}.txt"
-            with profile.record(_worker(rts["redis"]), out_file, s.wrk_seconds * len(MODES),
+            with profile.record(_worker(rts["redis"]), out_file, s.wrk_seconds * len(modes),
                                 s.profile) as prof:
-                runs, cpu = scenarios.take_turns(urls, dict.fromkeys(MODES, script), watch, s)
+                runs, cpu, load = scenarios.take_turns(
+                    urls, dict.fromkeys(modes, script), watch, s
+                )
             evals = _redis_evals(rport) - evals0
             res: dict[str, Any] = {}
-            for m in MODES:
+            for m in modes:
                 r = wrk.merge(runs[m])
                 entry = r.as_dict()
                 entry["cpu_s"] = round(cpu[m][0], 3)
@@ -243,14 +252,17 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                                         "self_by_package": p.by_package}
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
-                    entry["redis_calls_per_req"] = round(evals / max(r.requests, 1), 3)
+                if m in ("redis", "base"):
+                    # Over both Redis routers' requests where there are two (an A/B run).
+                    both = sum(x.requests for k in ("redis", "base") for x in runs.get(k, []))
+                    entry["redis_calls_per_req"] = round(evals / max(both, 1), 3)
                 if m != "off":
                     sent[m] += sum(x.requests for x in runs[m])
                     slack[m] += sum(s.connections + x.errors for x in runs[m])
                     entry["usage_check"] = _verify(rts[m].url, sent[m], slack[m])
                 res[m] = entry
             off = res["off"]
-            for m in MODES:
+            for m in modes:
                 e = res[m]
                 e["vs_off_rps"] = round(e["rps"] / off["rps"], 4) if off["rps"] else None
                 e["added_cpu_us_per_req"] = round(e["cpu_us_per_req"] - off["cpu_us_per_req"], 1)
@@ -260,10 +272,13 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 # Below ~90% the router's core was not the limit: latency (Redis round
                 # trips, a busy load core) or other work on core 0 held req/s down.
                 e["router_core_busy_pct"] = round(100 * e["cpu_s"] / max(e["seconds"], 1e-9), 1)
+                # The load core (wrk, the upstream, redis-server): near 100%, it held req/s down.
+                e["load_core_busy_pct"] = round(100 * load[m] / max(e["seconds"], 1e-9), 1)
                 _say(
                     f"limits {kind:6} {LABEL[m]:10} {e['rps']:>10,.0f} req/s  p50 "
                     f"{e['p50_ms']:7.2f} ms  p99 {e['p99_ms']:7.2f} ms  errors {e['errors']}  "
-                    f"CPU {e['cpu_us_per_req']:.0f} us/req  {e['vs_off_rps']:.1%} of off"
+                    f"CPU {e['cpu_us_per_req']:.0f} us/req  cores {e['router_core_busy_pct']:.0f}%/"
+                    f"{e['load_core_busy_pct']:.0f}%  {e['vs_off_rps']:.1%} of off"
                     + (
                         f"  usage {e['usage_check']['counted']:,}/{e['usage_check']['sent']:,}"
                         if "usage_check" in e
@@ -292,7 +307,8 @@ def table(s: dict[str, Any]) -> list[str]:
         f"in {s['rounds']} round(s); key rpm, tpm, max_concurrent, budget + model rpm, all "
         "generous",
         f"  {'load':7}{'path':12}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
-        f"{'CPU us/req':>12}{'main':>7}{'+CPU us':>9}{'core %':>8}{'vs off':>9}{'CPU vs off':>12}"
+        f"{'CPU us/req':>12}{'main':>7}{'+CPU us':>9}{'core %':>8}{'load %':>8}{'vs off':>9}"
+        f"{'CPU vs off':>12}"
         f"{'redis us/req':>14}{'calls/req':>11}"
         f"{'usage/wrk':>18}",
     ]
@@ -300,14 +316,17 @@ def table(s: dict[str, Any]) -> list[str]:
         res = s.get(kind)
         if not res:
             continue
-        for m in MODES:
-            e = res[m]
+        for m in (*MODES, "base"):
+            e = res.get(m)
+            if e is None:
+                continue
             u = e.get("usage_check")
             usage = f"{u['counted']:,}/{u['sent']:,}" if u else "-"
             lines.append(
                 f"  {kind:7}{LABEL[m]:12}{e['rps']:>10,.0f}{e['p50_ms']:>9.2f}{e['p99_ms']:>9.2f}"
                 f"{e['errors']:>8}{e['cpu_us_per_req']:>12,.1f}{e['main_cpu_us_per_req']:>7.1f}"
                 f"{e['added_cpu_us_per_req']:>+9.1f}{e['router_core_busy_pct']:>8.0f}"
+                f"{_opt(e.get('load_core_busy_pct'), '.0f'):>8}"
                 f"{e['vs_off_rps']:>9.1%}{e['vs_off_cpu_efficiency']:>12.1%}"
                 f"{_opt(e.get('redis_cpu_us_per_req'), '.1f'):>14}"
                 f"{_opt(e.get('redis_calls_per_req'), '.3f'):>11}"
@@ -315,7 +334,7 @@ def table(s: dict[str, Any]) -> list[str]:
             )
     lines += [
         "  CPU us/req: the router's main process and worker (core 0), main: the main process's "
-        "share; core %: their CPU over the wall time",
+        "share; core %: their CPU over the wall time; load %: the load core's",
         "  (well below 100%: latency or other work on core 0, not the router's CPU, held req/s "
         "down); CPU vs off: off's CPU/req over the row's",
         "  redis us/req: redis-server's CPU (load core); calls/req: Lua script calls per "

@@ -146,6 +146,16 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields), fields[3] + fields[4]  # total, idle + iowait
 
 
+def core_busy_s(core: int) -> float:
+    """CPU seconds one core has spent busy since boot (all processes, kernel included)."""
+    prefix = f"cpu{core} "
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(prefix):
+            v = [int(x) for x in line.split()[1:]]
+            return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def busy_percent(seconds: float = 1.0) -> float:
     """How much of the machine other work uses right now: a busy machine skews every number."""
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import bodies, nginx, overhead, paced, profile, router, triton, wrk
-from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, ProcStats, group_stats
+from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, ProcStats, core_busy_s, group_stats
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                 wrk.run(url, scripts[who], seconds=s.wrk_warmup, connections=s.connections)
         watch = {who: [pid] for who, pid in pids.items()}
         with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
-            runs, cpus = take_turns({w: p[0] for w, p in paths.items()}, scripts, watch, s)
+            runs, cpus, _ = take_turns({w: p[0] for w, p in paths.items()}, scripts, watch, s)
         cpu = {who: sum(c) for who, c in cpus.items()}
         for who in paths:
             res = wrk.merge(runs[who])
@@ -237,18 +237,21 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
 
 def take_turns(
     urls: dict[str, str], scripts: dict[str, Path], watch: dict[str, list[int]], s: Settings
-) -> tuple[dict[str, list[wrk.WrkResult]], dict[str, list[float]]]:
+) -> tuple[dict[str, list[wrk.WrkResult]], dict[str, list[float]], dict[str, float]]:
     """wrk against each path in `rounds` slices of wrk_seconds, taking turns: drift in what
     else runs on the machine then hits every path alike, and the ratios within the run hold.
-    Returns each path's slices and the CPU seconds each of its `watch` pids used in them."""
+    Returns each path's slices, the CPU seconds each of its `watch` pids used in them, and
+    the seconds the load core was busy during them."""
     runs: dict[str, list[wrk.WrkResult]] = {who: [] for who in urls}
     cpu = {who: [0.0] * len(watch.get(who, [])) for who in urls}
+    load = dict.fromkeys(urls, 0.0)
     for i in range(s.rounds):
         # Every other round backwards: no path always runs right after another.
         order = list(urls.items()) if i % 2 == 0 else list(reversed(urls.items()))
         for who, url in order:
             pids = watch.get(who, [])
             before = [group_stats(p).cpu_s for p in pids]
+            load_before = core_busy_s(LOAD_CORE)
             runs[who].append(
                 wrk.run(
                     url, scripts[who], seconds=s.wrk_seconds / s.rounds, connections=s.connections
@@ -256,7 +259,8 @@ def take_turns(
             )
             for j, p in enumerate(pids):
                 cpu[who][j] += group_stats(p).cpu_s - before[j]
-    return runs, cpu
+            load[who] += core_busy_s(LOAD_CORE) - load_before
+    return runs, cpu, load
 
 
 def _profile_dict(p: profile.Profile) -> dict[str, Any]:

@@ -12,17 +12,20 @@ Three kinds of counter, each named by a storage key:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 WINDOW, LEASES, TOTAL = "w", "c", "b"
 WINDOW_SECONDS = 60
 LEASE_TTL = 30.0  # seconds; renewed every LEASE_TTL / 3 while the request runs
 _NEVER = 1 << 62  # the oldest second of an empty window
+PROMPT = -1  # a Spec's check amount that stands for the request's prompt tokens
+_spec_ids = itertools.count(1)
 
 
 Item = tuple[str, str, int, int]  # kind, storage key, amount, ttl
@@ -51,8 +54,50 @@ class Outcome:
     reset: list[float]
 
 
+class Spec:
+    """What every request of one (key, model) pair checks, built once: checks whose amount
+    PROMPT stands for the prompt's tokens (those are also the ones that count completion
+    tokens), and the lease sets a request holds. A store may keep or send it once and name
+    it by `id` in each request's operation."""
+
+    __slots__ = ("id", "checks", "charges", "lease_keys", "flat")
+
+    def __init__(self, checks: list[Check]) -> None:
+        self.id = next(_spec_ids)
+        self.checks = checks
+        self.charges = tuple(c for c in checks if c.amount == PROMPT)
+        self.lease_keys = tuple(c.key for c in checks if c.kind == LEASES)
+        self.flat: list[Any] = [x for c in checks for x in c]  # one array, as a script reads it
+
+    def fill(self, prompt: int) -> list[Check]:
+        """The checks of one request."""
+        return [c._replace(amount=prompt) if c.amount == PROMPT else c for c in self.checks]
+
+    def items(self, tokens: int) -> list[Item]:
+        """Charges of `tokens` to every check that counts tokens."""
+        return [(c.kind, c.key, tokens, c.ttl) for c in self.charges]
+
+
 class Engine(ABC):
     """A counter store. Admission checks and applies every check in one atomic step."""
+
+    # Whether a request's lease name matters (the store expires leases one by one); a store
+    # that counts a worker's requests in flight instead needs no lease names nor renewals of
+    # them.
+    uses_leases = True
+
+    def admit_spec(self, spec: Spec, prompt: int, lease: str) -> Awaitable[Outcome | None]:
+        """`admit` of one request of `spec` whose prompt has `prompt` tokens."""
+        return self.admit(spec.fill(prompt), lease)
+
+    def charge_spec(
+        self, spec: Spec, tokens: int, lease: str, release: bool
+    ) -> Awaitable[None] | None:
+        """`post` for one request of `spec`: `tokens` more to every check that counts tokens,
+        and, with `release`, its leases freed."""
+        return self.post(
+            spec.items(tokens) if tokens else [], list(spec.lease_keys) if release else None, lease
+        )
 
     async def start(self) -> None:
         """Connect; called in the event loop that will use the engine."""
@@ -61,7 +106,9 @@ class Engine(ABC):
         """Disconnect."""
 
     @abstractmethod
-    async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
+    def admit(
+        self, checks: list[Check], lease: str, dry: bool = False
+    ) -> Awaitable[Outcome | None]:
         """None: the store is unreachable (the caller applies its failure policy)."""
 
     @abstractmethod

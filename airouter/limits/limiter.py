@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -16,14 +17,13 @@ from airouter.errors import RouterError, ServiceUnavailable
 from airouter.limits import metrics
 from airouter.limits.engine import (
     LEASE_TTL,
-    LEASES,
+    PROMPT,
     TOTAL,
-    WINDOW,
     Check,
     Engine,
-    Item,
     LocalEngine,
     Outcome,
+    Spec,
 )
 from airouter.limits.policy import (
     BUDGET,
@@ -68,18 +68,16 @@ class Ticket:
     """One admitted request: what it was charged, and the leases it holds."""
 
     __slots__ = (
-        "limiter", "key", "label", "checks", "charges", "lease", "lease_keys", "prompt",
-        "charged", "seen", "settled", "headers",
+        "limiter", "key", "label", "spec", "lease", "prompt", "charged", "seen", "settled",
+        "headers",
     )
 
     def __init__(self, limiter: Limiter, key: str, label: str, prompt: int) -> None:
         self.limiter = limiter
         self.key = key
         self.label = label
-        self.checks: list[Check] = []
-        self.charges: tuple[int, ...] = ()  # indexes of the checks that count tokens
+        self.spec: Spec | None = None  # what the store counted for it; None: nothing
         self.lease = ""
-        self.lease_keys: tuple[str, ...] = ()
         self.prompt = prompt
         self.charged = 0  # completion tokens charged so far
         self.seen = 0  # events streamed: the completion estimate when the backend counts none
@@ -89,18 +87,15 @@ class Ticket:
     def chunk(self, data: bytes) -> None:
         """Streamed events went out (about one token each): charge every BATCH of them."""
         self.seen += data.count(b"\n\n")
-        if self.charges and self.seen - self.charged >= BATCH:
+        spec = self.spec
+        if spec is not None and spec.charges and self.seen - self.charged >= BATCH:
             n = self.seen - self.charged
             self.charged = self.seen
             engine = self.limiter.engine
             assert engine is not None
-            wait = engine.post(self._items(n))
+            wait = engine.charge_spec(spec, n, self.lease, False)
             if wait is not None:
                 self.limiter.spawn(wait)
-
-    def _items(self, n: int) -> list[Item]:
-        checks = self.checks
-        return [(checks[i].kind, checks[i].key, n, checks[i].ttl) for i in self.charges]
 
     async def settle(self, stats: Stats | None, failed: bool = False) -> None:
         """The answer is complete: charge the difference between what the backend counted
@@ -125,16 +120,17 @@ class Ticket:
         self.charged = completion
         lim = self.limiter
         lim.record(self.key, self.label, prompt, completion)
-        engine = lim.engine
-        if engine is None or not (self.charges or self.lease_keys):
+        engine, spec = lim.engine, self.spec
+        if engine is None or spec is None or not (spec.charges or spec.lease_keys):
             return None
-        if self.lease_keys:
+        if self.lease:
             lim.leases.pop(self.lease, None)
         # Queued ahead of this worker's next admission and sent before, or with, the last
         # bytes: a client that sends its next request at once finds its tokens counted and its
         # slot free, on any replica.
-        return engine.post(self._items(delta) if delta and self.charges else [],
-                           list(self.lease_keys), self.lease)
+        return engine.charge_spec(
+            spec, delta if spec.charges else 0, self.lease, bool(spec.lease_keys)
+        )
 
     def release(self, stats: Stats | None) -> None:
         """The request is over (done, failed or cancelled): settle it if the answer did not."""
@@ -145,50 +141,54 @@ class Ticket:
 
 
 class Plan:
-    """What the requests of one (key, model label) pair check, built on first use: the
-    checks that never change, where the prompt's tokens go, and the rate-limit headers."""
+    """What the requests of one (key, model label) pair check, built on first use: their
+    store Spec (rebuilt when a budget's day or month turns) and the rate-limit headers."""
 
-    __slots__ = ("rules", "fixed", "tokens", "budgets", "charges", "lease_keys", "scopes",
-                 "limit_strs")
+    __slots__ = ("rules", "scopes", "_spec", "_day", "_dated")
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
-        self.fixed: list[Check] = [r.one for r in rules]  # amount 1; tokens, budgets replaced
-        self.tokens = tuple(i for i, r in enumerate(rules) if r.what == TOKENS)
-        self.budgets = tuple(i for i, r in enumerate(rules) if r.what == BUDGET)
-        self.charges = tuple(sorted(self.tokens + self.budgets))
-        self.lease_keys = tuple(r.key for r in rules if r.kind == LEASES)
-        self.limit_strs = [str(r.limit) for r in rules]
+        self._spec: Spec | None = None
+        self._day = -1
+        self._dated = any(r.what == BUDGET and r.period for r in rules)
+        # Per header scope: its three names and, per check in it, (index, limit, limit text).
         self.scopes = [
-            (names, idx)
+            (*names, checks)
             for what, names in ((REQUESTS, _REQUEST_HEADERS), (TOKENS, _TOKEN_HEADERS))
-            if (idx := tuple(i for i, r in enumerate(rules) if r.what == what))
+            if (checks := tuple((i, r.limit, str(r.limit)) for i, r in enumerate(rules)
+                                if r.what == what))
         ]
 
-    def checks(self, rules: Rules, prompt: int) -> list[Check]:
-        out = self.fixed.copy()
-        for i in self.tokens:
-            r = self.rules[i]
-            out[i] = Check(WINDOW, r.key, r.limit, prompt)
-        for i in self.budgets:
-            out[i] = self.rules[i].check(prompt, rules.period_id(self.rules[i].period))
-        return out
+    def spec(self, rules: Rules) -> Spec:
+        s = self._spec
+        if s is not None and not self._dated:
+            return s
+        day = int(time.time() // 86400) if self._dated else 0
+        if s is None or day != self._day:
+            self._spec = s = Spec([
+                r.check(PROMPT, rules.period_id(r.period)) if r.what == BUDGET
+                else r.check(PROMPT) if r.what == TOKENS else r.one
+                for r in self.rules
+            ])
+            self._day = day
+        return s
 
     def headers(self, out: Outcome) -> list[tuple[str, str]]:
         """x-ratelimit-* for requests and tokens, admitted or refused: the scope with the
         least left wins (names and limits built once)."""
-        used, limits = out.used, self.rules
+        used = out.used
         h: list[tuple[str, str]] = []
-        for (limit_h, left_h, reset_h), idx in self.scopes:
-            best = idx[0]
-            left = max(0, limits[best].limit - used[best])
-            for i in idx[1:]:
-                n = max(0, limits[i].limit - used[i])
-                if n < left:
-                    best, left = i, n
-            h.append((limit_h, self.limit_strs[best]))
-            h.append((left_h, str(left)))
-            h.append((reset_h, reset_header(out.reset[best])))
+        for limit_h, left_h, reset_h, checks in self.scopes:
+            left = -1
+            for i, limit, text in checks:
+                n = limit - used[i]
+                if n < 0:
+                    n = 0
+                if left < 0 or n < left:
+                    best, left, best_text = i, n, text
+            h += (
+                (limit_h, best_text), (left_h, str(left)), (reset_h, reset_header(out.reset[best]))
+            )
         return h
 
 
@@ -263,6 +263,10 @@ class Limiter:
 
     async def _renew(self) -> None:
         assert self.engine is not None
+        if not self.engine.uses_leases:  # the store renews what this worker holds itself
+            with contextlib.suppress(Exception):
+                await self.engine.renew([], [])
+            return
         keys: list[str] = []
         leases: list[str] = []
         for lease, lk in list(self.leases.items()):
@@ -308,11 +312,14 @@ class Limiter:
             text, ids = prompt_text(body)
             prompt = ids + estimate(text)
         ticket = Ticket(self, key, label, prompt)
-        assert self.engine is not None
-        self._seq += 1
-        lease = self._lease_prefix + str(self._seq)
-        checks = plan.checks(self.rules, prompt)
-        out = await self.engine.admit(checks, lease)
+        engine = self.engine
+        assert engine is not None
+        spec = plan.spec(self.rules)
+        lease = ""
+        if spec.lease_keys and engine.uses_leases:
+            self._seq += 1
+            lease = self._lease_prefix + str(self._seq)
+        out = await engine.admit_spec(spec, prompt, lease)
         if out is None:
             if self.allow_on_failure:
                 return ticket
@@ -325,16 +332,15 @@ class Limiter:
         if out.failed >= 0:
             rule = plan.rules[out.failed]
             self._child(metrics.KEY_REJECTED, key, rule.what).inc()
-            err: RouterError = refusal(rule, checks[out.failed], out, target.alias)
+            check = spec.fill(prompt)[out.failed]
+            err: RouterError = refusal(rule, check, out, target.alias)
             err.headers.update(plan.headers(out))
             raise err
         ticket.headers = plan.headers(out)
-        ticket.checks = checks
-        ticket.charges = plan.charges
-        if plan.lease_keys:
+        ticket.spec = spec
+        if lease:
             ticket.lease = lease
-            ticket.lease_keys = plan.lease_keys
-            self.leases[lease] = plan.lease_keys
+            self.leases[lease] = spec.lease_keys
         return ticket
 
     async def report(self, key: str) -> dict[str, Any]:

@@ -6,7 +6,12 @@ charges that arrive queue up and go together in the next call (each still atomic
 and in the order they were made). An idle worker pays one round trip per admission; a busy
 one shares each round trip among every request that arrived meanwhile. Charges at the end of
 a request are not waited for: they go out in the next call, ahead of any later admission of
-this worker: at once when no call is in flight, else with the next call."""
+this worker: at once when no call is in flight, else with the next call.
+
+A request's operation names its Spec by number; the call carries the checks of each Spec its
+operations name, once. Requests in flight are counted per worker (a hash field per worker
+under each concurrency key), not leased one by one: a worker that stops renewing its
+liveness (it died) stops counting for everybody after LEASE_TTL."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable
 from itertools import chain
@@ -22,7 +28,15 @@ from typing import Any
 import msgspec
 
 from airouter.limits import metrics, resp
-from airouter.limits.engine import LEASE_TTL, WINDOW_SECONDS, Check, Engine, Item, Outcome
+from airouter.limits.engine import (
+    LEASE_TTL,
+    WINDOW_SECONDS,
+    Check,
+    Engine,
+    Item,
+    Outcome,
+    Spec,
+)
 from airouter.limits.redis_script import SCRIPT, SCRIPT_SHA
 
 log = logging.getLogger("airouter.limits")
@@ -35,9 +49,16 @@ _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
+WORKERS = "airouter:lim:workers"  # sorted set: worker id -> when its liveness lapses (ms)
+
+
 class RedisEngine(Engine):
+    uses_leases = False
+
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
+        self.worker = os.urandom(8).hex()  # this process's field in every concurrency hash
+        self._specs: dict[int, list[Any]] = {}  # the Specs the queued ops name
         self.timeout = timeout
         self._conn: resp.Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -79,11 +100,12 @@ class RedisEngine(Engine):
             loop.call_soon(self._flush)
         return True
 
-    async def _op(self, op: Any) -> Any:
+    def _op(self, op: Any) -> asyncio.Future[Any]:
+        """The op's answer (an admission's Outcome), or None: no verdict (Redis is down)."""
         fut = (self._loop or asyncio.get_running_loop()).create_future()
         if not self._queue(op, fut):
-            return None
-        return await fut
+            fut.set_result(None)
+        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -94,13 +116,15 @@ class RedisEngine(Engine):
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
-        ops, waiters = self._ops, self._waiters
+        ops, waiters, specs = self._ops, self._waiters, self._specs
         if len(ops) > MAX_BATCH:
             self._ops, self._waiters = ops[MAX_BATCH:], waiters[MAX_BATCH:]
             ops, waiters = ops[:MAX_BATCH], waiters[:MAX_BATCH]
         else:
-            self._ops, self._waiters = [], []
-        packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), ops))
+            self._ops, self._waiters, self._specs = [], [], {}
+        packed = _pack(
+            (WINDOW_SECONDS, int(LEASE_TTL * 1000), self.worker, WORKERS, specs, ops)
+        )
         cmd = b"%s$%d\r\n%s\r\n" % (_EVALSHA, len(packed), packed)
         loop = self._loop or asyncio.get_running_loop()
         self._inflight = (waiters, packed, loop.call_later(self.timeout, self._timed_out, conn))
@@ -151,13 +175,13 @@ class RedisEngine(Engine):
         # Every waiting request gets an answer, whatever happened (None: no verdict).
         for fut, result in zip(waiters, results, strict=True):
             if fut is not None and not fut.done():
-                fut.set_result(result)
+                fut.set_result(_outcome(result) if type(result) is list else result)
         if self._ops:
             self._flush()
 
     def _drop_queued(self) -> None:
         """Redis is down: the queued ops get no verdict (their waiters apply the policy)."""
-        waiters, self._ops, self._waiters = self._waiters, [], []
+        waiters, self._ops, self._waiters, self._specs = self._waiters, [], [], {}
         for fut in waiters:
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -181,36 +205,58 @@ class RedisEngine(Engine):
 
     # -- the Engine interface ---------------------------------------------------------------
 
-    async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
-        out = await self._op(["A", dry, lease, *chain.from_iterable(checks)])
-        if out is None:
-            return None
-        n = len(checks)
-        wait = out[1]
-        return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
+    def admit(
+        self, checks: list[Check], lease: str, dry: bool = False
+    ) -> asyncio.Future[Outcome | None]:
+        return self._op(["A", dry, *chain.from_iterable(checks)])
+
+    def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
+        if spec.id not in self._specs:
+            self._specs[spec.id] = spec.flat
+        return self._op(["P", spec.id, prompt])
+
+    def charge_spec(
+        self, spec: Spec, tokens: int, lease: str, release: bool
+    ) -> Awaitable[None] | None:
+        if spec.id not in self._specs:
+            self._specs[spec.id] = spec.flat
+        self._send(["Q", spec.id, tokens, release])
+        return None
 
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> Awaitable[None] | None:
-        if self._queue(_charge(items, release, lease), None) and self._inflight is None:
+        self._send(_charge(items, release))
+        return None
+
+    def _send(self, op: list[Any]) -> None:
+        """Queue an op nobody waits for."""
+        if self._queue(op, None) and self._inflight is None:
             # Idle: on the wire now, before the answer's last bytes leave.
             self._flush()
-        return None
 
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        await self._op(_charge(items, release, lease))
+        await self._op(_charge(items, release))
 
     async def release(self, keys: list[str], lease: str) -> None:
         await self.charge([], keys, lease)
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        await self._op(["R", *chain.from_iterable(zip(keys, leases, strict=True))])
+        """Keep this worker alive in the store: what it counts in flight keeps counting."""
+        await self._op(["R"])
 
 
-def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[Any]:
-    op: list[Any] = ["C", lease, len(items), *chain.from_iterable(items)]
+def _outcome(out: list[Any]) -> Outcome:
+    """An admission's answer: [failed (0: admitted), wait (-1: never), used * n, reset * n]."""
+    n = (len(out) - 2) >> 1
+    wait = out[1]
+    return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
+
+
+def _charge(items: list[Item], release: list[str] | None) -> list[Any]:
+    op: list[Any] = ["C", len(items), *chain.from_iterable(items)]
     if release:
         op += release
     return op

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from airouter.limits import redis_engine, resp
-from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check, Counters, LocalEngine, Outcome
+from airouter.limits.engine import (
+    LEASES,
+    PROMPT,
+    TOTAL,
+    WINDOW,
+    Check,
+    Counters,
+    LocalEngine,
+    Outcome,
+    Spec,
+)
 from airouter.limits.redis_engine import RedisEngine
 from tests.support.redis import run_redis
 
@@ -82,16 +92,21 @@ async def scenario(redis: RedisEngine, local: LocalEngine) -> None:
     assert peek.used == [95, 2]
     over = await both([Check(TOTAL, budget.key, 150, 60, 86400)])
     assert over.failed == 0 and math.isinf(over.wait)
-    # Leases expire unless renewed: two new ones, only l6 renewed, until past the TTL.
-    leases = Check(LEASES, "t:conc2", 5, 1)
-    assert (await both([leases], "l6")).used == [1]
-    assert (await both([leases], "l7")).used == [2]
-    for _ in range(3):
-        await asyncio.sleep(TTL * 0.4)
-        for engine in (redis, local):
-            await engine.renew([leases.key], ["l6"])
-    held = await both([Check(LEASES, leases.key, 5, 0)], dry=True)
-    assert held.used == [1]
+    # A request's Spec (checks built once, the prompt's tokens filled in by the store) counts
+    # as its checks given in full, on admission and on its final charge.
+    spec = Spec([Check(WINDOW, "s:rpm", 10, 1), Check(WINDOW, "s:tpm", 100, PROMPT),
+                 Check(TOTAL, "s:budget", 1000, PROMPT, 86400), Check(LEASES, "s:conc", 1, 1)])
+    for engine in (redis, local):
+        got = await engine.admit_spec(spec, 30, "s1")
+        assert got is not None and got.failed == -1 and got.used == [1, 30, 30, 1]
+        refused = await engine.admit_spec(spec, 5, "s2")  # the one slot is taken
+        assert refused is not None and refused.failed == 3 and refused.used == [1, 30, 30, 1]
+        assert engine.charge_spec(spec, 12, "s1", True) is None
+        again = await engine.admit_spec(spec, 5, "s3")
+        assert again is not None and again.failed == -1 and again.used == [2, 47, 47, 1]
+        engine.charge_spec(spec, 0, "s3", True)
+    peek = await both([Check(WINDOW, "s:tpm", 100, 0), Check(LEASES, "s:conc", 1, 0)], dry=True)
+    assert peek.used == [47, 0]
     # A usage peek of keys that do not exist.
     empty = await both([Check(WINDOW, "t:none", 5, 0), Check(TOTAL, "t:none:b", 5, 0)], dry=True)
     assert empty.used == [0, 0] and empty.reset == [0.0, 0.0]
@@ -131,5 +146,46 @@ def test_one_call_carries_many_requests_in_order(tmp_path: Path) -> None:
                 assert peek is not None and peek.used == [50] and redis.up
             finally:
                 await redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_dead_workers_requests_stop_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests in flight are counted per worker: a worker that stops renewing (it died)
+    stops counting for the others once its liveness lapses; a live one that renews keeps
+    its count however long its requests run."""
+    monkeypatch.setattr(redis_engine, "LEASE_TTL", TTL)
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            alive, dying = RedisEngine(server.url), RedisEngine(server.url)
+            await alive.start()
+            await dying.start()
+            conc = Check(LEASES, "d:conc", 3, 1)
+            try:
+                for engine, n in ((dying, 2), (alive, 1)):
+                    for _ in range(n):
+                        got = await engine.admit([conc], "")
+                        assert got is not None and got.failed == -1
+                full = await alive.admit([conc], "")
+                assert full is not None and full.failed == 0 and full.used == [3]
+                await dying.aclose()  # gone without freeing its two
+                for _ in range(4):
+                    await asyncio.sleep(TTL * 0.4)
+                    await alive.renew([], [])
+                held = await alive.admit([Check(LEASES, conc.key, 3, 0)], "", dry=True)
+                assert held is not None and held.used == [1]
+                # Its field is gone from the hash; the live worker's count is intact.
+                check = await resp.connect(server.url)
+                fields = await check.call(b"HGETALL", conc.key.encode())
+                check.close()
+                assert fields == [alive.worker.encode(), b"1"]
+                alive.post([], [conc.key], "")
+                free = await alive.admit([Check(LEASES, conc.key, 3, 0)], "", dry=True)
+                assert free is not None and free.used == [0]
+            finally:
+                await alive.aclose()
 
     asyncio.run(main())
