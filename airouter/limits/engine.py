@@ -81,11 +81,6 @@ class Spec:
 class Engine(ABC):
     """A counter store. Admission checks and applies every check in one atomic step."""
 
-    # Whether a request's lease name matters (the store expires leases one by one); a store
-    # that counts a worker's requests in flight instead needs no lease names nor renewals of
-    # them.
-    uses_leases = True
-
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> Awaitable[Outcome | None]:
         """`admit` of one request of `spec` whose prompt has `prompt` tokens."""
         return self.admit(spec.fill(prompt), lease)

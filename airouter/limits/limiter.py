@@ -263,10 +263,6 @@ class Limiter:
 
     async def _renew(self) -> None:
         assert self.engine is not None
-        if not self.engine.uses_leases:  # the store renews what this worker holds itself
-            with contextlib.suppress(Exception):
-                await self.engine.renew([], [])
-            return
         keys: list[str] = []
         leases: list[str] = []
         for lease, lk in list(self.leases.items()):
@@ -316,7 +312,7 @@ class Limiter:
         assert engine is not None
         spec = plan.spec(self.rules)
         lease = ""
-        if spec.lease_keys and engine.uses_leases:
+        if spec.lease_keys:
             self._seq += 1
             lease = self._lease_prefix + str(self._seq)
         out = await engine.admit_spec(spec, prompt, lease)

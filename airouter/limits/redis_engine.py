@@ -9,9 +9,7 @@ a request are not waited for: they go out in the next call, ahead of any later a
 this worker: at once when no call is in flight, else with the next call.
 
 A request's operation names its Spec by number; the call carries the checks of each Spec its
-operations name, once. Requests in flight are counted per worker (a hash field per worker
-under each concurrency key), not leased one by one: a worker that stops renewing its
-liveness (it died) stops counting for everybody after LEASE_TTL."""
+operations name, once."""
 
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable
 from itertools import chain
@@ -49,15 +46,9 @@ _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
-WORKERS = "airouter:lim:workers"  # sorted set: worker id -> when its liveness lapses (ms)
-
-
 class RedisEngine(Engine):
-    uses_leases = False
-
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
-        self.worker = os.urandom(8).hex()  # this process's field in every concurrency hash
         self._specs: dict[int, list[Any]] = {}  # the Specs the queued ops name
         self.timeout = timeout
         self._conn: resp.Connection | None = None
@@ -122,9 +113,7 @@ class RedisEngine(Engine):
             ops, waiters = ops[:MAX_BATCH], waiters[:MAX_BATCH]
         else:
             self._ops, self._waiters, self._specs = [], [], {}
-        packed = _pack(
-            (WINDOW_SECONDS, int(LEASE_TTL * 1000), self.worker, WORKERS, specs, ops)
-        )
+        packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), specs, ops))
         cmd = b"%s$%d\r\n%s\r\n" % (_EVALSHA, len(packed), packed)
         loop = self._loop or asyncio.get_running_loop()
         self._inflight = (waiters, packed, loop.call_later(self.timeout, self._timed_out, conn))
@@ -208,25 +197,23 @@ class RedisEngine(Engine):
     def admit(
         self, checks: list[Check], lease: str, dry: bool = False
     ) -> asyncio.Future[Outcome | None]:
-        return self._op(["A", dry, *chain.from_iterable(checks)])
+        return self._op(["A", dry, lease, *chain.from_iterable(checks)])
 
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
-        if spec.id not in self._specs:
-            self._specs[spec.id] = spec.flat
-        return self._op(["P", spec.id, prompt])
+        self._specs.setdefault(spec.id, spec.flat)
+        return self._op(["P", spec.id, prompt, lease])
 
     def charge_spec(
         self, spec: Spec, tokens: int, lease: str, release: bool
     ) -> Awaitable[None] | None:
-        if spec.id not in self._specs:
-            self._specs[spec.id] = spec.flat
-        self._send(["Q", spec.id, tokens, release])
+        self._specs.setdefault(spec.id, spec.flat)
+        self._send(["Q", spec.id, tokens, lease if release else ""])
         return None
 
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> Awaitable[None] | None:
-        self._send(_charge(items, release))
+        self._send(_charge(items, release, lease))
         return None
 
     def _send(self, op: list[Any]) -> None:
@@ -238,14 +225,13 @@ class RedisEngine(Engine):
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        await self._op(_charge(items, release))
+        await self._op(_charge(items, release, lease))
 
     async def release(self, keys: list[str], lease: str) -> None:
         await self.charge([], keys, lease)
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        """Keep this worker alive in the store: what it counts in flight keeps counting."""
-        await self._op(["R"])
+        await self._op(["R", *chain.from_iterable(zip(keys, leases, strict=True))])
 
 
 def _outcome(out: list[Any]) -> Outcome:
@@ -255,8 +241,8 @@ def _outcome(out: list[Any]) -> Outcome:
     return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
 
 
-def _charge(items: list[Item], release: list[str] | None) -> list[Any]:
-    op: list[Any] = ["C", len(items), *chain.from_iterable(items)]
+def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[Any]:
+    op: list[Any] = ["C", lease, len(items), *chain.from_iterable(items)]
     if release:
         op += release
     return op

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import hashlib
 
-# ARGV[1]: msgpack [window s, lease ttl ms, worker id, workers key, specs, ops]. `specs` maps a
-# Spec's number to its checks, one flat array of (kind, key, limit, amount, ttl) * n, where an
-# amount of -1 stands for the request's prompt tokens. An op is one flat array, one of
-#   ["P", spec, prompt]  admit a request of a spec; result
+# ARGV[1]: msgpack [window s, lease ttl ms, specs, ops]. `specs` maps a Spec's number to its
+# checks, one flat array of (kind, key, limit, amount, ttl) * n, where an amount of -1 stands
+# for the request's prompt tokens. An op is one flat array, one of
+#   ["P", spec, prompt, lease]  admit a request of a spec; result
 #        [failed (0 = admitted), wait s (-1 = never), used * n, reset s * n]
-#   ["Q", spec, tokens, release]  charge tokens to the spec's token-counting checks (those
-#        whose amount is -1) and, if release, end the request (one less in flight)
-#   ["A", dry, (kind, key, limit, amount, ttl) * n]  admit checks given in full; as P
-#   ["C", n, (kind, key, amount, ttl) * n, concurrency key * m]  charge, one less in flight
-#   ["R"]  this worker is alive: its requests in flight keep counting
+#   ["Q", spec, tokens, lease]  charge tokens to the spec's token-counting checks (those whose
+#        amount is -1) and, unless lease is "", free the lease in the spec's lease sets
+#   ["A", dry, lease, (kind, key, limit, amount, ttl) * n]  admit checks given in full; as P
+#   ["C", lease, n, (kind, key, amount, ttl) * n, lease set key * m]  charge, free a lease
+#   ["R", (lease set key, lease) * n]  renew leases
 # Returns msgpack: one result per op (0 for Q, C and R). The keys travel inside the argument,
 # not in KEYS: one call touches the keys of many requests (many hash slots), so the script is
 # for a single Redis, not a Cluster, either way.
@@ -22,18 +22,15 @@ import hashlib
 # A window (rpm, tpm) is a hash of one-second buckets plus two fields: "n", their sum, and "o",
 # the oldest bucket's second. A check reads those two; the buckets are read only when the
 # oldest has left the window (about once a second per busy key) or to tell a refused client
-# how long to wait. Requests in flight (max_concurrent) are a hash of worker id -> count; a
-# worker is alive while its score in the workers set is in the future (renewed every
-# LEASE_TTL / 3 and by every call that changes its counts), and a dead worker's count is
-# dropped by the next call that reads the key. Within one call every counter is read once and
-# written once, at the end, whatever number of requests touch it.
+# how long to wait. Within one call every counter is read once and written once, at the end,
+# whatever number of requests touch it (a lease is its own member: added and removed each).
 SCRIPT = """
 local t = redis.call('TIME')
 local sec = tonumber(t[1])
 local now = sec + tonumber(t[2]) / 1000000
 local now_ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
 local batch = cmsgpack.unpack(ARGV[1])
-local span, ttl, wid, wkey, specs = batch[1], batch[2], batch[3], batch[4], batch[5]
+local span, ttl, specs = batch[1], batch[2], batch[3]
 local cut = sec - span
 local out = {}
 -- Per key: u, what is used (read once, then kept up to date), and p, what to add at the end.
@@ -131,35 +128,8 @@ local function add(kind, key, amount, kttl)
   end
 end
 
--- Requests in flight under a concurrency key: n, every live worker's count (read once);
--- p, what this call adds to this worker's.
-local live = nil
-local function conc(key)
-  local c = entry(L, key)
-  if c.n == nil then
-    if live == nil then
-      live = {}
-      for _, id in ipairs(redis.call('ZRANGEBYSCORE', wkey, now_ms, '+inf')) do live[id] = true end
-    end
-    local h = redis.call('HGETALL', key)
-    local n, dead = 0, {}
-    for j = 1, #h, 2 do
-      if h[j] == wid or live[h[j]] then n = n + tonumber(h[j + 1]) else dead[#dead + 1] = h[j] end
-    end
-    if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-    c.n = n + c.p
-  end
-  return c
-end
-
-local function free(key, amount)
-  local c = entry(L, key)
-  c.p = c.p - amount
-  if c.n then c.n = c.n - amount end
-end
-
--- Admit the k checks at s[o + 1 ...] (5 fields each; an amount of -1 is `prompt`).
-local function admit(s, o, k, prompt, dry)
+-- Admit the k checks at s[o + 1 ...] (5 fields each; an amount of -1 is `prompt`) as `lease`.
+local function admit(s, o, k, prompt, lease, dry)
   local res = {0, 0}
   local failed, wait = 0, 0
   for i = 1, k do
@@ -173,7 +143,18 @@ local function admit(s, o, k, prompt, dry)
       if win.o then r = win.o + span - now end
       if u + amount > limit and failed == 0 then w = wait_for(key, u + amount - limit) end
     elseif ck == 'c' then
-      u = conc(key).n
+      local l = L[key]
+      if l == nil then
+        l = {n = redis.call('ZCARD', key)}
+        L[key] = l
+      end
+      u = l.n
+      -- Expired leases (of a worker that died) matter only where they would refuse.
+      if (dry or u + amount > limit) and not l.clean then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms)
+        l.n, l.clean = redis.call('ZCARD', key), true
+        u = l.n
+      end
       if u + amount > limit then w = 1 end
     else
       u = total(key).u
@@ -189,8 +170,8 @@ local function admit(s, o, k, prompt, dry)
       if amount < 0 then amount = prompt end
       res[2 + i] = res[2 + i] + amount
       if ck == 'c' then
-        local c = L[key]
-        c.n, c.p = c.n + amount, c.p + amount
+        local l = L[key]
+        l.n, l.x = l.n + redis.call('ZADD', key, now_ms + ttl, lease), true
       else
         add(ck, key, amount, s[j + 5])
         if ck == 'w' and res[2 + k + i] == 0 then res[2 + k + i] = sec + span - now end
@@ -201,34 +182,43 @@ local function admit(s, o, k, prompt, dry)
   return res
 end
 
-local alive = false
-for n, op in ipairs(batch[6]) do
+-- The lease leaves the lease set `key`.
+local function free(key, lease)
+  local gone = redis.call('ZREM', key, lease)
+  local l = L[key]
+  if l then l.n = l.n - gone end
+end
+
+for n, op in ipairs(batch[4]) do
   local what = op[1]
   if what == 'P' then
     local s = specs[op[2]]
-    out[n] = admit(s, 0, #s / 5, op[3], false)
+    out[n] = admit(s, 0, #s / 5, op[3], op[4], false)
   elseif what == 'Q' then
-    local s, tokens = specs[op[2]], op[3]
+    local s, tokens, lease = specs[op[2]], op[3], op[4]
     for j = 0, #s - 5, 5 do
       if s[j + 4] < 0 then
         if tokens ~= 0 then add(s[j + 1], s[j + 2], tokens, s[j + 5]) end
-      elseif op[4] and s[j + 1] == 'c' then
-        free(s[j + 2], s[j + 4])
+      elseif lease ~= '' and s[j + 1] == 'c' then
+        free(s[j + 2], lease)
       end
     end
     out[n] = 0
   elseif what == 'A' then
-    out[n] = admit(op, 2, (#op - 2) / 5, 0, op[2])
+    out[n] = admit(op, 3, (#op - 3) / 5, 0, op[3], op[2])
   elseif what == 'C' then
-    local k = op[2]
+    local lease, k = op[2], op[3]
     for i = 1, k do
-      local j = 2 + (i - 1) * 4
+      local j = 3 + (i - 1) * 4
       add(op[j + 1], op[j + 2], op[j + 3], op[j + 4])
     end
-    for j = 3 + k * 4, #op do free(op[j], 1) end
+    for j = 4 + k * 4, #op do free(op[j], lease) end
     out[n] = 0
   else
-    alive = true
+    for j = 2, #op, 2 do
+      redis.call('ZADD', op[j], 'XX', now_ms + ttl, op[j + 1])
+      redis.call('PEXPIRE', op[j], ttl * 2)
+    end
     out[n] = 0
   end
 end
@@ -248,16 +238,8 @@ for key, b in pairs(B) do
     redis.call('EXPIRE', key, b.ttl)
   end
 end
-for key, c in pairs(L) do
-  if c.p ~= 0 then
-    alive = true
-    -- Never below zero: a count lost with a restarted Redis is not owed back.
-    if redis.call('HINCRBY', key, wid, c.p) <= 0 then redis.call('HDEL', key, wid) end
-  end
-end
-if alive then
-  redis.call('ZADD', wkey, now_ms + ttl, wid)
-  redis.call('ZREMRANGEBYSCORE', wkey, '-inf', now_ms - 10 * ttl)
+for key, l in pairs(L) do
+  if l.x then redis.call('PEXPIRE', key, ttl * 2) end
 end
 return cmsgpack.pack(out)
 """
