@@ -96,6 +96,9 @@ CASES: dict[str, tuple[bytes, list[bytes], str | None]] = {
                         [HELLO, chunk({"content": "data: [DONE]\n\n"}), END], None),
     "non-json event": (events(HELLO, b"oops", END, b"[DONE]"), [HELLO], "bad_upstream_event"),
     "non-json first": (events(b"[1, 2]", HELLO, END, b"[DONE]"), [], "bad_upstream_event"),
+    # The end marker's text ending a line that holds a payload: one bad event, not the end.
+    "done after a payload": (events(HELLO) + b"data: " + END + b" data: [DONE]\n\n", [HELLO],
+                             "bad_upstream_event"),
     "truncated": (events(HELLO, WORLD), [HELLO, WORLD], "stream_truncated"),
     # The decoder hands the cut event over at the end: not JSON, so not relayed.
     "truncated mid-event": (events(HELLO) + b"data: " + END[:15], [HELLO], "bad_upstream_event"),
