@@ -103,17 +103,16 @@ class CompletionEndpoint:
             rec.status, rec.error = 499, "client_gone"
             return
         rh += ticket.headers
-        rec.alias, rec.label, rec.backend = bounded(target.alias), target.label, target.backend.name
         body, stream = req.body, req.stream
         sent = request_for(self.endpoint, body, target)
-        tracer = self.observer.tracer
-        if tracer is not None:  # first: it adds the trace context to the forwarded headers
-            start_spans(tracer, rec, self.endpoint, target, sent, h.forward)
         call = Call(
             self.endpoint, target, sent, stream, include_usage=req.include_usage,
             headers=h.forward,
         )
-        rec.call = call
+        _serve_as(rec, call)
+        tracer = self.observer.tracer
+        if tracer is not None:  # adds the trace context to the call's forwarded headers
+            start_spans(tracer, rec, self.endpoint, target, sent, h.forward)
         self.observer.started(rec)
         watch = DisconnectWatch(proto, task)
         try:
@@ -131,8 +130,7 @@ class CompletionEndpoint:
             if rec.complete:
                 pass
             elif watch.gone:
-                rec.status, rec.error = 499, "client_disconnected"
-                log.info("client disconnected")
+                rec.status = _client_left(rec)
             else:
                 rec.status, rec.error = 503, "shutdown"
                 if not rec.started:
@@ -155,7 +153,7 @@ class CompletionEndpoint:
     ) -> int:
         try:
             reply = await open_call(
-                self.holder.state.models, call, client_body, key, lambda c: _switch(rec, c)
+                self.holder.state.models, call, client_body, key, lambda c: _serve_as(rec, c)
             )
         except RouterError as e:
             rec.error = e.code or e.type
@@ -248,14 +246,14 @@ class CompletionEndpoint:
 
 
 def _client_left(rec: Record) -> int:
-    """A write found the client gone before the disconnect watch did."""
+    """The client went away (a write or the disconnect watch found it gone)."""
     rec.error = "client_disconnected"
     log.info("client disconnected")
     return 499
 
 
-def _switch(rec: Record, call: Call) -> None:
-    """A fallback target serves the request from now on."""
+def _serve_as(rec: Record, call: Call) -> None:
+    """`call` serves the request from now on: the first target's, or a fallback's."""
     rec.call = call
     rec.alias, rec.label = bounded(call.target.alias), call.target.label
     rec.backend = call.target.backend.name
