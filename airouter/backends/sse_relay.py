@@ -10,10 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from airouter.backends.base import Stats, Target
 from airouter.backends.http_client import HttpError, Response
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
-from airouter.streaming.relay import MODEL, RelayState, record_usage
-from airouter.streaming.relay import first_bad_event as _first_bad_event
-
-__all__ = ["Relay", "_first_bad_event", "record_usage", "rewrite_model"]
+from airouter.streaming.relay import MODEL, RelayState
 
 
 def rewrite_model(payload: bytes, target: Target) -> bytes:

@@ -11,10 +11,11 @@ from typing import Any
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
-from airouter.backends.sse_relay import _first_bad_event, rewrite_model
+from airouter.backends.sse_relay import rewrite_model
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.http1 import ResponseParser
+from airouter.streaming.relay import first_bad_event
 from airouter.streaming.sse import SSEDecoder, frame
 from airouter.streaming.textfix import StopMatcher, TextPipeline
 from airouter.templates import load_template
@@ -106,9 +107,9 @@ def test_template_render_chatml(benchmark: BenchmarkFixture) -> None:
 def test_event_json_check_64_events(benchmark: BenchmarkFixture) -> None:
     """What the pass-through relay spends to keep non-JSON events from clients: every event
     validated (in C, no objects built)."""
-    assert benchmark(_first_bad_event, EVENTS) == -1
+    assert benchmark(first_bad_event, EVENTS) == -1
     bad = EVENTS.replace(b'"content":"', b'"content":', 1)
-    assert _first_bad_event(bad) >= 0
+    assert first_bad_event(bad) >= 0
 
 
 def test_event_brace_check_64_events(benchmark: BenchmarkFixture) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airouter.backends.sse_relay import _first_bad_event
+from airouter.streaming.relay import first_bad_event
 
 GOOD = [json.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": t}}]},
                    ensure_ascii=False).encode() for t in ("Hel", "lo", " Café", " 😀", "!")]
@@ -20,7 +20,7 @@ def framed(payloads: list[bytes]) -> bytes:
 
 def test_good_events_pass() -> None:
     for n in range(1, len(GOOD) + 1):
-        assert _first_bad_event(framed(GOOD[:n])) == -1
+        assert first_bad_event(framed(GOOD[:n])) == -1
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -29,9 +29,9 @@ def test_a_bad_event_is_found_at_every_position(bad: bytes) -> None:
         payloads = [*GOOD[:at], bad, *GOOD[at:]]
         out = framed(payloads)
         want = len(framed(GOOD[:at]))
-        assert _first_bad_event(out) == want, (bad, at)
+        assert first_bad_event(out) == want, (bad, at)
         # What comes before it is whole, good events.
-        assert _first_bad_event(out[:want]) == -1 if at else want == 0
+        assert first_bad_event(out[:want]) == -1 if at else want == 0
 
 
 @pytest.mark.parametrize(
@@ -50,4 +50,4 @@ def test_events_valid_only_when_joined_are_still_found(pair: tuple[bytes, ...]) 
     for at in range(len(GOOD) + 1):
         payloads = [*GOOD[:at], *pair, *GOOD[at:]]
         out = framed(payloads)
-        assert _first_bad_event(out) == len(framed(GOOD[:at])), (pair, at)
+        assert first_bad_event(out) == len(framed(GOOD[:at])), (pair, at)
