@@ -182,14 +182,21 @@ def _rendered(model: ModelConfig, body: dict[str, Any]) -> str | None:
         return None
 
 
+def estimated_prompt(body: dict[str, Any]) -> int:
+    """Prompt tokens without a tokenizer: the ids given as such and an estimate of the text."""
+    text, ids = prompt_text(body)
+    return ids + estimate(text)
+
+
 async def prompt_tokens(model: ModelConfig, body: dict[str, Any]) -> int:
     """Prompt tokens to charge before the request is sent: exact where the model has a
     tokenizer (chat messages as its chat template renders them), else an estimate; the
     backend's own count corrects it at the end."""
-    if model.tokenizer:
-        rendered = _rendered(model, body)
-        if rendered is not None:
-            return await count_async(model, rendered) or 0
+    if not model.tokenizer:
+        return estimated_prompt(body)
+    rendered = _rendered(model, body)
+    if rendered is not None:
+        return await count_async(model, rendered) or 0
     text, ids = prompt_text(body)
     counted = await count_async(model, text)
     return ids + (estimate(text) if counted is None else counted)

@@ -37,7 +37,7 @@ from airouter.limits.policy import (
     reset_header,
 )
 from airouter.limits.shared import SOCKET_ENV, SharedEngine
-from airouter.tokenizers import estimate, prompt_text, prompt_tokens
+from airouter.tokenizers import estimated_prompt, prompt_tokens
 
 log = logging.getLogger("airouter.limits")
 BATCH = 32  # streamed chunks per completion-token charge: no store round trip per token
@@ -165,11 +165,7 @@ class Plan:
             return s
         day = int(time.time() // 86400) if self._dated else 0
         if s is None or day != self._day:
-            self._spec = s = Spec([
-                r.check(PROMPT, rules.period_id(r.period)) if r.what == BUDGET
-                else r.check(PROMPT) if r.what == TOKENS else r.one
-                for r in self.rules
-            ])
+            self._spec = s = Spec(rules.checks(self.rules, PROMPT))
             self._day = day
         return s
 
@@ -305,8 +301,7 @@ class Limiter:
         if model.tokenizer:
             prompt = await prompt_tokens(model, body)
         else:  # what prompt_tokens counts without a tokenizer, without its coroutine
-            text, ids = prompt_text(body)
-            prompt = ids + estimate(text)
+            prompt = estimated_prompt(body)
         ticket = Ticket(self, key, label, prompt)
         engine = self.engine
         assert engine is not None

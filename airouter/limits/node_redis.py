@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from airouter.backends.node_slots import FULL, GRANTED, TIMEOUT, SlotStore
+from airouter.limits import resp
 from airouter.limits.policy import PREFIX
 
 log = logging.getLogger("airouter.limits")
@@ -247,18 +248,12 @@ class RedisSlots(SlotStore):
         self._down_until = now + RETRY_AFTER
         if self.up or now - self._logged >= LOG_EVERY:
             log.error("limits: Redis at %s unreachable for node slots (%s); applying "
-                      "limits_on_redis_failure", _safe(self.url), type(e).__name__)
+                      "limits_on_redis_failure", resp.safe_url(self.url), type(e).__name__)
             self._logged = now
         self.up = False
 
     def _ok(self) -> None:
         if not self.up:
             self.up = True
-            log.warning("limits: Redis at %s is back for node slots", _safe(self.url))
+            log.warning("limits: Redis at %s is back for node slots", resp.safe_url(self.url))
 
-
-def _safe(url: str) -> str:
-    from urllib.parse import urlsplit
-
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.hostname or ''}:{p.port or 6379}{p.path}"

@@ -180,7 +180,7 @@ class RedisEngine(Engine):
         self._down_until = now + RETRY_AFTER
         if self.up or now - self._logged >= LOG_EVERY:
             log.error("limits: Redis at %s unreachable (%s); applying limits_on_redis_failure",
-                      _safe(self.url), type(e).__name__)
+                      resp.safe_url(self.url), type(e).__name__)
             self._logged = now
         if self.up:
             self.up = False
@@ -190,7 +190,7 @@ class RedisEngine(Engine):
         if not self.up:
             self.up = True
             metrics.LIMITS_UP.labels("redis").set(1)
-            log.warning("limits: Redis at %s is back", _safe(self.url))
+            log.warning("limits: Redis at %s is back", resp.safe_url(self.url))
 
     # -- the Engine interface ---------------------------------------------------------------
 
@@ -247,10 +247,3 @@ def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[An
         op += release
     return op
 
-
-def _safe(url: str) -> str:
-    """The URL without a password."""
-    from urllib.parse import urlsplit
-
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.hostname or ''}:{p.port or 6379}{p.path}"

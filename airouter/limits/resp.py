@@ -20,6 +20,12 @@ class ReplyError(Exception):
     """An error reply (`-ERR ...`, `-NOSCRIPT ...`)."""
 
 
+def safe_url(url: str) -> str:
+    """A Redis URL as it may be logged: without user or password."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.hostname or ''}:{p.port or 6379}{p.path}"
+
+
 def command(*args: bytes) -> bytes:
     """One command in RESP."""
     parts = [b"*%d\r\n" % len(args)]
