@@ -78,17 +78,21 @@ class RedisEngine(Engine):
 
     # -- batching ---------------------------------------------------------------------------
 
-    def _queue(self, op: Any, fut: asyncio.Future[Any] | None) -> bool:
-        """Queue an op for the next script call; False when Redis is down (skipped)."""
+    def _queue(self, op: Any, fut: asyncio.Future[Any] | None, now: bool = False) -> bool:
+        """Queue an op for the next script call, sent `now` if no call is in flight; False
+        when Redis is down (skipped)."""
         if not self.up and time.monotonic() < self._down_until:
             return False
         self._ops.append(op)
         self._waiters.append(fut)
-        if self._inflight is None and not self._scheduled:
-            # At the end of this loop turn: every op made in the same turn goes in one call.
-            self._scheduled = True
-            loop = self._loop or asyncio.get_running_loop()
-            loop.call_soon(self._flush)
+        if self._inflight is None:
+            if now:
+                self._flush()
+            elif not self._scheduled:
+                # At the end of this loop turn: every op made in the same turn goes in one call.
+                self._scheduled = True
+                loop = self._loop or asyncio.get_running_loop()
+                loop.call_soon(self._flush)
         return True
 
     def _op(self, op: Any) -> asyncio.Future[Any]:
@@ -217,10 +221,9 @@ class RedisEngine(Engine):
         return None
 
     def _send(self, op: list[Any]) -> None:
-        """Queue an op nobody waits for."""
-        if self._queue(op, None) and self._inflight is None:
-            # Idle: on the wire now, before the answer's last bytes leave.
-            self._flush()
+        """Queue an op nobody waits for; idle, on the wire now, before the answer's last bytes
+        leave."""
+        self._queue(op, None, now=True)
 
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
