@@ -11,7 +11,6 @@ from airouter import tokenizers
 from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
 from airouter.backends.node_slots import SlotStore
-from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import Config, ConfigError
 from airouter.limits import Limiter
@@ -90,9 +89,7 @@ class State:
             return
         await self.slots.start()
         for b in self.backends.values():
-            pool = getattr(b, "pool", None)
-            if isinstance(pool, NodePool):
-                pool.slots = self.slots
+            b.pool.slots = self.slots
 
     async def _close_slots(self) -> None:
         if self.slots is not None:

@@ -13,6 +13,7 @@ from airouter.protocol.endpoints import Endpoint
 __all__ = ["Backend", "Call", "Endpoint", "Reply", "Stats", "Target"]
 
 if TYPE_CHECKING:
+    from airouter.backends.nodes import NodePool
     from airouter.config import ModelConfig
     from airouter.errors import RouterError
 
@@ -117,6 +118,7 @@ class Backend(ABC):
     """A backend serves calls. Implementations never see the client's API key."""
 
     name: str
+    pool: NodePool  # its nodes: health, balancing, concurrency slots
     provider = "unknown"  # gen_ai.provider.name in traces
     # max_tokens for a request that sets none and whose alias sets none (routing.request_for
     # applies it); absent: the request goes without, and the backend decides.

@@ -148,7 +148,7 @@ class NodePool:
         self.panic_threshold = panic_threshold
         self._rr_credit = [0.0] * len(self.nodes)
         self._checks: asyncio.Task[None] | None = None
-        # Set when slots are counted across workers or replicas (limits.slots.attach).
+        # Set when slots are counted across workers or replicas (State._share_slots).
         self.slots: SlotStore | None = None
 
     @classmethod
