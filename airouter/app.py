@@ -135,7 +135,6 @@ class App:
             "/tokenize": {"POST": TokenizeEndpoint(holder)},
             "/detokenize": {"POST": DetokenizeEndpoint(holder)},
         }
-        self._models: dict[str, Handler] = {"GET": models}
 
     def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> Awaitable[None]:
         # Not a coroutine itself: the server awaits the endpoint's, one frame fewer per await.
@@ -160,7 +159,7 @@ class App:
             if not path.startswith("/v1/models/"):
                 send_error(proto, unknown_url(path), render=_render(path))
                 return
-            methods = self._models
+            methods = self.routes["/v1/models"]  # /v1/models/{id}: the same handler
         method = scope.method
         handler = methods.get("GET" if method == "HEAD" else method)
         if handler is None:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 import msgspec
 
@@ -274,7 +273,7 @@ class ModelsEndpoint:
             if scope.path == "/v1/models":
                 send_json(proto, 200, state.listing(key), rh)
                 return
-            model_id = unquote(scope.path.removeprefix("/v1/models/"))
+            model_id = scope.path.removeprefix("/v1/models/")  # the server decoded it
             target = state.models.resolve(model_id, key)
             send_json(proto, 200, msgspec.json.encode(state.card(target.alias)), rh)
         except RouterError as e:

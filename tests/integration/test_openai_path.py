@@ -320,3 +320,12 @@ def test_models_list_respects_key_scope(router: RouterProc) -> None:
     with pytest.raises(openai.NotFoundError):
         scoped.chat.completions.create(model="split", messages=MSGS)
     assert scoped.chat.completions.create(model="echo", messages=MSGS).model == "echo"
+
+
+def test_a_model_id_is_percent_decoded_once(router: RouterProc) -> None:
+    """/v1/models/{id} takes the id as the server decoded it: %2F is a slash, %252F the three
+    characters %2F (a wildcard alias answers any name it matches with that name)."""
+    full = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    for path, want in (("gpt-a%2Fb", "gpt-a/b"), ("gpt-a%252Fb", "gpt-a%2Fb")):
+        got = full.get(f"/models/{path}", cast_to=openai.types.Model)
+        assert got.id == want, path
