@@ -20,10 +20,6 @@ HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 KEEPALIVE = 15.0  # seconds an idle connection is kept (servers commonly keep 5 to 75)
 
 
-def _idle(conn: Connection, now: float) -> bool:
-    return now - conn.last >= conn.timeout
-
-
 class HttpError(Exception):
     """The upstream's connection failed (refused, reset, closed early, not HTTP)."""
 
@@ -91,8 +87,7 @@ class Connection(asyncio.Protocol):
         self.lost = False  # connection_lost came
         self.received = False  # any byte of the current response arrived
         self.idle_since = 0.0
-        # The idle deadline, pushed on by arrivals; the pool's sweep looks at it.
-        self.timeout = 0.0
+        # The last arrival (or the request); the pool's sweep looks at it.
         self.last = 0.0
         self.watched = False
 
@@ -174,14 +169,13 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, data: bytes, timeout: float | None, head_request: bool = False) -> None:
+    def send(self, data: bytes, head_request: bool = False) -> None:
         self.parser = ResponseParser(head_request=head_request)
         self.body = []
         self.buffered = 0
         self.eof = self.received = False
         self.error = None
-        if timeout is not None and self.sweep is not None:
-            self.timeout = timeout
+        if self.sweep is not None:  # the pool has an idle timeout
             self.last = self.loop.time()
             self.watched = True
             self.sweep.add(self, self.loop)
@@ -331,15 +325,15 @@ class Pool:
         self.origin = origin
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
         self.ssl: ssl.SSLContext | None = None
         if origin.tls:
             self.ssl = ssl_context or ssl.create_default_context()
         self.idle: list[Connection] = []
         # Every response's idle deadline, looked at 8 times per timeout.
-        self._sweep: Sweep[Connection] | None = (
-            None if idle_timeout is None else Sweep(idle_timeout / 8, _idle, Connection.expire)
-        )
+        self._sweep: Sweep[Connection] | None = None
+        if idle_timeout is not None:
+            t = idle_timeout
+            self._sweep = Sweep(t / 8, lambda c, now: now - c.last >= t, Connection.expire)
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
@@ -382,7 +376,7 @@ class Pool:
             if conn is None:
                 conn = await self._connect()
             try:
-                conn.send(data, self.idle_timeout, head_request=method == b"HEAD")
+                conn.send(data, head_request=method == b"HEAD")
                 parser = conn.parser
                 assert parser is not None
                 while not parser.head_done:
