@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import bodies, deps, profile, router, scenarios, wrk
+from bench import bodies, deps, router, scenarios, wrk
 from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, free_port, pinned, spawn
 
 ADMIN_KEY = "sk-bench-admin"
@@ -230,9 +230,8 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
             watch = {m: [rts[m].pid, _worker(rts[m])] for m in modes}
             watch["redis"].append(rpid)
             # --profile: py-spy on the Redis router's worker (its turns; idle time is not sampled).
-            out_file = env.results / f"{env.stamp}-profile-limits-{kind}.txt"
-            with profile.record(_worker(rts["redis"]), out_file, s.wrk_seconds * len(modes),
-                                s.profile) as prof:
+            with scenarios.profiled(env, s, rts["redis"], f"limits-{kind}",
+                                    s.wrk_seconds * len(modes)) as prof:
                 runs, cpu, load = scenarios.take_turns(
                     urls, dict.fromkeys(modes, script), watch, s
                 )
@@ -246,10 +245,7 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 entry["cpu_us_per_req"] = round(cpu[m][0] / n * 1e6, 1)
                 entry["main_cpu_us_per_req"] = max(0.0, round((cpu[m][0] - cpu[m][1]) / n * 1e6, 1))
                 if m == "redis" and prof:
-                    p = prof[0]
-                    entry["profile"] = {"file": str(p.path), "samples": p.samples,
-                                        "self_top": p.self_top, "inclusive_top": p.incl_top,
-                                        "self_by_package": p.by_package}
+                    entry["profile"] = scenarios.profile_dict(prof[0])
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
                 if m in ("redis", "base"):

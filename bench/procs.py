@@ -141,19 +141,20 @@ def group_stats(pid: int) -> ProcStats:
     return ProcStats(round(cpu, 3), rss, hwm)
 
 
-def _cpu_times() -> tuple[int, int]:
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+def _cpu_times(line: str = "cpu ") -> tuple[int, int]:
+    """Ticks since boot of the whole machine (or of the core whose /proc/stat line starts
+    with `line`): total, and idle + iowait."""
+    for row in Path("/proc/stat").read_text().splitlines():
+        if row.startswith(line):
+            fields = [int(x) for x in row.split()[1:]]
+            return sum(fields), fields[3] + fields[4]
+    raise ValueError(f"/proc/stat has no {line.strip()} line")
 
 
 def core_busy_s(core: int) -> float:
     """CPU seconds one core has spent busy since boot (all processes, kernel included)."""
-    prefix = f"cpu{core} "
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(prefix):
-            v = [int(x) for x in line.split()[1:]]
-            return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
-    return 0.0
+    total, idle = _cpu_times(f"cpu{core} ")
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def busy_percent(seconds: float = 1.0) -> float:

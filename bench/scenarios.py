@@ -149,7 +149,7 @@ def _delta(before: ProcStats, after: ProcStats) -> dict[str, Any]:
     }
 
 
-def _profiled(env: Env, s: Settings, rt: router.Router, name: str, seconds: float) -> Any:
+def profiled(env: Env, s: Settings, rt: router.Router, name: str, seconds: float) -> Any:
     pid = (rt.workers() or [rt.pid])[0]
     return profile.record(pid, env.results / f"{env.stamp}-profile-{name}.txt", seconds, s.profile)
 
@@ -209,7 +209,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
             if s.wrk_warmup:
                 wrk.run(url, scripts[who], seconds=s.wrk_warmup, connections=s.connections)
         watch = {who: [pid] for who, pid in pids.items()}
-        with _profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
+        with profiled(env, s, rt, name, s.wrk_seconds * len(paths)) as prof:
             runs, cpus, _ = take_turns({w: p[0] for w, p in paths.items()}, scripts, watch, s)
         cpu = {who: sum(c) for who, c in cpus.items()}
         for who in paths:
@@ -225,7 +225,7 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                     cpu_us_per_req=round(cpu[who] / max(res.requests, 1) * 1e6, 1),
                 )
             if prof and who == "router":
-                entry["profile"] = _profile_dict(prof[0])
+                entry["profile"] = profile_dict(prof[0])
             out[who] = entry
             _say(
                 f"{name:7} {who:10} {res.rps:>10,.0f} req/s  p50 {res.p50_ms:7.2f} ms  "
@@ -263,7 +263,7 @@ def take_turns(
     return runs, cpu, load
 
 
-def _profile_dict(p: profile.Profile) -> dict[str, Any]:
+def profile_dict(p: profile.Profile) -> dict[str, Any]:
     return {
         "file": str(p.path),
         "samples": p.samples,
@@ -297,7 +297,7 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
             before = group_stats(watched) if watched else None
             length = s.paced_ramp + s.paced_seconds + s.paced_tokens * s.paced_interval
             with (
-                _profiled(env, s, rt, "paced", length)
+                profiled(env, s, rt, "paced", length)
                 if who == "router"
                 else contextlib.nullcontext([])
             ) as prof:
@@ -318,7 +318,7 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
                 d["cpu_us_per_token"] = round(d["cpu_s"] / max(res.all_tokens, 1) * 1e6, 1)
                 entry.update(d)
             if prof:
-                entry["profile"] = _profile_dict(prof[0])
+                entry["profile"] = profile_dict(prof[0])
             out[who] = entry
             _say(
                 f"paced   {who:7} {res.streams:>6} streams  TTFT p50 {res.ttft_p50_ms:7.2f} "
@@ -353,7 +353,7 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
             cpu_s = 0.0
             conc = s.triton_concurrency
             length = 3 * (s.triton_seconds + s.triton_warmup + s.triton_rounds) + 30
-            with _profiled(env, s, rt, "triton", length) as prof:
+            with profiled(env, s, rt, "triton", length) as prof:
                 for i in range(s.triton_rounds):
                     warm = s.triton_warmup if i == 0 else 0.5
                     tallies["direct"].add(
@@ -390,7 +390,7 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
                     entry["cpu_us_per_token"] = round(cpu_s / max(served, 1) * 1e6, 1)
                     entry["max_rss_mb"] = round(rt.stats().hwm_kb / 1024, 1)
                     if prof:
-                        entry["profile"] = _profile_dict(prof[0])
+                        entry["profile"] = profile_dict(prof[0])
                 out[who] = entry
                 _say(
                     f"triton  {who:12} {res.tokens_per_s:>8,.0f} tokens/s  "
