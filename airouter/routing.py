@@ -133,11 +133,11 @@ async def _with_fallbacks(
     key: ClientKey,
     switched: Callable[[Call], None],
 ) -> Reply:
+    fallbacks = call.target.model.fallbacks  # not empty: open_call checked
     try:
         return await call.target.backend.open(call)
     except RouterError as e:
-        fallbacks = call.target.model.fallbacks
-        if not (e.retryable and fallbacks):
+        if not e.retryable:
             raise
         first = e
     for alias in fallbacks:

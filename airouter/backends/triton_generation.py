@@ -54,7 +54,6 @@ class Generation:
         "idle",
         "prompt_tokens",
         "output_tokens",
-        "responses",
         "_timer",
         "_last",
         "_idle_fired",
@@ -81,6 +80,8 @@ class Generation:
         url: str,
         first_timeout: float,
         idle: float,
+        stats: Stats,
+        prompt: bytes,
     ) -> None:
         self.call = call
         self.plan = plan
@@ -94,15 +95,14 @@ class Generation:
         self.idle = idle
         self.prompt_tokens = 0
         self.output_tokens = 0
-        self.responses = 0
         self.finished = False
         self.vllm_finish: str | None = None
         self.final_seen = False
         # With a tokenizer, what the client got, to count when Triton sends no counts.
         self.texts: list[str] | None = [] if for_model(plan.model) is not None else None
         self.counted = [False, False]  # num_input_tokens, num_output_tokens seen
-        self.prompt = b""
-        self.stats = Stats()
+        self.prompt = prompt
+        self.stats = stats
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle_fired = False
@@ -164,10 +164,8 @@ class Generation:
                 lp = i
         if lp >= 0:
             self.out.logprobs(read_logprobs(outputs[lp].name, contents[lp], raw, self.out.top))
-        if raw:
-            self.responses += 1
-            if not counted:
-                self.output_tokens += 1
+        if raw and not counted:
+            self.output_tokens += 1
         final = ir.parameters["triton_final_response"].bool_param
         if final:
             self.final_seen = True
@@ -213,8 +211,7 @@ class Generation:
             if final:
                 break
         self.finished = True
-        if self.pipe.finished:
-            pass  # a stop sequence ended it: aclose() winds the backend call down
+        # A stop sequence may have ended it (pipe.finished): aclose() winds the call down.
         tail = self.pipe.flush()
         out = self.out.text(tail) if tail else []
         out += self.out.finish(self.finish_reason(), self.pipe.matched_stop)

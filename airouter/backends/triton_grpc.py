@@ -7,7 +7,6 @@ from collections.abc import Awaitable
 from typing import Any
 
 import grpc
-import msgspec
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Reply, Stats, Target
@@ -41,7 +40,6 @@ from airouter.streaming.textfix import TextPipeline
 from airouter.templates import ChatTemplate, load_template
 
 log = logging.getLogger("airouter.triton")
-_encode = msgspec.json.Encoder().encode
 
 
 
@@ -244,9 +242,9 @@ class TritonGrpcBackend(Backend):
                 node.label,
                 self.cfg.first_token_timeout,
                 self.cfg.idle_timeout,
+                stats[i],
+                prompt,
             )
-            gen.stats = stats[i]
-            gen.prompt = prompt
             try:
                 first = await gen.first()
             except BaseException:
