@@ -11,3 +11,9 @@ def bounded(text: str, limit: int = MAX_LOGGED) -> str:
     if len(text) <= limit:
         return text
     return f"{text[:limit]}...[{len(text) - limit} more chars]"
+
+
+def escaped(text: str, limit: int = MAX_LOGGED) -> str:
+    """Upstream text for a log line: its first `limit` characters, with control characters
+    and non-ASCII escaped, so that it stays one line and cannot forge another."""
+    return text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")

@@ -13,6 +13,7 @@ from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.sse_relay import Relay, rewrite_model
+from airouter.bounds import escaped
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -106,7 +107,7 @@ def _upstream_error(status: int, body: bytes, headers: dict[str, str],
     # A server failure: its text may hold tracebacks, paths or hostnames. Operators get it
     # (bounded) in the log; clients get the router's own words.
     log.warning("backend %s answered HTTP %d: %s", backend, status,
-                text[:LOGGED].encode("unicode_escape", "backslashreplace").decode("ascii"))
+                escaped(text, LOGGED))
     if status in (502, 503, 504):
         cls = {502: BadGateway, 503: ServiceUnavailable, 504: GatewayTimeout}[status]
         return cls(f"The backend '{backend}' answered with HTTP {status}.", headers=extra)

@@ -7,6 +7,7 @@ import re
 
 import grpc
 
+from airouter.bounds import escaped
 from airouter.errors import (
     BadGateway,
     GatewayTimeout,
@@ -52,7 +53,7 @@ def map_error(message: str, model: str) -> RouterError:
         return InvalidRequest(f"The model rejected the request: {message}",
                               code="backend_rejected")
     log.warning("model %s failed: %s", model,
-                message[:500].encode("unicode_escape", "backslashreplace").decode("ascii"))
+                escaped(message, 500))
     return BadGateway(f"The model '{model}' failed on the backend.", code="backend_failed",
                       retryable=True)
 

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from airouter.bounds import escaped
 from airouter.errors import BadGateway, RouterError
 from airouter.streaming.sse import DONE, SSEDecoder, frame
 
@@ -206,8 +207,7 @@ class RelayState:
 
     def _not_json(self, data: bytes) -> RouterError:
         log.warning("backend %s sent an event that is not a JSON object: %s", self.name,
-                    data[:LOGGED].decode("utf-8", "replace")
-                    .encode("unicode_escape", "backslashreplace").decode("ascii"))
+                    escaped(data[:LOGGED].decode("utf-8", "replace"), LOGGED))
         return BadGateway(f"The backend '{self.name}' sent an event that is not valid JSON.",
                           code="bad_upstream_event")
 
