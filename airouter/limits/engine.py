@@ -81,6 +81,10 @@ class Spec:
 class Engine(ABC):
     """A counter store. Admission checks and applies every check in one atomic step."""
 
+    # Whether requests in flight are leases named by the caller and renewed one by one (else
+    # the store counts them itself and `renew` takes no arguments it needs).
+    uses_leases = True
+
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> Awaitable[Outcome | None]:
         """`admit` of one request of `spec` whose prompt has `prompt` tokens."""
         return self.admit(spec.fill(prompt), lease)
@@ -124,7 +128,7 @@ class Engine(ABC):
     async def release(self, keys: list[str], lease: str) -> None: ...
 
     @abstractmethod
-    async def renew(self, keys: list[str], leases: list[str]) -> None:
+    def renew(self, keys: list[str], leases: list[str]) -> Awaitable[Any]:
         """Extend leases (keys[i] holds leases[i]) by LEASE_TTL from now."""
 
 

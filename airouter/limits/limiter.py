@@ -259,6 +259,10 @@ class Limiter:
 
     async def _renew(self) -> None:
         assert self.engine is not None
+        if not self.engine.uses_leases:  # the store keeps this worker's counts itself
+            with contextlib.suppress(Exception):
+                await self.engine.renew([], [])
+            return
         keys: list[str] = []
         leases: list[str] = []
         for lease, lk in list(self.leases.items()):
@@ -307,10 +311,15 @@ class Limiter:
         assert engine is not None
         spec = plan.spec(self.rules)
         lease = ""
-        if spec.lease_keys:
+        if spec.lease_keys and engine.uses_leases:
             self._seq += 1
             lease = self._lease_prefix + str(self._seq)
-        out = await engine.admit_spec(spec, prompt, lease)
+        pending = engine.admit_spec(spec, prompt, lease)
+        try:
+            out = await pending
+        except asyncio.CancelledError:
+            _abandoned(engine, spec, lease, pending)
+            raise
         if out is None:
             if self.allow_on_failure:
                 return ticket
@@ -364,6 +373,16 @@ class Limiter:
             if got is not None:
                 out[label] = _describe(rules, got.used, got.reset)
         return out
+
+
+def _abandoned(engine: Engine, spec: Spec, lease: str, pending: Awaitable[Any]) -> None:
+    """The request went away just as its admission was answered: the slots it was given go
+    back at once (a store whose admission is a coroutine ran it whole, or leaves the lease
+    unrenewed)."""
+    if isinstance(pending, asyncio.Future) and pending.done() and not pending.cancelled():
+        out = pending.result()
+        if out is not None and out.failed < 0 and spec.lease_keys:
+            engine.charge_spec(spec, 0, lease, True)
 
 
 def _describe(rules: list[Rule], used: list[int], reset: list[float]) -> dict[str, Any]:

@@ -9,7 +9,14 @@ a request are not waited for: they go out in the next call, ahead of any later a
 this worker: at once when no call is in flight, else with the next call.
 
 A request's operation names its Spec by number; the call carries the checks of each Spec its
-operations name, once."""
+operations name, once.
+
+Requests in flight (max_concurrent) are counted per worker: one field per worker under each
+concurrency key, changed by admissions and releases, and read only while the worker is alive
+(it says so with every call that changes its counts and every LEASE_TTL / 3). The worker keeps
+its own count of what it holds, and every LEASE_TTL / 3 sets its fields to it: a release that
+never reached Redis (it was away), or an admission applied there whose answer was lost, is
+repaired then, as an unrenewed lease would expire."""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Awaitable
 from itertools import chain
@@ -27,6 +35,7 @@ import msgspec
 from airouter.limits import metrics, resp
 from airouter.limits.engine import (
     LEASE_TTL,
+    LEASES,
     WINDOW_SECONDS,
     Check,
     Engine,
@@ -46,10 +55,21 @@ _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
 
 
+WORKERS = "airouter:lim:workers"  # sorted set: worker id -> when it stops counting (ms)
+
+
 class RedisEngine(Engine):
+    uses_leases = False
+
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
+        self.worker = os.urandom(8).hex()  # this process's field under every concurrency key
         self._specs: dict[int, list[Any]] = {}  # the Specs the queued ops name
+        self._lease_keys: dict[int, tuple[str, ...]] = {}  # Spec number -> concurrency keys
+        # Requests this worker holds, per concurrency key: admitted (answered and taken) less
+        # released (queued, whether or not Redis heard of it). What a renewal sets.
+        self._held: dict[str, int] = {}
+        self._renew: asyncio.Future[Any] | None = None  # a renewal waiting for the next call
         self.timeout = timeout
         self._conn: resp.Connection | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -59,9 +79,10 @@ class RedisEngine(Engine):
         self._ops: list[Any] = []
         self._waiters: list[asyncio.Future[Any] | None] = []  # per op; None: nobody waits
         self._scheduled = False
-        # The batch in flight: its waiters, command and time-out; one at a time.
-        self._inflight: tuple[list[asyncio.Future[Any] | None], bytes, asyncio.TimerHandle] | None
-        self._inflight = None
+        # The batch in flight: its waiters, ops, command and time-out; one at a time.
+        self._inflight: (
+            tuple[list[asyncio.Future[Any] | None], list[Any], bytes, asyncio.TimerHandle] | None
+        ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -69,10 +90,11 @@ class RedisEngine(Engine):
         metrics.LIMITS_UP.labels("redis").set(1)
 
     async def aclose(self) -> None:
-        if self._ops or self._inflight is not None:
-            # Ops run in order: when this empty one is answered, every queued charge is in.
+        if self._ops or self._inflight is not None or self._held:
+            # A last renewal: it goes with (or after) every queued charge and leaves this
+            # worker's counts at what it still holds.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._op(["R"]), 2)
+                await asyncio.wait_for(self.renew([], []), 2)
         if self._conn is not None:
             self._conn.close()
 
@@ -88,12 +110,15 @@ class RedisEngine(Engine):
         if self._inflight is None:
             if now:
                 self._flush()
-            elif not self._scheduled:
-                # At the end of this loop turn: every op made in the same turn goes in one call.
-                self._scheduled = True
-                loop = self._loop or asyncio.get_running_loop()
-                loop.call_soon(self._flush)
+            else:
+                self._flush_soon()
         return True
+
+    def _flush_soon(self) -> None:
+        if not self._scheduled:
+            # At the end of this loop turn: every op made in the same turn goes in one call.
+            self._scheduled = True
+            (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
     def _op(self, op: Any) -> asyncio.Future[Any]:
         """The op's answer (an admission's Outcome), or None: no verdict (Redis is down)."""
@@ -104,7 +129,7 @@ class RedisEngine(Engine):
 
     def _flush(self) -> None:
         self._scheduled = False
-        if self._inflight is not None or not self._ops:
+        if self._inflight is not None or not (self._ops or self._renew):
             return
         conn = self._conn
         if conn is None or conn.transport is None:
@@ -117,11 +142,30 @@ class RedisEngine(Engine):
             ops, waiters = ops[:MAX_BATCH], waiters[:MAX_BATCH]
         else:
             self._ops, self._waiters, self._specs = [], [], {}
-        packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), specs, ops))
+            if self._renew is not None:  # first in the call, whose every release it knows
+                ops = [self._renewal(ops), *ops]
+                waiters = [self._renew, *waiters]
+                self._renew = None
+        packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), self.worker, WORKERS, specs, ops))
         cmd = b"%s$%d\r\n%s\r\n" % (_EVALSHA, len(packed), packed)
         loop = self._loop or asyncio.get_running_loop()
-        self._inflight = (waiters, packed, loop.call_later(self.timeout, self._timed_out, conn))
+        timer = loop.call_later(self.timeout, self._timed_out, conn)
+        self._inflight = (waiters, ops, packed, timer)
         conn.send(cmd, self._reply)
+
+    def _renewal(self, ops: list[Any]) -> list[Any]:
+        """The R op that sets this worker's counts, before `ops` run: what it holds, plus
+        what `ops` release (counted here already, taken off again by them)."""
+        counts = dict(self._held)
+        for op in ops:
+            if op[0] == "Q":
+                if op[3]:
+                    for key in self._lease_keys.get(op[1], ()):
+                        counts[key] += 1
+            elif op[0] == "C":
+                for key in op[2 + 4 * op[1]:]:
+                    counts[key] = counts.get(key, 0) + 1
+        return ["R", *chain.from_iterable(counts.items())]
 
     async def _connect(self) -> None:
         try:
@@ -139,7 +183,7 @@ class RedisEngine(Engine):
 
     def _reply(self, reply: resp.Reply) -> None:
         assert self._inflight is not None
-        waiters, packed, timer = self._inflight
+        waiters, ops, packed, timer = self._inflight
         if isinstance(reply, resp.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # A restarted or flushed Redis: EVAL loads the script and runs this batch.
             assert self._conn is not None
@@ -166,15 +210,40 @@ class RedisEngine(Engine):
         if not isinstance(results, list) or len(results) != len(waiters):
             results = [None] * len(waiters)
         # Every waiting request gets an answer, whatever happened (None: no verdict).
-        for fut, result in zip(waiters, results, strict=True):
+        for fut, op, result in zip(waiters, ops, results, strict=True):
+            if type(result) is list:  # an admission's answer
+                if result[0] == 0:
+                    self._took(op, fut)
+                result = _outcome(result)
             if fut is not None and not fut.done():
-                fut.set_result(_outcome(result) if type(result) is list else result)
-        if self._ops:
+                fut.set_result(result)
+        if self._ops or self._renew:
             self._flush()
+
+    def _took(self, op: list[Any], fut: asyncio.Future[Any] | None) -> None:
+        """An admission went through: its slots are this worker's, or, if its request is no
+        longer waiting for it, given back at once."""
+        if op[0] == "P":
+            keys: tuple[str, ...] | list[Any] = self._lease_keys.get(op[1], ())
+        elif op[1]:  # a dry run holds nothing
+            return
+        else:
+            keys = [op[j + 1] for j in range(2, len(op), 5) if op[j] == LEASES]
+        if not keys:
+            return
+        if fut is not None and fut.cancelled():
+            self._queue(_charge([], list(keys)), None)
+            return
+        held = self._held
+        for key in keys:
+            held[key] = held.get(key, 0) + 1
 
     def _drop_queued(self) -> None:
         """Redis is down: the queued ops get no verdict (their waiters apply the policy)."""
         waiters, self._ops, self._waiters, self._specs = self._waiters, [], [], {}
+        if self._renew is not None:
+            waiters.append(self._renew)
+            self._renew = None
         for fut in waiters:
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -201,24 +270,36 @@ class RedisEngine(Engine):
     def admit(
         self, checks: list[Check], lease: str, dry: bool = False
     ) -> asyncio.Future[Outcome | None]:
-        return self._op(["A", dry, lease, *chain.from_iterable(checks)])
+        return self._op(["A", dry, *chain.from_iterable(checks)])
 
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
-        self._specs.setdefault(spec.id, spec.flat)
-        return self._op(["P", spec.id, prompt, lease])
+        if spec.id not in self._specs:
+            self._specs[spec.id] = spec.flat
+            if spec.lease_keys:
+                self._lease_keys[spec.id] = spec.lease_keys
+        return self._op(["P", spec.id, prompt])
 
     def charge_spec(
         self, spec: Spec, tokens: int, lease: str, release: bool
     ) -> Awaitable[None] | None:
         self._specs.setdefault(spec.id, spec.flat)
-        self._send(["Q", spec.id, tokens, lease if release else ""])
+        if release and spec.lease_keys:
+            self._released(spec.lease_keys)
+        self._send(["Q", spec.id, tokens, release])
         return None
 
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> Awaitable[None] | None:
-        self._send(_charge(items, release, lease))
+        if release:
+            self._released(release)
+        self._send(_charge(items, release))
         return None
+
+    def _released(self, keys: tuple[str, ...] | list[str]) -> None:
+        held = self._held
+        for key in keys:
+            held[key] = held.get(key, 0) - 1
 
     def _send(self, op: list[Any]) -> None:
         """Queue an op nobody waits for; idle, on the wire now, before the answer's last bytes
@@ -228,13 +309,26 @@ class RedisEngine(Engine):
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        await self._op(_charge(items, release, lease))
+        if release:
+            self._released(release)
+        await self._op(_charge(items, release))
 
     async def release(self, keys: list[str], lease: str) -> None:
         await self.charge([], keys, lease)
 
-    async def renew(self, keys: list[str], leases: list[str]) -> None:
-        await self._op(["R", *chain.from_iterable(zip(keys, leases, strict=True))])
+    def renew(self, keys: list[str], leases: list[str]) -> asyncio.Future[Any]:
+        """Say this worker is alive and set its counts to what it holds, in the next call
+        (the arguments, leases, are the other stores' business)."""
+        if self._renew is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._renew = loop.create_future()
+            if not self.up and time.monotonic() < self._down_until:
+                fut, self._renew = self._renew, None
+                fut.set_result(None)
+                return fut
+            if self._inflight is None:
+                self._flush_soon()
+        return self._renew
 
 
 def _outcome(out: list[Any]) -> Outcome:
@@ -244,8 +338,8 @@ def _outcome(out: list[Any]) -> Outcome:
     return Outcome(out[0] - 1, math.inf if wait < 0 else wait, out[2:2 + n], out[2 + n:])
 
 
-def _charge(items: list[Item], release: list[str] | None, lease: str) -> list[Any]:
-    op: list[Any] = ["C", lease, len(items), *chain.from_iterable(items)]
+def _charge(items: list[Item], release: list[str] | None) -> list[Any]:
+    op: list[Any] = ["C", len(items), *chain.from_iterable(items)]
     if release:
         op += release
     return op

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -107,16 +108,6 @@ async def scenario(redis: RedisEngine, local: LocalEngine) -> None:
         engine.charge_spec(spec, 0, "s3", True)
     peek = await both([Check(WINDOW, "s:tpm", 100, 0), Check(LEASES, "s:conc", 1, 0)], dry=True)
     assert peek.used == [47, 0]
-    # Leases expire unless renewed: two new ones, only l6 renewed, until past the TTL.
-    leases = Check(LEASES, "t:conc2", 5, 1)
-    assert (await both([leases], "l6")).used == [1]
-    assert (await both([leases], "l7")).used == [2]
-    for _ in range(3):
-        await asyncio.sleep(TTL * 0.4)
-        for engine in (redis, local):
-            await engine.renew([leases.key], ["l6"])
-    held = await both([Check(LEASES, leases.key, 5, 0)], dry=True)
-    assert held.used == [1]
     # A usage peek of keys that do not exist.
     empty = await both([Check(WINDOW, "t:none", 5, 0), Check(TOTAL, "t:none:b", 5, 0)], dry=True)
     assert empty.used == [0, 0] and empty.reset == [0.0, 0.0]
@@ -156,5 +147,84 @@ def test_one_call_carries_many_requests_in_order(tmp_path: Path) -> None:
                 assert peek is not None and peek.used == [50] and redis.up
             finally:
                 await redis.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_dead_workers_requests_stop_counting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In Redis, requests in flight are counted per worker (in process they are leases that
+    expire unless renewed, tests/unit/test_limits.py): a worker that stops renewing (it died)
+    stops counting for the others once its liveness lapses; a live one keeps its count
+    however long its requests run."""
+    monkeypatch.setattr(redis_engine, "LEASE_TTL", TTL)
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            alive, dying = RedisEngine(server.url), RedisEngine(server.url)
+            await alive.start()
+            await dying.start()
+            conc = Check(LEASES, "d:conc", 3, 1)
+            try:
+                for engine, n in ((dying, 2), (alive, 1)):
+                    for _ in range(n):
+                        got = await engine.admit([conc], "")
+                        assert got is not None and got.failed == -1
+                full = await alive.admit([conc], "")
+                assert full is not None and full.failed == 0 and full.used == [3]
+                dying._conn.close()  # type: ignore[union-attr]  # gone, its two never freed
+                for _ in range(4):
+                    await asyncio.sleep(TTL * 0.4)
+                    await alive.renew([], [])
+                held = await alive.admit([Check(LEASES, conc.key, 3, 0)], "", dry=True)
+                assert held is not None and held.used == [1]
+                # Its field is gone from the hash; the live worker's count is intact.
+                check = await resp.connect(server.url)
+                fields = await check.call(b"HGETALL", conc.key.encode())
+                check.close()
+                assert fields == [alive.worker.encode(), b"1"]
+                alive.post([], [conc.key], "")
+                free = await alive.admit([Check(LEASES, conc.key, 3, 0)], "", dry=True)
+                assert free is not None and free.used == [0]
+            finally:
+                await alive.aclose()
+
+    asyncio.run(main())
+
+
+def test_counts_that_drifted_are_set_right_by_the_next_renewal(tmp_path: Path) -> None:
+    """A release Redis never heard of (it was away) and an admission whose request stopped
+    waiting for it (cancelled) leave no slot taken for good: the first is repaired by the
+    worker's next renewal, the second given back at once."""
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            engine = RedisEngine(server.url)
+            await engine.start()
+            conc = Check(LEASES, "r:conc", 2, 1)
+            peek = [Check(LEASES, conc.key, 2, 0)]
+            try:
+                got = await engine.admit([conc], "")
+                assert got is not None and got.failed == -1
+                # Redis away (as after a failure) when the request ends: the release is lost.
+                engine.up, engine._down_until = False, time.monotonic() + 60
+                engine.post([], [conc.key], "")
+                engine._down_until = 0.0
+                stale = await engine.admit(peek, "", dry=True)
+                assert stale is not None and stale.used == [1]
+                await engine.renew([], [])
+                fixed = await engine.admit(peek, "", dry=True)
+                assert fixed is not None and fixed.used == [0]
+                # An admission nobody waits for any more: its slot is not kept.
+                gone = engine.admit([conc], "")
+                gone.cancel()
+                same_call = await engine.admit(peek, "", dry=True)  # it went through there
+                assert same_call is not None and same_call.used == [1]
+                after = await engine.admit(peek, "", dry=True)  # and was given back at once
+                assert after is not None and after.used == [0]
+                assert engine._held == {conc.key: 0}
+            finally:
+                await engine.aclose()
 
     asyncio.run(main())
