@@ -238,6 +238,19 @@ def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: {url!r} has an invalid port") from None
 
 
+def _check_redis_url(url: str) -> None:
+    """redis://, rediss:// or unix:///path/to/redis.sock (redis-py's forms)."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        if not parts.path.startswith("/") or parts.hostname:
+            raise ConfigError(
+                f"server.redis_url: {url!r} is not a valid unix socket URL "
+                "(unix:///path/to/redis.sock)"
+            )
+        return
+    _check_url(url, "server.redis_url", ("redis", "rediss", "unix"))
+
+
 def _check_host_port(url: str, where: str) -> None:
     host, sep, port = url.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -296,7 +309,7 @@ def validate(cfg: Config) -> None:
     if cfg.server.metrics_key is not None and not cfg.server.metrics_key:
         raise ConfigError("server.metrics_key: empty key (leave it unset to keep /metrics open)")
     if cfg.server.redis_url:
-        _check_url(cfg.server.redis_url, "server.redis_url", ("redis", "rediss"))
+        _check_redis_url(cfg.server.redis_url)
     seen: set[str] = set()
     for i, key in enumerate(cfg.server.api_keys):
         if not key:

@@ -23,6 +23,8 @@ class ReplyError(Exception):
 def safe_url(url: str) -> str:
     """A Redis URL as it may be logged: without user or password."""
     p = urlsplit(url)
+    if p.scheme == "unix":
+        return f"unix://{p.path}"
     return f"{p.scheme}://{p.hostname or ''}:{p.port or 6379}{p.path}"
 
 
@@ -147,21 +149,32 @@ async def _checked(fut: asyncio.Future[Reply]) -> Reply:
 
 
 async def connect(url: str, preload: bytes = b"") -> Connection:
-    """Open `url` (redis:// or rediss://, with user, password and database as redis-py reads
-    them), authenticate, select the database and load the script `preload`."""
+    """Open `url` (redis://, rediss:// or unix:///path/to/redis.sock, with user, password and
+    database as redis-py reads them), authenticate, select the database and load the script
+    `preload`."""
     p = urlsplit(url)
-    ctx = ssl.create_default_context() if p.scheme == "rediss" else None
     query = parse_qs(p.query)
-    db = (p.path or "/").lstrip("/") or query.get("db", ["0"])[0]
     loop = asyncio.get_running_loop()
-    _, conn = await loop.create_connection(
-        Connection, p.hostname or "localhost", p.port or 6379, ssl=ctx
-    )
+    conn: Connection
+    if p.scheme == "unix":
+        db = query.get("db", ["0"])[0]
+        _, conn = await loop.create_unix_connection(Connection, unquote(p.path))
+    else:
+        db = (p.path or "/").lstrip("/") or query.get("db", ["0"])[0]
+        ctx = ssl.create_default_context() if p.scheme == "rediss" else None
+        _, conn = await loop.create_connection(
+            Connection, p.hostname or "localhost", p.port or 6379, ssl=ctx
+        )
     try:
+        # userinfo is percent-encoded; parse_qs has already decoded the query's
+        password = query.get("password", [None])[0]
         if p.password is not None:
-            auth = [unquote(p.password).encode()]
-            if p.username:
-                auth.insert(0, unquote(p.username).encode())
+            password = unquote(p.password)
+        username = unquote(p.username) if p.username else query.get("username", [None])[0]
+        if password is not None:
+            auth = [password.encode()]
+            if username:
+                auth.insert(0, username.encode())
             await _checked(conn.call(b"AUTH", *auth))
         if db not in ("", "0"):
             await _checked(conn.call(b"SELECT", db.encode()))

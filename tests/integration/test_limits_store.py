@@ -23,7 +23,7 @@ from airouter.limits.engine import (
     Spec,
 )
 from airouter.limits.redis_engine import RedisEngine
-from tests.support.redis import run_redis
+from tests.support.redis import RedisServer, run_redis
 
 TTL = 0.5
 
@@ -228,3 +228,42 @@ def test_counts_that_drifted_are_set_right_by_the_next_renewal(tmp_path: Path) -
                 await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_a_unix_socket_url_with_password_and_database(tmp_path: Path) -> None:
+    """redis-py's URL forms reach the same counters: unix:///path?db=N with the password as
+    userinfo or in the query, and redis://:password@host:port/N; a wrong password is an
+    unreachable store (no verdict), not an admission."""
+    sock = tmp_path / "redis.sock"
+    secret = "p%ss word"  # percent-encoded in userinfo, decoded once
+    server = RedisServer(tmp_path / "redis.log", unix=sock, password=secret)
+
+    async def main() -> None:
+        engines = [
+            RedisEngine(f"unix://:p%25ss%20word@{sock}?db=3"),
+            RedisEngine(f"unix://{sock}?db=3&password=p%25ss+word"),
+            RedisEngine(f"redis://:p%25ss%20word@127.0.0.1:{server.port}/3"),
+        ]
+        wrong = RedisEngine(f"unix://:nope@{sock}?db=3")
+        rpm = Check(WINDOW, "u:rpm", 10, 1)
+        try:
+            for e in (*engines, wrong):
+                await e.start()
+            used = [await e.admit([rpm], "") for e in engines]
+            assert [o.used if o else None for o in used] == [[1], [2], [3]]
+            assert await wrong.admit([rpm], "") is None and not wrong.up
+            # Database 3, not 0.
+            for db, n in (("3", 1), ("0", 0)):
+                conn = await resp.connect(f"unix://:p%25ss%20word@{sock}?db={db}")
+                assert await conn.call(b"EXISTS", b"u:rpm") == n
+                conn.close()
+            assert resp.safe_url(f"unix://:p%25ss%20word@{sock}?db=3") == f"unix://{sock}"
+        finally:
+            for e in (*engines, wrong):
+                await e.aclose()
+
+    server.start()
+    try:
+        asyncio.run(main())
+    finally:
+        server.stop()

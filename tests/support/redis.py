@@ -35,16 +35,20 @@ def ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), 0.5) as s:
             s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # up, with or without a password
     except OSError:
         return False
 
 
 class RedisServer:
-    def __init__(self, log: Path, port: int | None = None) -> None:
+    def __init__(
+        self, log: Path, port: int | None = None, unix: Path | None = None, password: str = ""
+    ) -> None:
         self.binary = redis_binary()
         self.port = port or free_port()
         self.log = log
+        self.unix = unix  # also listen on this unix socket
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,9 +57,14 @@ class RedisServer:
 
     def start(self) -> None:
         out = open(self.log, "ab")  # noqa: SIM115 - the process owns it while it runs
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no"]
+        if self.unix is not None:
+            args += ["--unixsocket", str(self.unix), "--unixsocketperm", "700"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no"],
+            args,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         out.close()
