@@ -174,7 +174,7 @@ def _triton(ax: Any, sc: dict[str, Any]) -> None:
 def _limits(ax: Any, sc: dict[str, Any]) -> None:
     s = sc["limits"]
     kinds = [k for k in WRK if k in s]
-    colors = {"off": COLORS["router"], "local": "#17becf", "redis": "#d62728"}
+    colors = {"off": COLORS["router"], "local": "#17becf", "redis": "#d62728", "unix": "#ff9896"}
     width = 0.8 / len(limits.MODES)
     for i, m in enumerate(limits.MODES):
         for j, k in enumerate(kinds):
@@ -195,7 +195,10 @@ def _limits(ax: Any, sc: dict[str, Any]) -> None:
     ax.set_xticks(range(len(kinds)), [WRK[k] for k in kinds])
     ax.set_ylim(0, ax.get_ylim()[1] * 1.25)
     ax.set_ylabel("router requests/s (64 connections)")
-    ax.set_title(f"Limits: off, in process, Redis (dashed: {limits.GOAL:.0%} of off, the goal)")
+    ax.set_title(
+        f"Limits: off, in process, Redis over TCP and its socket (dashed: {limits.GOAL:.0%} of "
+        "off, the goal)"
+    )
     ax.legend(fontsize=7)
 
 

@@ -1,9 +1,10 @@
 """Scenario 7: what per-key and per-model limits cost the router's hot path.
 
-The same wrk loads as scenarios 1 and 2 (non-streaming, 64-chunk streaming) against three
+The same wrk loads as scenarios 1 and 2 (non-streaming, 64-chunk streaming) against four
 routers taking turns in one run: no limits configured, limits counted in the router's main
 process (the worker reaches it over a unix socket), and the same limits counted in a
-redis-server on the load core. Every limit is generous, so every request passes every check
+redis-server on the load core, reached over loopback TCP (the target's row) and over its unix
+socket. Every limit is generous, so every request passes every check
 and the rows measure the checks, not refusals. After each load the admin key's
 `GET /v1/usage` must count the requests wrk sent, so a router that skipped its limits cannot
 pass for a cheap one."""
@@ -25,8 +26,10 @@ from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, free_port, pinned, spawn
 ADMIN_KEY = "sk-bench-admin"
 KEY_NAME = "bench"
 GOAL = 0.9  # Redis-backed limits keep >= 90% of the non-streaming req/s without limits
-MODES = ("off", "local", "redis")
-LABEL = {"off": "limits off", "local": "in process", "redis": "Redis", "base": "Redis, base"}
+MODES = ("off", "local", "redis", "unix")
+LABEL = {"off": "limits off", "local": "in process", "redis": "Redis", "unix": "Redis, sock",
+         "base": "Redis, base"}
+REDIS_MODES = ("redis", "unix", "base")  # the routers that count in redis-server
 # High enough that a minute of the fastest load passes every check with room to spare.
 KEY_LIMITS = """
 [keys.{name}]
@@ -82,12 +85,14 @@ def _redis_evals(port: int) -> int:
 
 @contextlib.contextmanager
 def run_redis(tmp: Path) -> Iterator[tuple[int, int]]:
-    """redis-server on the load core, nothing written to disk: (port, pid)."""
+    """redis-server on the load core, nothing written to disk, on a port and the unix socket
+    tmp/redis.sock: (port, pid)."""
     exe = deps.redis_bin()
     if exe is None:
         raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
     port = free_port()
-    args = [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    args = [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+            "--unixsocket", str(tmp / "redis.sock"), "--unixsocketperm", "700"]
     with spawn(pinned(LOAD_CORE, args), log=tmp / "redis.log") as proc:
         deadline = time.monotonic() + 10
         while True:
@@ -101,10 +106,10 @@ def run_redis(tmp: Path) -> Iterator[tuple[int, int]]:
         yield port, proc.pid
 
 
-def config(up: str, redis_port: int | None, db: int = 0) -> str:
+def config(up: str, redis_url: str | None) -> str:
     server = 'limits_on_redis_failure = "deny"'  # a Redis away must show, not skip limits
-    if redis_port is not None:
-        server += f'\nredis_url = "redis://{HOST}:{redis_port}/{db}"'
+    if redis_url is not None:
+        server += f'\nredis_url = "{redis_url}"'
     keys = KEY_LIMITS.format(name=KEY_NAME, key=bodies.CLIENT_KEY, admin=ADMIN_KEY)
     return router.openai_config(
         up + "/json/v1", up + "/sse/v1", None, limits=(server, keys, MODEL_LIMITS)
@@ -194,15 +199,23 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 router.run(env.tmp, "limits-local", config(up, None), ROUTER_CORE, s.prelude)
             ),
             "redis": stack.enter_context(
-                router.run(env.tmp, "limits-redis", config(up, rport), ROUTER_CORE, s.prelude)
+                router.run(env.tmp, "limits-redis", config(up, f"redis://{HOST}:{rport}/0"),
+                           ROUTER_CORE, s.prelude)
+            ),
+            # The same Redis over its unix socket (a Redis on the router's own host), its own
+            # database: what loopback TCP costs.
+            "unix": stack.enter_context(
+                router.run(env.tmp, "limits-unix",
+                           config(up, f"unix://{env.tmp / 'redis.sock'}?db=2"),
+                           ROUTER_CORE, s.prelude)
             ),
         }
         # --baseline: the same Redis limits from another checkout (its own database), an A/B.
         modes = (*MODES, "base") if s.baseline else MODES
         if s.baseline:
             rts["base"] = stack.enter_context(
-                router.run(env.tmp, "limits-base", config(up, rport, 1), ROUTER_CORE, s.prelude,
-                           cwd=Path(s.baseline))
+                router.run(env.tmp, "limits-base", config(up, f"redis://{HOST}:{rport}/1"),
+                           ROUTER_CORE, s.prelude, cwd=Path(s.baseline))
             )
         # Requests every limited router has admitted so far: the check, warm-ups and rounds.
         sent = dict.fromkeys(modes[1:], 0)
@@ -248,10 +261,10 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                     entry["profile"] = scenarios.profile_dict(prof[0])
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
-                if m in ("redis", "base"):
-                    # Over both Redis routers' requests where there are two (an A/B run).
-                    both = sum(x.requests for k in ("redis", "base") for x in runs.get(k, []))
-                    entry["redis_calls_per_req"] = round(evals / max(both, 1), 3)
+                if m in REDIS_MODES:
+                    # Over every Redis router's requests (they take turns on one redis-server).
+                    every = sum(x.requests for k in REDIS_MODES for x in runs.get(k, []))
+                    entry["redis_calls_per_req"] = round(evals / max(every, 1), 3)
                 if m != "off":
                     sent[m] += sum(x.requests for x in runs[m])
                     slack[m] += sum(s.connections + x.errors for x in runs[m])
