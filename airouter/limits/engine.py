@@ -16,7 +16,7 @@ import itertools
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -205,7 +205,10 @@ class Counters:
             del self._expiry[key]
         return self.totals.get(key, 0)
 
-    def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome:
+    def admit(
+        self, checks: list[Check], lease: str, dry: bool = False, prompt: int = 0
+    ) -> Outcome:
+        """`prompt`: the amount of a Spec's PROMPT checks (a Spec's checks run as they are)."""
         now = self.now()
         sec = int(now)
         used: list[int] = []
@@ -214,6 +217,8 @@ class Counters:
         windows = self.windows
         cutoff = sec - WINDOW_SECONDS
         for i, (kind, key, limit, amount, _) in enumerate(checks):
+            if amount == PROMPT:
+                amount = prompt
             if kind == WINDOW:
                 w = windows.get(key)
                 if w is None:
@@ -243,6 +248,8 @@ class Counters:
             used.append(u)
         if failed < 0 and not dry:
             for i, (kind, key, _, amount, ttl) in enumerate(checks):
+                if amount == PROMPT:
+                    amount = prompt
                 used[i] += amount
                 if kind == WINDOW:
                     windows[key].add(sec, amount)
@@ -272,7 +279,7 @@ class Counters:
             elif kind == TOTAL:
                 self._add_total(key, amount, ttl, now)
 
-    def release(self, keys: list[str], lease: str) -> None:
+    def release(self, keys: Sequence[str], lease: str) -> None:
         for key in keys:
             held = self.leases.get(key)
             if held is not None:
@@ -294,6 +301,9 @@ class LocalEngine(Engine):
 
     async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
         return self.counters.admit(checks, lease, dry)
+
+    async def admit_spec(self, spec: Spec, prompt: int, lease: str) -> Outcome | None:
+        return self.counters.admit(spec.checks, lease, False, prompt)
 
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""

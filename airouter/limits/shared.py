@@ -2,13 +2,18 @@
 
 The main process keeps the counters (engine.Counters) and the nodes' slots (slots.SlotTable)
 in a thread of its own and answers the workers over a unix socket, one connection per worker
-and purpose. A frame is a length-prefixed msgpack [answer?, ops]: every op made while the
-previous frame is unanswered goes in the next one (as with Redis, limits.redis_engine), so a
-busy worker pays one write, one read and one decode per batch, not per op, and the server
+and purpose. A frame is a length-prefixed msgpack [answer?, ops, specs]: every op made while
+the previous frame is unanswered goes in the next one (as with Redis, limits.redis_engine), so
+a busy worker pays one write, one read and one decode per batch, not per op, and the server
 answers a batch in one frame of results, one per op, in order. Charges and releases are not
 waited for: they are queued ahead of the worker's later admissions, and a frame of them alone
 gets no answer. A queued slot request is answered later in a frame of its own. The counters
-outlive worker restarts and config reloads."""
+outlive worker restarts and config reloads.
+
+A request's admission and charges name its Spec by number (`["P", spec, prompt, lease]`,
+`["Q", spec, tokens, lease, release]`); a frame defines, in `specs`, each Spec its ops name
+that the connection has not defined before, so the server builds a request's checks once per
+connection, not once per request."""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import msgspec
 import uvloop
 
 from airouter.backends.node_slots import GRANTED, SlotStore
-from airouter.limits.engine import Check, Counters, Engine, Item, Outcome
+from airouter.limits.engine import Check, Counters, Engine, Item, Outcome, Spec
 from airouter.limits.slots import SlotTable
 
 log = logging.getLogger("airouter.limits")
@@ -38,7 +43,6 @@ QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a 
 _HEAD = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
-_LOST: Any = object()  # the answer of an op whose connection went away
 
 
 def _frames(buf: bytes) -> tuple[list[Any], bytes]:
@@ -64,9 +68,11 @@ class _Server(asyncio.Protocol):
         self.buf = b""
         self.transport: asyncio.Transport | None = None
         self.waits: set[asyncio.Task[None]] = set()
+        self.specs: dict[int, Spec] = {}  # the Specs this connection defined, by number
         self.run: dict[str, Callable[[list[Any]], Any]] = {
-            "A": self._admit, "C": self._charge, "L": self._release, "R": self._renew,
-            "T": self._take, "G": self._give, "N": lambda op: None,
+            "A": self._admit, "P": self._admit_spec, "C": self._charge, "Q": self._charge_spec,
+            "L": self._release, "R": self._renew, "T": self._take, "G": self._give,
+            "N": lambda op: None,
         }
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -81,7 +87,9 @@ class _Server(asyncio.Protocol):
         frames, self.buf = _frames(self.buf + data if self.buf else data)
         out: list[bytes] = []
         run = self.run
-        for answer, ops in frames:
+        for answer, ops, specs in frames:
+            for number, flat in specs.items():
+                self.specs[number] = Spec([Check(*flat[i:i + 5]) for i in range(0, len(flat), 5)])
             results = []
             for op in ops:
                 try:
@@ -99,8 +107,21 @@ class _Server(asyncio.Protocol):
         o = self.counters.admit(op[3], op[2], op[1])  # each check unpacks as a Check would
         return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
 
+    def _admit_spec(self, op: list[Any]) -> list[Any]:
+        _, number, prompt, lease = op
+        o = self.counters.admit(self.specs[number].checks, lease, False, prompt)
+        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
+
     def _charge(self, op: list[Any]) -> None:
         self.counters.charge(op[1], op[2], op[3])
+
+    def _charge_spec(self, op: list[Any]) -> None:
+        _, number, tokens, lease, release = op
+        spec = self.specs[number]
+        if release and spec.lease_keys:
+            self.counters.release(spec.lease_keys, lease)
+        if tokens and spec.charges:
+            self.counters.charge(spec.items(tokens))
 
     def _release(self, op: list[Any]) -> None:
         self.counters.release(op[1], op[2])
@@ -170,6 +191,8 @@ class _Client(asyncio.Protocol):
         self._ops: list[Any] = []
         self._waiters: list[asyncio.Future[Any] | None] = []  # per op; None: nobody waits
         self._asks = 0  # ops queued that wait for an answer
+        self._named: dict[int, list[Any]] = {}  # Specs the queued ops name: number -> checks
+        self._defined: set[int] = set()  # Specs this connection's server knows
         self._scheduled = False
         self._inflight: list[asyncio.Future[Any] | None] | None = None  # one batch at a time
         self._sent_at = 0.0
@@ -190,13 +213,12 @@ class _Client(asyncio.Protocol):
             self._scheduled = True
             (self._loop or asyncio.get_running_loop()).call_soon(self._flush)
 
-    async def _call(self, op: list[Any]) -> Any:
+    def _ask(self, op: list[Any]) -> asyncio.Future[Any]:
+        """The op's answer: an admission's Outcome, a slot's grant, or None when the server
+        did not answer (it is away)."""
         fut = (self._loop or asyncio.get_running_loop()).create_future()
         self._queue(op, fut)
-        result = await fut
-        if result is _LOST:
-            raise ConnectionError("the limits server did not answer")
-        return result
+        return fut
 
     def _post(self, op: list[Any]) -> None:
         """An op nobody waits for, sent ahead of this worker's later ops: at the end of this
@@ -214,7 +236,13 @@ class _Client(asyncio.Protocol):
             return
         ops, waiters, asks = self._ops, self._waiters, self._asks
         self._ops, self._waiters, self._asks = [], [], 0
-        body = _encode([asks > 0, ops])
+        specs: dict[int, list[Any]] = {}
+        if self._named:
+            defined = self._defined
+            specs = {n: flat for n, flat in self._named.items() if n not in defined}
+            defined.update(specs)
+            self._named = {}
+        body = _encode([asks > 0, ops, specs])
         t.write(_HEAD.pack(len(body)) + body)
         if asks:
             self._inflight = waiters
@@ -237,18 +265,25 @@ class _Client(asyncio.Protocol):
 
     @staticmethod
     def _answer(waiters: list[asyncio.Future[Any] | None], results: list[Any] | None) -> None:
+        """Results in order (None: no answer); an admission's, a list, as an Outcome."""
         for i, fut in enumerate(waiters):
             if fut is not None and not fut.done():
                 if results is None:
-                    fut.set_result(_LOST)
-                elif results[i] != QUEUED:  # else its answer comes later, to the same future
-                    fut.set_result(results[i])
+                    fut.set_result(None)
+                    continue
+                r = results[i]
+                if type(r) is list:
+                    failed, wait, used, reset = r
+                    fut.set_result(Outcome(failed, math.inf if wait < 0 else wait, used, reset))
+                elif r != QUEUED:  # else its answer comes later, to the same future
+                    fut.set_result(r)
 
     # -- the connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
         self._buf = b""
+        self._defined = set()  # a new server connection: every Spec is defined again
         loop = self._loop or asyncio.get_running_loop()
         self._sweeper = loop.call_later(SWEEP, self._sweep)
 
@@ -294,14 +329,14 @@ class _Client(asyncio.Protocol):
             if deadline < now:
                 del self._deferred[token]
                 if not fut.done():
-                    fut.set_result(_LOST)
+                    fut.set_result(None)
         self._sweeper = (self._loop or asyncio.get_running_loop()).call_later(SWEEP, self._sweep)
 
     async def aclose(self) -> None:
         if self._ops or self._inflight is not None:
             # Ops run in order: when this empty one is answered, every queued one is in.
             with contextlib.suppress(TimeoutError, OSError):
-                await asyncio.wait_for(self._call(["N"]), 2)
+                await asyncio.wait_for(self._ask(["N"]), 2)
         if self._transport is not None:
             self._transport.close()
         if self._sweeper is not None:
@@ -333,7 +368,7 @@ class SharedSlots(_Client, SlotStore):
             raise
         finally:
             self._deferred.pop(token, None)
-        if got is _LOST:
+        if got is None:  # no answer
             self._post(["G", key, lease])
             return None
         return (got, lease) if got == GRANTED else (got, "")
@@ -348,12 +383,21 @@ class SharedEngine(_Client, Engine):
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
-    async def admit(self, checks: list[Check], lease: str, dry: bool = False) -> Outcome | None:
-        try:
-            failed, wait, used, reset = await self._call(["A", dry, lease, checks])
-        except (OSError, TypeError, ValueError):
-            return None
-        return Outcome(failed, float("inf") if wait < 0 else wait, used, reset)
+    def admit(
+        self, checks: list[Check], lease: str, dry: bool = False
+    ) -> asyncio.Future[Outcome | None]:
+        return self._ask(["A", dry, lease, checks])
+
+    def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
+        self._named[spec.id] = spec.flat
+        return self._ask(["P", spec.id, prompt, lease])
+
+    def charge_spec(
+        self, spec: Spec, tokens: int, lease: str, release: bool
+    ) -> Awaitable[None] | None:
+        self._named[spec.id] = spec.flat
+        self._post(["Q", spec.id, tokens, lease, release])
+        return None
 
     def post(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
@@ -364,12 +408,10 @@ class SharedEngine(_Client, Engine):
     async def charge(
         self, items: list[Item], release: list[str] | None = None, lease: str = ""
     ) -> None:
-        with contextlib.suppress(OSError):
-            await self._call(["C", items, release or [], lease])
+        await self._ask(["C", items, release or [], lease])
 
     async def release(self, keys: list[str], lease: str) -> None:
         self._post(["L", keys, lease])
 
     async def renew(self, keys: list[str], leases: list[str]) -> None:
-        with contextlib.suppress(OSError):
-            await self._call(["R", keys, leases])
+        await self._ask(["R", keys, leases])

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from airouter.limits.engine import LEASES, TOTAL, WINDOW, Check
+from airouter.limits.engine import LEASES, PROMPT, TOTAL, WINDOW, Check, Spec
 from airouter.limits.shared import CALL_TIMEOUT, SWEEP, SharedEngine, start_server
 
 
@@ -98,3 +98,37 @@ def test_a_silent_server_gives_no_verdict_in_time(tmp_path: Path) -> None:
     finally:
         listener.close()
     assert CALL_TIMEOUT <= took <= CALL_TIMEOUT + 2 * SWEEP + 0.5
+
+
+def test_a_spec_is_defined_once_per_connection_and_counts_as_its_checks(tmp_path: Path) -> None:
+    """Requests name their Spec by number; the first frame that names it on a connection
+    defines it, a new connection (the old one dropped) defines it again, and the counts are
+    the checks' in full: the prompt's tokens where the Spec says PROMPT."""
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+    spec = Spec([Check(WINDOW, "p:rpm", 10, 1), Check(WINDOW, "p:tpm", 100, PROMPT),
+                 Check(LEASES, "p:conc", 2, 1)])
+
+    async def main() -> None:
+        engine = SharedEngine(path)
+        await engine.start()
+        assert await engine.admit([Check(WINDOW, "warm", 100, 1)], "w") is not None
+        frames = _frames_sent(engine)
+        outs = await asyncio.gather(*(engine.admit_spec(spec, 20, f"l{i}") for i in range(3)))
+        assert frames[0] == 1 and engine._defined == {spec.id}
+        assert [o.failed if o else None for o in outs] == [-1, -1, 2]  # two slots
+        assert [o.used if o else None for o in outs] == [[1, 20, 1], [2, 40, 2], [2, 40, 2]]
+        # The final charge (12 more tokens) and the slot freed, not waited for, count first.
+        assert engine.charge_spec(spec, 12, "l0", True) is None
+        got = await engine.admit_spec(spec, 5, "l3")
+        assert got is not None and got.failed == -1 and got.used == [3, 57, 2]
+        # The connection drops: the next frame defines the Spec again on the new one.
+        assert engine._transport is not None
+        engine._transport.abort()
+        await asyncio.sleep(0.05)
+        engine.charge_spec(spec, 0, "l1", True)
+        again = await engine.admit_spec(spec, 1, "l4")
+        assert again is not None and again.failed == -1 and again.used == [4, 58, 2]
+        await engine.aclose()
+
+    asyncio.run(main())
