@@ -182,10 +182,23 @@ def _rendered(model: ModelConfig, body: dict[str, Any]) -> str | None:
         return None
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def estimated_prompt(body: dict[str, Any]) -> int:
-    """Prompt tokens without a tokenizer: the ids given as such and an estimate of the text."""
-    text, ids = prompt_text(body)
-    return ids + estimate(text)
+    """Prompt tokens without a tokenizer: the ids given as such and an estimate of the text
+    (`estimate(prompt_text(body))`, chat messages measured without joining them)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        text, ids = prompt_text(body)
+        return ids + estimate(text)
+    size = -1  # one separator fewer than messages
+    for m in messages:
+        if isinstance(m, dict):
+            content = m.get("content")
+            size += 1 + _utf8_len(content if isinstance(content, str) else _content(content))
+    return (max(size, 0) + 3) // 4
 
 
 async def prompt_tokens(model: ModelConfig, body: dict[str, Any]) -> int:

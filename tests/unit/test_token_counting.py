@@ -35,6 +35,18 @@ from airouter.limits.limiter import BATCH
 )
 def test_prompt_text(body: dict, text: str, ids: int) -> None:
     assert tokenizers.prompt_text(body) == (text, ids)
+    assert tokenizers.estimated_prompt(body) == ids + tokenizers.estimate(text)
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [[], [{"role": "user", "content": "é" * 7}], ["not a message", {"content": None}],
+     [{"content": "abc"}, {"content": "dé"}, {"content": [{"type": "text", "text": "ü"}]}]],
+)
+def test_estimated_prompt_of_messages_is_the_estimate_of_their_text(messages: list) -> None:
+    body = {"messages": messages}
+    text, _ = tokenizers.prompt_text(body)
+    assert tokenizers.estimated_prompt(body) == tokenizers.estimate(text)
 
 
 def test_estimate_is_four_bytes_a_token() -> None:
