@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import msgspec
 
@@ -228,27 +228,60 @@ def _locate(raw: Any, e: msgspec.ValidationError) -> ConfigError:
     return _convert_error(e, "")
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def _redacted(url: str) -> str:
+    """A URL as an error may quote it: whatever precedes the last @ of its authority (a user
+    and password) and a query's password replaced by ***."""
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0),
+              default=len(rest))
+    authority = rest[:end]
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{rest[end:]}"
+
+
+def _split(url: str, where: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"{where}: {_redacted(url)!r} is not a valid URL") from None
+
+
 def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
-    parts = urlsplit(url)
+    parts = _split(url, where)
     if parts.scheme not in schemes or not parts.hostname:
-        raise ConfigError(f"{where}: {url!r} is not a valid {'/'.join(schemes)} URL")
+        raise ConfigError(f"{where}: {_redacted(url)!r} is not a valid {'/'.join(schemes)} URL")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ConfigError(f"{where}: {url!r} has an invalid port") from None
+        raise ConfigError(f"{where}: {_redacted(url)!r} has an invalid port") from None
 
 
 def _check_redis_url(url: str) -> None:
-    """redis://, rediss:// or unix:///path/to/redis.sock (redis-py's forms)."""
-    parts = urlsplit(url)
+    """redis://, rediss:// or unix:///path/to/redis.sock (redis-py's forms), with a database
+    number if any."""
+    where = "server.redis_url"
+    parts = _split(url, where)
     if parts.scheme == "unix":
-        if not parts.path.startswith("/") or parts.hostname:
+        # Nothing but a user and password (ending in @) before the path: a password's own /
+        # must be percent-encoded, or part of it would read as the path.
+        if not parts.path.startswith("/") or (parts.netloc and not parts.netloc.endswith("@")):
             raise ConfigError(
-                f"server.redis_url: {url!r} is not a valid unix socket URL "
-                "(unix:///path/to/redis.sock)"
+                f"{where}: not a valid unix socket URL (unix:///path/to/redis.sock?db=0, "
+                "a password percent-encoded)"
             )
-        return
-    _check_url(url, "server.redis_url", ("redis", "rediss", "unix"))
+        db = parse_qs(parts.query).get("db", ["0"])[0]
+    else:
+        _check_url(url, where, ("redis", "rediss", "unix"))
+        db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+    if not (db.isascii() and db.isdigit()):
+        raise ConfigError(f"{where}: the database must be a number, not {db!r}")
 
 
 def _check_host_port(url: str, where: str) -> None:

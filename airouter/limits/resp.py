@@ -160,7 +160,7 @@ async def connect(url: str, preload: bytes = b"") -> Connection:
         db = query.get("db", ["0"])[0]
         _, conn = await loop.create_unix_connection(Connection, unquote(p.path))
     else:
-        db = (p.path or "/").lstrip("/") or query.get("db", ["0"])[0]
+        db = p.path.strip("/") or query.get("db", ["0"])[0]
         ctx = ssl.create_default_context() if p.scheme == "rediss" else None
         _, conn = await loop.create_connection(
             Connection, p.hostname or "localhost", p.port or 6379, ssl=ctx
@@ -171,13 +171,13 @@ async def connect(url: str, preload: bytes = b"") -> Connection:
         if p.password is not None:
             password = unquote(p.password)
         username = unquote(p.username) if p.username else query.get("username", [None])[0]
-        if password is not None:
+        if password:  # an empty one is none, as redis-py reads it
             auth = [password.encode()]
             if username:
                 auth.insert(0, username.encode())
             await _checked(conn.call(b"AUTH", *auth))
-        if db not in ("", "0"):
-            await _checked(conn.call(b"SELECT", db.encode()))
+        if db and int(db):  # "03" is database 3, as redis-py reads it
+            await _checked(conn.call(b"SELECT", str(int(db)).encode()))
         if preload:
             await _checked(conn.call(b"SCRIPT", b"LOAD", preload))
     except BaseException:

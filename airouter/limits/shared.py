@@ -194,7 +194,8 @@ class _Client(asyncio.Protocol):
         self._named: dict[int, list[Any]] = {}  # Specs the queued ops name: number -> checks
         self._defined: set[int] = set()  # Specs this connection's server knows
         self._scheduled = False
-        self._inflight: list[asyncio.Future[Any] | None] | None = None  # one batch at a time
+        # The batch in flight, its waiters and ops; one at a time.
+        self._inflight: tuple[list[asyncio.Future[Any] | None], list[Any]] | None = None
         self._sent_at = 0.0
         # Queued slot requests: token -> (future, when to give up on the server).
         self._deferred: dict[int, tuple[asyncio.Future[Any], float]] = {}
@@ -245,7 +246,7 @@ class _Client(asyncio.Protocol):
         body = _encode([asks > 0, ops, specs])
         t.write(_HEAD.pack(len(body)) + body)
         if asks:
-            self._inflight = waiters
+            self._inflight = (waiters, ops)
             self._sent_at = (self._loop or asyncio.get_running_loop()).time()
 
     async def _connect(self) -> None:
@@ -263,20 +264,38 @@ class _Client(asyncio.Protocol):
             self._connecting = None
         self._flush()
 
-    @staticmethod
-    def _answer(waiters: list[asyncio.Future[Any] | None], results: list[Any] | None) -> None:
+    def _answer(
+        self,
+        waiters: list[asyncio.Future[Any] | None],
+        results: list[Any] | None,
+        ops: list[Any] | None = None,
+    ) -> None:
         """Results in order (None: no answer); an admission's, a list, as an Outcome."""
         for i, fut in enumerate(waiters):
-            if fut is not None and not fut.done():
-                if results is None:
-                    fut.set_result(None)
-                    continue
-                r = results[i]
-                if type(r) is list:
+            if fut is None:
+                continue
+            if fut.done():
+                # Nobody waits any more: what an admission took goes back at once.
+                if fut.cancelled() and ops is not None and results is not None:
+                    r = results[i]
+                    if type(r) is list and r[0] < 0:
+                        self._abandoned(ops[i])
+                continue
+            if results is None:
+                fut.set_result(None)
+                continue
+            r = results[i]
+            if type(r) is list:
+                if len(r) == 4:
                     failed, wait, used, reset = r
                     fut.set_result(Outcome(failed, math.inf if wait < 0 else wait, used, reset))
-                elif r != QUEUED:  # else its answer comes later, to the same future
-                    fut.set_result(r)
+                else:  # not an answer this client knows: no verdict
+                    fut.set_result(None)
+            elif r != QUEUED:  # else its answer comes later, to the same future
+                fut.set_result(r)
+
+    def _abandoned(self, op: list[Any]) -> None:
+        """An op whose waiter was cancelled went through (see SharedEngine)."""
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -291,12 +310,13 @@ class _Client(asyncio.Protocol):
         frames, self._buf = _frames(self._buf + data if self._buf else data)
         for frame in frames:
             if frame[0] == 0:
-                waiters, self._inflight = self._inflight, None
-                if waiters is not None:
+                inflight, self._inflight = self._inflight, None
+                if inflight is not None:
+                    waiters, ops = inflight
                     results = frame[1]
                     if len(results) != len(waiters):
                         results = [None] * len(waiters)
-                    self._answer(waiters, results)
+                    self._answer(waiters, results, ops)
             else:
                 fut, _ = self._deferred.pop(frame[1], (None, 0.0))
                 if fut is not None and not fut.done():
@@ -308,8 +328,8 @@ class _Client(asyncio.Protocol):
         self._transport = None
         if self._sweeper is not None:
             self._sweeper.cancel()
-        waiters, self._inflight = self._inflight, None
-        self._answer(waiters or [], None)
+        inflight, self._inflight = self._inflight, None
+        self._answer(inflight[0] if inflight else [], None)
         deferred, self._deferred = self._deferred, {}
         self._answer([fut for fut, _ in deferred.values()], None)
         if self._ops:
@@ -380,6 +400,10 @@ class SharedSlots(_Client, SlotStore):
 class SharedEngine(_Client, Engine):
     """A worker's client of the main process's counters."""
 
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._flats: dict[int, list[Any]] = {}  # every Spec admitted so far: number -> checks
+
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
@@ -389,8 +413,13 @@ class SharedEngine(_Client, Engine):
         return self._ask(["A", dry, lease, checks])
 
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
-        self._named[spec.id] = spec.flat
+        self._named[spec.id] = self._flats[spec.id] = spec.flat
         return self._ask(["P", spec.id, prompt, lease])
+
+    def _abandoned(self, op: list[Any]) -> None:
+        if op[0] == "P" and op[3]:  # an admission that took a lease nobody will release
+            self._named[op[1]] = self._flats[op[1]]
+            self._post(["Q", op[1], 0, op[3], True])
 
     def charge_spec(
         self, spec: Spec, tokens: int, lease: str, release: bool

@@ -132,3 +132,26 @@ def test_a_spec_is_defined_once_per_connection_and_counts_as_its_checks(tmp_path
         await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_an_admission_whose_request_left_gives_its_slot_back(tmp_path: Path) -> None:
+    """A request cancelled while its admission was on the way (the client left): the server
+    admitted it, nobody takes the answer, and its slot is free at once, not 30 s later."""
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+    spec = Spec([Check(LEASES, "a:conc", 1, 1)])
+
+    async def main() -> None:
+        engine = SharedEngine(path)
+        await engine.start()
+        assert await engine.admit([Check(WINDOW, "warm", 100, 1)], "w") is not None
+        gone = engine.admit_spec(spec, 0, "gone")
+        gone.cancel()  # before the frame even left
+        await asyncio.sleep(0.05)
+        held = await engine.admit([Check(LEASES, "a:conc", 1, 0)], "", dry=True)
+        assert held is not None and held.used == [0]
+        got = await engine.admit_spec(spec, 0, "next")
+        assert got is not None and got.failed == -1
+        await engine.aclose()
+
+    asyncio.run(main())

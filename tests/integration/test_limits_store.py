@@ -241,7 +241,7 @@ def test_a_unix_socket_url_with_password_and_database(tmp_path: Path) -> None:
     async def main() -> None:
         engines = [
             RedisEngine(f"unix://:p%25ss%20word@{sock}?db=3"),
-            RedisEngine(f"unix://{sock}?db=3&password=p%25ss+word"),
+            RedisEngine(f"unix://{sock}?db=03&password=p%25ss+word"),  # 03 is 3, as redis-py
             RedisEngine(f"redis://:p%25ss%20word@127.0.0.1:{server.port}/3"),
         ]
         wrong = RedisEngine(f"unix://:nope@{sock}?db=3")
@@ -267,3 +267,20 @@ def test_a_unix_socket_url_with_password_and_database(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         server.stop()
+
+
+def test_an_empty_password_is_none(tmp_path: Path) -> None:
+    """`redis://:@host` sends no AUTH (as redis-py reads it), so a Redis without a password
+    is reached rather than refusing `AUTH ""`."""
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            engine = RedisEngine(f"redis://:@127.0.0.1:{server.port}/0")
+            await engine.start()
+            try:
+                got = await engine.admit([Check(WINDOW, "e:rpm", 5, 1)], "")
+                assert got is not None and got.used == [1] and engine.up
+            finally:
+                await engine.aclose()
+
+    asyncio.run(main())
