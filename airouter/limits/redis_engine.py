@@ -64,8 +64,10 @@ class RedisEngine(Engine):
     def __init__(self, url: str, timeout: float = 0.5) -> None:
         self.url = url
         self.worker = os.urandom(8).hex()  # this process's field under every concurrency key
-        self._specs: dict[int, list[Any]] = {}  # the Specs the queued ops name
-        self._lease_keys: dict[int, tuple[str, ...]] = {}  # Spec number -> concurrency keys
+        # The Specs the queued ops name (number -> checks, and -> concurrency keys where it has
+        # any): kept per call, so Specs no longer in use (a budget's period turned) go.
+        self._specs: dict[int, list[Any]] = {}
+        self._lease_keys: dict[int, tuple[str, ...]] = {}
         # Requests this worker holds, per concurrency key: admitted (answered and taken) less
         # released (queued, whether or not Redis heard of it). What a renewal sets.
         self._held: dict[str, int] = {}
@@ -79,9 +81,13 @@ class RedisEngine(Engine):
         self._ops: list[Any] = []
         self._waiters: list[asyncio.Future[Any] | None] = []  # per op; None: nobody waits
         self._scheduled = False
-        # The batch in flight: its waiters, ops, command and time-out; one at a time.
+        # The batch in flight: its waiters, ops, their Specs' concurrency keys, command and
+        # time-out; one at a time.
         self._inflight: (
-            tuple[list[asyncio.Future[Any] | None], list[Any], bytes, asyncio.TimerHandle] | None
+            tuple[
+                list[asyncio.Future[Any] | None], list[Any], dict[int, tuple[str, ...]], bytes,
+                asyncio.TimerHandle,
+            ] | None
         ) = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -136,31 +142,31 @@ class RedisEngine(Engine):
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
-        ops, waiters, specs = self._ops, self._waiters, self._specs
-        if len(ops) > MAX_BATCH:
+        ops, waiters, specs, lease_keys = self._ops, self._waiters, self._specs, self._lease_keys
+        if len(ops) > MAX_BATCH:  # the rest keep the same Specs for the next call
             self._ops, self._waiters = ops[MAX_BATCH:], waiters[MAX_BATCH:]
             ops, waiters = ops[:MAX_BATCH], waiters[:MAX_BATCH]
         else:
-            self._ops, self._waiters, self._specs = [], [], {}
+            self._ops, self._waiters, self._specs, self._lease_keys = [], [], {}, {}
             if self._renew is not None:  # first in the call, whose every release it knows
-                ops = [self._renewal(ops), *ops]
+                ops = [self._renewal(ops, lease_keys), *ops]
                 waiters = [self._renew, *waiters]
                 self._renew = None
         packed = _pack((WINDOW_SECONDS, int(LEASE_TTL * 1000), self.worker, WORKERS, specs, ops))
         cmd = b"%s$%d\r\n%s\r\n" % (_EVALSHA, len(packed), packed)
         loop = self._loop or asyncio.get_running_loop()
         timer = loop.call_later(self.timeout, self._timed_out, conn)
-        self._inflight = (waiters, ops, packed, timer)
+        self._inflight = (waiters, ops, lease_keys, packed, timer)
         conn.send(cmd, self._reply)
 
-    def _renewal(self, ops: list[Any]) -> list[Any]:
+    def _renewal(self, ops: list[Any], lease_keys: dict[int, tuple[str, ...]]) -> list[Any]:
         """The R op that sets this worker's counts, before `ops` run: what it holds, plus
         what `ops` release (counted here already, taken off again by them)."""
         counts = dict(self._held)
         for op in ops:
             if op[0] == "Q":
                 if op[3]:
-                    for key in self._lease_keys.get(op[1], ()):
+                    for key in lease_keys.get(op[1], ()):
                         counts[key] += 1
             elif op[0] == "C":
                 for key in op[2 + 4 * op[1]:]:
@@ -183,7 +189,7 @@ class RedisEngine(Engine):
 
     def _reply(self, reply: resp.Reply) -> None:
         assert self._inflight is not None
-        waiters, ops, packed, timer = self._inflight
+        waiters, ops, lease_keys, packed, timer = self._inflight
         if isinstance(reply, resp.ReplyError) and str(reply).startswith("NOSCRIPT"):
             # A restarted or flushed Redis: EVAL loads the script and runs this batch.
             assert self._conn is not None
@@ -213,18 +219,23 @@ class RedisEngine(Engine):
         for fut, op, result in zip(waiters, ops, results, strict=True):
             if type(result) is list:  # an admission's answer
                 if result[0] == 0:
-                    self._took(op, fut)
+                    self._took(op, fut, lease_keys)
                 result = _outcome(result)
             if fut is not None and not fut.done():
                 fut.set_result(result)
         if self._ops or self._renew:
             self._flush()
 
-    def _took(self, op: list[Any], fut: asyncio.Future[Any] | None) -> None:
+    def _took(
+        self,
+        op: list[Any],
+        fut: asyncio.Future[Any] | None,
+        lease_keys: dict[int, tuple[str, ...]],
+    ) -> None:
         """An admission went through: its slots are this worker's, or, if its request is no
         longer waiting for it, given back at once."""
         if op[0] == "P":
-            keys: tuple[str, ...] | list[Any] = self._lease_keys.get(op[1], ())
+            keys: tuple[str, ...] | list[Any] = lease_keys.get(op[1], ())
         elif op[1]:  # a dry run holds nothing
             return
         else:
@@ -240,7 +251,8 @@ class RedisEngine(Engine):
 
     def _drop_queued(self) -> None:
         """Redis is down: the queued ops get no verdict (their waiters apply the policy)."""
-        waiters, self._ops, self._waiters, self._specs = self._waiters, [], [], {}
+        waiters, self._ops, self._waiters = self._waiters, [], []
+        self._specs, self._lease_keys = {}, {}
         if self._renew is not None:
             waiters.append(self._renew)
             self._renew = None
@@ -284,6 +296,7 @@ class RedisEngine(Engine):
     ) -> Awaitable[None] | None:
         self._specs.setdefault(spec.id, spec.flat)
         if release and spec.lease_keys:
+            self._lease_keys[spec.id] = spec.lease_keys  # what a renewal in its call counts
             self._released(spec.lease_keys)
         self._send(["Q", spec.id, tokens, release])
         return None

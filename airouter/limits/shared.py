@@ -11,9 +11,11 @@ gets no answer. A queued slot request is answered later in a frame of its own. T
 outlive worker restarts and config reloads.
 
 A request's admission and charges name its Spec by number (`["P", spec, prompt, lease]`,
-`["Q", spec, tokens, lease, release]`); a frame defines, in `specs`, each Spec its ops name
-that the connection has not defined before, so the server builds a request's checks once per
-connection, not once per request."""
+`["Q", spec, tokens, lease, release]`); a frame `[answer?, ops, specs, forget]` defines, in
+`specs`, each Spec its ops name that the connection has not defined before, so the server
+builds a request's checks once per connection, not once per request. Past MAX_DEFINED Specs
+(a dated budget makes a new one each day), `forget` has the server drop the ones it holds
+before the frame's own are defined."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
 CALL_TIMEOUT = 1.0  # seconds; then the request is served under limits_on_redis_failure
 SWEEP = CALL_TIMEOUT / 4  # how often a connection looks for an answer overdue
 LOG_EVERY = 60.0  # seconds between two logs of an unreachable server
+MAX_DEFINED = 4096  # Specs one connection defines before its server forgets them all
 QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a frame of its own
 _HEAD = struct.Struct("!I")
 _encode = msgspec.msgpack.Encoder().encode
@@ -87,7 +90,9 @@ class _Server(asyncio.Protocol):
         frames, self.buf = _frames(self.buf + data if self.buf else data)
         out: list[bytes] = []
         run = self.run
-        for answer, ops, specs in frames:
+        for answer, ops, specs, forget in frames:
+            if forget:
+                self.specs.clear()
             for number, flat in specs.items():
                 self.specs[number] = Spec([Check(*flat[i:i + 5]) for i in range(0, len(flat), 5)])
             results = []
@@ -194,8 +199,10 @@ class _Client(asyncio.Protocol):
         self._named: dict[int, list[Any]] = {}  # Specs the queued ops name: number -> checks
         self._defined: set[int] = set()  # Specs this connection's server knows
         self._scheduled = False
-        # The batch in flight, its waiters and ops; one at a time.
-        self._inflight: tuple[list[asyncio.Future[Any] | None], list[Any]] | None = None
+        # The batch in flight: its waiters, ops and the Specs they name; one at a time.
+        self._inflight: (
+            tuple[list[asyncio.Future[Any] | None], list[Any], dict[int, list[Any]]] | None
+        ) = None
         self._sent_at = 0.0
         # Queued slot requests: token -> (future, when to give up on the server).
         self._deferred: dict[int, tuple[asyncio.Future[Any], float]] = {}
@@ -237,16 +244,18 @@ class _Client(asyncio.Protocol):
             return
         ops, waiters, asks = self._ops, self._waiters, self._asks
         self._ops, self._waiters, self._asks = [], [], 0
-        specs: dict[int, list[Any]] = {}
-        if self._named:
-            defined = self._defined
-            specs = {n: flat for n, flat in self._named.items() if n not in defined}
-            defined.update(specs)
+        named, specs, forget = self._named, {}, False
+        if named:
             self._named = {}
-        body = _encode([asks > 0, ops, specs])
+            if len(self._defined) > MAX_DEFINED:
+                self._defined, forget = set(), True
+            defined = self._defined
+            specs = {n: flat for n, flat in named.items() if n not in defined}
+            defined.update(specs)
+        body = _encode([asks > 0, ops, specs, forget])
         t.write(_HEAD.pack(len(body)) + body)
         if asks:
-            self._inflight = (waiters, ops)
+            self._inflight = (waiters, ops, named)
             self._sent_at = (self._loop or asyncio.get_running_loop()).time()
 
     async def _connect(self) -> None:
@@ -269,6 +278,7 @@ class _Client(asyncio.Protocol):
         waiters: list[asyncio.Future[Any] | None],
         results: list[Any] | None,
         ops: list[Any] | None = None,
+        named: dict[int, list[Any]] | None = None,
     ) -> None:
         """Results in order (None: no answer); an admission's, a list, as an Outcome."""
         for i, fut in enumerate(waiters):
@@ -279,7 +289,7 @@ class _Client(asyncio.Protocol):
                 if fut.cancelled() and ops is not None and results is not None:
                     r = results[i]
                     if type(r) is list and r[0] < 0:
-                        self._abandoned(ops[i])
+                        self._abandoned(ops[i], named or {})
                 continue
             if results is None:
                 fut.set_result(None)
@@ -294,8 +304,9 @@ class _Client(asyncio.Protocol):
             elif r != QUEUED:  # else its answer comes later, to the same future
                 fut.set_result(r)
 
-    def _abandoned(self, op: list[Any]) -> None:
-        """An op whose waiter was cancelled went through (see SharedEngine)."""
+    def _abandoned(self, op: list[Any], named: dict[int, list[Any]]) -> None:
+        """An op whose waiter was cancelled went through (see SharedEngine); `named`: the
+        Specs of its frame."""
 
     # -- the connection ---------------------------------------------------------------------
 
@@ -312,11 +323,11 @@ class _Client(asyncio.Protocol):
             if frame[0] == 0:
                 inflight, self._inflight = self._inflight, None
                 if inflight is not None:
-                    waiters, ops = inflight
+                    waiters, ops, named = inflight
                     results = frame[1]
                     if len(results) != len(waiters):
                         results = [None] * len(waiters)
-                    self._answer(waiters, results, ops)
+                    self._answer(waiters, results, ops, named)
             else:
                 fut, _ = self._deferred.pop(frame[1], (None, 0.0))
                 if fut is not None and not fut.done():
@@ -400,10 +411,6 @@ class SharedSlots(_Client, SlotStore):
 class SharedEngine(_Client, Engine):
     """A worker's client of the main process's counters."""
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self._flats: dict[int, list[Any]] = {}  # every Spec admitted so far: number -> checks
-
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
 
@@ -413,12 +420,12 @@ class SharedEngine(_Client, Engine):
         return self._ask(["A", dry, lease, checks])
 
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
-        self._named[spec.id] = self._flats[spec.id] = spec.flat
+        self._named[spec.id] = spec.flat
         return self._ask(["P", spec.id, prompt, lease])
 
-    def _abandoned(self, op: list[Any]) -> None:
-        if op[0] == "P" and op[3]:  # an admission that took a lease nobody will release
-            self._named[op[1]] = self._flats[op[1]]
+    def _abandoned(self, op: list[Any], named: dict[int, list[Any]]) -> None:
+        if op[0] == "P" and op[3] and op[1] in named:  # it took a lease nobody will release
+            self._named[op[1]] = named[op[1]]
             self._post(["Q", op[1], 0, op[3], True])
 
     def charge_spec(

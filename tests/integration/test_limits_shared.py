@@ -8,8 +8,13 @@ import socket
 import time
 from pathlib import Path
 
-from airouter.limits.engine import LEASES, PROMPT, TOTAL, WINDOW, Check, Spec
+import msgspec
+import pytest
+
+from airouter.limits import shared
+from airouter.limits.engine import LEASES, PROMPT, TOTAL, WINDOW, Check, Counters, Spec
 from airouter.limits.shared import CALL_TIMEOUT, SWEEP, SharedEngine, start_server
+from airouter.limits.slots import SlotTable
 
 
 def _frames_sent(engine: SharedEngine) -> list[int]:
@@ -155,3 +160,54 @@ def test_an_admission_whose_request_left_gives_its_slot_back(tmp_path: Path) -> 
         await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_past_max_defined_the_server_forgets_old_specs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dated budget makes a new Spec every day: past MAX_DEFINED the connection starts
+    over (the server drops what it holds, the frame defines what it names) and admissions
+    keep counting."""
+    monkeypatch.setattr(shared, "MAX_DEFINED", 2)
+    path = str(tmp_path / "limits.sock")
+    start_server(path)
+    days = [Spec([Check(WINDOW, "f:rpm", 100, 1), Check(TOTAL, f"f:budget:{d}", 100, PROMPT)])
+            for d in range(6)]
+
+    async def main() -> None:
+        engine = SharedEngine(path)
+        await engine.start()
+        for d, spec in enumerate(days):
+            got = await engine.admit_spec(spec, 10, "")
+            assert got is not None and got.failed == -1 and got.used == [d + 1, 10]
+            assert len(engine._defined) <= 3
+        # An old day's Spec after the server forgot it: defined again, still its own key.
+        old = await engine.admit_spec(days[0], 5, "")
+        assert old is not None and old.used == [7, 15]
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_server_drops_its_specs_when_a_frame_says_forget() -> None:
+    server = shared._Server(Counters(), SlotTable())
+    sent: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    server.transport = Transport()  # type: ignore[assignment]
+    one = Spec([Check(WINDOW, "g:rpm", 5, 1)])
+    two = Spec([Check(WINDOW, "g:tpm", 50, PROMPT)])
+
+    def frame(*parts: object) -> bytes:
+        body = msgspec.msgpack.encode(list(parts))
+        return len(body).to_bytes(4, "big") + body
+
+    server.data_received(frame(True, [["P", one.id, 3, ""]], {one.id: one.flat}, False))
+    assert set(server.specs) == {one.id}
+    server.data_received(frame(True, [["P", two.id, 7, ""]], {two.id: two.flat}, True))
+    assert set(server.specs) == {two.id}
+    answers = [msgspec.msgpack.decode(b[4:]) for b in sent]
+    assert [a[1][0][2] for a in answers] == [[1], [7]]  # each admission's used counts

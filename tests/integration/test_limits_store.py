@@ -284,3 +284,30 @@ def test_an_empty_password_is_none(tmp_path: Path) -> None:
                 await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_a_redis_engine_holds_a_spec_only_while_its_ops_are_queued(tmp_path: Path) -> None:
+    """Specs travel with the call whose ops name them; none stays behind in the engine (a
+    dated budget makes a new Spec every day), and the counts stay right."""
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            redis = RedisEngine(server.url)
+            await redis.start()
+            try:
+                for day in range(3):
+                    spec = Spec([Check(TOTAL, f"h:budget:{day}", 100, PROMPT),
+                                 Check(LEASES, "h:conc", 1, 1)])
+                    got = await redis.admit_spec(spec, 10, "")
+                    assert got is not None and got.failed == -1 and got.used == [10, 1]
+                    redis.charge_spec(spec, 5, "", True)
+                    peek = await redis.admit([Check(LEASES, "h:conc", 1, 0)], "", dry=True)
+                    assert peek is not None and peek.used == [0]
+                    assert redis._specs == {} and redis._lease_keys == {}
+                await redis.renew([], [])  # the renewal sets what it holds: nothing
+                peek = await redis.admit([Check(LEASES, "h:conc", 1, 0)], "", dry=True)
+                assert peek is not None and peek.used == [0]
+            finally:
+                await redis.aclose()
+
+    asyncio.run(main())
