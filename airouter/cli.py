@@ -89,7 +89,8 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     os.environ["AIROUTER_LOG_LEVEL"] = level
     if not cfg.server.redis_url:
         # Without Redis the workers share limits and node slots through this process.
-        from airouter.limits.shared import SOCKET_ENV, start_server
+        from airouter.limits.shared import SOCKET_ENV
+        from airouter.limits.shared_server import start_server
 
         start_server(os.path.join(runtime, "limits.sock"))
         os.environ[SOCKET_ENV] = os.path.join(runtime, "limits.sock")

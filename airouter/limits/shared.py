@@ -1,8 +1,9 @@
-"""Limits shared by the workers of one process group, without Redis.
+"""Limits shared by the workers of one process group, without Redis: the workers' side, and
+the frames both sides speak.
 
 The main process keeps the counters (engine.Counters) and the nodes' slots (slots.SlotTable)
-in a thread of its own and answers the workers over a unix socket, one connection per worker
-and purpose. A frame is a length-prefixed msgpack [answer?, ops, specs]: every op made while
+in a thread of its own (limits.shared_server) and answers the workers over a unix socket, one
+connection per worker and purpose. A frame is length-prefixed msgpack: every op made while
 the previous frame is unanswered goes in the next one (as with Redis, limits.redis_engine), so
 a busy worker pays one write, one read and one decode per batch, not per op, and the server
 answers a batch in one frame of results, one per op, in order. Charges and releases are not
@@ -25,16 +26,13 @@ import logging
 import math
 import os
 import struct
-import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import msgspec
-import uvloop
 
 from airouter.backends.node_slots import GRANTED, SlotStore
-from airouter.limits.engine import Check, Counters, Engine, Item, Outcome, Spec
-from airouter.limits.slots import SlotTable
+from airouter.limits.engine import Check, Engine, Item, Outcome, Spec
 
 log = logging.getLogger("airouter.limits")
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
@@ -43,145 +41,22 @@ SWEEP = CALL_TIMEOUT / 4  # how often a connection looks for an answer overdue
 LOG_EVERY = 60.0  # seconds between two logs of an unreachable server
 MAX_DEFINED = 4096  # Specs one connection defines before its server forgets them all
 QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a frame of its own
-_HEAD = struct.Struct("!I")
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
+HEAD = struct.Struct("!I")  # a frame's length
+encode = msgspec.msgpack.Encoder().encode
+decode = msgspec.msgpack.Decoder().decode
 
 
-def _frames(buf: bytes) -> tuple[list[Any], bytes]:
+def read_frames(buf: bytes) -> tuple[list[Any], bytes]:
     """The complete frames in `buf`, decoded, and the bytes left of an incomplete one."""
     out = []
     pos, n = 0, len(buf)
     while n - pos >= 4:
-        end = pos + 4 + _HEAD.unpack_from(buf, pos)[0]
+        end = pos + 4 + HEAD.unpack_from(buf, pos)[0]
         if end > n:
             break
-        out.append(_decode(buf[pos + 4:end]))
+        out.append(decode(buf[pos + 4:end]))
         pos = end
     return out, buf[pos:]
-
-
-class _Server(asyncio.Protocol):
-    """One worker's connection: its ops run in order, a batch's answers go in one write."""
-
-    def __init__(self, counters: Counters, table: SlotTable) -> None:
-        self.counters = counters
-        self.table = table
-        self.owner = object()  # this connection: its worker's slots end with it
-        self.buf = b""
-        self.transport: asyncio.Transport | None = None
-        self.waits: set[asyncio.Task[None]] = set()
-        self.specs: dict[int, Spec] = {}  # the Specs this connection defined, by number
-        self.run: dict[str, Callable[[list[Any]], Any]] = {
-            "A": self._admit, "P": self._admit_spec, "C": self._charge, "Q": self._charge_spec,
-            "L": self._release, "R": self._renew, "T": self._take, "G": self._give,
-            "N": lambda op: None,
-        }
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.table.drop(self.owner)
-        for task in list(self.waits):
-            task.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        frames, self.buf = _frames(self.buf + data if self.buf else data)
-        out: list[bytes] = []
-        run = self.run
-        for answer, ops, specs, forget in frames:
-            if forget:
-                self.specs.clear()
-            for number, flat in specs.items():
-                self.specs[number] = Spec([Check(*flat[i:i + 5]) for i in range(0, len(flat), 5)])
-            results = []
-            for op in ops:
-                try:
-                    results.append(run[op[0]](op))
-                except Exception:  # a malformed op: answer it, keep the worker's connection
-                    log.exception("limits: bad request %r", op[:1])
-                    results.append(None)
-            if answer:
-                body = _encode([0, results])
-                out += (_HEAD.pack(len(body)), body)
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
-
-    def _admit(self, op: list[Any]) -> list[Any]:
-        o = self.counters.admit(op[3], op[2], op[1])  # each check unpacks as a Check would
-        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
-
-    def _admit_spec(self, op: list[Any]) -> list[Any]:
-        _, number, prompt, lease = op
-        o = self.counters.admit(self.specs[number].checks, lease, False, prompt)
-        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
-
-    def _charge(self, op: list[Any]) -> None:
-        self.counters.charge(op[1], op[2], op[3])
-
-    def _charge_spec(self, op: list[Any]) -> None:
-        _, number, tokens, lease, release = op
-        spec = self.specs[number]
-        if release and spec.lease_keys:
-            self.counters.release(spec.lease_keys, lease)
-        if tokens and spec.charges:
-            self.counters.charge(spec.items(tokens))
-
-    def _release(self, op: list[Any]) -> None:
-        self.counters.release(op[1], op[2])
-
-    def _renew(self, op: list[Any]) -> None:
-        self.counters.renew(op[1], op[2])
-
-    def _give(self, op: list[Any]) -> None:
-        self.table.give(op[1], op[2])
-
-    def _take(self, op: list[Any]) -> int | str:
-        _, key, limit, max_queue, lease, seconds, token = op
-        got = self.table.take(key, limit, max_queue, lease, self.owner)
-        if not isinstance(got, asyncio.Future):
-            return got
-        task = asyncio.create_task(self._queued(key, lease, got, seconds, token))
-        self.waits.add(task)
-        task.add_done_callback(self.waits.discard)
-        return QUEUED
-
-    async def _queued(
-        self, key: str, lease: str, fut: asyncio.Future[int], seconds: float, token: int
-    ) -> None:
-        result = await self.table.wait(key, lease, fut, seconds)
-        if self.transport is not None and not self.transport.is_closing():
-            body = _encode([1, token, result])
-            self.transport.write(_HEAD.pack(len(body)) + body)
-
-
-def start_server(path: str) -> threading.Thread:
-    """Serve counters on `path` from a daemon thread of the calling (main) process."""
-    counters = Counters()
-    table = SlotTable()
-    ready = threading.Event()
-
-    async def main() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _Server(counters, table), path=path)
-        ready.set()
-        async with server:
-            await server.serve_forever()
-
-    def run() -> None:
-        # Each wake-up of this thread is CPU taken from workers that share its core: uvloop
-        # makes one cheaper than asyncio's own loop.
-        loop = uvloop.new_event_loop()
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, name="airouter-limits", daemon=True)
-    t.start()
-    if not ready.wait(10):
-        raise RuntimeError(f"limits server did not start on {path}")
-    return t
 
 
 class _Client(asyncio.Protocol):
@@ -252,8 +127,8 @@ class _Client(asyncio.Protocol):
             defined = self._defined
             specs = {n: flat for n, flat in named.items() if n not in defined}
             defined.update(specs)
-        body = _encode([asks > 0, ops, specs, forget])
-        t.write(_HEAD.pack(len(body)) + body)
+        body = encode([asks > 0, ops, specs, forget])
+        t.write(HEAD.pack(len(body)) + body)
         if asks:
             self._inflight = (waiters, ops, named)
             self._sent_at = (self._loop or asyncio.get_running_loop()).time()
@@ -318,7 +193,7 @@ class _Client(asyncio.Protocol):
         self._sweeper = loop.call_later(SWEEP, self._sweep)
 
     def data_received(self, data: bytes) -> None:
-        frames, self._buf = _frames(self._buf + data if self._buf else data)
+        frames, self._buf = read_frames(self._buf + data if self._buf else data)
         for frame in frames:
             if frame[0] == 0:
                 inflight, self._inflight = self._inflight, None

@@ -23,7 +23,8 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from airouter import config
 from airouter.backends.base import Stats
 from airouter.limits import Limiter
-from airouter.limits.shared import SOCKET_ENV, start_server
+from airouter.limits.shared import SOCKET_ENV
+from airouter.limits.shared_server import start_server
 from airouter.state import State
 from bench import bodies
 from tests.support.redis import run_redis

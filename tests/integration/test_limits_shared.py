@@ -13,7 +13,8 @@ import pytest
 
 from airouter.limits import shared
 from airouter.limits.engine import LEASES, PROMPT, TOTAL, WINDOW, Check, Counters, Spec
-from airouter.limits.shared import CALL_TIMEOUT, SWEEP, SharedEngine, start_server
+from airouter.limits.shared import CALL_TIMEOUT, SWEEP, SharedEngine
+from airouter.limits.shared_server import _Server, start_server
 from airouter.limits.slots import SlotTable
 
 
@@ -190,7 +191,7 @@ def test_past_max_defined_the_server_forgets_old_specs(
 
 
 def test_the_server_drops_its_specs_when_a_frame_says_forget() -> None:
-    server = shared._Server(Counters(), SlotTable())
+    server = _Server(Counters(), SlotTable())
     sent: list[bytes] = []
 
     class Transport:

@@ -14,7 +14,8 @@ import pytest
 
 from airouter.backends.node_slots import FULL, GRANTED, TIMEOUT, SlotStore
 from airouter.limits.node_redis import RedisSlots
-from airouter.limits.shared import SharedSlots, start_server
+from airouter.limits.shared import SharedSlots
+from airouter.limits.shared_server import start_server
 from tests.support.redis import run_redis
 
 KEY = "fake:127.0.0.1:1:abcd"
