@@ -284,19 +284,23 @@ class RedisEngine(Engine):
     ) -> asyncio.Future[Outcome | None]:
         return self._op(["A", dry, *chain.from_iterable(checks)])
 
-    def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
+    def _name(self, spec: Spec) -> None:
+        """The next call carries `spec`: its checks, and its concurrency keys for what the
+        call's admissions take and its releases give back."""
         if spec.id not in self._specs:
             self._specs[spec.id] = spec.flat
             if spec.lease_keys:
                 self._lease_keys[spec.id] = spec.lease_keys
+
+    def admit_spec(self, spec: Spec, prompt: int, lease: str) -> asyncio.Future[Outcome | None]:
+        self._name(spec)
         return self._op(["P", spec.id, prompt])
 
     def charge_spec(
         self, spec: Spec, tokens: int, lease: str, release: bool
     ) -> Awaitable[None] | None:
-        self._specs.setdefault(spec.id, spec.flat)
+        self._name(spec)
         if release and spec.lease_keys:
-            self._lease_keys[spec.id] = spec.lease_keys  # what a renewal in its call counts
             self._released(spec.lease_keys)
         self._send(["Q", spec.id, tokens, release])
         return None

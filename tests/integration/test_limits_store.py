@@ -311,3 +311,31 @@ def test_a_redis_engine_holds_a_spec_only_while_its_ops_are_queued(tmp_path: Pat
                 await redis.aclose()
 
     asyncio.run(main())
+
+
+def test_a_spec_first_named_by_a_charge_still_counts_its_admissions_slots(
+    tmp_path: Path,
+) -> None:
+    """A streamed chunk's charge and a new admission of the same Spec in one call: whichever
+    names the Spec first, the admission's slot is this worker's, and a renewal keeps it."""
+
+    async def main() -> None:
+        with run_redis(tmp_path) as server:
+            redis = RedisEngine(server.url)
+            await redis.start()
+            spec = Spec([Check(WINDOW, "o:tpm", 1000, PROMPT), Check(LEASES, "o:conc", 5, 1)])
+            try:
+                first = await redis.admit_spec(spec, 10, "")
+                assert first is not None and first.failed == -1
+                redis._send = redis._op  # type: ignore[method-assign]  # queue, don't send
+                redis.charge_spec(spec, 32, "", False)  # the first request streams on
+                second = await redis.admit_spec(spec, 10, "")
+                assert second is not None and second.failed == -1 and second.used == [52, 2]
+                assert redis._held == {"o:conc": 2}
+                await redis.renew([], [])
+                peek = await redis.admit([Check(LEASES, "o:conc", 5, 0)], "", dry=True)
+                assert peek is not None and peek.used == [2]
+            finally:
+                await redis.aclose()
+
+    asyncio.run(main())
