@@ -117,9 +117,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
+        default=3,
         help="chat, stream and limits: the paths take turns in this many slices of the run, so "
-        "drift from other work on the machine hits them alike (use 3+ on a shared machine)",
+        "drift from other work on the machine hits them alike (default 3; more on a busy "
+        "machine)",
     )
     p.add_argument(
         "--floors",

@@ -33,7 +33,7 @@ class Settings:
     prelude: str = ""
     triton_rounds: int = 3
     overhead_seconds: float = 10
-    rounds: int = 1  # chat/stream: paths take turns in this many slices of wrk_seconds
+    rounds: int = 3  # chat, stream, limits: paths take turns in this many slices of wrk_seconds
     baseline: str = ""  # another checkout whose router runs beside this one (A/B)
 
     @classmethod
@@ -44,7 +44,7 @@ class Settings:
         streams: int | None = None,
         prelude: str = "",
         baseline: str = "",
-        rounds: int = 1,
+        rounds: int = 3,
     ) -> Settings:
         if quick:
             return cls(
