@@ -85,9 +85,9 @@ class Engine(ABC):
     # the store counts them itself and `renew` takes no arguments it needs).
     uses_leases = True
 
+    @abstractmethod
     def admit_spec(self, spec: Spec, prompt: int, lease: str) -> Awaitable[Outcome | None]:
-        """`admit` of one request of `spec` whose prompt has `prompt` tokens."""
-        return self.admit(spec.fill(prompt), lease)
+        """`admit` of one request of `spec` whose prompt has `prompt` tokens (`spec.fill`)."""
 
     def charge_spec(
         self, spec: Spec, tokens: int, lease: str, release: bool
