@@ -263,6 +263,13 @@ def _check_url(url: str, where: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{where}: {_redacted(url)!r} has an invalid port") from None
 
 
+def redis_database(parts: SplitResult) -> str:
+    """The database a redis_url names, as redis-py reads it: redis://host/N, else ?db=N (the
+    only form for a unix socket), else 0."""
+    named = "" if parts.scheme == "unix" else parts.path.strip("/")
+    return named or parse_qs(parts.query).get("db", ["0"])[0]
+
+
 def _check_redis_url(url: str) -> None:
     """redis://, rediss:// or unix:///path/to/redis.sock (redis-py's forms), with a database
     number if any."""
@@ -276,10 +283,9 @@ def _check_redis_url(url: str) -> None:
                 f"{where}: not a valid unix socket URL (unix:///path/to/redis.sock?db=0, "
                 "a password percent-encoded)"
             )
-        db = parse_qs(parts.query).get("db", ["0"])[0]
     else:
         _check_url(url, where, ("redis", "rediss", "unix"))
-        db = parts.path.strip("/") or parse_qs(parts.query).get("db", ["0"])[0]
+    db = redis_database(parts)
     if not (db.isascii() and db.isdigit()):
         raise ConfigError(f"{where}: the database must be a number, not {db!r}")
 

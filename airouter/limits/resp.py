@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from airouter.config import redis_database
+
 Reply = Any  # bytes, str, int, None, list, or ReplyError / OSError for a failure
 _INCOMPLETE = object()
 
@@ -156,11 +158,10 @@ async def connect(url: str, preload: bytes = b"") -> Connection:
     query = parse_qs(p.query)
     loop = asyncio.get_running_loop()
     conn: Connection
+    db = redis_database(p)
     if p.scheme == "unix":
-        db = query.get("db", ["0"])[0]
         _, conn = await loop.create_unix_connection(Connection, unquote(p.path))
     else:
-        db = p.path.strip("/") or query.get("db", ["0"])[0]
         ctx = ssl.create_default_context() if p.scheme == "rediss" else None
         _, conn = await loop.create_connection(
             Connection, p.hostname or "localhost", p.port or 6379, ssl=ctx
