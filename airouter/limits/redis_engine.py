@@ -109,7 +109,7 @@ class RedisEngine(Engine):
     def _queue(self, op: Any, fut: asyncio.Future[Any] | None, now: bool = False) -> bool:
         """Queue an op for the next script call, sent `now` if no call is in flight; False
         when Redis is down (skipped)."""
-        if not self.up and time.monotonic() < self._down_until:
+        if self._skipping():
             return False
         self._ops.append(op)
         self._waiters.append(fut)
@@ -119,6 +119,10 @@ class RedisEngine(Engine):
             else:
                 self._flush_soon()
         return True
+
+    def _skipping(self) -> bool:
+        """Redis failed less than RETRY_AFTER ago: ops get no verdict without trying."""
+        return not self.up and time.monotonic() < self._down_until
 
     def _flush_soon(self) -> None:
         if not self._scheduled:
@@ -336,16 +340,16 @@ class RedisEngine(Engine):
     def renew(self, keys: list[str], leases: list[str]) -> asyncio.Future[Any]:
         """Say this worker is alive and set its counts to what it holds, in the next call
         (the arguments, leases, are the other stores' business)."""
-        if self._renew is None:
-            loop = self._loop or asyncio.get_running_loop()
-            self._renew = loop.create_future()
-            if not self.up and time.monotonic() < self._down_until:
-                fut, self._renew = self._renew, None
-                fut.set_result(None)
-                return fut
-            if self._inflight is None:
-                self._flush_soon()
-        return self._renew
+        if self._renew is not None:
+            return self._renew
+        fut = (self._loop or asyncio.get_running_loop()).create_future()
+        if self._skipping():
+            fut.set_result(None)
+            return fut
+        self._renew = fut
+        if self._inflight is None:
+            self._flush_soon()
+        return fut
 
 
 def _outcome(out: list[Any]) -> Outcome:
