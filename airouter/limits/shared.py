@@ -241,7 +241,7 @@ class _Client(asyncio.Protocol):
     async def aclose(self) -> None:
         if self._ops or self._inflight is not None:
             # Ops run in order: when this empty one is answered, every queued one is in.
-            with contextlib.suppress(TimeoutError, OSError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ask(["N"]), 2)
         if self._transport is not None:
             self._transport.close()

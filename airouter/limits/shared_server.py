@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import uvloop
 
-from airouter.limits.engine import Check, Counters, Spec
+from airouter.limits.engine import Check, Counters, Outcome, Spec
 from airouter.limits.shared import HEAD, QUEUED, encode, read_frames
 from airouter.limits.slots import SlotTable
 
@@ -71,13 +71,12 @@ class _Server(asyncio.Protocol):
             self.transport.write(b"".join(out))
 
     def _admit(self, op: list[Any]) -> list[Any]:
-        o = self.counters.admit(op[3], op[2], op[1])  # each check unpacks as a Check would
-        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
+        # Each check unpacks as a Check would.
+        return _answer(self.counters.admit(op[3], op[2], op[1]))
 
     def _admit_spec(self, op: list[Any]) -> list[Any]:
         _, number, prompt, lease = op
-        o = self.counters.admit(self.specs[number].checks, lease, False, prompt)
-        return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
+        return _answer(self.counters.admit(self.specs[number].checks, lease, False, prompt))
 
     def _charge(self, op: list[Any]) -> None:
         self.counters.charge(op[1], op[2], op[3])
@@ -116,6 +115,11 @@ class _Server(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             body = encode([1, token, result])
             self.transport.write(HEAD.pack(len(body)) + body)
+
+
+def _answer(o: Outcome) -> list[Any]:
+    """An admission's answer as a frame carries it: [failed, wait (-1: never), used, reset]."""
+    return [o.failed, -1.0 if o.wait == math.inf else o.wait, o.used, o.reset]
 
 
 def start_server(path: str) -> threading.Thread:
