@@ -5,6 +5,7 @@ by megabytes."""
 from __future__ import annotations
 
 MAX_LOGGED = 256
+UPSTREAM_LOGGED = 500  # characters of an upstream's text (an error body, a bad event) logged
 
 
 def bounded(text: str, limit: int = MAX_LOGGED) -> str:
@@ -13,7 +14,7 @@ def bounded(text: str, limit: int = MAX_LOGGED) -> str:
     return f"{text[:limit]}...[{len(text) - limit} more chars]"
 
 
-def escaped(text: str, limit: int = MAX_LOGGED) -> str:
+def escaped(text: str, limit: int = UPSTREAM_LOGGED) -> str:
     """Upstream text for a log line: its first `limit` characters, with control characters
     and non-ASCII escaped, so that it stays one line and cannot forge another."""
     return text[:limit].encode("unicode_escape", "backslashreplace").decode("ascii")

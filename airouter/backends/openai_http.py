@@ -107,7 +107,7 @@ def _upstream_error(status: int, body: bytes, headers: dict[str, str],
     # A server failure: its text may hold tracebacks, paths or hostnames. Operators get it
     # (bounded) in the log; clients get the router's own words.
     log.warning("backend %s answered HTTP %d: %s", backend, status,
-                escaped(text, LOGGED))
+                escaped(text))
     if status in (502, 503, 504):
         cls = {502: BadGateway, 503: ServiceUnavailable, 504: GatewayTimeout}[status]
         return cls(f"The backend '{backend}' answered with HTTP {status}.", headers=extra)

@@ -53,7 +53,7 @@ def map_error(message: str, model: str) -> RouterError:
         return InvalidRequest(f"The model rejected the request: {message}",
                               code="backend_rejected")
     log.warning("model %s failed: %s", model,
-                escaped(message, 500))
+                escaped(message))
     return BadGateway(f"The model '{model}' failed on the backend.", code="backend_failed",
                       retryable=True)
 
