@@ -119,7 +119,11 @@ async def count_async(model: ModelConfig, text: str) -> int | None:
 
 def estimate(text: str) -> int:
     """Tokens in `text` without a tokenizer: about four bytes of UTF-8 each."""
-    return (len(text.encode()) + 3) // 4
+    return (_utf8_len(text) + 3) // 4
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def _content(content: Any) -> str:
@@ -180,10 +184,6 @@ def _rendered(model: ModelConfig, body: dict[str, Any]) -> str | None:
         return template.render(messages, add_generation_prompt=True)
     except (PromptError, TemplateConfigError):
         return None
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def estimated_prompt(body: dict[str, Any]) -> int:
