@@ -249,6 +249,8 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                     urls, dict.fromkeys(modes, script), watch, s
                 )
             evals = _redis_evals(rport) - evals0
+            # Over every Redis router's requests (they take turns on one redis-server).
+            every = sum(x.requests for k in REDIS_MODES for x in runs.get(k, []))
             res: dict[str, Any] = {}
             for m in modes:
                 r = wrk.merge(runs[m])
@@ -262,8 +264,6 @@ def limits_scenario(env: scenarios.Env, s: scenarios.Settings) -> dict[str, Any]
                 if m == "redis":
                     entry["redis_cpu_us_per_req"] = round(cpu[m][2] / n * 1e6, 1)
                 if m in REDIS_MODES:
-                    # Over every Redis router's requests (they take turns on one redis-server).
-                    every = sum(x.requests for k in REDIS_MODES for x in runs.get(k, []))
                     entry["redis_calls_per_req"] = round(evals / max(every, 1), 3)
                 if m != "off":
                     sent[m] += sum(x.requests for x in runs[m])
