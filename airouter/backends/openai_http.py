@@ -13,7 +13,7 @@ from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.sse_relay import Relay, rewrite_model
-from airouter.bounds import escaped
+from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
     BadGateway,
@@ -24,7 +24,7 @@ from airouter.errors import (
     UpstreamError,
 )
 from airouter.protocol.endpoints import Endpoint
-from airouter.streaming.relay import LOGGED, decode_any, record_usage
+from airouter.streaming.relay import decode_any, record_usage
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger("airouter.openai")
@@ -89,7 +89,7 @@ def _upstream_error(status: int, body: bytes, headers: dict[str, str],
         elif isinstance(p.detail, str):
             text = p.detail
     except msgspec.DecodeError:
-        text = body[:LOGGED].decode("utf-8", "replace").strip()
+        text = body[:UPSTREAM_LOGGED].decode("utf-8", "replace").strip()
     extra = {"Retry-After": headers["retry-after"]} if "retry-after" in headers else {}
     if status == 401 or status == 403:
         # The upstream rejected *our* key; the client's key was fine.

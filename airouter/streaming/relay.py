@@ -18,7 +18,6 @@ from airouter.streaming.sse import DONE, SSEDecoder, frame
 
 log = logging.getLogger("airouter.openai")
 decode_any = msgspec.json.Decoder().decode
-LOGGED = UPSTREAM_LOGGED  # bytes of an upstream's text kept for the log
 
 # The top-level "model" member. A JSON string value cannot contain an unescaped quote, so
 # `"model":` can only be a key; responses put the top-level key before nested objects.
@@ -207,7 +206,7 @@ class RelayState:
 
     def _not_json(self, data: bytes) -> RouterError:
         log.warning("backend %s sent an event that is not a JSON object: %s", self.name,
-                    escaped(data[:LOGGED].decode("utf-8", "replace")))
+                    escaped(data[:UPSTREAM_LOGGED].decode("utf-8", "replace")))
         return BadGateway(f"The backend '{self.name}' sent an event that is not valid JSON.",
                           code="bad_upstream_event")
 
