@@ -318,7 +318,9 @@ class Limiter:
         try:
             out = await pending
         except asyncio.CancelledError:
-            _abandoned(engine, spec, lease, pending)
+            wait = _abandoned(engine, spec, lease, pending)
+            if wait is not None:
+                self.spawn(wait)
             raise
         if out is None:
             if self.allow_on_failure:
@@ -375,14 +377,17 @@ class Limiter:
         return out
 
 
-def _abandoned(engine: Engine, spec: Spec, lease: str, pending: Awaitable[Any]) -> None:
+def _abandoned(
+    engine: Engine, spec: Spec, lease: str, pending: Awaitable[Any]
+) -> Awaitable[None] | None:
     """The request went away just as its admission was answered: the slots it was given go
     back at once (a store whose admission is a coroutine ran it whole, or leaves the lease
-    unrenewed)."""
+    unrenewed). What is left to wait for, as with any charge."""
     if isinstance(pending, asyncio.Future) and pending.done() and not pending.cancelled():
         out = pending.result()
         if out is not None and out.failed < 0 and spec.lease_keys:
-            engine.charge_spec(spec, 0, lease, True)
+            return engine.charge_spec(spec, 0, lease, True)
+    return None
 
 
 def _describe(rules: list[Rule], used: list[int], reset: list[float]) -> dict[str, Any]:
