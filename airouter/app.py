@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import os
 import queue
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
 from airouter.doors import FrontDoor, MessagesDoor, ResponsesDoor
 from airouter.errors import (
+    InvalidRequest,
     MethodNotAllowed,
     RouterError,
     error_json,
@@ -35,7 +37,14 @@ from airouter.observability.nodes import NodeGauge
 from airouter.observability.record import Observer, RequestIdFilter
 from airouter.protocol import anthropic
 from airouter.protocol.endpoints import Endpoint
-from airouter.rsgi import HTTPProtocol, Scope, send_error
+from airouter.rsgi import (
+    PARSER_EXACT_HEAD,
+    HTTPProtocol,
+    Scope,
+    head_size,
+    head_too_large,
+    send_error,
+)
 from airouter.state import State
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
 from airouter.usage import UsageEndpoint
@@ -121,6 +130,9 @@ class App:
         for door in doors:
             hot[door.path] = CompletionEndpoint(holder, door.endpoint, observer, door)
         self.hot = hot
+        # Heads the server's parser does not bound exactly are measured per request.
+        limit = cfg.server.max_header_bytes
+        self.head_limit = limit if limit > PARSER_EXACT_HEAD else 0
         models = ModelsEndpoint(holder)
         # path -> {method: handler}
         self.routes: dict[str, dict[str, Handler]] = {
@@ -138,11 +150,27 @@ class App:
 
     def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> Awaitable[None]:
         # Not a coroutine itself: the server awaits the endpoint's, one frame fewer per await.
+        hosts = scope.headers.get_all("host")  # type: ignore[attr-defined]
+        if len(hosts) != 1 and (hosts or scope.http_version == "1.1"):
+            return self._bad_host(scope, proto, len(hosts))
+        if self.head_limit and head_size(scope) > self.head_limit:
+            return self._head_too_large(proto)
         if scope.method == "POST":
             endpoint = self.hot.get(scope.path)
             if endpoint is not None:
                 return endpoint(scope, proto)
         return self._other(scope, proto)
+
+    async def _head_too_large(self, proto: HTTPProtocol) -> None:
+        head_too_large(proto)
+
+    async def _bad_host(self, scope: Scope, proto: HTTPProtocol, count: int) -> None:
+        """RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host header (granian serves
+        one with none or several; the router refuses it, as nginx does)."""
+        what = "no Host header" if count == 0 else f"{count} Host headers"
+        err = InvalidRequest(f"The request has {what}; HTTP/1.1 requires exactly one.",
+                             code="invalid_host", headers={"Connection": "close"})
+        send_error(proto, err, render=_render(scope.path))
 
     async def _other(self, scope: Scope, proto: HTTPProtocol) -> None:
         path = scope.path
@@ -202,6 +230,26 @@ class App:
 
 _listeners: list[logging.handlers.QueueListener] = []
 
+# C0 and C1 controls, DEL and the Unicode line separators: what could end a log line early or
+# forge another one, wherever a client's string sits in a message.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    return m.group().encode("unicode_escape").decode("ascii")
+
+
+class OneLineFormatter(logging.Formatter):
+    """Every record's message stays one line: control characters in it are escaped (a
+    traceback that log.exception appends is the formatter's own and keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if _CONTROL.search(message) is not None:
+            record.message = _CONTROL.sub(_escape, message)
+        return super().formatMessage(record)
+
+
 
 def flush_logs() -> None:
     """Write every queued log line now: a worker can end without running atexit hooks, and
@@ -216,7 +264,7 @@ def setup_logging(level: str) -> None:
     the request path (the access log writes one line per request)."""
     stream = logging.StreamHandler()
     stream.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        OneLineFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
     )
     q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
     handler = logging.handlers.QueueHandler(q)

@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from airouter.config import Config
+from airouter.config import Config, unnamed_label
 from airouter.errors import Unauthorized
 
 
@@ -53,7 +53,9 @@ class KeyStore:
         self._by_digest: dict[bytes, ClientKey] = {}
         for i, key in enumerate(cfg.server.api_keys):
             d = _digest(key)
-            self._by_digest[d] = ClientKey(f"key-{i}-{d.hex()[:8]}", d)
+            # Named by position only: a label is published (metrics, logs, /v1/usage) and
+            # must carry nothing computed from the key that a guess could be tested against.
+            self._by_digest[d] = ClientKey(unnamed_label(i), d)
         for name, kc in cfg.keys.items():
             d = _digest(kc.key)
             self._by_digest[d] = ClientKey(name, d, tuple(kc.models))

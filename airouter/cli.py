@@ -128,7 +128,11 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         # few thousand silent sockets exhaust; header_timeout is what reclaims those.
         backpressure=cfg.server.max_connections,
         http=HTTPModes.http1,
-        http1_settings=HTTP1Settings(header_read_timeout=int(cfg.server.header_timeout * 1000)),
+        http1_settings=HTTP1Settings(
+            header_read_timeout=int(cfg.server.header_timeout * 1000),
+            # The parser's read buffer is what bounds a request head (431 past it).
+            max_buffer_size=cfg.server.max_header_bytes,
+        ),
         # After the grace period a worker ends its streams itself; this is the backstop.
         workers_kill_timeout=int(cfg.server.shutdown_grace) + 10,
         respawn_interval=1.0,

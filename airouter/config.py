@@ -47,6 +47,9 @@ class ServerConfig(Base):
     header_timeout: Seconds = 60.0
     body_timeout: Seconds = 60.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384
+    # A request's head (request line and headers together) past this many bytes gets 431 and
+    # the connection is closed; a worker holds at most about this much of a head in progress.
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=8192, le=1 << 20)] = 16384
     # Shared limits: every replica and worker counts in this Redis (else: one process group).
     redis_url: str | None = None
     limits_on_redis_failure: Literal["allow", "deny"] = "allow"
@@ -350,16 +353,27 @@ def validate(cfg: Config) -> None:
     if cfg.server.redis_url:
         _check_redis_url(cfg.server.redis_url)
     seen: set[str] = set()
+    unnamed = {unnamed_label(i) for i in range(len(cfg.server.api_keys))}
     for i, key in enumerate(cfg.server.api_keys):
         if not key:
             raise ConfigError(f"server.api_keys[{i}]: empty key")
         seen.add(key)
     for name, k in cfg.keys.items():
+        if name in unnamed:
+            raise ConfigError(
+                f"keys.{name}: the name labels server.api_keys[{name[4:]}] already; choose another"
+            )
         if not k.key:
             raise ConfigError(f"keys.{name}.key: empty key")
         if k.key in seen:
             raise ConfigError(f"keys.{name}.key: the same key is configured twice")
         seen.add(k.key)
+
+
+def unnamed_label(index: int) -> str:
+    """How `server.api_keys[index]` is labelled in metrics, logs and /v1/usage (a
+    `[keys.NAME]` key is labelled NAME): by position, nothing computed from the key."""
+    return f"key-{index}"
 
 
 def parse(

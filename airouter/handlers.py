@@ -93,6 +93,10 @@ class CompletionEndpoint:
             data = await read_body(proto, state.body_limit, state.body_timeout, h.length)
             req = self.door.decode(data)
             target = state.models.resolve(req.model, key)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("key %s: model %s is alias %s: backend %s, model %s", key.name,
+                          bounded(str(req.model)), target.label, target.backend.name,
+                          bounded(target.backend_model))
             ticket = await state.limits.admit(key.name, target, req.body)
         except RouterError as e:
             rec.status, rec.error = e.status, e.code or e.type

@@ -11,6 +11,9 @@ import uuid
 from airouter.rsgi import Scope
 
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
+# A client's x-request-id is kept only when it is an id: at most 128 characters of these (no
+# space, quote or bracket: it is written into log lines' prefix and upstream headers).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _FORWARD = ("traceparent", "tracestate")
 
 # UUID-shaped (some upstreams, starlette-context behind llama.cpp's server for one, reject
@@ -34,9 +37,10 @@ class RequestHeaders:
         self.api_key: str | None = get("api-key") or get("x-api-key")
         self.length: str | None = get("content-length")
         rid = get("x-request-id")
-        # Not printable ASCII: not fit for our headers, logs or gRPC metadata. Bound what we
-        # echo back and log.
-        rid = rid[:128] if rid and not _UNSAFE.search(rid) else new_request_id()
+        # Anything else is replaced by a minted id (echoed like the client's would be): a
+        # client's string must not shape our log lines, headers or gRPC metadata.
+        if rid is None or _REQUEST_ID.fullmatch(rid) is None:
+            rid = new_request_id()
         self.request_id: str = rid
         self.forward: dict[str, str] = {"x-request-id": rid}
         for name in _FORWARD:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
-from granian._granian import RSGIHTTPProtocol as HTTPProtocol
-from granian._granian import RSGIProtocolClosed as ProtocolClosed
-from granian._granian import RSGIProtocolError as ProtocolError
-from granian.rsgi import Scope
+# granian.rsgi's public names (its stubs re-export them without marking them so for mypy).
+from granian.rsgi import (  # type: ignore[attr-defined]
+    HTTPProtocol,
+    ProtocolClosed,
+    ProtocolError,
+    Scope,
+)
 
-from airouter.errors import BodyTooLarge, RequestTimeout, RouterError, error_json
+from airouter.errors import BodyTooLarge, InvalidRequest, RequestTimeout, RouterError, error_json
 from airouter.sweep import Sweep
 
 __all__ = [
@@ -61,6 +65,42 @@ def _time_out(r: _Reading) -> None:
 _SWEEP: Sweep[_Reading] = Sweep(0.25, _stalled, _time_out)
 
 
+async def _broken(chunks: Any) -> bool:
+    """After the first empty part: a second one means the body failed (so do request
+    trailers, which granian cannot pass on); the end of the parts, that it was whole."""
+    try:
+        await chunks.__anext__()
+    except StopAsyncIteration:
+        return False
+    return True
+
+
+def _incomplete(size: int, want: int) -> InvalidRequest:
+    what = (f"{size} of its {want} bytes (Content-Length) arrived" if want >= 0
+            else "its chunked encoding is malformed or has no last chunk")
+    return InvalidRequest(
+        f"The request body is incomplete: {what}.", code="incomplete_body",
+        headers={"Connection": "close"},
+    )
+
+
+# granian's HTTP/1 parser refuses a head past its read buffer exactly up to this buffer size;
+# a larger buffer is filled in reads that can overshoot it, so past this the head is measured
+# here too (request line and header fields as they arrived, give or take the decoded path).
+PARSER_EXACT_HEAD = 24576
+
+
+def head_size(scope: Scope) -> int:
+    """The request head's length in bytes, as the client sent it (about)."""
+    size = len(scope.method) + len(scope.path) + len(scope.query_string) + 14
+    h = scope.headers
+    return size + sum(map(len, h.keys())) + sum(map(len, h.values())) + 4 * len(h.keys())
+
+
+def head_too_large(proto: HTTPProtocol) -> None:
+    proto.response_empty(431, [("connection", "close")])
+
+
 def _too_large(limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
 
@@ -90,6 +130,13 @@ async def read_body(
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
+                chunk = b""
+            if not chunk:
+                # granian marks the body's end with an empty part, and a body that broke off
+                # (shorter than its Content-Length, a bad chunk-size line, no last chunk) with
+                # one more before it: an incomplete message is never processed (RFC 9112 §8).
+                if want >= 0 or await _broken(chunks):
+                    raise _incomplete(size, want)
                 break
             size += len(chunk)
             if size > limit:

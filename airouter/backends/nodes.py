@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from airouter.backends.base import Reply
 from airouter.backends.node_slots import (
     FULL,
     GRANTED,
@@ -24,7 +22,6 @@ from airouter.backends.node_slots import (
 )
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.config import NodesConfig
-from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 
 log = logging.getLogger("airouter.nodes")
 
@@ -388,63 +385,3 @@ class NodePool:
 
     def status(self) -> list[dict[str, object]]:
         return [n.status() for n in self.nodes]
-
-
-async def with_failover(
-    pool: NodePool, retries: int, attempt: Callable[[Node], Awaitable[Reply]]
-) -> Reply:
-    """Run `attempt` on a node; on a retryable failure (nothing reached the client yet) try
-    another node, at most `retries` more times. The node's slot is held until the reply closes."""
-    tried: list[Node] = []
-    last: RouterError | None = None
-    # Every node known bad: tried anyway (panic), but a failure that another node might not
-    # have had is answered as before, as no healthy node.
-    none_up = not pool.any_available
-    for _ in range(retries + 1):
-        node = pool.pick(tried)
-        if node is None:
-            break
-        try:
-            # Nothing to wait for on a node without a limit: no coroutine to run.
-            lease = "" if pool.take_free(node) else await pool.acquire(node)
-        except RateLimited as e:  # this node's queue is full: another node may have room
-            tried.append(node)
-            last = e
-            continue
-        try:
-            reply = await attempt(node)
-        except RouterError as e:
-            pool.release(node, lease)
-            if e.status >= 500 and e.status != 504:
-                pool.failed(node, e.code or str(e.status))
-            if not e.retryable:
-                raise
-            tried.append(node)
-            last = e
-            continue
-        except BaseException:
-            pool.release(node, lease)
-            raise
-        pool.answering(node)
-        reply.on_close(functools.partial(_settle, reply, pool, node, lease))
-        return reply
-    if last is not None and not (none_up and last.retryable and last.status != 429):
-        raise last
-    raise ServiceUnavailable(
-        f"No node of the backend '{pool.backend}' is available.",
-        headers={"Retry-After": str(max(1, int(pool.cooldown)))},
-        code="no_healthy_node",
-    )
-
-
-def _settle(reply: Reply, pool: NodePool, node: Node, lease: str) -> None:
-    """The answer is over: give the slot back and hold the node to how it went."""
-    node.answering -= 1
-    node.completed += 1
-    pool.release(node, lease)
-    fault = reply.fault
-    if fault is None:
-        pool.succeeded(node)
-    elif fault.status >= 500 and fault.status != 504:
-        # A backend failure mid-answer counts toward ejection as one before it does.
-        pool.failed(node, fault.code or str(fault.status))

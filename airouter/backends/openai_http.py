@@ -9,8 +9,9 @@ from typing import Any
 import msgspec
 
 from airouter.backends.base import Backend, Call, Reply
+from airouter.backends.failover import with_failover
 from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
-from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.bounds import UPSTREAM_LOGGED, escaped

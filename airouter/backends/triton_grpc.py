@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -10,8 +11,9 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Reply, Stats, Target
+from airouter.backends.failover import with_failover
 from airouter.backends.fanout import fan_out, summed
-from airouter.backends.nodes import Node, NodePool, NodeSpec, with_failover
+from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.triton_embed import inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton_features import (
@@ -245,11 +247,15 @@ class TritonGrpcBackend(Backend):
                 stats[i],
                 prompt,
             )
+            t0 = time.perf_counter()
             try:
                 first = await gen.first()
             except BaseException:
                 await gen.aclose()
                 raise
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("backend %s: node %s model %s answered in %.1f ms", self.name,
+                          node.label, info.name, (time.perf_counter() - t0) * 1000)
             if echo:
                 first[0:0] = gen.out.text(prompt_text)
             return Reply(chunks=gen.stream(first), aclose=gen.aclose)

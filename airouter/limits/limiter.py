@@ -323,6 +323,9 @@ class Limiter:
                 self.spawn(wait)
             raise
         if out is None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("limits: no verdict for key %s on %s (store unreachable): %s", key,
+                          label, "allowed" if self.allow_on_failure else "refused")
             if self.allow_on_failure:
                 return ticket
             self._child(metrics.KEY_REJECTED, key, "limits_unavailable").inc()
@@ -337,7 +340,12 @@ class Limiter:
             check = spec.fill(prompt)[out.failed]
             err: RouterError = refusal(rule, check, out, target.alias)
             err.headers.update(plan.headers(out))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("limits: key %s refused on %s by %s (%d prompt tokens)", key, label,
+                          rule.what, prompt)
             raise err
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("limits: key %s admitted on %s (%d prompt tokens)", key, label, prompt)
         ticket.headers = plan.headers(out)
         ticket.spec = spec
         if lease:

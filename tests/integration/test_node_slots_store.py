@@ -154,7 +154,8 @@ def test_unreachable_redis_answers_none(tmp_path: Path) -> None:
 def test_a_pool_gives_back_every_slot(tmp_path: Path) -> None:
     """Whatever way a call on a node ends, its slot in the shared table is given back."""
     from airouter.backends.base import Reply
-    from airouter.backends.nodes import NodePool, NodeSpec, with_failover
+    from airouter.backends.failover import with_failover
+    from airouter.backends.nodes import NodePool, NodeSpec
     from airouter.errors import RouterError
 
     path = str(tmp_path / "limits.sock")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -143,6 +145,67 @@ def test_unprintable_request_ids_are_replaced(router: RouterProc) -> None:
     conn.close()
 
 
+@pytest.mark.parametrize("rid", [
+    'x] {"request_id":"forged","status":200} [',  # would make a second JSON record
+    "a b",
+    "x" * 129,
+    "id\u2028two",
+])
+def test_request_ids_outside_the_safe_charset_are_replaced_and_echoed(
+        router: RouterProc, rid: str) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", router.port, timeout=10)
+    body = json.dumps({"model": "echo", "messages": MSGS}).encode()
+    conn.request("POST", "/v1/chat/completions", body, {
+        "Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json",
+        "x-request-id": rid.encode("utf-8")})  # type: ignore[dict-item]
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    minted = r.headers["x-request-id"]
+    assert r.status == 200 and minted != rid
+    assert re.fullmatch(r"[0-9a-f-]{36}", minted), minted
+    tag = f" airouter.access [{minted}] "
+    deadline = time.monotonic() + 5
+    while tag not in router.log_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    [line] = [ln for ln in router.log_text().splitlines() if tag in ln]
+    assert json.loads(line.split(tag, 1)[1])["request_id"] == minted
+    assert "forged" not in router.log_text()
+
+
+def test_request_ids_in_the_safe_charset_are_kept(router: RouterProc) -> None:
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    rid = "Az09._:/+=@-" + "x" * 116  # every allowed character, 128 in all
+    r = c.chat.completions.with_raw_response.create(model="echo", messages=MSGS,
+                                                    extra_headers={"x-request-id": rid})
+    assert r.headers["x-request-id"] == rid
+
+
+def test_unnamed_key_labels_carry_no_function_of_the_key(router: RouterProc) -> None:
+    c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
+    c.chat.completions.create(model="echo", messages=MSGS)
+    keys: set[str | None] = set()
+    deadline = time.monotonic() + 5
+    while "key-0" not in keys and time.monotonic() < deadline:  # counted once a second
+        time.sleep(0.1)
+        keys = {dict(lab).get("key") for (n, lab) in scrape(router)
+                if n == "airouter_key_requests_total"}
+    with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+        metrics_text = r.read().decode()
+    req = urllib.request.Request(router.base_url + "/usage",
+                                 headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        usage_text = r.read().decode()
+    digest = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+    assert "key-0" in keys
+    assert '"key-0"' in usage_text
+    for text in (metrics_text, usage_text, router.log_text()):
+        for i in range(0, 56, 4):  # no 8 consecutive hex digits of the key's digest
+            assert digest[i:i + 8] not in text
+
+
 def test_access_log_has_one_line_per_request_and_no_keys(router: RouterProc) -> None:
     c = openai.OpenAI(base_url=router.base_url, api_key=CLIENT_KEY, max_retries=0)
     r = c.chat.completions.with_raw_response.create(model="echo", messages=MSGS,
@@ -157,7 +220,7 @@ def test_access_log_has_one_line_per_request_and_no_keys(router: RouterProc) -> 
     assert len(lines) == 1
     rec = lines[0]
     assert rec["request_id"] == "rid-777" and rec["status"] == 200 and rec["model"] == "echo"
-    assert rec["backend"] == "fake" and rec["key"].startswith("key-0-")
+    assert rec["backend"] == "fake" and rec["key"] == "key-0"
     assert rec["tokens_in"] == 3 and rec["tokens_out"] == 4 and rec["duration_ms"] > 0
     assert CLIENT_KEY not in router.log_text() and UPSTREAM_KEY not in router.log_text()
 
