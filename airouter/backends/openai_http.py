@@ -266,6 +266,11 @@ class OpenAIHttpBackend(Backend):
             resp = await self._conn_pools[node.url].request(
                 b"POST", _PATHS[call.endpoint], data, call.headers
             )
+        except TimeoutError:  # connect_timeout's: the deadline's comes as a cancellation
+            raise GatewayTimeout(
+                f"Could not connect to the backend '{self.name}' within "
+                f"{self.cfg.connect_timeout:g}s (connect_timeout)."
+            ) from None
         except ConnectError as e:
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}.", retryable=True
