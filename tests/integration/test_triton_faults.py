@@ -127,7 +127,7 @@ def test_first_token_timeout_bounds_a_whole_answer(router: RouterProc, path: str
     validate("ErrorResponse", body)
     assert e.value.code == 504, body
     assert "first_token_timeout" in body["error"]["message"], body
-    assert took < 2.5, took
+    assert took < 3, took  # the model answers after 3 s: a 200 then
 
 
 def test_client_fault_is_a_400_and_not_retried(router: RouterProc) -> None:
