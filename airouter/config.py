@@ -90,8 +90,12 @@ class NodesConfig(Base):
     # Attempts on other nodes when one fails before any byte reached the client.
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Seconds = 5.0
+    # The wait for the answer's start (a whole answer's status line and headers, a stream's
+    # first event); then at most idle_timeout between two reads; and request_timeout for a
+    # whole (non-streamed) answer from the request to its last byte (Triton: the whole call).
     first_token_timeout: Seconds = 120.0
     idle_timeout: Seconds = 120.0
+    request_timeout: Seconds = 600.0
     max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0  # per node; 0 = no limit
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 100
     queue_timeout: Seconds = 30.0
@@ -120,7 +124,6 @@ class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):
 
 class TritonBackendConfig(NodesConfig, tag="triton", tag_field="type"):
     url: str | None = None
-    request_timeout: Seconds = 600.0
 
     def node_urls(self) -> list[NodeConfig]:
         return _nodes(self.url, self.urls)

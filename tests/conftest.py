@@ -31,6 +31,8 @@ type = "openai"
 base_url = "{up_url}"
 api_key = "${{FAKE_UPSTREAM_KEY}}"
 connect_timeout = 2
+# A hung upstream (fake-hang) answers 504 in seconds, not minutes.
+first_token_timeout = 5
 idle_timeout = 2
 # Exact request assertions: no background health checks mixed into the fake's log.
 health_interval = 0

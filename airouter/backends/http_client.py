@@ -1,7 +1,7 @@
 """A lean keep-alive HTTP/1.1 client for the upstream leg: one asyncio protocol per
 connection, request heads built once per (node, path), a LIFO pool of idle connections per
-node, the idle deadline of every response kept by one sweep per pool, and flow control by
-pausing the socket."""
+node, the idle deadline of every response body kept by one sweep per pool (the wait for a
+response's head is left to the caller's deadline), and flow control by pausing the socket."""
 
 from __future__ import annotations
 
@@ -175,14 +175,18 @@ class Connection(asyncio.Protocol):
         self.buffered = 0
         self.eof = self.received = False
         self.error = None
-        if self.sweep is not None:  # the pool has an idle timeout
-            self.last = self.loop.time()
-            self.watched = True
-            self.sweep.add(self, self.loop)
         transport = self.transport
         if transport is None or transport.is_closing():
             raise Disconnected("the upstream closed the connection")
         transport.write(data)
+
+    def watch(self) -> None:
+        """The response's head is in: from now on the pool's idle timeout bounds every silence
+        of the upstream (the wait for the head is the caller's first-token deadline)."""
+        if self.sweep is not None and not self.eof and not self.closed:
+            self.last = self.loop.time()
+            self.watched = True
+            self.sweep.add(self, self.loop)
 
     def expire(self) -> None:
         """The idle deadline passed (the sweep's call): fail the read that waits for it."""
@@ -362,7 +366,9 @@ class Pool:
     async def request(self, method: bytes, path: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None) -> Response:
         """Send one request and wait for the response's head; the body is read from the
-        Response. The pool's idle timeout bounds every silence of the upstream until its end."""
+        Response. Nothing here bounds the wait for the head but the connect timeout: the
+        caller's deadline does (`asyncio.timeout`); from the head on, the pool's idle timeout
+        bounds every silence of the upstream until the body's end."""
         head = self.origin.head(method, path)
         if headers:
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
@@ -382,6 +388,7 @@ class Pool:
                 while not parser.head_done:
                     await conn.wait()
                     conn.check()
+                conn.watch()
                 return Response(conn, self)
             except BaseException as e:
                 conn.finished()

@@ -221,33 +221,57 @@ class OpenAIHttpBackend(Backend):
             raise self._full()
         self._conns += 1
         handed = False  # a streamed reply gives the connection back when it closes
+        cfg = self.cfg
+        # One deadline per attempt, moved once: first_token_timeout bounds the wait for the
+        # answer's start (a whole answer's head, a stream's first event); a whole answer's body
+        # then has request_timeout from the start (the pool's idle timeout bounds every
+        # silence once the head is in). A stream has no deadline after its first event.
+        start = asyncio.get_running_loop().time()
+        first = cfg.first_token_timeout
+        whole = None if stream else start + cfg.request_timeout
+        head = start + first if whole is None else min(start + first, whole)
+        deadline = asyncio.timeout_at(head)
         try:
-            if not stream:
-                # A whole answer arrives only when the generation is done: no first-token
-                # deadline for it (the idle timeout still bounds the silence).
-                reply = await self._send_on(node, call, data)
-            else:
-                try:
-                    async with asyncio.timeout(self.cfg.first_token_timeout):
-                        reply = await self._send_on(node, call, data)
-                except TimeoutError:
+            try:
+                async with deadline:
+                    reply = await self._send_on(node, call, data, deadline, whole)
+            except TimeoutError:
+                if not deadline.expired():  # not this deadline: a read the idle sweep ended
+                    raise self._idle_timeout() from None
+                if deadline.when() == whole:  # moved to request_timeout, or it was the sooner
                     raise GatewayTimeout(
-                        f"The backend '{self.name}' sent no answer within "
-                        f"{self.cfg.first_token_timeout:g}s."
+                        f"The backend '{self.name}' did not finish its answer within "
+                        f"{cfg.request_timeout:g}s (request_timeout)."
                     ) from None
+                raise GatewayTimeout(
+                    f"The backend '{self.name}' did not start its answer within {first:g}s "
+                    "(first_token_timeout)."
+                ) from None
             handed = reply.body is None
             return reply
         finally:
             if not handed:
                 self._conns -= 1
 
-    async def _send_on(self, node: Node, call: Call, data: bytes) -> Reply:
+    def _idle_timeout(self) -> GatewayTimeout:
+        return GatewayTimeout(
+            f"The backend '{self.name}' stopped sending for longer than "
+            f"{self.cfg.idle_timeout:g}s (idle_timeout)."
+        )
+
+    async def _send_on(self, node: Node, call: Call, data: bytes, deadline: asyncio.Timeout,
+                       whole: float | None) -> Reply:
+        """`deadline` bounds the wait for the head; `whole`, if not None, is what it becomes
+        once the head is in (a whole answer's request_timeout)."""
         try:
             resp = await self._conn_pools[node.url].request(
                 b"POST", _PATHS[call.endpoint], data, call.headers
             )
-        except TimeoutError:
-            raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
+        except TimeoutError:  # connect_timeout's: the deadline's comes as a cancellation
+            raise GatewayTimeout(
+                f"Could not connect to the backend '{self.name}' within "
+                f"{self.cfg.connect_timeout:g}s (connect_timeout)."
+            ) from None
         except ConnectError as e:
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}.", retryable=True
@@ -256,6 +280,8 @@ class OpenAIHttpBackend(Backend):
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}."
             ) from None
+        if whole is not None:
+            deadline.reschedule(whole)
         try:
             if resp.status >= 400:
                 body = await resp.read()
@@ -270,9 +296,9 @@ class OpenAIHttpBackend(Backend):
                 first = await relay.next_batch()
                 return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()
-        except TimeoutError:
+        except TimeoutError:  # the idle sweep's: the deadline's comes as a cancellation
             resp.close()
-            raise GatewayTimeout(f"The backend '{self.name}' did not answer in time.") from None
+            raise self._idle_timeout() from None
         except HttpError as e:
             resp.close()
             raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.") from None

@@ -20,7 +20,7 @@ def rewrite_model(payload: bytes, target: Target) -> bytes:
 def _read_failed(name: str, e: Exception) -> RouterError:
     if isinstance(e, TimeoutError):
         return GatewayTimeout(
-            f"The backend '{name}' stopped sending for longer than the idle timeout."
+            f"The backend '{name}' stopped sending for longer than its idle_timeout."
         )
     return BadGateway(f"The backend '{name}' broke off the stream: {type(e).__name__}.")
 

@@ -17,7 +17,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import grpc
 import msgspec
@@ -40,6 +40,20 @@ VLLM_PARALLEL = 32
 _LITTLE = sys.byteorder == "little"
 
 Item = str | list[int]
+
+
+class Limit(NamedTuple):
+    """An embedding request's deadline: the whole answer is its start, so the sooner of
+    first_token_timeout and request_timeout, and the words a timeout names it by."""
+
+    seconds: float
+    words: str
+
+    @classmethod
+    def of(cls, first_token_timeout: float, request_timeout: float) -> Limit:
+        if first_token_timeout <= request_timeout:
+            return cls(first_token_timeout, f"{first_token_timeout:g}s (first_token_timeout)")
+        return cls(request_timeout, f"{request_timeout:g}s (request_timeout)")
 
 
 def embed_problem(info: ModelInfo, mc: ModelConfig) -> str | None:
@@ -151,7 +165,7 @@ async def tensor_embed(
     info: ModelInfo,
     mc: ModelConfig,
     texts: list[str],
-    request_timeout: float,
+    limit: Limit,
 ) -> Reply:
 
     out = info.outputs[mc.embedding_output]
@@ -172,9 +186,9 @@ async def tensor_embed(
         part = [t.encode() for t in texts[i : i + batch]]
         req = build_embed(info, part, mc.embedding_input)
         try:
-            resp = await stub.ModelInfer(req, timeout=request_timeout, metadata=metadata)
+            resp = await stub.ModelInfer(req, timeout=limit.seconds, metadata=metadata)
         except grpc.aio.AioRpcError as e:
-            raise map_rpc_error(e, url, info.name) from None
+            raise map_rpc_error(e, url, info.name, limit.words) from None
         names = [o.name for o in resp.outputs]
         if mc.embedding_output not in names:
             raise BadGateway(f"The model '{info.name}' returned no '{mc.embedding_output}' output.")
@@ -235,17 +249,17 @@ async def _vllm_one(
     url: str,
     info: ModelInfo,
     req: service_pb2.ModelInferRequest,
-    request_timeout: float,
+    limit: Limit,
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> tuple[list[float], int]:
 
     if not info.decoupled:
         try:
-            resp = await stub.ModelInfer(req, timeout=request_timeout, metadata=metadata)
+            resp = await stub.ModelInfer(req, timeout=limit.seconds, metadata=metadata)
         except grpc.aio.AioRpcError as e:
-            raise map_rpc_error(e, url, info.name) from None
+            raise map_rpc_error(e, url, info.name, limit.words) from None
         return _vllm_result(resp, info.name)
-    call = stub.ModelStreamInfer(iter((req,)), timeout=request_timeout, metadata=metadata)
+    call = stub.ModelStreamInfer(iter((req,)), timeout=limit.seconds, metadata=metadata)
     result: tuple[list[float], int] | None = None
     try:
         while True:
@@ -260,7 +274,7 @@ async def _vllm_one(
             if ir.parameters["triton_final_response"].bool_param:
                 break
     except grpc.aio.AioRpcError as e:
-        raise map_rpc_error(e, url, info.name) from None
+        raise map_rpc_error(e, url, info.name, limit.words) from None
     finally:
         if not call.done():
             # The final response is in: the call ends by itself; cancel only if it lingers.
@@ -281,7 +295,7 @@ async def vllm_embed(
     call: Call,
     info: ModelInfo,
     items: list[Item],
-    request_timeout: float,
+    limit: Limit,
 ) -> Reply:
     dims = _dimensions(call.body)
     metadata = tuple(call.headers.items()) if call.headers else None
@@ -290,7 +304,7 @@ async def vllm_embed(
     async def one(item: Item) -> tuple[list[float], int]:
         async with gate:
             req = build_vllm_embed(info, item, dims)
-            return await _vllm_one(stub, url, info, req, request_timeout, metadata)
+            return await _vllm_one(stub, url, info, req, limit, metadata)
 
     tasks = [asyncio.ensure_future(one(item)) for item in items]
     try:

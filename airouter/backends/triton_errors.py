@@ -58,10 +58,12 @@ def map_error(message: str, model: str) -> RouterError:
                       retryable=True)
 
 
-def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str) -> RouterError:
+def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str,
+                  deadline: str = "its request_timeout") -> RouterError:
+    """`deadline`: the call's gRPC deadline, in words (what a DEADLINE_EXCEEDED names)."""
     code = e.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return GatewayTimeout(f"The Triton server at {url} did not answer in time.")
+        return GatewayTimeout(f"The Triton server at {url} did not answer within {deadline}.")
     if code == grpc.StatusCode.UNAVAILABLE:
         return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:

@@ -61,6 +61,7 @@ class Generation:
         "vllm_finish",
         "stats",
         "_limit",
+        "_started",
         "final_seen",
         "texts",
         "counted",
@@ -107,6 +108,7 @@ class Generation:
         self._last = loop.time()
         self._idle_fired = False
         self._limit = first_timeout
+        self._started = False  # a response came: idle_timeout, not first_token_timeout, runs
         self._timer = loop.call_later(first_timeout, self._check_idle)
 
     def _check_idle(self) -> None:
@@ -124,8 +126,10 @@ class Generation:
             resp = await self.call.read()
         except asyncio.CancelledError:
             if self._idle_fired:
+                which = "idle_timeout" if self._started else "first_token_timeout"
                 raise GatewayTimeout(
-                    f"The Triton server at {self.url} sent nothing for {self._limit:g}s."
+                    f"The Triton server at {self.url} sent nothing for {self._limit:g}s "
+                    f"({which})."
                 ) from None
             raise
         except grpc.aio.AioRpcError as e:
@@ -134,6 +138,7 @@ class Generation:
             return None
         self._last = asyncio.get_running_loop().time()
         self._limit = self.idle
+        self._started = True
         return resp
 
     def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable
@@ -15,7 +16,7 @@ from airouter.backends.failover import with_failover
 from airouter.backends.fanout import fan_out, summed
 from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
-from airouter.backends.triton_embed import inputs_of, tensor_embed, vllm_embed
+from airouter.backends.triton_embed import Limit, inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton_features import (
     build_requests,
     choice_stream,
@@ -33,6 +34,7 @@ from airouter.bounds import bounded
 from airouter.config import ModelConfig, TritonBackendConfig
 from airouter.errors import (
     BadGateway,
+    GatewayTimeout,
     InvalidRequest,
     RouterError,
 )
@@ -278,14 +280,24 @@ class TritonGrpcBackend(Backend):
         vllm = info.embed_interface == "vllm"
         items = inputs_of(call.body, vllm)
         call.stats.response_model = info.name
-        timeout = self.cfg.request_timeout
+        # One answer per call: its start is its end, so first_token_timeout bounds all of it
+        # (every batch, every vLLM item), as request_timeout does. Each gRPC call carries the
+        # deadline too, so the server learns of it.
+        limit = Limit.of(self.cfg.first_token_timeout, self.cfg.request_timeout)
 
         async def attempt(node: Node) -> Reply:
             call.stats.node = node.label
             stub = self._stubs[node.url]
-            if vllm:
-                return await vllm_embed(stub, node.label, call, info, items, timeout)
-            texts = [t for t in items if isinstance(t, str)]
-            return await tensor_embed(stub, node.label, call, info, plan.model, texts, timeout)
+            try:
+                async with asyncio.timeout(limit.seconds):
+                    if vllm:
+                        return await vllm_embed(stub, node.label, call, info, items, limit)
+                    texts = [t for t in items if isinstance(t, str)]
+                    return await tensor_embed(stub, node.label, call, info, plan.model, texts,
+                                              limit)
+            except TimeoutError:
+                raise GatewayTimeout(
+                    f"The Triton server at {node.label} did not answer within {limit.words}."
+                ) from None
 
         return await with_failover(self.pool, self.cfg.retries, attempt)

@@ -184,6 +184,25 @@ async def test_the_idle_timer_counts_the_upstreams_silence_not_the_readers() -> 
         pool.close()
 
 
+async def test_the_idle_timer_leaves_the_wait_for_the_head_to_the_caller() -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.5)  # a long prefill: the head comes late
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        # then silent
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url, idle=0.2)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        r = await pool.request(b"POST", "/chat/completions", b"{}")
+        assert loop.time() - start > 0.45
+        assert await r.readany() == b"a"
+        with pytest.raises(TimeoutError):  # from the head on, the idle timer runs
+            await r.readany()
+        r.close()
+        pool.close()
+
+
 async def test_a_gzip_body_is_decoded() -> None:
     body = json.dumps({"text": "hello " * 500}).encode()
 

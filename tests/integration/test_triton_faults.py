@@ -34,7 +34,8 @@ def cancel_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def triton(tmp_path_factory: pytest.TempPathFactory, cancel_log: Path
            ) -> Iterator[TritonServer]:
     tmp = tmp_path_factory.mktemp("triton")
-    with run_triton(REPO, log=tmp / "triton.log", models=["engine_fault", "cancel_model"],
+    with run_triton(REPO, log=tmp / "triton.log", models=["engine_fault", "cancel_model",
+                                                             "late_model", "slow_embed"],
                     env={"AIROUTER_CANCEL_LOG": str(cancel_log)}) as server:
         yield server
 
@@ -59,6 +60,22 @@ cooldown = 60
 backend = "pair"
 backend_model = "engine_fault"
 prompt_format = "chatml"
+
+[backends.hasty]
+type = "triton"
+url = "{triton.grpc_url}"
+health_interval = 0
+retries = 0
+first_token_timeout = 1
+
+[models.late]
+backend = "hasty"
+backend_model = "late_model"
+prompt_format = "chatml"
+
+[models.late-embed]
+backend = "hasty"
+backend_model = "slow_embed"
 """
     with run_router(cfg, tmp_path_factory.mktemp("router")) as r:
         yield r
@@ -91,6 +108,26 @@ def nodes(router: RouterProc) -> list[str]:
     except urllib.error.HTTPError as e:  # 503: no node up
         health = json.loads(e.read())
     return [n["status"] for n in health["backends"]["pair"]["nodes"]]
+
+
+@pytest.mark.parametrize(("path", "payload"), [
+    ("/chat/completions", {"model": "late", "messages": [{"role": "user", "content": "hi"}]}),
+    ("/embeddings", {"model": "late-embed", "input": "hi"}),
+])
+def test_first_token_timeout_bounds_a_whole_answer(router: RouterProc, path: str,
+                                                   payload: dict) -> None:
+    # The models start their answer after 3 s; first_token_timeout is 1 s.
+    t0 = time.monotonic()
+    req = urllib.request.Request(router.base_url + path, headers=AUTH,
+                                 data=json.dumps(payload).encode())
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=20)
+    took = time.monotonic() - t0
+    body = json.loads(e.value.read())
+    validate("ErrorResponse", body)
+    assert e.value.code == 504, body
+    assert "first_token_timeout" in body["error"]["message"], body
+    assert took < 3, took  # the model answers after 3 s: a 200 then
 
 
 def test_client_fault_is_a_400_and_not_retried(router: RouterProc) -> None:
