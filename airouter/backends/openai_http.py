@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -263,6 +264,7 @@ class OpenAIHttpBackend(Backend):
                        whole: float | None) -> Reply:
         """`deadline` bounds the wait for the head; `whole`, if not None, is what it becomes
         once the head is in (a whole answer's request_timeout)."""
+        t0 = time.perf_counter()
         try:
             resp = await self._conn_pools[node.url].request(
                 b"POST", _PATHS[call.endpoint], data, call.headers
@@ -280,6 +282,10 @@ class OpenAIHttpBackend(Backend):
             raise BadGateway(
                 f"Could not reach the backend '{self.name}': {type(e).__name__}."
             ) from None
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("backend %s: node %s answered HTTP %d (%s) in %.1f ms", self.name,
+                      node.label, resp.status, resp.content_type or "no content type",
+                      (time.perf_counter() - t0) * 1000)
         if whole is not None:
             deadline.reschedule(whole)
         try:
