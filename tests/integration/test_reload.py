@@ -93,7 +93,7 @@ def test_valid_reloads_under_keep_alive_load_fail_nothing(upstream: FakeUpstream
                 if not ok:
                     failures.append(what)
                 done[0] += 1
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            except (TimeoutError, aiohttp.ClientError) as e:
                 failures.append(repr(e))
 
         async def client(s: aiohttp.ClientSession, i: int, until: float) -> None:
