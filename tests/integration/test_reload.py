@@ -122,3 +122,24 @@ def test_valid_reloads_under_keep_alive_load_fail_nothing(upstream: FakeUpstream
         assert done[0] > 100
         assert status == 200
         wait_until(lambda: reloads(router, "ok") == 3, what="3 reloads counted")
+
+
+def test_sigterm_during_a_reload_drain_cuts_it_to_shutdown_grace(upstream: FakeUpstream,
+                                                                 tmp_path: Path) -> None:
+    with run_router(fake_cfg(upstream, server="shutdown_grace = 1"), tmp_path) as router:
+        async def run() -> dict:
+            async with aiohttp.ClientSession() as s:
+                task = asyncio.create_task(stream_chat(s, router.url, "forever"))
+                await asyncio.sleep(0.3)
+                os.kill(router.proc.pid, signal.SIGHUP)  # the same file: valid
+                await asyncio.sleep(3)  # the old worker is draining on reload_grace (300 s)
+                assert not task.done()
+                os.kill(router.proc.pid, signal.SIGTERM)
+                return await task
+
+        t0 = time.monotonic()
+        r = asyncio.run(run())
+        assert r["started"] and r["done"]
+        assert r["error"]["code"] == "shutting_down"
+        assert time.monotonic() - t0 < 8
+        assert router.proc.wait(20) == 0
