@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airouter import config as config_mod
+from airouter import reloading
 from airouter.bounds import bounded
 from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
@@ -41,6 +42,7 @@ from airouter.rsgi import (
     PARSER_EXACT_HEAD,
     HTTPProtocol,
     Scope,
+    closing,
     head_size,
     head_too_large,
     send_error,
@@ -72,22 +74,58 @@ def _tracer(cfg: Config) -> Tracer | None:
     return Tracer(endpoint, os.environ.get("OTEL_SERVICE_NAME", "airouter"))
 
 
-def _drain_on_sigterm(holder: Holder, grace: float) -> None:
+# On a reload, how long an old worker goes on accepting and answering with
+# `Connection: close` before its listener closes: keep-alive connections in use end at a
+# request boundary, and their clients reconnect to the new workers, instead of finding the
+# connection closed under a request they are sending.
+RELOAD_CLOSE_S = 1.0
+
+
+def _drain_on_sigterm(holder: Holder, cfg: Config, generation: str | None) -> None:
     """SIGTERM: granian stops accepting and waits for in-flight requests; we bound the wait.
 
     The server installs its own SIGTERM/SIGINT handlers before the worker starts: ours
-    replaces the SIGTERM one, arms the grace timer, and hands over through SIGINT."""
+    replaces the SIGTERM one, arms the grace timer, and hands over through SIGINT.
+
+    A reload (the main process's marker names a newer config generation than the one this
+    worker started with) is not a shutdown: answers carry `Connection: close` for
+    RELOAD_CLOSE_S before the listener closes, and in-flight requests get `reload_grace`.
+    A SIGTERM that follows (the router stopping while this worker drains) cuts the grace
+    down to `shutdown_grace`."""
     loop = asyncio.get_running_loop()
-    armed = False
+    deadline: asyncio.TimerHandle | None = None
+    stopping = False
+
+    def arm(grace: float) -> None:
+        nonlocal deadline
+        when = loop.time() + grace
+        if deadline is not None:
+            if deadline.when() <= when:
+                return
+            deadline.cancel()
+        deadline = loop.call_at(when, holder.end_all)
+
+    def stop_accepting() -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            os.kill(os.getpid(), signal.SIGINT)
 
     def on_term() -> None:
-        nonlocal armed
-        if armed:
+        marker = reloading.read_marker()
+        holder.closing = True
+        tasks = len(holder.tasks)
+        if deadline is None and generation is not None and marker not in (None, generation,
+                                                                             reloading.STOP):
+            grace = cfg.server.reload_grace
+            log.info("reload: draining %d in-flight requests (grace %gs)", tasks, grace)
+            arm(RELOAD_CLOSE_S + grace)
+            loop.call_later(RELOAD_CLOSE_S, stop_accepting)
             return
-        armed = True
-        log.info("SIGTERM: draining %d in-flight requests (grace %gs)", len(holder.tasks), grace)
-        loop.call_later(grace, holder.end_all)
-        os.kill(os.getpid(), signal.SIGINT)
+        grace = cfg.server.shutdown_grace
+        log.info("SIGTERM: draining %d in-flight requests (grace %gs)", tasks, grace)
+        arm(grace)
+        stop_accepting()
 
     try:
         loop.add_signal_handler(signal.SIGTERM, on_term)
@@ -119,6 +157,7 @@ class App:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
+        self.generation = reloading.read_marker()
         self.holder = holder = Holder()
         holder.state = State.build(cfg, NodeGauge())
         self.observer = observer = Observer(None, cfg.server.access_log)
@@ -155,6 +194,8 @@ class App:
             return self._bad_host(scope, proto, len(hosts))
         if self.head_limit and head_size(scope) > self.head_limit:
             return self._head_too_large(proto)
+        if self.holder.closing:
+            proto = closing(proto)
         if scope.method == "POST":
             endpoint = self.hot.get(scope.path)
             if endpoint is not None:
@@ -208,7 +249,7 @@ class App:
 
     async def _start(self) -> None:
         self.observer.tracer = _tracer(self.cfg)
-        _drain_on_sigterm(self.holder, self.cfg.server.shutdown_grace)
+        _drain_on_sigterm(self.holder, self.cfg, self.generation)
         await self.holder.state.start()
         # What start-up built lives as long as the worker: out of the collector's sight, a
         # full collection walks only what requests allocate.

@@ -56,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
+    from airouter.app import RELOAD_CLOSE_S
+    from airouter.reloading import MARKER_ENV, ReloadingServer
     from airouter.state import State
 
     try:
@@ -79,9 +81,8 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     if not (cfg.server.api_keys or cfg.keys):
         print("airouter: no client keys configured: client authentication is OFF", file=sys.stderr)
     # Workers load a snapshot of the last config that validated. On SIGHUP the file is checked
-    # again: a valid one replaces the snapshot, an invalid one is logged and the old one stays.
-    # Either way granian then replaces the workers one by one, and the old ones finish their
-    # in-flight streams.
+    # again: an invalid one is logged and counted, and nothing else happens. A valid one
+    # replaces the snapshot; then new workers start and the old ones drain (reloading.py).
     snapshot = Path(runtime) / "backends.toml"
     snapshot.write_text(text, encoding="utf-8")
     os.environ["AIROUTER_CONFIG"] = str(snapshot)
@@ -95,25 +96,40 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         start_server(os.path.join(runtime, "limits.sock"))
         os.environ[SOCKET_ENV] = os.path.join(runtime, "limits.sock")
 
-    def reload() -> None:
+    from airouter.observability import metrics
+
+    for result in ("ok", "rejected"):
+        metrics.CONFIG_RELOADS.labels(result)
+
+    reload_grace = [cfg.server.reload_grace]  # the running workers' config's
+
+    def reload() -> float | None:
         try:
             new = Path(path).read_text(encoding="utf-8")
-            State.build(config_mod.parse(new, path, base_dir=Path(path).parent))
+            new_cfg = config_mod.parse(new, path, base_dir=Path(path).parent)
+            State.build(new_cfg)
         except (OSError, ConfigError) as e:
+            metrics.CONFIG_RELOADS.labels("rejected").inc()
             print(f"airouter: reload rejected, keeping the running config: {e}", file=sys.stderr)
-            return
+            return None
         tmp = snapshot.with_suffix(".new")
         tmp.write_text(new, encoding="utf-8")
         tmp.replace(snapshot)
+        metrics.CONFIG_RELOADS.labels("ok").inc()
         print(f"airouter: reloading {path}", file=sys.stderr)
+        # The backstop before an old worker is killed: it drains on its own config's grace.
+        grace = reload_grace[0]
+        reload_grace[0] = new_cfg.server.reload_grace
+        return RELOAD_CLOSE_S + grace + 10
 
-    from granian import Granian
     from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
 
     _raise_fd_limit(cfg.server.max_connections * workers + 1024)
 
-    server = Granian(
+    marker = Path(runtime) / "generation"
+    os.environ[MARKER_ENV] = str(marker)
+    server = ReloadingServer(
         "airouter.app:create_app",
         factory=True,
         address=host,
@@ -122,7 +138,7 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         websockets=False,
         workers=workers,
         loop=Loops.uvloop,
-        log_level=level,  # type: ignore[arg-type]
+        log_level=level,
         backlog=2048,
         # Open connections per worker. Granian's default follows the backlog (2048), which a
         # few thousand silent sockets exhaust; header_timeout is what reclaims those.
@@ -136,8 +152,9 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         # After the grace period a worker ends its streams itself; this is the backstop.
         workers_kill_timeout=int(cfg.server.shutdown_grace) + 10,
         respawn_interval=1.0,
+        accept=reload,
+        marker=marker,
     )
-    server.on_reload(reload)
     server.serve()
     return 0
 

@@ -38,6 +38,9 @@ class ServerConfig(Base):
     access_log: bool = True
     # On SIGTERM: stop accepting, give in-flight streams this long, then end them cleanly.
     shutdown_grace: Seconds = 30.0
+    # On SIGHUP with a valid file: new workers start, the old ones stop accepting and give
+    # in-flight requests (streams included) this long before ending them. Not a shutdown.
+    reload_grace: Seconds = 300.0
     otlp_endpoint: str | None = None
     # Bearer key for /metrics and the /health detail; unset leaves them open.
     metrics_key: str | None = None

@@ -17,6 +17,8 @@ class Holder:
 
     def __init__(self) -> None:
         self.draining = False
+        # The worker is being replaced: answers carry `Connection: close`.
+        self.closing = False
         self.tasks: set[asyncio.Task[Any]] = set()
 
     def end_all(self) -> None:

@@ -7,8 +7,8 @@ and a whole answer is one call. An RSGI stream ends when the handler returns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 # granian.rsgi's public names (its stubs re-export them without marking them so for mypy).
 from granian.rsgi import (  # type: ignore[attr-defined]
@@ -22,8 +22,8 @@ from airouter.errors import BodyTooLarge, InvalidRequest, RequestTimeout, Router
 from airouter.sweep import Sweep
 
 __all__ = [
-    "SSE_HEADERS", "ClientGone", "Headers", "HTTPProtocol", "ProtocolClosed", "Scope", "read_body",
-    "send_error", "send_json",
+    "SSE_HEADERS", "ClientGone", "Headers", "HTTPProtocol", "ProtocolClosed", "Scope", "closing",
+    "read_body", "send_error", "send_json",
 ]
 
 Headers = list[tuple[str, str]]
@@ -34,6 +34,47 @@ SSE_HEADERS: Headers = [
     ("cache-control", "no-cache"),
     ("x-accel-buffering", "no"),
 ]
+
+
+_CLOSE = ("connection", "close")
+
+
+class _Closing:
+    """The protocol of a request served while the worker is replaced: every answer asks the
+    client to close the connection after it (and to open its next one to a new worker)."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: HTTPProtocol) -> None:
+        self._proto = proto
+
+    def __call__(self) -> Awaitable[bytes]:
+        return self._proto()
+
+    def __aiter__(self) -> Any:
+        return self._proto.__aiter__()
+
+    def client_disconnect(self) -> Awaitable[None]:
+        return self._proto.client_disconnect()
+
+    def response_empty(self, status: int, headers: Headers) -> None:
+        self._proto.response_empty(status, [*headers, _CLOSE])
+
+    def response_str(self, status: int, headers: Headers, body: str) -> None:
+        self._proto.response_str(status, [*headers, _CLOSE], body)
+
+    def response_bytes(self, status: int, headers: Headers, body: bytes) -> None:
+        self._proto.response_bytes(status, [*headers, _CLOSE], body)
+
+    def response_stream(self, status: int, headers: Headers) -> Any:
+        return self._proto.response_stream(status, [*headers, _CLOSE])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proto, name)
+
+
+def closing(proto: HTTPProtocol) -> HTTPProtocol:
+    return cast(HTTPProtocol, _Closing(proto))
 
 
 class ClientGone(Exception):

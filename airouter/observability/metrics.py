@@ -73,6 +73,15 @@ UPSTREAM_ERRORS = Counter(
     "airouter_upstream_errors", "Backend failures by kind.", ["backend", "node", "kind"]
 )
 
+# Counted by the main process (it validates the file on SIGHUP), summed by /metrics with the
+# workers' files. Both results are written at start so they read 0 before a first reload.
+CONFIG_RELOADS = Counter(
+    "airouter_config_reloads",
+    "SIGHUP reloads: ok (the file validated and new workers replaced the old ones) or "
+    "rejected (the file failed validation; nothing changed).",
+    ["result"],
+)
+
 
 # How long an observation may wait in this process before it reaches the shared files.
 # /metrics flushes the worker that serves it first; other workers lag by at most this.
