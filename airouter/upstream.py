@@ -31,9 +31,12 @@ def base_url_problem(url: str) -> str | None:
     """Why `url` cannot be an openai backend's base URL, or None."""
     try:
         parts = urlsplit(url)
+    except ValueError:
+        return "is not a valid URL"
+    try:
         port = parts.port
     except ValueError:
-        return "has an invalid port" if "://" in url else "is not a valid URL"
+        return "has an invalid port"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "is not a valid http/https URL"
     if port == 0:

@@ -36,14 +36,14 @@ class _Tunnel(asyncio.Protocol):
             if len(self.buffer) > MAX_CONNECT_HEAD:
                 self.done.set_exception(ProxyRefused("the proxy's answer is too long"))
             return
-        if end + 4 != len(self.buffer):  # the upstream cannot speak before the TLS hello
-            self.done.set_exception(ProxyRefused("the proxy sent bytes past its answer"))
-            return
         status = self.buffer.split(b"\r\n", 1)[0].split(b" ", 2)
         if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
             self.done.set_exception(ProxyRefused("the proxy's answer is not HTTP"))
-            return
-        self.done.set_result(int(status[1]))
+        elif end + 4 != len(self.buffer) and status[1].startswith(b"2"):
+            # The upstream cannot speak before the TLS hello.
+            self.done.set_exception(ProxyRefused("the proxy sent bytes past its answer"))
+        else:
+            self.done.set_result(int(status[1]))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
