@@ -12,6 +12,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 import msgspec
 
 from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
+from airouter.upstream import base_url_problem, proxy_problem, tls_problem
 
 DEFAULT_CONFIG = "backends.toml"
 
@@ -120,6 +121,13 @@ class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):
     # "always" always streams from the upstream. The router re-chunks either way.
     stream: Literal["auto", "never", "always"] = "auto"
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 512
+    # https upstreams: a private CA bundle (PEM, in place of the system's), a client
+    # certificate and its key (both or neither); paths relative to this file.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # "http://[user:password@]host:port"; unset: the environment's; "": none at all.
+    proxy: str | None = None
 
     def node_urls(self) -> list[NodeConfig]:
         return _nodes(self.base_url, self.urls)
@@ -322,6 +330,14 @@ def _check_parsers(m: ModelConfig, where: str) -> None:
             )
 
 
+def _check_openai(b: OpenAIBackendConfig, where: str) -> None:
+    if b.proxy is not None and (problem := proxy_problem(b.proxy)) is not None:
+        raise ConfigError(f"{where}.proxy: {_redacted(b.proxy)!r} {problem}")
+    tls = tls_problem(b.tls_ca_file, b.tls_cert_file, b.tls_key_file)
+    if tls is not None:
+        raise ConfigError(f"{where}.{tls[0]}: {tls[1]}")
+
+
 def validate(cfg: Config) -> None:
     """Semantic checks msgspec cannot express; raises ConfigError naming the key."""
     for name, b in cfg.backends.items():
@@ -334,9 +350,13 @@ def validate(cfg: Config) -> None:
             key = f"{where}.{single}" if i == 0 and getattr(b, single) else \
                 f"{where}.urls[{i - (1 if getattr(b, single) else 0)}]"
             if isinstance(b, OpenAIBackendConfig):
-                _check_url(n.url, key, ("http", "https"))
+                problem = base_url_problem(n.url)
+                if problem is not None:
+                    raise ConfigError(f"{key}: {_redacted(n.url)!r} {problem}")
             else:
                 _check_host_port(n.url, key)
+        if isinstance(b, OpenAIBackendConfig):
+            _check_openai(b, where)
     defaults = [alias for alias, m in cfg.models.items() if m.default]
     if len(defaults) > 1:
         raise ConfigError(f"models: more than one default model ({', '.join(defaults)})")
@@ -382,6 +402,19 @@ def unnamed_label(index: int) -> str:
     return f"key-{index}"
 
 
+def _resolve_paths(cfg: Config, base_dir: Path) -> None:
+    """Paths are relative to the config file, not to where the router started."""
+    tables: list[tuple[Any, tuple[str, ...]]] = [
+        (m, ("tokenizer_config", "template_file", "tokenizer")) for m in cfg.models.values()]
+    tables += [(b, ("tls_ca_file", "tls_cert_file", "tls_key_file"))
+               for b in cfg.backends.values() if isinstance(b, OpenAIBackendConfig)]
+    for table, attrs in tables:
+        for attr in attrs:
+            value = getattr(table, attr)
+            if value and not os.path.isabs(value):
+                setattr(table, attr, str((base_dir / value).resolve()))
+
+
 def parse(
     text: str,
     source: str = "<memory>",
@@ -393,6 +426,8 @@ def parse(
         raw = tomllib.loads(text)
         raw = _expand(raw, "", dict(os.environ) if env is None else env)
         cfg = msgspec.convert(raw, Config)
+        if base_dir is not None:
+            _resolve_paths(cfg, base_dir)
         validate(cfg)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{source}: invalid TOML: {e}") from None
@@ -400,13 +435,6 @@ def parse(
         raise ConfigError(f"{source}: {_locate(raw, e)}") from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    if base_dir is not None:
-        # Template paths are relative to the config file, not to where the router started.
-        for m in cfg.models.values():
-            for attr in ("tokenizer_config", "template_file", "tokenizer"):
-                value = getattr(m, attr)
-                if value and not os.path.isabs(value):
-                    setattr(m, attr, str((base_dir / value).resolve()))
     return cfg
 
 

@@ -27,6 +27,7 @@ from airouter.errors import (
 )
 from airouter.protocol.endpoints import Endpoint
 from airouter.streaming.relay import decode_any, record_usage
+from airouter.upstream import Proxy, choose_proxy, client_context
 
 _encode = msgspec.json.Encoder().encode
 log = logging.getLogger("airouter.openai")
@@ -142,11 +143,27 @@ class OpenAIHttpBackend(Backend):
         self._conns = 0
         self._conn_limit = max(cfg.max_connections, cfg.max_concurrent * nodes)
         # Idle connections kept per node: at most what the calls may hold.
+        # One TLS context for every https node (its CA and client certificate, read once).
+        tls = None
+        if any(n.url.startswith("https:") for n in self.pool.nodes):
+            tls = client_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
         self._conn_pools = {
-            n.url: Pool(Origin(n.url, headers), cfg.connect_timeout, cfg.idle_timeout,
-                        self._conn_limit)
+            n.url: Pool(Origin(n.url, headers, self._proxy(n.url)), cfg.connect_timeout,
+                        cfg.idle_timeout, self._conn_limit, tls)
             for n in self.pool.nodes
         }
+
+    def _proxy(self, url: str) -> Proxy | None:
+        try:
+            proxy = choose_proxy(url, self.cfg.proxy)
+        except ValueError as e:  # a bad proxy in the environment (the config's is checked)
+            log.warning("backend %s: ignoring the environment's proxy for a node: %s",
+                        self.name, e)
+            return None
+        if proxy is not None:
+            log.debug("backend %s: a node through the proxy %s:%d", self.name, proxy.host,
+                      proxy.port)
+        return proxy
 
     def _full(self) -> RateLimited:
         return RateLimited(
