@@ -263,3 +263,59 @@ def test_the_messages_route_answers_a_missing_host_in_anthropic_shape(
     err = json.loads(payload)
     assert status == 400 and err["type"] == "error" and err["error"]["type"] == (
         "invalid_request_error")
+
+
+def _framing_cases() -> list[bytes]:
+    body = body_for("probe")
+    post = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{AUTH_LINES}".encode()
+    n = len(body)
+    return [
+        post + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % n + body,
+        post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (n, n + 1) + body,
+        post + b"Content-Length: -1\r\n\r\n" + body,
+        post + b"Content-Length: +%d\r\n\r\n" % n + body,
+        post + b"Content-Length: 0x10\r\n\r\n" + body,
+        post + b"Content-Length: 99999999999999999999\r\n\r\n" + body,
+        post + b"Content-Length: %d\r\n\r\n" % (n - 5) + body,  # the rest reads as a request
+        post + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + b"%x\r\n" % n + body + b"\r\n0\r\n\r\n",
+        post + b"Transfer-Encoding: chunked\r\n\r\n" + b" %x \r\n" % n + body + b"\r\n0\r\n\r\n",
+        post + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x;ext=1\r\n" % n + body + b"\r\n0\r\n\r\n",
+        post + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n" + body,
+        post + b"Transfer-Encoding: identity\r\n\r\n" + body,
+        post + b"Content-Length : %d\r\n\r\n" % n + body,
+        post + b" Content-Length: %d\r\n\r\n" % n + body,
+        post + b"X-Bad\x00Header: 1\r\nContent-Length: %d\r\n\r\n" % n + body,
+        post + b"X-Bad: a\x01b\r\nContent-Length: %d\r\n\r\n" % n + body,
+        post.replace(b"\r\n", b"\n") + b"Content-Length: %d\n\n" % n + body,
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.0\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/2.0\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /v1/models\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + os.urandom(64),  # a TLS hello
+        b"FOO /v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://evil.example/v1/models HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET //v1/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models/%ff%fe HTTP/1.1\r\nHost: x\r\n" + AUTH_LINES.encode() + b"\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+        post + b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % n + body,
+        post + b"Content-Length: %d\r\n\r\n" % n + body + b"GARBAGE\r\n\r\n",
+    ]
+
+
+def test_a_framing_probe_gets_no_5xx_and_the_router_keeps_serving(router: RouterProc) -> None:
+    statuses = []
+    for raw in _framing_cases():
+        reply, _ = exchange(router.port, raw, half_close=True, wait=3)
+        for line in reply.split(b"\r\n"):
+            if line.startswith(b"HTTP/1."):
+                statuses.append(int(line.split()[1]))
+    assert statuses and not [s for s in statuses if s >= 500], statuses
+    body = body_for("after-probe")
+    reply, _ = exchange(router.port, head("/v1/chat/completions",
+                                          f"Content-Length: {len(body)}\r\n\r\n").encode()
+                        + body, wait=2)
+    assert split(reply)[0] == 200
