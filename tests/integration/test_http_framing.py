@@ -269,6 +269,8 @@ def _framing_cases() -> list[bytes]:
     body = body_for("probe")
     post = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{AUTH_LINES}".encode()
     n = len(body)
+    te = post + b"Transfer-Encoding: chunked\r\n\r\n"
+    end = b"\r\n0\r\n\r\n"
     return [
         post + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % n + body,
         post + b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (n, n + 1) + body,
@@ -277,9 +279,9 @@ def _framing_cases() -> list[bytes]:
         post + b"Content-Length: 0x10\r\n\r\n" + body,
         post + b"Content-Length: 99999999999999999999\r\n\r\n" + body,
         post + b"Content-Length: %d\r\n\r\n" % (n - 5) + body,  # the rest reads as a request
-        post + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + b"%x\r\n" % n + body + b"\r\n0\r\n\r\n",
-        post + b"Transfer-Encoding: chunked\r\n\r\n" + b" %x \r\n" % n + body + b"\r\n0\r\n\r\n",
-        post + b"Transfer-Encoding: chunked\r\n\r\n" + b"%x;ext=1\r\n" % n + body + b"\r\n0\r\n\r\n",
+        post + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + b"%x\r\n" % n + body + end,
+        te + b" %x \r\n" % n + body + end,
+        te + b"%x;ext=1\r\n" % n + body + end,
         post + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n" + body,
         post + b"Transfer-Encoding: identity\r\n\r\n" + body,
         post + b"Content-Length : %d\r\n\r\n" % n + body,
