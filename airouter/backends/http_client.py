@@ -6,20 +6,24 @@ response's head is left to the caller's deadline), and flow control by pausing t
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
-import zlib
 from collections.abc import Mapping
 from typing import cast
-from urllib.parse import unquote, urlsplit
 
+from airouter.backends.http_coding import CodingError, Decoder
+from airouter.backends.http_origin import Origin as Origin  # re-exported
 from airouter.backends.proxy import open_connection
 from airouter.streaming.http1 import ProtocolError, ResponseParser
 from airouter.sweep import Sweep
-from airouter.upstream import Proxy, quoted_path, quoted_query
 
 HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
 KEEPALIVE = 15.0  # seconds an idle connection is kept (servers commonly keep 5 to 75)
+KEEPALIVE_MARGIN = 1.0  # an idle connection expires this long before the upstream's timeout
+IDLE_TICK = 1.0  # how often each pool closes its expired idle connections
+# Requests sent again on a fresh connection when a reused one closes before any byte of the
+# answer after they were written: those the upstream may run twice (as Go's net/http).
+_IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
+_IDEMPOTENCY_KEYS = ("idempotency-key", "x-idempotency-key")
 
 
 class HttpError(Exception):
@@ -36,47 +40,6 @@ class Disconnected(HttpError):
 
 class BadResponse(HttpError):
     """The upstream's bytes are not a well-formed HTTP/1.x response."""
-
-
-class Origin:
-    """One node's address and the request heads for it, made once."""
-
-    def __init__(self, base_url: str, headers: Mapping[str, str],
-                 proxy: Proxy | None = None) -> None:
-        u = urlsplit(base_url)
-        self.tls = u.scheme == "https"
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or (443 if self.tls else 80)
-        self.proxy = proxy
-        default = (self.tls and self.port == 443) or (not self.tls and self.port == 80)
-        host = self.host if ":" not in self.host else f"[{self.host}]"
-        authority = host if default else f"{host}:{self.port}"
-        # The base URL's path (percent-encoded) before each request's path, its query after;
-        # a plain-HTTP request to a proxy names the whole URL (absolute-form).
-        self.prefix = quoted_path(u.path.rstrip("/"))
-        if proxy is not None and not self.tls:
-            self.prefix = f"http://{authority}{self.prefix}"
-        self.query = "?" + quoted_query(u.query) if u.query else ""
-        fields = {"Host": authority, "Accept-Encoding": "identity", **headers}
-        if u.username is not None and not any(k.lower() == "authorization" for k in fields):
-            basic = f"{unquote(u.username)}:{unquote(u.password or '')}".encode()
-            fields["Authorization"] = "Basic " + base64.b64encode(basic).decode()
-        if proxy is not None and not self.tls and proxy.authorization is not None:
-            fields["Proxy-Authorization"] = proxy.authorization
-        self.fields = "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode("latin-1")
-        self._heads: dict[tuple[bytes, str], bytes] = {}
-
-    def head(self, method: bytes, path: str) -> bytes:
-        """`METHOD /path HTTP/1.1` and the fixed fields, up to (not including) the variable
-        ones; cached per path."""
-        key = (method, path)
-        head = self._heads.get(key)
-        if head is None:
-            head = self._heads[key] = (
-                method + b" " + (self.prefix + path + self.query).encode() + b" HTTP/1.1\r\n"
-                + self.fields
-            )
-        return head
 
 
 class Connection(asyncio.Protocol):
@@ -98,7 +61,8 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.lost = False  # connection_lost came
         self.received = False  # any byte of the current response arrived
-        self.idle_since = 0.0
+        self.sent = False  # the current request was handed to the socket
+        self.expires = 0.0  # while idle: when the pool closes it
         # The last arrival (or the request); the pool's sweep looks at it.
         self.last = 0.0
         self.watched = False
@@ -140,7 +104,7 @@ class Connection(asyncio.Protocol):
         self.closed = self.lost = True
         self._stop_timer()
         parser = self.parser
-        if parser is not None and not self.eof:
+        if parser is not None and not self.eof and self.error is None:
             try:
                 parser.feed_eof()
             except ProtocolError:
@@ -185,11 +149,12 @@ class Connection(asyncio.Protocol):
         self.parser = ResponseParser(head_request=head_request)
         self.body = []
         self.buffered = 0
-        self.eof = self.received = False
+        self.eof = self.received = self.sent = False
         self.error = None
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self.closed:
             raise Disconnected("the upstream closed the connection")
+        self.sent = True
         transport.write(data)
 
     def watch(self) -> None:
@@ -259,7 +224,7 @@ class Response:
     """What the relay reads from an upstream response: status, headers, `read()`,
     `readany()`, `at_eof()`, `release()` (back to the pool if read to its end) and `close()`."""
 
-    __slots__ = ("status", "headers", "content_type", "_conn", "_pool", "_inflate")
+    __slots__ = ("status", "headers", "content_type", "_conn", "_pool", "_decoder")
 
     def __init__(self, conn: Connection, pool: Pool) -> None:
         parser = conn.parser
@@ -270,15 +235,11 @@ class Response:
         self.content_type = ctype.partition(";")[0].strip().lower()
         self._conn: Connection | None = conn
         self._pool = pool
-        coding = self.headers.get("content-encoding", "identity").strip().lower()
-        self._inflate: zlib._Decompress | None = None
-        if coding in ("gzip", "x-gzip"):
-            self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif coding == "deflate":
-            self._inflate = zlib.decompressobj()
-        elif coding not in ("identity", ""):
+        try:
+            self._decoder = Decoder.for_coding(self.headers.get("content-encoding", ""))
+        except CodingError as e:
             conn.abort()
-            raise BadResponse(f"unsupported content-coding {coding!r}")
+            raise BadResponse(str(e)) from None
 
     async def readany(self) -> bytes:
         """The body bytes that arrived next (waiting for some), b"" at the body's end."""
@@ -291,11 +252,12 @@ class Response:
             await conn.wait()
             conn.check()
         data = conn.take()
-        if self._inflate is not None:
+        if self._decoder is not None:
             try:
-                data = self._inflate.decompress(data)
-            except zlib.error as e:
-                raise BadResponse("a malformed compressed body") from e
+                data = self._decoder.decode(data)
+            except CodingError as e:
+                self.close()
+                raise BadResponse(str(e)) from None
         return data
 
     async def read(self) -> bytes:
@@ -306,14 +268,14 @@ class Response:
         return b"".join(parts)
 
     def _flush(self) -> bytes:
-        inflate = self._inflate
-        if inflate is None:
-            return b""
-        self._inflate = None
-        try:
-            return inflate.flush()
-        except zlib.error as e:
-            raise BadResponse("a malformed compressed body") from e
+        decoder, self._decoder = self._decoder, None
+        if decoder is not None:
+            try:
+                decoder.finish()
+            except CodingError as e:
+                self.close()
+                raise BadResponse(str(e)) from None
+        return b""
 
     def at_eof(self) -> bool:
         conn = self._conn
@@ -345,6 +307,10 @@ class Pool:
         if origin.tls:
             self.ssl = ssl_context or ssl.create_default_context()
         self.idle: list[Connection] = []
+        # The idle connections' expiry, looked at every IDLE_TICK: closed when due, or closed
+        # by the upstream meanwhile.
+        self._idle_sweep: Sweep[Connection] = Sweep(
+            IDLE_TICK, lambda c, now: c.closed or now >= c.expires, self._expire)
         # Every response's idle deadline, looked at 8 times per timeout.
         self._sweep: Sweep[Connection] | None = None
         if idle_timeout is not None:
@@ -368,10 +334,17 @@ class Pool:
         now = asyncio.get_running_loop().time()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < KEEPALIVE:
+            self._idle_sweep.discard(conn)
+            if not conn.closed and now < conn.expires:
                 return conn
             conn.close()
         return None
+
+    def _expire(self, conn: Connection) -> None:
+        self._idle_sweep.discard(conn)
+        if conn in self.idle:
+            self.idle.remove(conn)
+        conn.close()
 
     async def request(self, method: bytes, path: str, body: bytes = b"",
                       headers: Mapping[str, str] | None = None) -> Response:
@@ -386,6 +359,8 @@ class Pool:
             data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         else:
             data = head + b"\r\n"
+        replayable = method in _IDEMPOTENT or bool(headers) and any(
+            k.lower() in _IDEMPOTENCY_KEYS for k in headers or ())
         conn = self._reuse()
         reused = conn is not None
         while True:  # one coroutine for the exchange: at most a second pass, on a fresh one
@@ -403,20 +378,48 @@ class Pool:
             except BaseException as e:
                 conn.finished()
                 conn.abort()
-                # A pooled connection the upstream closed as we sent on it, before a byte of
-                # the answer: it never saw the request, so a fresh connection may carry it.
-                if not (reused and isinstance(e, Disconnected) and not conn.received):
+                # A pooled connection the upstream closed before a byte of the answer: found
+                # closed before the request was written (it never saw it), or the request may
+                # run twice (idempotent): a fresh connection may carry it. Anything else may
+                # already be running upstream: sending it again could run it twice.
+                if not (reused and isinstance(e, Disconnected) and not conn.received
+                        and (not conn.sent or replayable)):
                     raise
             conn, reused = None, False
 
     def put(self, conn: Connection) -> None:
-        if conn.finished() and len(self.idle) < self.max_idle:
-            conn.idle_since = asyncio.get_running_loop().time()
+        parser = conn.parser
+        lifetime = KEEPALIVE
+        if parser is not None and "keep-alive" in parser.headers:
+            lifetime = keep_alive_lifetime(parser.headers["keep-alive"])
+        if conn.finished() and len(self.idle) < self.max_idle and lifetime > 0:
+            loop = asyncio.get_running_loop()
+            conn.expires = loop.time() + lifetime
             self.idle.append(conn)
+            self._idle_sweep.add(conn, loop)
         else:
             conn.abort()
 
     def close(self) -> None:
         for conn in self.idle:
+            self._idle_sweep.discard(conn)
             conn.close()
         self.idle.clear()
+
+
+def keep_alive_lifetime(value: str) -> float:
+    """How long an idle connection is kept, given a response's `Keep-Alive` field: a margin
+    before its `timeout=N`, at most KEEPALIVE; 0 (not kept) after `max=1` or below."""
+    lifetime = KEEPALIVE
+    for param in value.split(","):
+        name, _, number = param.partition("=")
+        name = name.strip().lower()
+        try:
+            n = float(number.strip().strip('"'))
+        except ValueError:
+            continue
+        if name == "timeout" and n >= 0:
+            lifetime = min(lifetime, n - KEEPALIVE_MARGIN if n > 2 * KEEPALIVE_MARGIN else n / 2)
+        elif name == "max" and n <= 1:
+            lifetime = 0.0
+    return lifetime

@@ -1,24 +1,29 @@
-"""HTTP/1.1 responses, parsed sans-IO: bytes in, the status and headers, then the body with its
+"""HTTP/1.1 responses, parsed sans-IO by llhttp (through httptools, the parser inside uvicorn
+and aiohttp) in its strict mode: bytes in, the status and headers, then the body with its
 framing (Content-Length, chunked, or until the connection closes) taken off, and whether the
-connection may carry another request."""
+connection may carry another request. Anything that is not HTTP/1.x (an HTTP/2 frame, an
+HTTP/0.9 reply, bare LF line ends) fails at its first bytes. What llhttp lets through and the
+pool must not is checked here: the head's size, control bytes in the reason phrase, status
+codes under 100, transfer-codings other than `chunked`, an unasked protocol switch."""
 
 from __future__ import annotations
 
 import re
 
-MAX_HEAD = 64 * 1024  # status line + headers, or a chunked body's trailers
-MAX_LINE = 1024  # a chunk-size line, extensions included
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-_HEAD, _LENGTH, _SIZE, _DATA, _DATA_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
+MAX_HEAD = 64 * 1024  # status line + headers; chunked framing or trailers without a body byte
 
-_STATUS = re.compile(r"HTTP/1\.([01]) ([1-9][0-9]{2})(?: [^\r\n]*)?")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_DIGITS = re.compile(r"[0-9]{1,18}")
+# Control bytes (HTAB aside) in a reason phrase; llhttp refuses them in header values itself.
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class ProtocolError(Exception):
     """The upstream's bytes are not a well-formed HTTP/1.x response."""
+
+
+class _Stop(Exception):
+    """Raised from a callback to stop llhttp: the response ended without its knowing."""
 
 
 class ResponseParser:
@@ -28,237 +33,130 @@ class ResponseParser:
     `complete` is true at the body's end; `keep_alive` then says whether the connection may be
     reused (never when bytes follow the response, nor after a close-delimited body)."""
 
-    __slots__ = ("state", "buf", "left", "status", "headers", "keep_alive", "head_request")
+    __slots__ = ("_parser", "_out", "on_body", "_size", "_fields", "status", "headers",
+                 "keep_alive", "head_request", "head_done", "complete", "_until_close")
 
     def __init__(self, *, head_request: bool = False) -> None:
-        self.state = _HEAD
-        self.buf = b""
-        self.left = 0
+        out: list[bytes] = []
+        self._out = out
+        # llhttp hands each body piece to the list itself: no Python frame per chunk.
+        self.on_body = out.append
+        # Head (or, after it, framing and trailer) bytes since the last body byte.
+        self._size = 0
+        self._fields = 0  # the fields' bytes, head and trailers
         self.status = 0
         self.headers: dict[str, str] = {}
         self.keep_alive = False
         self.head_request = head_request
-
-    @property
-    def head_done(self) -> bool:
-        return self.state != _HEAD
-
-    @property
-    def complete(self) -> bool:
-        return self.state == _DONE
+        self.head_done = False
+        self.complete = False
+        self._until_close = False
+        self._parser = HttpResponseParser(self)
 
     def feed(self, data: bytes) -> bytes:
-        state = self.state
-        if state == _SIZE and not self.buf:
-            # A chunked stream read on chunk boundaries (an event per chunk, per read).
-            out: list[bytes] = []
-            pos = self._chunks(data, 0, out)
-            if pos < len(data):
-                out.append(self._feed(data[pos:]))
-            return out[0] if len(out) == 1 else b"".join(out)
-        # The common cases first, without a copy: a length-delimited body inside one read.
-        if state == _LENGTH:
-            n, left = len(data), self.left
-            if n < left:
-                self.left = left - n
-                return data
-            self.left = 0
-            self.state = _DONE
-            if n > left:
-                self.keep_alive = False  # bytes nobody asked for: the stream is out of step
-                return data[:left]
-            return data
-        if state == _UNTIL_CLOSE:
-            return data
-        if state == _DONE:
+        if self.complete:
             if data:
-                self.keep_alive = False
+                self.keep_alive = False  # bytes nobody asked for: the stream is out of step
             return b""
-        if self.buf:
-            data, self.buf = self.buf + data, b""
-        return self._feed(data)
+        out = self._out
+        try:
+            self._parser.feed_data(data)
+        except (HttpParserError, HttpParserUpgrade) as e:
+            self._failed(e, data)
+        if out:
+            self._size = 0
+            body = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            return body
+        if not self.complete:
+            self._size += len(data)
+            if self._size > MAX_HEAD:
+                raise ProtocolError("the response head or its trailers are too long")
+        return b""
+
+    def _failed(self, e: Exception, data: bytes) -> None:
+        cause = e.__context__
+        if isinstance(cause, ProtocolError):
+            raise cause from None
+        if isinstance(cause, _Stop) and self.head_request and self.head_done:
+            # A HEAD response ends with its head; llhttp would read a body after it.
+            self.complete = True
+            if not data.endswith(b"\r\n\r\n") and data != b"\n":
+                self.keep_alive = False  # bytes after the head
+            return
+        if self.complete:  # bytes after the response (a new one begun, or after a close)
+            self.keep_alive = False
+            return
+        if isinstance(e, HttpParserUpgrade):
+            raise ProtocolError("the upstream switched protocols unasked") from None
+        raise ProtocolError(f"not a well-formed HTTP/1.x response: {e}") from None
 
     def feed_eof(self) -> None:
         """The connection closed: the end of a close-delimited body, an error otherwise."""
-        if self.state == _UNTIL_CLOSE:
-            self.state = _DONE
-        elif self.state != _DONE:
-            raise ProtocolError("the connection closed before the response was complete")
+        if not self.complete:
+            if not self._until_close:
+                raise ProtocolError("the connection closed before the response was complete")
+            self.complete = True
         self.keep_alive = False
 
-    def _feed(self, data: bytes) -> bytes:
-        out: list[bytes] = []
-        pos, end = 0, len(data)
-        while pos < end:
-            state = self.state
-            if state == _DATA or state == _LENGTH:
-                take = min(self.left, end - pos)
-                out.append(data[pos : pos + take] if take < end or pos else data)
-                pos += take
-                self.left -= take
-                if not self.left:
-                    self.state = _DATA_END if state == _DATA else _DONE
-            elif state == _SIZE:
-                pos = self._chunks(data, pos, out)
-            elif state == _DATA_END:
-                if end - pos < 2:
-                    if data[pos:] != b"\r":
-                        raise ProtocolError("a chunk is longer than its size")
-                    self.buf = b"\r"
-                    break
-                if data[pos : pos + 2] != b"\r\n":
-                    raise ProtocolError("a chunk is longer than its size")
-                pos += 2
-                self.state = _SIZE
-            elif state == _HEAD:
-                i = data.find(b"\r\n\r\n", pos)
-                if i < 0:
-                    self._keep(data, pos, MAX_HEAD)
-                    break
-                if i - pos > MAX_HEAD:
-                    raise ProtocolError("the response head is too long")
-                self._head(data[pos:i])
-                pos = i + 4
-            elif state == _TRAILER:
-                i = data.find(b"\r\n", pos)
-                if i < 0:
-                    self._keep(data, pos, MAX_HEAD)
-                    break
-                if i == pos:
-                    self.state = _DONE
-                elif b":" not in data[pos:i]:
-                    raise ProtocolError("a malformed trailer field")
-                self.left += i + 2 - pos  # trailer bytes so far, bounded like a head
-                if self.left > MAX_HEAD:
-                    raise ProtocolError("the trailers are too long")
-                pos = i + 2
-            elif state == _UNTIL_CLOSE:
-                out.append(data[pos:])
-                break
-            else:  # _DONE
-                self.keep_alive = False
-                break
-        if not out:
-            return b""
-        return out[0] if len(out) == 1 else b"".join(out)
+    # -- llhttp's callbacks
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Stop  # a second response where none was asked for
+        self.headers = {}
+        self._size = self._fields = 0
 
-    def _chunks(self, data: bytes, pos: int, out: list[bytes]) -> int:
-        """Whole chunks, read in one tight loop (the common case: each SSE event a chunk,
-        several to a read); where one is cut off, the state to go on from. Returns the
-        position reached."""
-        end = len(data)
-        find = data.find
-        sizes = _SIZES
-        while True:
-            i = find(b"\r\n", pos)
-            if i < 0:
-                self._keep(data, pos, MAX_LINE)
-                return end
-            line = data[pos:i]
-            n = sizes.get(line)
-            if n is None:
-                n = _chunk_size(line)
-            start = i + 2
-            if not n:
-                self.state = _TRAILER
-                return start
-            stop = start + n
-            if stop + 2 > end:
-                if stop >= end:
-                    self.state, self.left = _DATA, stop - end
-                    out.append(data[start:])
-                    return end
-                out.append(data[start:stop])
-                self.state = _DATA_END
-                return stop
-            if data[stop : stop + 2] != b"\r\n":
-                raise ProtocolError("a chunk is longer than its size")
-            out.append(data[start:stop])
-            pos = stop + 2
-            if pos == end:
-                return end
+    def on_status(self, reason: bytes) -> None:
+        if _CTL.search(reason) is not None:
+            raise ProtocolError("a control byte in the status line")
 
-    def _keep(self, data: bytes, pos: int, limit: int) -> None:
-        rest = data[pos:]
-        if len(rest) > limit:
-            raise ProtocolError("a line of the response is too long")
-        self.buf = rest
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += len(name) + len(value)
+        if self._fields > MAX_HEAD:
+            raise ProtocolError("the response head or its trailers are too long")
+        if self.head_done:
+            return  # a trailer field (llhttp has checked its syntax): not used
+        key = _NAMES.get(name)
+        if key is None:
+            key = name.decode("latin-1").lower()
+            if len(_NAMES) < 1024:
+                _NAMES[name] = key
+        text = value.decode("latin-1").strip(" \t")
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
 
-    def _head(self, head: bytes) -> None:
-        # One decode for the whole head: cheaper than one per field.
-        lines = head.decode("latin-1").split("\r\n")
-        if head.count(b"\n") != len(lines) - 1 or head.count(b"\r") != len(lines) - 1:
-            raise ProtocolError("a bare CR or LF in the response head")
-        m = _STATUS.fullmatch(lines[0])
-        if m is None:
-            raise ProtocolError("not an HTTP/1.x status line")
-        status = int(m.group(2))
-        headers: dict[str, str] = {}
-        names = _NAMES
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            key = names.get(name)
-            if key is None:
-                if not colon or _TOKEN.fullmatch(name) is None:
-                    raise ProtocolError("a malformed header field")
-                key = name.lower()
-                if len(names) < 1024:
-                    names[name] = key
-            value = value.strip(" \t")
-            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 100:
+            raise ProtocolError(f"a malformed status code {status}")
         if status < 200:
             if status == 101:
                 raise ProtocolError("the upstream switched protocols unasked")
             return  # an interim response (100 Continue, 103 Early Hints): the real one follows
         self.status = status
-        self.headers = headers
-        conn = headers.get("connection", "").lower()
-        if m.group(1) == "1":
-            self.keep_alive = "close" not in _tokens(conn)
-        else:
-            self.keep_alive = "keep-alive" in _tokens(conn)
-        self._framing(status, headers)
-
-    def _framing(self, status: int, headers: dict[str, str]) -> None:
-        """How the body ends (RFC 9112 section 6.3)."""
-        if self.head_request or status == 204 or status == 304:
-            self.state = _DONE
-            return
+        self.head_done = True
+        self._size = 0
+        headers = self.headers
+        self.keep_alive = parser.should_keep_alive()
+        if self.head_request:
+            raise _Stop
         te = headers.get("transfer-encoding")
         if te is not None:
+            # llhttp has refused Content-Length beside it; any coding but chunked is refused.
             if _tokens(te.lower()) != ["chunked"]:
                 raise ProtocolError(f"unsupported transfer-coding {te!r}")
-            if "content-length" in headers:
-                self.keep_alive = False  # both framings: read as chunked, never reuse
-            self.state = _SIZE
-            return
-        cl = headers.get("content-length")
-        if cl is None:
-            self.state = _UNTIL_CLOSE
+        elif "content-length" not in headers and status != 204 and status != 304:
+            self._until_close = True
             self.keep_alive = False
-            return
-        values = {v.strip() for v in cl.split(",")}
-        value = values.pop()
-        if values or _DIGITS.fullmatch(value) is None:
-            raise ProtocolError(f"a malformed Content-Length {cl!r}")
-        self.left = int(value)
-        self.state = _LENGTH if self.left else _DONE
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
 
 
-# Field names seen before, validated, and their lower-case form.
-_NAMES: dict[str, str] = {}
-# Size lines seen before, and their values: most streams repeat a few dozen sizes.
-_SIZES: dict[bytes, int] = {}
-
-
-def _chunk_size(line: bytes) -> int:
-    size = line.split(b";", 1)[0].strip(b" \t")
-    if _HEX.fullmatch(size) is None:
-        raise ProtocolError("a malformed chunk size")
-    n = int(size, 16)
-    if len(_SIZES) < 4096:
-        _SIZES[line] = n
-    return n
+# Field names seen before and their lower-case form.
+_NAMES: dict[bytes, str] = {}
 
 
 def _tokens(value: str) -> list[str]:

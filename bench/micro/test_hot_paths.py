@@ -171,6 +171,15 @@ def test_http1_content_length_response(benchmark: BenchmarkFixture) -> None:
     assert benchmark(parse) == bodies.completion_json()
 
 
+def test_http1_one_sse_chunk(benchmark: BenchmarkFixture) -> None:
+    """One chunk of a stream in one read (a token's event): the per-chunk cost."""
+    p = ResponseParser()
+    p.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    event = EVENTS[: EVENTS.index(b"\n\n") + 2]
+    chunk = b"%x\r\n%s\r\n" % (len(event), event)
+    assert benchmark(p.feed, chunk) == event and not p.complete
+
+
 def test_relay_pass_through_64_events(benchmark: BenchmarkFixture, target: Target) -> None:
     """One read of 64 whole events through the pass-through relay: framing check, JSON check
     of every event, `model` rewritten to the alias, the last two payloads kept."""

@@ -8,6 +8,7 @@ import gzip
 import json
 import ssl
 import subprocess
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Scripted:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.connections = 0
+        self.ended = 0  # connections the client closed
         self.requests: list[bytes] = []
         self.writers: list[asyncio.StreamWriter] = []
         self.server: asyncio.Server | None = None
@@ -65,6 +67,11 @@ class Scripted:
                 await self.script(len(self.requests) - 1, request, writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        self.ended += 1
+
+    @property
+    def open(self) -> int:
+        return self.connections - self.ended
 
 
 def pool_for(url: str, idle: float = 5.0) -> Pool:
@@ -230,10 +237,10 @@ async def test_a_malformed_response_is_a_clean_error() -> None:
         r.close()
 
 
-async def test_a_stale_idle_connection_is_replaced_before_anything_is_read() -> None:
+async def test_a_post_is_never_sent_twice_when_a_reused_connection_closes_unanswered() -> None:
     async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
         if n == 1:
-            w.close()  # a keep-alive timeout racing the next request: closed, nothing answered
+            w.close()  # read the whole POST, then closed without an answer
         else:
             w.write(ok(b"%d" % n))
 
@@ -242,7 +249,28 @@ async def test_a_stale_idle_connection_is_replaced_before_anything_is_read() -> 
         r = await pool.request(b"POST", "/chat/completions", b"{}")
         assert await r.read() == b"0"
         r.release()
-        r = await pool.request(b"POST", "/chat/completions", b"{}")
+        with pytest.raises(Disconnected):
+            await pool.request(b"POST", "/chat/completions", b"{}")
+        assert len(srv.requests) == 2 and srv.connections == 1  # the upstream saw it once
+        pool.close()
+
+
+@pytest.mark.parametrize(("method", "headers"), [
+    (b"GET", {}), (b"POST", {"Idempotency-Key": "k1"})], ids=["GET", "Idempotency-Key"])
+async def test_an_idempotent_request_is_replayed_on_a_fresh_connection(
+        method: bytes, headers: dict[str, str]) -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        if n == 1:
+            w.close()  # a keep-alive timeout racing the next request: closed, nothing answered
+        else:
+            w.write(ok(b"%d" % n))
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)
+        r = await pool.request(method, "/models", b"", headers)
+        assert await r.read() == b"0"
+        r.release()
+        r = await pool.request(method, "/models", b"", headers)
         assert await r.read() == b"2"
         r.release()
         assert srv.connections == 2 and len(srv.requests) == 3
@@ -250,7 +278,26 @@ async def test_a_stale_idle_connection_is_replaced_before_anything_is_read() -> 
         srv.script = lambda n, req, w: _close(w)
         pool.close()
         with pytest.raises(Disconnected):
-            await pool.request(b"POST", "/chat/completions", b"{}")
+            await pool.request(method, "/models", b"", headers)
+
+
+async def test_a_connection_found_closed_before_writing_is_replaced() -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(ok(b"%d" % n))
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)
+        r = await pool.request(b"POST", "/chat/completions", b"{}")
+        assert await r.read() == b"0"
+        r.release()
+        conn = pool.idle[0]
+        assert conn.transport is not None
+        conn.transport.close()  # closing as the next request is about to be written
+        r = await pool.request(b"POST", "/chat/completions", b"{}")
+        assert await r.read() == b"1"
+        r.release()
+        assert srv.connections == 2 and len(srv.requests) == 2
+        pool.close()
 
 
 async def _close(w: asyncio.StreamWriter) -> None:
@@ -325,3 +372,104 @@ def test_credentials_in_the_url_become_basic_auth_unless_a_key_is_set() -> None:
     assert b"Authorization: Basic dXNlcjpwYTpzcw==\r\n" in fields
     keyed = Origin("https://user:pass@api.example/v1", {"Authorization": "Bearer k"}).fields
     assert b"Host: api.example\r\n" in keyed and b"Basic" not in keyed
+
+
+async def _burst(pool: Pool, n: int) -> None:
+    async def one() -> None:
+        r = await pool.request(b"POST", "/embeddings", b"{}")
+        assert await r.read() == b"x"
+        r.release()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+
+
+@pytest.mark.parametrize("keep_alive", [b"", b"Keep-Alive: timeout=2\r\n"],
+                         ids=["default lifetime", "Keep-Alive timeout"])
+async def test_idle_connections_are_closed_when_they_expire(
+        keep_alive: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_client, "KEEPALIVE", 1.0)  # the default lifetime, shortened
+    monkeypatch.setattr(http_client, "IDLE_TICK", 0.25, raising=False)
+
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.05)  # the burst's requests overlap: one connection each
+        w.write(ok(b"x", keep_alive))
+
+    async with Scripted(script) as srv:
+        pool = Pool(Origin(srv.url, {}), 2.0, 5.0, max_idle=8)
+        await _burst(pool, 6)
+        assert srv.connections == 6 and srv.open == 6 and len(pool.idle) == 6
+        # Lifetime 1 s (the default here, or 2 s less its 1 s margin), then a tick.
+        await asyncio.sleep(0.6)
+        assert srv.open == 6
+        await asyncio.sleep(0.9)
+        assert srv.open == 0 and pool.idle == []
+        await _burst(pool, 2)  # the pool still works
+        assert srv.connections == 8
+        pool.close()
+
+
+def test_keep_alive_lifetimes() -> None:
+    life = http_client.keep_alive_lifetime
+    assert life("timeout=5, max=100") == 4.0
+    assert life("timeout=60") == http_client.KEEPALIVE
+    assert life("timeout=1") == 0.5 and life("max=1") == 0 and life("bogus, timeout=x") == 15
+
+
+async def test_a_reply_that_is_not_http1_fails_at_once() -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        # An h2c-only server: its SETTINGS frame, then it waits for the client's preface.
+        w.write(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64")
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)
+        async with asyncio.timeout(2):
+            with pytest.raises(http_client.BadResponse):
+                await pool.request(b"POST", "/chat/completions", b"{}")
+        pool.close()
+
+
+def _gzip_bomb() -> bytes:
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zero = bytes(1024 * 1024)
+    return b"".join([z.compress(zero) for _ in range(200)] + [z.flush()])
+
+
+@pytest.mark.parametrize("case", ["bomb", "trailing garbage", "cut short", "brotli"])
+async def test_a_bad_compressed_body_is_refused(case: str) -> None:
+    body = gzip.compress(b'{"ok": true}')
+    coding = b"gzip"
+    if case == "bomb":
+        body = _gzip_bomb()
+        assert len(body) < 250_000
+    elif case == "trailing garbage":
+        body += b"garbage"
+    elif case == "cut short":
+        body = body[:-3]
+    else:
+        coding = b"br"
+
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(ok(body, b"Content-Encoding: " + coding + b"\r\n"))
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)
+        with pytest.raises(http_client.BadResponse):
+            r = await pool.request(b"POST", "/chat/completions", b"{}")
+            got = 0
+            while data := await r.readany():
+                got += len(data)
+                assert got <= 2 * 1024 * 1024  # refused after about 1 MiB of output
+        pool.close()
+
+
+async def test_a_gzip_body_of_two_members_is_decoded_whole() -> None:
+    async def script(n: int, req: bytes, w: asyncio.StreamWriter) -> None:
+        w.write(ok(gzip.compress(b'{"a": ') + gzip.compress(b'"b"}'),
+                   b"Content-Encoding: gzip\r\n"))
+
+    async with Scripted(script) as srv:
+        pool = pool_for(srv.url)
+        r = await pool.request(b"POST", "/chat/completions", b"{}")
+        assert await r.read() == b'{"a": "b"}'
+        r.release()
+        pool.close()
