@@ -142,7 +142,7 @@ class RedisEngine(Engine):
         if self._inflight is not None or not (self._ops or self._renew):
             return
         conn = self._conn
-        if conn is None or conn.transport is None:
+        if conn is None or not conn.usable:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(self._connect())
             return
@@ -181,7 +181,7 @@ class RedisEngine(Engine):
         try:
             async with asyncio.timeout(self.timeout):
                 self._conn = await resp.connect(self.url, SCRIPT.encode())
-        except (OSError, resp.ReplyError) as e:
+        except (OSError, ValueError, resp.ReplyError) as e:
             self._failed(e)
             self._drop_queued()
         finally:

@@ -141,7 +141,7 @@ def test_one_call_carries_many_requests_in_order(tmp_path: Path) -> None:
                 assert tpm is not None and tpm.failed == 0 and tpm.used == [50]
                 # A Redis that lost its scripts (restarted, SCRIPT FLUSH) gets it again.
                 flush = await resp.connect(server.url)
-                assert await flush.call(b"SCRIPT", b"FLUSH") == "OK"
+                assert await flush.call(b"SCRIPT", b"FLUSH") == b"OK"
                 flush.close()
                 peek = await redis.admit([Check(WINDOW, "b:tpm", 60, 0)], "", dry=True)
                 assert peek is not None and peek.used == [50] and redis.up
