@@ -327,7 +327,7 @@ def test_a_spec_first_named_by_a_charge_still_counts_its_admissions_slots(
             try:
                 first = await redis.admit_spec(spec, 10, "")
                 assert first is not None and first.failed == -1
-                redis._send = redis._op  # type: ignore[method-assign]  # queue, don't send
+                redis._post = redis.ask  # type: ignore[method-assign,assignment]  # queue, don't send
                 redis.charge_spec(spec, 32, "", False)  # the first request streams on
                 second = await redis.admit_spec(spec, 10, "")
                 assert second is not None and second.failed == -1 and second.used == [52, 2]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from airouter.limits import metrics, node_redis, redis_engine, resp
+from airouter.limits import metrics, node_redis, resp
 from airouter.limits.engine import WINDOW, Check
 from airouter.limits.node_redis import RedisSlots
 from airouter.limits.redis_engine import RedisEngine
@@ -44,7 +44,7 @@ def _servers(tmp_path: Path) -> tuple[RedisServer, RedisServer]:
 
 
 def test_limits_resume_after_a_failover(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(redis_engine, "RETRY_AFTER", 0.1)
+    monkeypatch.setattr(RedisEngine, "retry_after", 0.1)
     a, b = _servers(tmp_path)
 
     async def main() -> None:
@@ -81,7 +81,7 @@ def test_limits_resume_after_a_failover(tmp_path: Path, monkeypatch: pytest.Monk
 def test_node_slots_resume_after_a_failover(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(node_redis, "RETRY_AFTER", 0.1)
+    monkeypatch.setattr(RedisSlots, "retry_after", 0.1)
     a, b = _servers(tmp_path)
 
     async def main() -> None:

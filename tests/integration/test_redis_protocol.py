@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 import pytest
 
-from airouter.limits import metrics, redis_engine, resp
+from airouter.limits import metrics, resp
 from airouter.limits.engine import WINDOW, Check
 from airouter.limits.redis_engine import RedisEngine
 from tests.support.fake_redis import FakeRedis, default
@@ -69,7 +69,7 @@ def test_a_server_that_takes_no_writes_is_down_until_a_new_connection_works(
     """A demoted primary keeps answering, but with an error: the store drops the connection,
     reports itself down (limits_on_redis_failure applies), and the next connection, to the
     promoted server, counts again."""
-    monkeypatch.setattr(redis_engine, "RETRY_AFTER", 0.05)
+    monkeypatch.setattr(RedisEngine, "retry_after", 0.05)
     failing = [True]
 
     def answer(args: list[bytes]) -> bytes:
@@ -102,7 +102,7 @@ def test_a_server_that_takes_no_writes_is_down_until_a_new_connection_works(
 def test_a_malformed_script_answer_is_an_outage_not_a_verdict(
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_engine, "RETRY_AFTER", 0.05)
+    monkeypatch.setattr(RedisEngine, "retry_after", 0.05)
     replies = [b":+5\r\n", _results(1)]
 
     def answer(args: list[bytes]) -> bytes:
