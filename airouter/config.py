@@ -305,6 +305,9 @@ def _check_redis_url(url: str) -> None:
     db = redis_database(parts)
     if not (db.isascii() and db.isdigit()):
         raise ConfigError(f"{where}: the database must be a number, not {db!r}")
+    reqs = parse_qs(parts.query).get("ssl_cert_reqs", ["required"])[-1].lower()
+    if reqs not in ("none", "optional", "required"):
+        raise ConfigError(f"{where}: ssl_cert_reqs must be none, optional or required")
 
 
 def _check_host_port(url: str, where: str) -> None:

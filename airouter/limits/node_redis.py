@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import logging
 import os
 import time
 from typing import Any
@@ -26,10 +24,8 @@ from typing import Any
 import msgspec
 
 from airouter.backends.node_slots import FULL, GRANTED, TIMEOUT, SlotStore
-from airouter.limits import resp
+from airouter.limits.batching import RedisBatcher, Waiter, answer
 from airouter.limits.policy import PREFIX
-
-log = logging.getLogger("airouter.limits")
 
 # KEYS: three per node (held, queue, alive). ARGV[1]: msgpack [lease ttl ms, waiter ttl ms,
 # ops], an op being [kind, index of the node's first key, lease, limit, max_queue]:
@@ -80,16 +76,48 @@ end
 return cmsgpack.pack(out)
 """
 
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 QUEUED = 2
 POLL_FIRST = 0.005  # seconds before a waiter asks again; doubles up to POLL_MAX
 POLL_MAX = 0.05
 WAITER_TTL = 2.0  # a waiter that stopped asking leaves the queue after this long
-RETRY_AFTER = 1.0  # after a failure, skip Redis this long: a dead server costs no latency
-LOG_EVERY = 60.0
-MAX_BATCH = 256
 _pack = msgspec.msgpack.Encoder().encode
-_unpack = msgspec.msgpack.Decoder().decode
+
+
+class Take(msgspec.Struct, array_like=True, tag="T"):
+    """Take a slot, or wait in the queue: 1 granted, 2 queued (ask again), 0 the queue is
+    full. `node`: the 1-based index of the node's first key in KEYS, set when sent."""
+
+    key: str
+    lease: str
+    limit: int
+    max_queue: int
+    node: int = 0
+
+
+class Give(msgspec.Struct, array_like=True, tag="G"):
+    """Give a slot back, or leave the queue."""
+
+    key: str
+    lease: str
+    node: int = 0
+
+
+class Renew(msgspec.Struct, array_like=True, tag="N"):
+    """Renew a held lease."""
+
+    key: str
+    lease: str
+    node: int = 0
+
+
+Op = Take | Give | Renew
+
+
+def _wire(op: Op) -> tuple[Any, ...]:
+    """The op as the script reads it: [kind, node, lease, limit, max_queue]."""
+    if type(op) is Take:
+        return ("T", op.node, op.lease, op.limit, op.max_queue)
+    return (op.__struct_config__.tag, op.node, op.lease)
 
 
 def _keys(key: str) -> tuple[str, str, str]:
@@ -97,32 +125,20 @@ def _keys(key: str) -> tuple[str, str, str]:
     return base + "h", base + "q", base + "a"
 
 
-class RedisSlots(SlotStore):
+class RedisSlots(RedisBatcher[Op], SlotStore):
+    script = SCRIPT
+
     def __init__(self, url: str, lease_ttl: float = 30.0, timeout: float = 0.5) -> None:
-        self.url = url
+        super().__init__(url, timeout, " for node slots")
         self.lease_ttl = lease_ttl
-        self.timeout = timeout
-        self.client: Any = None
-        self._conn: Any = None
-        self._queue: list[tuple[list[Any], asyncio.Future[Any] | None]] = []
-        self._sender: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._down_until = 0.0
-        self._logged = 0.0
-        self.up = True
         self.held: dict[str, str] = {}  # lease -> node key, renewed while held
         self._prefix = os.urandom(6).hex()
         self._seq = 0
         self._keys: dict[str, tuple[str, str, str]] = {}
 
     async def start(self) -> None:
-        import redis.asyncio as aioredis
-
-        self.client = aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
-            health_check_interval=0,
-        )
-        self._conn = self.client.connection_pool.make_connection()
+        self._loop = asyncio.get_running_loop()
         self._renewer = asyncio.create_task(self._renew_forever())
 
     async def aclose(self) -> None:
@@ -130,12 +146,10 @@ class RedisSlots(SlotStore):
             self._renewer.cancel()
         for lease, key in list(self.held.items()):
             self.give(key, lease)
-        if self._sender is not None:
-            await asyncio.wait([self._sender], timeout=2)
-        if self._conn is not None:
-            await self._conn.disconnect()
-        if self.client is not None:
-            await self.client.aclose()
+        if self._ops or self._busy:
+            with contextlib.suppress(TimeoutError):  # ops go in order: the last one ends them
+                await asyncio.wait_for(self.ask(Give("", "")), 2)
+        await super().aclose()
 
     async def take(
         self, key: str, limit: int, max_queue: int, queue_timeout: float
@@ -146,7 +160,7 @@ class RedisSlots(SlotStore):
         pause = POLL_FIRST
         try:
             while True:
-                got = await self._op(["T", key, lease, limit, max_queue])
+                got = await self.ask(Take(key, lease, limit, max_queue))
                 if got == GRANTED:
                     self.held[lease] = key
                     return GRANTED, lease
@@ -164,72 +178,25 @@ class RedisSlots(SlotStore):
 
     def give(self, key: str, lease: str) -> None:
         self.held.pop(lease, None)
-        self._push(["G", key, lease], None)
+        self.queue(Give(key, lease), None)  # Redis down: the lease expires there by itself
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
             for lease, key in list(self.held.items()):
-                self._push(["N", key, lease], None)
+                self.queue(Renew(key, lease), None)
 
-    def _push(self, op: list[Any], fut: asyncio.Future[Any] | None) -> None:
-        if fut is None and not self.up and time.monotonic() < self._down_until:
-            return  # Redis is down: the lease expires there by itself
-        self._queue.append((op, fut))
-        if self._sender is None or self._sender.done():
-            self._sender = asyncio.create_task(self._send())
-
-    async def _op(self, op: list[Any]) -> Any:
-        """The op's result from the next script call; None when Redis is unreachable."""
-        if not self.up and time.monotonic() < self._down_until:
-            return None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._push(op, fut)
-        return await fut
-
-    async def _eval(self, keys: list[str], packed: bytes) -> Any:
-        from redis.exceptions import NoScriptError
-
-        conn = self._conn
-        cmd = conn.pack_command("EVALSHA", SCRIPT_SHA, len(keys), *keys, packed)
-        await conn.send_packed_command(cmd, check_health=False)
-        try:
-            return await conn.read_response()
-        except NoScriptError:
-            await conn.send_command("SCRIPT", "LOAD", SCRIPT, check_health=False)
-            await conn.read_response()
-            await conn.send_packed_command(cmd, check_health=False)
-            return await conn.read_response()
-
-    async def _send(self) -> None:
-        import redis.exceptions
-
-        errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            results: list[Any] = []
-            try:
-                index: dict[str, int] = {}
-                ops = [[op[0], self._index(op[1], index), *op[2:]] for op, _ in batch]
-                packed = _pack([int(self.lease_ttl * 1000), int(WAITER_TTL * 1000), ops])
-                results = _unpack(await self._eval(list(index), packed))
-                self._ok()
-            except errors as e:
-                with contextlib.suppress(Exception):
-                    await self._conn.disconnect()  # a late reply must not answer the next call
-                self._failed(e)
-            except Exception:
-                log.exception("limits: the Redis node-slot script failed")
-                with contextlib.suppress(Exception):
-                    await self._conn.disconnect()
-                self._down_until = time.monotonic() + RETRY_AFTER
-                self.up = False
-            finally:
-                if len(results) != len(batch):
-                    results = [None] * len(batch)
-                for (_, fut), result in zip(batch, results, strict=True):
-                    if fut is not None and not fut.done():
-                        fut.set_result(result)
+    def _send(self, ops: list[Op], waiters: list[Waiter], more: bool) -> bool:
+        index: dict[str, int] = {}
+        wire = []
+        for op in ops:  # (aclose's last op, of key "", removes nothing from empty keys)
+            op.node = self._index(op.key, index)
+            wire.append(_wire(op))
+        packed = _pack((int(self.lease_ttl * 1000), int(WAITER_TTL * 1000), wire))
+        self.eval([k.encode() for k in index], packed, len(ops),
+                  lambda results: answer(waiters, None) if results is None
+                  else _answer(waiters, results))
+        return True
 
     def _index(self, key: str, index: dict[str, int]) -> int:
         """The 1-based index of `key`'s first storage key in KEYS, adding its three."""
@@ -243,17 +210,8 @@ class RedisSlots(SlotStore):
                 index[k] = len(index) + 1
         return first
 
-    def _failed(self, e: BaseException) -> None:
-        now = time.monotonic()
-        self._down_until = now + RETRY_AFTER
-        if self.up or now - self._logged >= LOG_EVERY:
-            log.error("limits: Redis at %s unreachable for node slots (%s); applying "
-                      "limits_on_redis_failure", resp.safe_url(self.url), type(e).__name__)
-            self._logged = now
-        self.up = False
 
-    def _ok(self) -> None:
-        if not self.up:
-            self.up = True
-            log.warning("limits: Redis at %s is back for node slots", resp.safe_url(self.url))
-
+def _answer(waiters: list[Waiter], results: list[Any]) -> None:
+    for fut, result in zip(waiters, results, strict=True):
+        if fut is not None and not fut.done():
+            fut.set_result(result)

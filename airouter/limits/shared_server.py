@@ -14,11 +14,32 @@ import threading
 from collections.abc import Callable
 from typing import Any, cast
 
+import msgspec
 import uvloop
 
 from airouter.limits.engine import Check, Counters, Outcome, Spec
-from airouter.limits.shared import HEAD, QUEUED, encode, read_frames
 from airouter.limits.slots import SlotTable
+from airouter.limits.wire import (
+    QUEUED,
+    Admit,
+    AdmitSpec,
+    Answers,
+    Charge,
+    ChargeSpec,
+    Frame,
+    Give,
+    Later,
+    Nothing,
+    Op,
+    Release,
+    Renew,
+    Take,
+    decode_frame,
+    decode_op,
+    decode_raw_frame,
+    framed,
+    split,
+)
 
 log = logging.getLogger("airouter.limits")
 
@@ -34,10 +55,10 @@ class _Server(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waits: set[asyncio.Task[None]] = set()
         self.specs: dict[int, Spec] = {}  # the Specs this connection defined, by number
-        self.run: dict[str, Callable[[list[Any]], Any]] = {
-            "A": self._admit, "P": self._admit_spec, "C": self._charge, "Q": self._charge_spec,
-            "L": self._release, "R": self._renew, "T": self._take, "G": self._give,
-            "N": lambda op: None,
+        self.run: dict[type, Callable[[Any], Any]] = {
+            Admit: self._admit, AdmitSpec: self._admit_spec, Charge: self._charge,
+            ChargeSpec: self._charge_spec, Release: self._release, Renew: self._renew,
+            Take: self._take, Give: self._give, Nothing: lambda op: None,
         }
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,61 +70,63 @@ class _Server(asyncio.Protocol):
             task.cancel()
 
     def data_received(self, data: bytes) -> None:
-        frames, self.buf = read_frames(self.buf + data if self.buf else data)
+        bodies, self.buf = split(self.buf + data if self.buf else data)
         out: list[bytes] = []
         run = self.run
-        for answer, ops, specs, forget in frames:
-            if forget:
+        for body in bodies:
+            frame = _frame(body)
+            if frame is None:
+                continue
+            if frame.forget:
                 self.specs.clear()
-            for number, flat in specs.items():
+            for number, flat in frame.specs.items():
                 self.specs[number] = Spec([Check(*flat[i:i + 5]) for i in range(0, len(flat), 5)])
             results = []
-            for op in ops:
+            for op in frame.ops:
                 try:
-                    results.append(run[op[0]](op))
+                    results.append(None if op is None else run[type(op)](op))
                 except Exception:  # a malformed op: answer it, keep the worker's connection
-                    log.exception("limits: bad request %r", op[:1])
+                    log.exception("limits: bad request %s", type(op).__name__)
                     results.append(None)
-            if answer:
-                body = encode([0, results])
-                out += (HEAD.pack(len(body)), body)
+            if frame.answer:
+                out.append(framed(Answers(results)))
         if out and self.transport is not None:
             self.transport.write(b"".join(out))
 
-    def _admit(self, op: list[Any]) -> list[Any]:
+    def _admit(self, op: Admit) -> list[Any]:
         # Each check unpacks as a Check would.
-        return _answer(self.counters.admit(op[3], op[2], op[1]))
+        return _answer(self.counters.admit(op.checks, op.lease, op.dry))
 
-    def _admit_spec(self, op: list[Any]) -> list[Any]:
-        _, number, prompt, lease = op
-        return _answer(self.counters.admit(self.specs[number].checks, lease, False, prompt))
+    def _admit_spec(self, op: AdmitSpec) -> list[Any]:
+        return _answer(
+            self.counters.admit(self.specs[op.spec].checks, op.lease, False, op.prompt)
+        )
 
-    def _charge(self, op: list[Any]) -> None:
-        self.counters.charge(op[1], op[2], op[3])
+    def _charge(self, op: Charge) -> None:
+        self.counters.charge(op.items, op.release, op.lease)
 
-    def _charge_spec(self, op: list[Any]) -> None:
-        _, number, tokens, lease, release = op
-        spec = self.specs[number]
-        if release and spec.lease_keys:
-            self.counters.release(spec.lease_keys, lease)
-        if tokens and spec.charges:
-            self.counters.charge(spec.items(tokens))
+    def _charge_spec(self, op: ChargeSpec) -> None:
+        spec = self.specs[op.spec]
+        if op.release and spec.lease_keys:
+            self.counters.release(spec.lease_keys, op.lease)
+        if op.tokens and spec.charges:
+            self.counters.charge(spec.items(op.tokens))
 
-    def _release(self, op: list[Any]) -> None:
-        self.counters.release(op[1], op[2])
+    def _release(self, op: Release) -> None:
+        self.counters.release(op.keys, op.lease)
 
-    def _renew(self, op: list[Any]) -> None:
-        self.counters.renew(op[1], op[2])
+    def _renew(self, op: Renew) -> None:
+        self.counters.renew(op.keys, op.leases)
 
-    def _give(self, op: list[Any]) -> None:
-        self.table.give(op[1], op[2])
+    def _give(self, op: Give) -> None:
+        self.table.give(op.key, op.lease)
 
-    def _take(self, op: list[Any]) -> int | str:
-        _, key, limit, max_queue, lease, seconds, token = op
-        got = self.table.take(key, limit, max_queue, lease, self.owner)
+    def _take(self, op: Take) -> int | str:
+        key, lease = op.key, op.lease
+        got = self.table.take(key, op.limit, op.max_queue, lease, self.owner)
         if not isinstance(got, asyncio.Future):
             return got
-        task = asyncio.create_task(self._queued(key, lease, got, seconds, token))
+        task = asyncio.create_task(self._queued(key, lease, got, op.seconds, op.token))
         self.waits.add(task)
         task.add_done_callback(self.waits.discard)
         return QUEUED
@@ -113,8 +136,28 @@ class _Server(asyncio.Protocol):
     ) -> None:
         result = await self.table.wait(key, lease, fut, seconds)
         if self.transport is not None and not self.transport.is_closing():
-            body = encode([1, token, result])
-            self.transport.write(HEAD.pack(len(body)) + body)
+            self.transport.write(framed(Later(token, result)))
+
+
+def _frame(body: bytes) -> Frame | None:
+    """A frame, its malformed ops as None (answered None, the rest run); None if the frame
+    itself is malformed."""
+    try:
+        return decode_frame(body)
+    except msgspec.DecodeError:
+        pass
+    try:
+        raw = decode_raw_frame(body)
+    except msgspec.DecodeError:
+        log.exception("limits: a malformed frame")
+        return None
+    ops: list[Op | None] = []
+    for op in raw.ops:
+        try:
+            ops.append(decode_op(op))
+        except msgspec.DecodeError:
+            ops.append(None)
+    return Frame(raw.answer, ops, raw.specs, raw.forget)  # type: ignore[arg-type]
 
 
 def _answer(o: Outcome) -> list[Any]:

@@ -141,7 +141,7 @@ def test_one_call_carries_many_requests_in_order(tmp_path: Path) -> None:
                 assert tpm is not None and tpm.failed == 0 and tpm.used == [50]
                 # A Redis that lost its scripts (restarted, SCRIPT FLUSH) gets it again.
                 flush = await resp.connect(server.url)
-                assert await flush.call(b"SCRIPT", b"FLUSH") == "OK"
+                assert await flush.call(b"SCRIPT", b"FLUSH") == b"OK"
                 flush.close()
                 peek = await redis.admit([Check(WINDOW, "b:tpm", 60, 0)], "", dry=True)
                 assert peek is not None and peek.used == [50] and redis.up
@@ -327,7 +327,7 @@ def test_a_spec_first_named_by_a_charge_still_counts_its_admissions_slots(
             try:
                 first = await redis.admit_spec(spec, 10, "")
                 assert first is not None and first.failed == -1
-                redis._send = redis._op  # type: ignore[method-assign]  # queue, don't send
+                redis._post = redis.ask  # type: ignore[method-assign,assignment]  # queue, don't send
                 redis.charge_spec(spec, 32, "", False)  # the first request streams on
                 second = await redis.admit_spec(spec, 10, "")
                 assert second is not None and second.failed == -1 and second.used == [52, 2]

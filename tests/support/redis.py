@@ -42,13 +42,15 @@ def ping(port: int) -> bool:
 
 class RedisServer:
     def __init__(
-        self, log: Path, port: int | None = None, unix: Path | None = None, password: str = ""
+        self, log: Path, port: int | None = None, unix: Path | None = None, password: str = "",
+        extra: tuple[str, ...] = (),
     ) -> None:
         self.binary = redis_binary()
         self.port = port or free_port()
         self.log = log
         self.unix = unix  # also listen on this unix socket
         self.password = password
+        self.extra = extra  # more redis-server arguments (TLS, say)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +65,7 @@ class RedisServer:
             args += ["--unixsocket", str(self.unix), "--unixsocketperm", "700"]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra
         self.proc = subprocess.Popen(
             args,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
