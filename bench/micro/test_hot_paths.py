@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
@@ -20,6 +21,7 @@ from airouter.streaming.sse import SSEDecoder, frame
 from airouter.streaming.textfix import StopMatcher, TextPipeline
 from airouter.templates import load_template
 from bench import bodies
+from bench.micro import http1_before
 from tests.integration.test_triton_mocks import PIECES
 
 TCP_PIECE = 1448  # one loopback/Ethernet MSS: what a read returns from a fast upstream
@@ -137,13 +139,16 @@ HTTP_CHUNKED = HTTP_HEAD + b"".join(HTTP_CHUNKS) + b"0\r\n\r\n"
 # Read in one-MSS pieces (a fast upstream), or one event per read (a paced one).
 HTTP_PIECES = [HTTP_CHUNKED[i : i + TCP_PIECE] for i in range(0, len(HTTP_CHUNKED), TCP_PIECE)]
 HTTP_EVENT_READS = [HTTP_HEAD, *HTTP_CHUNKS, b"0\r\n\r\n"]
+# llhttp (the router's) against the hand-written parser it replaced.
+PARSERS: dict[str, Any] = {"llhttp": ResponseParser, "before": http1_before.ResponseParser}
 HTTP_JSON = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
              % len(bodies.completion_json()) + bodies.completion_json())
 
 
-def test_http1_chunked_64_events_mss_reads(benchmark: BenchmarkFixture) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_http1_chunked_64_events_mss_reads(benchmark: BenchmarkFixture, parser: str) -> None:
     def parse() -> bytes:
-        p = ResponseParser()
+        p = PARSERS[parser]()
         out = [p.feed(piece) for piece in HTTP_PIECES]
         assert p.complete
         return b"".join(out)
@@ -151,9 +156,10 @@ def test_http1_chunked_64_events_mss_reads(benchmark: BenchmarkFixture) -> None:
     assert benchmark(parse) == SSE
 
 
-def test_http1_chunked_one_event_per_read(benchmark: BenchmarkFixture) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_http1_chunked_one_event_per_read(benchmark: BenchmarkFixture, parser: str) -> None:
     def parse() -> bytes:
-        p = ResponseParser()
+        p = PARSERS[parser]()
         out = [p.feed(piece) for piece in HTTP_EVENT_READS]
         assert p.complete
         return b"".join(out)
@@ -161,9 +167,10 @@ def test_http1_chunked_one_event_per_read(benchmark: BenchmarkFixture) -> None:
     assert benchmark(parse) == SSE
 
 
-def test_http1_content_length_response(benchmark: BenchmarkFixture) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_http1_content_length_response(benchmark: BenchmarkFixture, parser: str) -> None:
     def parse() -> bytes:
-        p = ResponseParser()
+        p = PARSERS[parser]()
         body = p.feed(HTTP_JSON)
         assert p.complete and p.keep_alive
         return body
@@ -171,9 +178,10 @@ def test_http1_content_length_response(benchmark: BenchmarkFixture) -> None:
     assert benchmark(parse) == bodies.completion_json()
 
 
-def test_http1_one_sse_chunk(benchmark: BenchmarkFixture) -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_http1_one_sse_chunk(benchmark: BenchmarkFixture, parser: str) -> None:
     """One chunk of a stream in one read (a token's event): the per-chunk cost."""
-    p = ResponseParser()
+    p = PARSERS[parser]()
     p.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     event = EVENTS[: EVENTS.index(b"\n\n") + 2]
     chunk = b"%x\r\n%s\r\n" % (len(event), event)
