@@ -6,6 +6,7 @@ response's head is left to the caller's deadline), and flow control by pausing t
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import Mapping
 from typing import cast
@@ -42,6 +43,16 @@ class BadResponse(HttpError):
     """The upstream's bytes are not a well-formed HTTP/1.x response."""
 
 
+class Deadline(TimeoutError):
+    """A deadline of the exchange passed: `what` is "head" (the response's head did not come
+    in time), "whole" (the response did not end in time) or "idle" (the upstream went
+    silent for longer than the pool's idle timeout once the head was in)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
 class Connection(asyncio.Protocol):
     """One keep-alive connection; it carries one response at a time."""
 
@@ -63,8 +74,12 @@ class Connection(asyncio.Protocol):
         self.received = False  # any byte of the current response arrived
         self.sent = False  # the current request was handed to the socket
         self.expires = 0.0  # while idle: when the pool closes it
-        # The last arrival (or the request); the pool's sweep looks at it.
+        # The last arrival (or the request); the pool's sweep looks at it, with the exchange's
+        # own deadline (`due`: the head's, then the whole answer's; inf when none).
         self.last = 0.0
+        self.due = math.inf
+        self.whole = math.inf
+        self.head_in = False
         self.watched = False
 
     # -- asyncio.Protocol
@@ -145,12 +160,20 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def send(self, data: bytes, head_request: bool = False) -> None:
+    def send(self, data: bytes, head_request: bool = False, head_due: float = math.inf,
+             whole_due: float = math.inf) -> None:
+        """Write a request. `head_due`: when the response's head must have come (loop time);
+        `whole_due`: when the response must have ended (inf: no deadline)."""
         self.parser = ResponseParser(head_request=head_request)
         self.body = []
         self.buffered = 0
-        self.eof = self.received = self.sent = False
+        self.eof = self.received = self.sent = self.head_in = False
         self.error = None
+        self.due = head_due
+        self.whole = whole_due
+        if head_due != math.inf and self.sweep is not None:
+            self.watched = True
+            self.sweep.add(self, self.loop)
         transport = self.transport
         if transport is None or transport.is_closing() or self.closed:
             raise Disconnected("the upstream closed the connection")
@@ -159,14 +182,19 @@ class Connection(asyncio.Protocol):
 
     def watch(self) -> None:
         """The response's head is in: from now on the pool's idle timeout bounds every silence
-        of the upstream (the wait for the head is the caller's first-token deadline)."""
+        of the upstream, and the whole answer's deadline replaces the head's."""
+        self.head_in = True
+        self.due = self.whole
         if self.sweep is not None and not self.eof and not self.closed:
             self.last = self.loop.time()
-            self.watched = True
-            self.sweep.add(self, self.loop)
+            if not self.watched:
+                self.watched = True
+                self.sweep.add(self, self.loop)
+        elif self.watched:
+            self._stop_timer()
 
     def expire(self) -> None:
-        """The idle deadline passed (the sweep's call): fail the read that waits for it."""
+        """A deadline passed (the sweep's call): fail the read that waits for it."""
         if self.eof or self.closed:
             self._stop_timer()
             return
@@ -175,9 +203,12 @@ class Connection(asyncio.Protocol):
             # Not waiting (the consumer is behind, not the upstream), or its reader was
             # cancelled: nobody waits.
             return
+        what = "idle"
+        if self.loop.time() >= self.due:
+            what = "head" if not self.head_in else "whole"
         self.waiter = None
         self.abort()
-        w.set_exception(TimeoutError())
+        w.set_exception(Deadline(what))
 
     def _stop_timer(self) -> None:
         if self.watched:
@@ -299,7 +330,10 @@ class Pool:
     """One node's connections: the idle ones on a LIFO stack (the warmest first)."""
 
     def __init__(self, origin: Origin, connect_timeout: float, idle_timeout: float | None,
-                 max_idle: int, ssl_context: ssl.SSLContext | None = None) -> None:
+                 max_idle: int, ssl_context: ssl.SSLContext | None = None,
+                 shortest_deadline: float | None = None) -> None:
+        """`shortest_deadline`: the shortest head or whole-answer deadline callers pass to
+        `request` (the sweep looks 8 times within it, as within the idle timeout)."""
         self.origin = origin
         self.max_idle = max_idle
         self.connect_timeout = connect_timeout
@@ -311,11 +345,16 @@ class Pool:
         # by the upstream meanwhile.
         self._idle_sweep: Sweep[Connection] = Sweep(
             IDLE_TICK, lambda c, now: c.closed or now >= c.expires, self._expire)
-        # Every response's idle deadline, looked at 8 times per timeout.
+        # Every exchange's deadlines (its head's, its whole answer's, then the idle timeout
+        # between reads), looked at 8 times within the shortest: one timer per pool, not one
+        # per request.
+        t = math.inf if idle_timeout is None else idle_timeout
+        tick = min(t, shortest_deadline or math.inf) / 8
         self._sweep: Sweep[Connection] | None = None
-        if idle_timeout is not None:
-            t = idle_timeout
-            self._sweep = Sweep(t / 8, lambda c, now: now - c.last >= t, Connection.expire)
+        if tick != math.inf:
+            self._sweep = Sweep(
+                tick, lambda c, now: now >= c.due or (c.head_in and now - c.last >= t),
+                Connection.expire)
 
     async def _connect(self) -> Connection:
         loop = asyncio.get_running_loop()
@@ -347,11 +386,13 @@ class Pool:
         conn.close()
 
     async def request(self, method: bytes, path: str, body: bytes = b"",
-                      headers: Mapping[str, str] | None = None) -> Response:
+                      headers: Mapping[str, str] | None = None, head_due: float = math.inf,
+                      whole_due: float = math.inf) -> Response:
         """Send one request and wait for the response's head; the body is read from the
-        Response. Nothing here bounds the wait for the head but the connect timeout: the
-        caller's deadline does (`asyncio.timeout`); from the head on, the pool's idle timeout
-        bounds every silence of the upstream until the body's end."""
+        Response. `head_due` bounds the wait for the head, `whole_due` the whole exchange
+        (loop times; Deadline("head"/"whole") past them); from the head on, the pool's idle
+        timeout bounds every silence of the upstream until the body's end (Deadline("idle")).
+        Connecting has its own connect timeout (TimeoutError)."""
         head = self.origin.head(method, path)
         if headers:
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode("latin-1")
@@ -367,7 +408,7 @@ class Pool:
             if conn is None:
                 conn = await self._connect()
             try:
-                conn.send(data, head_request=method == b"HEAD")
+                conn.send(data, method == b"HEAD", min(head_due, whole_due), whole_due)
                 parser = conn.parser
                 assert parser is not None
                 while not parser.head_done:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 
 from airouter.backends.base import Backend, Call, Reply
 from airouter.backends.failover import with_failover
-from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
+from airouter.backends.http_client import ConnectError, Deadline, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.sse_relay import Relay, rewrite_model
@@ -149,7 +150,8 @@ class OpenAIHttpBackend(Backend):
             tls = client_context(cfg.tls_ca_file, cfg.tls_cert_file, cfg.tls_key_file)
         self._conn_pools = {
             n.url: Pool(Origin(n.url, headers, self._proxy(n.url)), cfg.connect_timeout,
-                        cfg.idle_timeout, self._conn_limit, tls)
+                        cfg.idle_timeout, self._conn_limit, tls,
+                        min(cfg.first_token_timeout, cfg.request_timeout))
             for n in self.pool.nodes
         }
 
@@ -240,36 +242,43 @@ class OpenAIHttpBackend(Backend):
         self._conns += 1
         handed = False  # a streamed reply gives the connection back when it closes
         cfg = self.cfg
-        # One deadline per attempt, moved once: first_token_timeout bounds the wait for the
-        # answer's start (a whole answer's head, a stream's first event); a whole answer's body
-        # then has request_timeout from the start (the pool's idle timeout bounds every
-        # silence once the head is in). A stream has no deadline after its first event.
-        start = asyncio.get_running_loop().time()
-        first = cfg.first_token_timeout
-        whole = None if stream else start + cfg.request_timeout
-        head = start + first if whole is None else min(start + first, whole)
-        deadline = asyncio.timeout_at(head)
         try:
             try:
-                async with deadline:
-                    reply = await self._send_on(node, call, data, deadline, whole)
-            except TimeoutError:
-                if not deadline.expired():  # not this deadline: a read the idle sweep ended
-                    raise self._idle_timeout() from None
-                if deadline.when() == whole:  # moved to request_timeout, or it was the sooner
-                    raise GatewayTimeout(
-                        f"The backend '{self.name}' did not finish its answer within "
-                        f"{cfg.request_timeout:g}s (request_timeout)."
-                    ) from None
-                raise GatewayTimeout(
-                    f"The backend '{self.name}' did not start its answer within {first:g}s "
-                    "(first_token_timeout)."
-                ) from None
+                if stream:
+                    # first_token_timeout until the first event (the head, then the event),
+                    # the idle timeout between reads once the head is in; nothing else bounds
+                    # a stream after its first event.
+                    async with asyncio.timeout(cfg.first_token_timeout):
+                        reply = await self._send_on(node, call, data)
+                else:
+                    # A whole answer: its head within first_token_timeout, all of it within
+                    # request_timeout, the idle timeout between reads. The pool's sweep keeps
+                    # these deadlines: no timer per request.
+                    now = asyncio.get_running_loop().time()
+                    reply = await self._send_on(node, call, data,
+                                                now + cfg.first_token_timeout,
+                                                now + cfg.request_timeout)
+            except TimeoutError as e:
+                raise self._timed_out(e) from None
             handed = reply.body is None
             return reply
         finally:
             if not handed:
                 self._conns -= 1
+
+    def _timed_out(self, e: TimeoutError) -> GatewayTimeout:
+        what = e.what if isinstance(e, Deadline) else "head"
+        if what == "whole":
+            return GatewayTimeout(
+                f"The backend '{self.name}' did not finish its answer within "
+                f"{self.cfg.request_timeout:g}s (request_timeout)."
+            )
+        if what == "idle":
+            return self._idle_timeout()
+        return GatewayTimeout(
+            f"The backend '{self.name}' did not start its answer within "
+            f"{self.cfg.first_token_timeout:g}s (first_token_timeout)."
+        )
 
     def _idle_timeout(self) -> GatewayTimeout:
         return GatewayTimeout(
@@ -277,16 +286,18 @@ class OpenAIHttpBackend(Backend):
             f"{self.cfg.idle_timeout:g}s (idle_timeout)."
         )
 
-    async def _send_on(self, node: Node, call: Call, data: bytes, deadline: asyncio.Timeout,
-                       whole: float | None) -> Reply:
-        """`deadline` bounds the wait for the head; `whole`, if not None, is what it becomes
-        once the head is in (a whole answer's request_timeout)."""
+    async def _send_on(self, node: Node, call: Call, data: bytes,
+                       head_due: float = math.inf, whole_due: float = math.inf) -> Reply:
+        """`head_due` and `whole_due` (loop times) bound the wait for the head and the whole
+        answer (Deadline from the pool; the idle timeout's is Deadline("idle"))."""
         t0 = time.perf_counter()
         try:
             resp = await self._conn_pools[node.url].request(
-                b"POST", _PATHS[call.endpoint], data, call.headers
+                b"POST", _PATHS[call.endpoint], data, call.headers, head_due, whole_due
             )
-        except TimeoutError:  # connect_timeout's: the deadline's comes as a cancellation
+        except Deadline:
+            raise
+        except TimeoutError:  # connect_timeout's (a stream's deadline comes as a cancellation)
             raise GatewayTimeout(
                 f"Could not connect to the backend '{self.name}' within "
                 f"{self.cfg.connect_timeout:g}s (connect_timeout)."
@@ -303,8 +314,6 @@ class OpenAIHttpBackend(Backend):
             log.debug("backend %s: node %s answered HTTP %d (%s) in %.1f ms", self.name,
                       node.label, resp.status, resp.content_type or "no content type",
                       (time.perf_counter() - t0) * 1000)
-        if whole is not None:
-            deadline.reschedule(whole)
         try:
             if resp.status >= 400:
                 body = await resp.read()
@@ -319,9 +328,9 @@ class OpenAIHttpBackend(Backend):
                 first = await relay.next_batch()
                 return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()
-        except TimeoutError:  # the idle sweep's: the deadline's comes as a cancellation
+        except Deadline as e:  # the pool's sweep: idle, or the whole answer's deadline
             resp.close()
-            raise self._idle_timeout() from None
+            raise self._timed_out(e) from None
         except HttpError as e:
             resp.close()
             raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.") from None
