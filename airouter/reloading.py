@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from granian.net import SocketSpec  # type: ignore[attr-defined]
 from granian.server.mp import MPServer
 
 MARKER_ENV = "AIROUTER_GENERATION_FILE"
@@ -69,24 +67,6 @@ class ReloadingServer(MPServer):
         write_marker(marker, "0")
         self.draining: list[Any] = []  # old workers still finishing their requests
         self.draining_lock = threading.Lock()
-
-    def _init_shared_socket(self) -> None:
-        """One listening socket that every worker, old and new, accepts from, as nginx's
-        workers share theirs by default. On Linux granian gives each worker a SO_REUSEPORT
-        socket of its own, and the connections still queued on an old worker's socket when
-        it stops on a reload are reset; here they wait for a new worker. (granian's own path
-        for the other systems, taken on Linux too; relies on `_ssp`, `_shd`, `_sfd`, `_sso`
-        as granian/server/common.py and mp.py set them.)"""
-        if self.bind_uds:
-            super()._init_shared_socket()  # type: ignore[no-untyped-call]
-            return
-        self._ssp = None
-        holder: Any = SocketSpec(self.bind_addr, self.bind_port, self.backlog).build()
-        self._shd = holder
-        self._sfd = holder.get_fd()
-        sock = socket.socket(fileno=self._sfd)
-        sock.set_inheritable(True)
-        self._sso = sock
 
     def _reload(self, spawn_target: Any, target_loader: Any) -> None:
         self.reload_signal = False
