@@ -84,13 +84,25 @@ class KeyConfig(LimitsConfig, kw_only=True):
 class NodeConfig(Base):
     url: str
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    metrics_url: str | None = None  # the engine's Prometheus text; unset: the type's default
 
 
 class NodesConfig(Base):
     """What every backend type shares: its nodes and how to treat them."""
 
     urls: list[str | NodeConfig] = []
-    balance: Literal["least_inflight", "round_robin"] = "least_inflight"
+    balance: Literal["least_inflight", "round_robin", "prefix", "prefix_load"] = "least_inflight"
+    # prefix / prefix_load: see airouter/backends/prefix_policy.py and backends.toml.
+    prefix_block_bytes: Annotated[int, msgspec.Meta(ge=16)] = 256
+    prefix_max_bytes: Annotated[int, msgspec.Meta(ge=16)] = 65536
+    prefix_min_match: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    prefix_home_blocks: Annotated[int, msgspec.Meta(ge=1)] = 4
+    prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = from KV metrics, else 16384
+    balance_abs_threshold: Annotated[float, msgspec.Meta(ge=0)] = 8.0
+    balance_rel_threshold: Annotated[float, msgspec.Meta(ge=1)] = 1.5
+    session_header: str | None = None
+    metrics_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0 = no engine scraping
+    metrics_timeout: Seconds = 1.0
     # Attempts on other nodes when one fails before any byte reached the client.
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Seconds = 5.0

@@ -1,0 +1,150 @@
+"""The `prefix` and `prefix_load` balancers: send a request to the node most likely to hold its
+prompt's prefix in its KV cache, a cold prefix to a home node every process agrees on, and
+(prefix_load) pass over a node loaded well above the others."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from airouter.backends.engine_metrics import EngineLoad
+from airouter.backends.prefix import PrefixIndex, RouteKey, block_hashes, rendezvous, text_seed
+
+if TYPE_CHECKING:
+    from airouter.backends.nodes import Node
+    from airouter.config import NodesConfig
+
+# Blocks kept per node when neither the config nor the node's KV metrics say: 16,384 blocks of
+# 256 bytes is ~4 MB of prompt text, ~1M tokens, about one large GPU's KV cache.
+DEFAULT_CACHE_BLOCKS = 16384
+# Bytes of prompt text per token, to turn an engine's KV capacity in tokens into blocks.
+BYTES_PER_TOKEN = 4
+
+
+class PrefixBalancer:
+    """Per backend and process: the prefix index, the engines' scraped load, the choice.
+
+    Runs on the event loop only. Nothing it does is logged per request."""
+
+    def __init__(self, nodes: Sequence[Node], cfg: NodesConfig, *, load_aware: bool) -> None:
+        self.nodes = list(nodes)
+        self.load_aware = load_aware
+        self._pos = {id(n): i for i, n in enumerate(self.nodes)}
+        self._names = [n.url.encode() for n in self.nodes]
+        self.block = cfg.prefix_block_bytes
+        self.max_blocks = max(1, cfg.prefix_max_bytes // cfg.prefix_block_bytes)
+        self.min_match = cfg.prefix_min_match
+        self.home_blocks = cfg.prefix_home_blocks
+        self.abs_threshold = cfg.balance_abs_threshold
+        self.rel_threshold = cfg.balance_rel_threshold
+        self.sized = cfg.prefix_cache_blocks > 0
+        self.index = PrefixIndex(len(self.nodes), cfg.prefix_cache_blocks or DEFAULT_CACHE_BLOCKS)
+        self.engine: list[EngineLoad | None] = [None] * len(self.nodes)
+        # Scraped numbers older than this are not trusted (a scraper that stopped answering).
+        self.fresh_for = max(3 * cfg.metrics_interval, 2.0)
+
+    def key(self, text: bytes, model: str, session: str | None = None) -> RouteKey:
+        """The route key of a prompt rendered as the node will see it. `model` seeds the
+        hashes (two models never share a cache); `session` (prompt_cache_key, user, a
+        header) names the home node instead of the first blocks."""
+        seed = text_seed(model)
+        hashes = block_hashes(text, self.block, self.max_blocks, seed)
+        if session:
+            return RouteKey(hashes, text_seed(session) ^ seed or 1, True)
+        home = hashes[min(len(hashes), self.home_blocks) - 1] if hashes else 0
+        return RouteKey(hashes, home)
+
+    def load(self, node: Node, now: float) -> float:
+        """In flight here, or the engine's own running + waiting when scraped and fresh (it
+        counts other workers' and replicas' requests too), relative to the node's weight."""
+        mine = float(node.in_flight)
+        e = self.engine[self._pos[id(node)]]
+        if e is not None and now - e.at < self.fresh_for and e.known:
+            mine = max(mine, e.running + e.waiting)
+        return mine / node.weight
+
+    def choose(self, candidates: list[Node], key: RouteKey) -> Node:
+        hashes = key.hashes
+        pos = [self._pos[id(n)] for n in candidates]
+        depth = self.index.match(hashes) if hashes else [0] * len(self.nodes)
+        if self.load_aware:
+            now = time.monotonic()
+            loads = [self.load(n, now) for n in candidates]
+        else:
+            loads = [n.in_flight / n.weight for n in candidates]
+        ks = range(len(candidates))
+        best = max(depth[p] for p in pos)
+        if best and best >= self.min_match * len(hashes):
+            c = min((k for k in ks if depth[pos[k]] == best), key=loads.__getitem__)
+        elif key.home:
+            near: list[int] = list(ks)
+            if self.load_aware and not key.session:
+                # A cold prefix: its home among the least-loaded nodes, so that processes
+                # agree while load is even and an idle node is not passed over for a busy one.
+                floor = min(loads) + 1.0
+                near = [k for k in ks if loads[k] <= floor]
+            w = [candidates[k].weight for k in near]
+            c = near[rendezvous(key.home, [self._names[pos[k]] for k in near], w)]
+        else:
+            c = min(ks, key=lambda k: (loads[k], candidates[k].served))
+        if self.load_aware and len(candidates) > 1:
+            least = min(loads)
+            if loads[c] - least > self.abs_threshold and loads[c] > self.rel_threshold * least:
+                # SGLang's escape hatch: this node is a hot spot. The least loaded one (the
+                # best match among ties) takes the request, and from now on the prefix too.
+                c = min(ks, key=lambda k: (loads[k], -depth[pos[k]]))
+        p = pos[c]
+        key.pos = p
+        key.predicted = depth[p]
+        self.index.insert(p, hashes, depth[p])
+        return candidates[c]
+
+    def feedback(self, key: RouteKey, cached_tokens: int) -> tuple[bool, bool]:
+        """The engine's count of cached prompt tokens for a request routed with `key`: answers
+        (predicted a hit, the engine confirmed one). A predicted hit the engine denies lowers
+        what the index believes that node holds."""
+        predicted = key.predicted > 0
+        confirmed = cached_tokens > 0
+        if predicted and not confirmed:
+            self.index.contradicted(key.pos)
+        elif predicted:
+            self.index.confirmed(key.pos)
+        return predicted, confirmed
+
+    def forget(self, node: Node) -> None:
+        """The node was ejected, marked down or restarted: its cache is gone or unknown."""
+        self.index.drop(self._pos[id(node)])
+
+    def engine_read(self, node: Node, load: EngineLoad | None) -> None:
+        """A scrape's result (None: unreadable). Sizes the node's index from its KV capacity
+        unless the config fixed it; a restarted engine (its counters went back) is forgotten."""
+        p = self._pos[id(node)]
+        old = self.engine[p]
+        self.engine[p] = load
+        if load is None:
+            return
+        if old is not None and load.restarted(old):
+            self.index.drop(p)
+        if not self.sized and load.kv_tokens:
+            self.index.resize(p, load.kv_tokens * BYTES_PER_TOKEN // self.block)
+
+    def detail(self, node: Node) -> dict[str, object]:
+        """What /health shows of the node: the index's size and what its engine reported."""
+        p = self._pos[id(node)]
+        out: dict[str, object] = {"prefix_blocks": self.index.size(p)}
+        e = self.engine[p]
+        if e is not None:
+            out["engine"] = e.as_dict()
+        return out
+
+
+def policy_for(nodes: Sequence[Node], cfg: NodesConfig) -> PrefixBalancer | None:
+    if cfg.balance == "prefix":
+        return PrefixBalancer(nodes, cfg, load_aware=False)
+    if cfg.balance == "prefix_load":
+        return PrefixBalancer(nodes, cfg, load_aware=True)
+    return None
+
+
+__all__ = ["PrefixBalancer", "RouteKey", "block_hashes", "policy_for"]
