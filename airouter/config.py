@@ -11,6 +11,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import msgspec
 
+from airouter.balance_config import PrefixConfig
 from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
 from airouter.upstream import base_url_problem, proxy_problem, tls_problem
 
@@ -92,17 +93,8 @@ class NodesConfig(Base):
 
     urls: list[str | NodeConfig] = []
     balance: Literal["least_inflight", "round_robin", "prefix", "prefix_load"] = "least_inflight"
-    # prefix / prefix_load: see airouter/backends/prefix_policy.py and backends.toml.
-    prefix_block_bytes: Annotated[int, msgspec.Meta(ge=16)] = 256
-    prefix_max_bytes: Annotated[int, msgspec.Meta(ge=16)] = 65536
-    prefix_min_match: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
-    prefix_home_blocks: Annotated[int, msgspec.Meta(ge=1)] = 4
-    prefix_cache_blocks: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0 = from KV metrics, else 16384
-    balance_abs_threshold: Annotated[float, msgspec.Meta(ge=0)] = 8.0
-    balance_rel_threshold: Annotated[float, msgspec.Meta(ge=1)] = 1.5
-    session_header: str | None = None
+    prefix: PrefixConfig = msgspec.field(default_factory=PrefixConfig)
     metrics_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0 = no engine scraping
-    metrics_timeout: Seconds = 1.0
     # Attempts on other nodes when one fails before any byte reached the client.
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Seconds = 5.0
@@ -121,8 +113,7 @@ class NodesConfig(Base):
     healthy_after: Annotated[int, msgspec.Meta(ge=1)] = 1
     eject_after: Annotated[int, msgspec.Meta(ge=1)] = 3
     cooldown: Seconds = 10.0
-    # Below this fraction of nodes available, route to every node (Envoy's panic threshold).
-    panic_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    panic_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5  # see backends.toml
 
 
 class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):

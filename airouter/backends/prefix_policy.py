@@ -32,14 +32,14 @@ class PrefixBalancer:
         self.load_aware = load_aware
         self._pos = {id(n): i for i, n in enumerate(self.nodes)}
         self._names = [n.url.encode() for n in self.nodes]
-        self.block = cfg.prefix_block_bytes
-        self.max_blocks = max(1, cfg.prefix_max_bytes // cfg.prefix_block_bytes)
-        self.min_match = cfg.prefix_min_match
-        self.home_blocks = cfg.prefix_home_blocks
-        self.abs_threshold = cfg.balance_abs_threshold
-        self.rel_threshold = cfg.balance_rel_threshold
-        self.sized = cfg.prefix_cache_blocks > 0
-        self.index = PrefixIndex(len(self.nodes), cfg.prefix_cache_blocks or DEFAULT_CACHE_BLOCKS)
+        self.block = cfg.prefix.block_bytes
+        self.max_blocks = max(1, cfg.prefix.max_bytes // cfg.prefix.block_bytes)
+        self.min_match = cfg.prefix.min_match
+        self.home_blocks = cfg.prefix.home_blocks
+        self.abs_threshold = cfg.prefix.abs_threshold
+        self.rel_threshold = cfg.prefix.rel_threshold
+        self.sized = cfg.prefix.cache_blocks > 0
+        self.index = PrefixIndex(len(self.nodes), cfg.prefix.cache_blocks or DEFAULT_CACHE_BLOCKS)
         self.engine: list[EngineLoad | None] = [None] * len(self.nodes)
         # Scraped numbers older than this are not trusted (a scraper that stopped answering).
         self.fresh_for = max(3 * cfg.metrics_interval, 2.0)

@@ -9,12 +9,14 @@ from airouter import config
 from airouter.backends.engine_metrics import EngineLoad, parse_metrics
 from airouter.backends.nodes import NodePool, NodeSpec
 from airouter.backends.prefix import PrefixIndex, block_hashes, rendezvous
+from airouter.balance_config import PrefixConfig
 
 URLS = [f"http://10.0.0.{i}:8000/v1" for i in range(1, 5)]
 
 
 def _pool(balance: str = "prefix_load", urls: list[str] = URLS, **extra: object) -> NodePool:
-    cfg = config.OpenAIBackendConfig(balance=balance, urls=list(urls), **extra)  # type: ignore[arg-type]
+    cfg = config.OpenAIBackendConfig(balance=balance, urls=list(urls),  # type: ignore[arg-type]
+                                     prefix=PrefixConfig(**extra), eject_after=1)
     return NodePool.from_config("b", cfg, [NodeSpec(u) for u in urls])
 
 
@@ -111,7 +113,7 @@ def test_home_of_a_cold_prefix_is_the_same_in_every_process() -> None:
 
 
 def test_prefix_load_passes_over_a_hot_node() -> None:
-    pool = _pool("prefix_load", balance_abs_threshold=4, balance_rel_threshold=1.5)
+    pool = _pool("prefix_load", abs_threshold=4, rel_threshold=1.5)
     assert pool.prefix is not None
     home = pool.pick((), pool.prefix.key(_text(1, 0), "m"))
     assert home is not None
@@ -131,7 +133,7 @@ def test_prefix_load_passes_over_a_hot_node() -> None:
 
 
 def test_engine_queue_counts_as_load() -> None:
-    pool = _pool("prefix_load", balance_abs_threshold=4)
+    pool = _pool("prefix_load", abs_threshold=4)
     assert pool.prefix is not None
     home = pool.pick((), pool.prefix.key(_text(2, 0), "m"))
     assert home is not None
@@ -154,7 +156,7 @@ def test_failover_excludes_tried_nodes_and_one_node_is_served() -> None:
 
 
 def test_ejected_node_loses_its_entries_and_short_prompts_go_least_loaded() -> None:
-    pool = _pool(eject_after=1)
+    pool = _pool()
     assert pool.prefix is not None
     key = pool.prefix.key(_text(4, 0), "m")
     n = pool.pick((), key)
