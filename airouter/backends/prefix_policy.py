@@ -5,14 +5,17 @@ prompt's prefix in its KV cache, a cold prefix to a home node every process agre
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from airouter.backends.engine_metrics import EngineLoad
 from airouter.backends.prefix import PrefixIndex, RouteKey, block_hashes, rendezvous, text_seed
 
 if TYPE_CHECKING:
-    from airouter.backends.nodes import Node
+    from airouter.backends.base import Stats
+    from airouter.backends.nodes import Node, NodePool
     from airouter.config import NodesConfig
 
 # Blocks kept per node when neither the config nor the node's KV metrics say: 16,384 blocks of
@@ -137,6 +140,39 @@ class PrefixBalancer:
         if e is not None:
             out["engine"] = e.as_dict()
         return out
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def chat_text(body: Mapping[str, Any]) -> bytes:
+    """What an openai node's engine sees of a request, canonically: its tools, then its
+    messages (or prompt), as JSON. Parameters (temperature, max_tokens...) are left out:
+    they do not change the prompt's tokens."""
+    prompt = body["messages"] if "messages" in body else body.get("prompt")
+    try:
+        return _encode((body.get("tools"), prompt))
+    except (TypeError, ValueError, OverflowError):
+        return b""
+
+
+def session_of(body: Mapping[str, Any]) -> str | None:
+    """OpenAI's `prompt_cache_key`, else `user`: a client's own session affinity."""
+    for name in ("prompt_cache_key", "user"):
+        v = body.get(name)
+        if isinstance(v, str) and v:
+            return v[:256]
+    return None
+
+
+def settle(pool: NodePool, key: RouteKey, stats: Stats) -> None:
+    """The answer is over: if its usage said how much of the prompt the engine had cached,
+    check the index's prediction against it."""
+    cached = stats.cached_tokens
+    if cached is None or key.pos < 0 or pool.prefix is None:
+        return
+    predicted, confirmed = pool.prefix.feedback(key, cached)
+    pool.observer.prefix_cache(pool.backend, pool.nodes[key.pos].label, predicted, confirmed)
 
 
 def policy_for(nodes: Sequence[Node], cfg: NodesConfig) -> PrefixBalancer | None:
