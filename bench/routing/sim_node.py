@@ -136,7 +136,8 @@ class SimNode:
                     for _ in range(max_tokens - 1):
                         await asyncio.sleep(self._step())
                     return web.json_response({
-                        "id": f"sim-{self.port}", "object": "chat.completion", "model": body.get("model"),
+                        "id": f"sim-{self.port}", "object": "chat.completion",
+                        "model": body.get("model"),
                         "choices": [{"index": 0, "finish_reason": "length", "message": {
                             "role": "assistant", "content": "tok " * max_tokens}}],
                         "usage": usage})
@@ -200,7 +201,7 @@ class SimNode:
         return web.json_response({"ok": True})
 
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": f"sim-{self.port}", "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": "sim", "object": "model"}]})
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 * 1024 * 1024)

@@ -74,6 +74,11 @@ async def _ask(s: aiohttp.ClientSession, r: RouterProc, messages: list[dict[str,
         return 200, json.loads(text)["id"]
 
 
+async def _kill(s: aiohttp.ClientSession, port: int) -> None:
+    async with s.post(f"http://127.0.0.1:{port}/sim/kill") as resp:
+        assert resp.status == 200
+
+
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return str(resp.read().decode())
@@ -113,8 +118,7 @@ async def test_failover_skips_dead_nodes_and_a_node_killed_mid_run(tmp_path: Pat
     with sim_nodes(4, tmp_path) as ports, run_router(_config(ports, extra), tmp_path) as r:
         async with aiohttp.ClientSession() as s:
             for p in ports[:2]:
-                urllib.request.urlopen(urllib.request.Request(
-                    f"http://127.0.0.1:{p}/sim/kill", method="POST"), timeout=5).close()
+                await _kill(s, p)
             await asyncio.sleep(0.1)
             results = [await _ask(s, r, _prompt(200 + g, 0)) for g in range(10)]
             assert all(st == 200 for st, _ in results), results
@@ -125,8 +129,7 @@ async def test_failover_skips_dead_nodes_and_a_node_killed_mid_run(tmp_path: Pat
 
             task = asyncio.gather(*(load(15) for _ in range(4)))
             await asyncio.sleep(0.3)
-            urllib.request.urlopen(urllib.request.Request(
-                f"http://127.0.0.1:{ports[2]}/sim/kill", method="POST"), timeout=5).close()
+            await _kill(s, ports[2])
             statuses = [st for batch in await task for st in batch]
             assert statuses.count(200) == len(statuses), statuses
 
