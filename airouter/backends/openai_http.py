@@ -16,7 +16,7 @@ from airouter.backends.failover import with_failover
 from airouter.backends.http_client import ConnectError, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
-from airouter.backends.prefix_policy import chat_text, session_of, settle
+from airouter.backends.prefix_policy import prompt_start, session_of, settle
 from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.config import OpenAIBackendConfig
@@ -241,7 +241,8 @@ class OpenAIHttpBackend(Backend):
             return await with_failover(
                 self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream)
             )
-        key = prefix.key(chat_text(call.body), call.target.backend_model, session_of(call.body))
+        key = prefix.key(data, call.target.backend_model, session_of(call.body),
+                         prompt_start(data))
         reply = await with_failover(
             self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream),
             key,

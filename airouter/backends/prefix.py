@@ -16,19 +16,15 @@ _xxh = xxhash.xxh3_64_intdigest
 _MASK64 = (1 << 64) - 1
 
 
-def block_hashes(text: bytes, block: int, max_blocks: int, seed: int = 0) -> list[int]:
+def block_hashes(text: bytes, block: int, max_blocks: int, seed: int = 0, start: int = 0
+                 ) -> list[int]:
     """Chained hashes of the whole `block`-byte blocks at the start of `text` (at most
     `max_blocks`): hash i covers blocks 0..i, so equal hashes mean equal prefixes. A text
     shorter than one block has none; a partial last block is left out, as engines cache
-    only full blocks."""
-    n = min(len(text) // block, max_blocks)
-    out = [0] * n
+    only full blocks. Hashing starts at offset `start`."""
+    end = start + min((len(text) - start) // block, max_blocks) * block
     h = seed
-    for i in range(n):
-        start = i * block
-        h = _xxh(text[start : start + block], h)
-        out[i] = h
-    return out
+    return [h := _xxh(text[s : s + block], h) for s in range(start, end, block)]
 
 
 def text_seed(text: str) -> int:
@@ -106,6 +102,21 @@ class PrefixIndex:
             alive >>= 1
             j += 1
         return depth
+
+    def longest(self, hashes: Sequence[int], among: int) -> tuple[int, int]:
+        """The longest leading run of `hashes` that a node of the bitmask `among` holds, and
+        the bitmask of the nodes holding it: a binary search, ~log2(blocks) look-ups, as the
+        nodes holding block i+1 of a chain are among those holding block i."""
+        get = self.table.get
+        lo, hi, found = 0, len(hashes), 0
+        while lo < hi:
+            mid = (lo + hi + 1) >> 1
+            m = get(hashes[mid - 1], 0) & among
+            if m:
+                lo, found = mid, m
+            else:
+                hi = mid - 1
+        return lo, found
 
     def insert(self, node: int, hashes: Sequence[int], known: int = 0) -> None:
         """`node` now holds every block of `hashes`; the first `known` it held already."""

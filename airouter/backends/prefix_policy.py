@@ -8,8 +8,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from airouter.backends.engine_metrics import EngineLoad
 from airouter.backends.prefix import PrefixIndex, RouteKey, block_hashes, rendezvous, text_seed
 
@@ -47,12 +45,13 @@ class PrefixBalancer:
         # Scraped numbers older than this are not trusted (a scraper that stopped answering).
         self.fresh_for = max(3 * cfg.metrics_interval, 2.0)
 
-    def key(self, text: bytes, model: str, session: str | None = None) -> RouteKey:
-        """The route key of a prompt rendered as the node will see it. `model` seeds the
-        hashes (two models never share a cache); `session` (prompt_cache_key, user, a
-        header) names the home node instead of the first blocks."""
+    def key(self, text: bytes, model: str, session: str | None = None, start: int = 0
+            ) -> RouteKey:
+        """The route key of a prompt rendered as the node will see it (from offset `start`).
+        `model` seeds the hashes (two models never share a cache); `session`
+        (prompt_cache_key, user) names the home node instead of the first blocks."""
         seed = text_seed(model)
-        hashes = block_hashes(text, self.block, self.max_blocks, seed)
+        hashes = block_hashes(text, self.block, self.max_blocks, seed, start)
         if session:
             return RouteKey(hashes, text_seed(session) ^ seed or 1, True)
         home = hashes[min(len(hashes), self.home_blocks) - 1] if hashes else 0
@@ -70,16 +69,22 @@ class PrefixBalancer:
     def choose(self, candidates: list[Node], key: RouteKey) -> Node:
         hashes = key.hashes
         pos = [self._pos[id(n)] for n in candidates]
-        depth = self.index.match(hashes) if hashes else [0] * len(self.nodes)
+        best, holders = 0, 0
+        if hashes:
+            among = 0
+            for p in pos:
+                among |= 1 << p
+            best, holders = self.index.longest(hashes, among)
         if self.load_aware:
             now = time.monotonic()
             loads = [self.load(n, now) for n in candidates]
         else:
             loads = [n.in_flight / n.weight for n in candidates]
         ks = range(len(candidates))
-        best = max(depth[p] for p in pos)
+        # Nodes not holding the longest match count as holding none: approximate, and cheap.
+        depth = [best if holders >> p & 1 else 0 for p in pos]
         if best and best >= self.min_match * len(hashes):
-            c = min((k for k in ks if depth[pos[k]] == best), key=loads.__getitem__)
+            c = min((k for k in ks if depth[k]), key=loads.__getitem__)
         elif key.home:
             near: list[int] = list(ks)
             if self.load_aware and not key.session:
@@ -96,11 +101,12 @@ class PrefixBalancer:
             if loads[c] - least > self.abs_threshold and loads[c] > self.rel_threshold * least:
                 # SGLang's escape hatch: this node is a hot spot. The least loaded one (the
                 # best match among ties) takes the request, and from now on the prefix too.
-                c = min(ks, key=lambda k: (loads[k], -depth[pos[k]]))
+                c = min(ks, key=lambda k: (loads[k], -depth[k]))
         p = pos[c]
+        known = depth[c] if depth[c] or not best else self.index.longest(hashes, 1 << p)[0]
         key.pos = p
-        key.predicted = depth[p]
-        self.index.insert(p, hashes, depth[p])
+        key.predicted = known
+        self.index.insert(p, hashes, known)
         return candidates[c]
 
     def feedback(self, key: RouteKey, cached_tokens: int) -> tuple[bool, bool]:
@@ -142,18 +148,18 @@ class PrefixBalancer:
         return out
 
 
-_encode = msgspec.json.Encoder().encode
+_PROMPT_MEMBERS = (b'"tools":', b'"messages":', b'"prompt":')
 
 
-def chat_text(body: Mapping[str, Any]) -> bytes:
-    """What an openai node's engine sees of a request, canonically: its tools, then its
-    messages (or prompt), as JSON. Parameters (temperature, max_tokens...) are left out:
-    they do not change the prompt's tokens."""
-    prompt = body["messages"] if "messages" in body else body.get("prompt")
-    try:
-        return _encode((body.get("tools"), prompt))
-    except (TypeError, ValueError, OverflowError):
-        return b""
+def prompt_start(data: bytes) -> int:
+    """Where the prompt begins in a request's JSON as the router sends it: the first of its
+    tools, messages or prompt members. Hashing from there skips parameters a client puts
+    first (model, temperature...), which the engine's prompt does not contain, and costs no
+    second encoding of the body. (Inside a JSON string a quote is escaped, so these byte
+    strings only ever match a member name.) Only the first 4 KB are searched: parameters
+    are short, and a prompt member further on is keyed from the start."""
+    found = [i for i in (data.find(m, 0, 4096) for m in _PROMPT_MEMBERS) if i >= 0]
+    return min(found) if found else 0
 
 
 def session_of(body: Mapping[str, Any]) -> str | None:
