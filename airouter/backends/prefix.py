@@ -35,14 +35,23 @@ def text_seed(text: str) -> int:
 def rendezvous(key: int, names: Sequence[bytes], weights: Sequence[float]) -> int:
     """Weighted rendezvous (highest random weight) hashing: the position in `names` of the
     node that owns `key`. Deterministic across processes; removing a node moves only its keys."""
-    best = -1
-    best_score = -math.inf
+    return rendezvous_two(key, names, weights)[0]
+
+
+def rendezvous_two(key: int, names: Sequence[bytes], weights: Sequence[float]
+                   ) -> tuple[int, int]:
+    """The two highest-scoring positions for `key` (the second is -1 with one name)."""
+    best = second = -1
+    best_score = second_score = -math.inf
     for i, name in enumerate(names):
         u = (_xxh(name, key) + 1) / (_MASK64 + 2)  # in (0, 1)
         score = -weights[i] / math.log(u)
         if score > best_score:
+            second, second_score = best, best_score
             best, best_score = i, score
-    return best
+        elif score > second_score:
+            second, second_score = i, score
+    return best, second
 
 
 @dataclass(slots=True)

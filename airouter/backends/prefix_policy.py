@@ -9,7 +9,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airouter.backends.engine_metrics import EngineLoad
-from airouter.backends.prefix import PrefixIndex, RouteKey, block_hashes, rendezvous, text_seed
+from airouter.backends.prefix import (
+    PrefixIndex,
+    RouteKey,
+    block_hashes,
+    rendezvous_two,
+    text_seed,
+)
 
 if TYPE_CHECKING:
     from airouter.backends.base import Stats
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
 DEFAULT_CACHE_BLOCKS = 16384
 # Bytes of prompt text per token, to turn an engine's KV capacity in tokens into blocks.
 BYTES_PER_TOKEN = 4
+# A cold prefix's home may have this much more load than the least loaded node.
+COLD_SLACK = 0.0
 
 
 class PrefixBalancer:
@@ -42,6 +50,7 @@ class PrefixBalancer:
         self.sized = cfg.prefix.cache_blocks > 0
         self.index = PrefixIndex(len(self.nodes), cfg.prefix.cache_blocks or DEFAULT_CACHE_BLOCKS)
         self.engine: list[EngineLoad | None] = [None] * len(self.nodes)
+        self._mine_at = [0] * len(self.nodes)  # our in-flight count when each was read
         # Scraped numbers older than this are not trusted (a scraper that stopped answering).
         self.fresh_for = max(3 * cfg.metrics_interval, 2.0)
 
@@ -58,12 +67,14 @@ class PrefixBalancer:
         return RouteKey(hashes, home)
 
     def load(self, node: Node, now: float) -> float:
-        """In flight here, or the engine's own running + waiting when scraped and fresh (it
-        counts other workers' and replicas' requests too), relative to the node's weight."""
+        """In flight here, plus what the engine ran or queued beyond our own requests at its
+        last fresh scrape (other workers' and replicas'), relative to the node's weight. Our
+        own count stays exact between scrapes: a stale total would herd requests."""
+        p = self._pos[id(node)]
         mine = float(node.in_flight)
-        e = self.engine[self._pos[id(node)]]
+        e = self.engine[p]
         if e is not None and now - e.at < self.fresh_for and e.known:
-            mine = max(mine, e.running + e.waiting)
+            mine += max(0.0, e.running + e.waiting - self._mine_at[p])
         return mine / node.weight
 
     def choose(self, candidates: list[Node], key: RouteKey) -> Node:
@@ -88,12 +99,14 @@ class PrefixBalancer:
         elif key.home:
             near: list[int] = list(ks)
             if self.load_aware and not key.session:
-                # A cold prefix: its home among the least-loaded nodes, so that processes
-                # agree while load is even and an idle node is not passed over for a busy one.
-                floor = min(loads) + 1.0
+                # A cold prefix: its home among the least-loaded nodes. Processes agree while
+                # load is even, and prompts that never recur are balanced as least_inflight
+                # would (a looser choice, such as the less loaded of two homes, measured 40%
+                # worse p90 TTFT on such a trace).
+                floor = min(loads) + COLD_SLACK
                 near = [k for k in ks if loads[k] <= floor]
             w = [candidates[k].weight for k in near]
-            c = near[rendezvous(key.home, [self._names[pos[k]] for k in near], w)]
+            c = near[rendezvous_two(key.home, [self._names[pos[k]] for k in near], w)[0]]
         else:
             c = min(ks, key=lambda k: (loads[k], candidates[k].served))
         if self.load_aware and len(candidates) > 1:
@@ -131,6 +144,7 @@ class PrefixBalancer:
         p = self._pos[id(node)]
         old = self.engine[p]
         self.engine[p] = load
+        self._mine_at[p] = node.in_flight
         if load is None:
             return
         if old is not None and load.restarted(old):
