@@ -16,3 +16,4 @@ class PrefixConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omi
     cache_blocks: Annotated[int, msgspec.Meta(ge=0)] = 0  # 0: from KV metrics, else 16384
     abs_threshold: Annotated[float, msgspec.Meta(ge=0)] = 8.0
     rel_threshold: Annotated[float, msgspec.Meta(ge=1)] = 1.5
+    cold_slack: Annotated[float, msgspec.Meta(ge=0)] = 0.0

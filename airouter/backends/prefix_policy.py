@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 DEFAULT_CACHE_BLOCKS = 16384
 # Bytes of prompt text per token, to turn an engine's KV capacity in tokens into blocks.
 BYTES_PER_TOKEN = 4
-# A cold prefix's home may have this much more load than the least loaded node.
-COLD_SLACK = 0.0
 
 
 class PrefixBalancer:
@@ -47,6 +45,8 @@ class PrefixBalancer:
         self.home_blocks = cfg.prefix.home_blocks
         self.abs_threshold = cfg.prefix.abs_threshold
         self.rel_threshold = cfg.prefix.rel_threshold
+        # How much more load than the least loaded node a cold prefix's home may have.
+        self.cold_slack = cfg.prefix.cold_slack
         self.sized = cfg.prefix.cache_blocks > 0
         self.index = PrefixIndex(len(self.nodes), cfg.prefix.cache_blocks or DEFAULT_CACHE_BLOCKS)
         self.engine: list[EngineLoad | None] = [None] * len(self.nodes)
@@ -103,7 +103,7 @@ class PrefixBalancer:
                 # load is even, and prompts that never recur are balanced as least_inflight
                 # would (a looser choice, such as the less loaded of two homes, measured 40%
                 # worse p90 TTFT on such a trace).
-                floor = min(loads) + COLD_SLACK
+                floor = min(loads) + self.cold_slack
                 near = [k for k in ks if loads[k] <= floor]
             w = [candidates[k].weight for k in near]
             c = near[rendezvous_two(key.home, [self._names[pos[k]] for k in near], w)[0]]
