@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import subprocess
 import sys
+import time
+
+import pytest
 
 from airouter import config
 from airouter.backends.engine_metrics import EngineLoad, parse_metrics
+from airouter.backends.engine_scrape import EngineScraper, metrics_url
 from airouter.backends.nodes import NodePool, NodeSpec
 from airouter.backends.prefix import PrefixIndex, block_hashes, rendezvous
 from airouter.balance_config import PrefixConfig
+from tests.support.procs import free_port
 
 URLS = [f"http://10.0.0.{i}:8000/v1" for i in range(1, 5)]
 
@@ -212,3 +219,46 @@ def test_parse_engine_metrics() -> None:
         assert not parse_metrics(junk).known
     restarted = parse_metrics(TRT.replace(" 900", " 3"))
     assert restarted.restarted(t) and not t.restarted(t)
+
+
+def test_metrics_url_defaults() -> None:
+    assert metrics_url("10.0.0.1:8001", "triton", None) == "http://10.0.0.1:8002/metrics"
+    assert metrics_url("dns:///tri:8001", "triton", None) == "http://tri:8002/metrics"
+    assert metrics_url("http://u:p@h:8000/v1", "openai", None) == "http://h:8000/metrics"
+    assert metrics_url("h:8001", "triton", "http://m:9/x") == "http://m:9/x"
+
+
+async def test_scraper_falls_back_on_garbage_hangs_and_refusals(
+        caplog: pytest.LogCaptureFixture) -> None:
+    pages = {"good": b"HTTP/1.0 200 OK\r\n\r\nvllm:num_requests_waiting 30\n",
+             "garbage": b"HTTP/1.0 200 OK\r\n\r\n<html>",
+             "error": b"HTTP/1.0 500 Oops\r\n\r\n"}
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = (await reader.readline()).decode()
+        name = line.split()[1].strip("/")
+        if name == "hang":
+            await asyncio.sleep(5)
+        writer.write(pages.get(name, b""))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    names = ["good", "garbage", "error", "hang"]
+    urls = [f"http://10.0.0.{i}:8000/v1" for i in range(5)]
+    pool = _pool(urls=urls)
+    assert pool.prefix is not None
+    scraper = EngineScraper(pool, [f"http://127.0.0.1:{port}/{n}" for n in names]
+                            + [f"http://127.0.0.1:{free_port()}/refused"], 1.0, 0.3)
+    with caplog.at_level(logging.WARNING, "airouter.nodes"):
+        await scraper.scrape_once()
+        await scraper.scrape_once()
+    server.close()
+    engine = pool.prefix.engine
+    assert engine[0] is not None and engine[0].waiting == 30
+    assert engine[1:] == [None] * 4
+    assert len([r for r in caplog.records if "unreadable" in r.message]) == 4  # once each
+    # Only the node that reported a queue looks loaded.
+    now = time.monotonic()
+    assert pool.prefix.load(pool.nodes[0], now) == 30 and pool.prefix.load(pool.nodes[1], now) == 0
