@@ -11,6 +11,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import msgspec
 
+from airouter.balance_config import PrefixConfig
 from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
 from airouter.upstream import base_url_problem, proxy_problem, tls_problem
 
@@ -84,13 +85,16 @@ class KeyConfig(LimitsConfig, kw_only=True):
 class NodeConfig(Base):
     url: str
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    metrics_url: str | None = None  # the engine's Prometheus text; unset: the type's default
 
 
 class NodesConfig(Base):
     """What every backend type shares: its nodes and how to treat them."""
 
     urls: list[str | NodeConfig] = []
-    balance: Literal["least_inflight", "round_robin"] = "least_inflight"
+    balance: Literal["least_inflight", "round_robin", "prefix", "prefix_load"] = "least_inflight"
+    prefix: PrefixConfig = msgspec.field(default_factory=PrefixConfig)
+    metrics_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0 = no engine scraping
     # Attempts on other nodes when one fails before any byte reached the client.
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Seconds = 5.0
@@ -109,8 +113,7 @@ class NodesConfig(Base):
     healthy_after: Annotated[int, msgspec.Meta(ge=1)] = 1
     eject_after: Annotated[int, msgspec.Meta(ge=1)] = 3
     cooldown: Seconds = 10.0
-    # Below this fraction of nodes available, route to every node (Envoy's panic threshold).
-    panic_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5
+    panic_threshold: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.5  # see backends.toml
 
 
 class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):

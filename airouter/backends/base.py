@@ -41,6 +41,7 @@ class Stats:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when sent
 
 
 @dataclass(slots=True, frozen=True)

@@ -10,23 +10,29 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from airouter.backends.base import Reply
 from airouter.backends.nodes import Node, NodePool
+from airouter.backends.prefix import RouteKey
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 
 log = logging.getLogger("airouter.nodes")
 
 
 async def with_failover(
-    pool: NodePool, retries: int, attempt: Callable[[Node], Awaitable[Reply]]
+    pool: NodePool,
+    retries: int,
+    attempt: Callable[[Node], Awaitable[Reply]],
+    key: RouteKey | None = None,
 ) -> Reply:
     """Run `attempt` on a node; on a retryable failure (nothing reached the client yet) try
-    another node, at most `retries` more times. The node's slot is held until the reply closes."""
+    another node, at most `retries` more times. The node's slot is held until the reply closes.
+    `key` is the request's prefix for a prefix-aware pool; a retry never goes back to a node
+    already tried."""
     tried: list[Node] = []
     last: RouterError | None = None
     # Every node known bad: tried anyway (panic), but a failure that another node might not
     # have had is answered as before, as no healthy node.
     none_up = not pool.any_available
     for _ in range(retries + 1):
-        node = pool.pick(tried)
+        node = pool.pick(tried, key)
         if node is None:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("backend %s: no node left to try (%d tried)", pool.backend, len(tried))

@@ -21,6 +21,8 @@ from airouter.backends.node_slots import (
     unchecked,
 )
 from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.prefix import RouteKey
+from airouter.backends.prefix_policy import PrefixBalancer, policy_for
 from airouter.config import NodesConfig
 
 log = logging.getLogger("airouter.nodes")
@@ -147,6 +149,8 @@ class NodePool:
         self._checks: asyncio.Task[None] | None = None
         # Set when slots are counted across workers or replicas (State._share_slots).
         self.slots: SlotStore | None = None
+        # balance = "prefix" | "prefix_load" (from_config): the prefix-aware choice.
+        self.prefix: PrefixBalancer | None = None
 
     @classmethod
     def from_config(
@@ -156,7 +160,7 @@ class NodePool:
         specs: Sequence[NodeSpec],
         observer: NodeObserver = QUIET,
     ) -> NodePool:
-        return cls(
+        pool = cls(
             backend,
             specs,
             observer=observer,
@@ -170,6 +174,8 @@ class NodePool:
             healthy_after=cfg.healthy_after,
             panic_threshold=cfg.panic_threshold,
         )
+        pool.prefix = policy_for(pool.nodes, cfg)
+        return pool
 
     @property
     def any_available(self) -> bool:
@@ -192,7 +198,7 @@ class NodePool:
         up = sum(1 for n in self.nodes if n.available(now))
         return up < self.panic_threshold * len(self.nodes)
 
-    def pick(self, exclude: Sequence[Node] = ()) -> Node | None:
+    def pick(self, exclude: Sequence[Node] = (), key: RouteKey | None = None) -> Node | None:
         now = time.monotonic()
         nodes = self.nodes
         if len(nodes) == 1:
@@ -210,6 +216,8 @@ class NodePool:
         if limit:
             # A node with a free slot beats queueing behind a full one.
             candidates = [n for n in candidates if n.in_flight < limit] or candidates
+        if self.prefix is not None and key is not None:
+            return self.prefix.choose(candidates, key)
         if self.balance == "round_robin":
             return self._weighted_rr(candidates)
         # Least in-flight relative to weight; ties go to the node that served fewer.
@@ -323,6 +331,7 @@ class NodePool:
                 node.failures,
                 why,
             )
+            self._forget(node)
             self._publish(node)
 
     def checked(self, node: Node, ok: bool | None) -> None:
@@ -340,12 +349,14 @@ class NodePool:
                 node.healthy = True
                 node.failures = 0
                 node.ejected_until = 0.0
+                self._forget(node)  # it may have restarted: a cold cache
                 log.warning("backend %s: node %s is healthy again", self.backend, node.label)
         else:
             node.checks_ok = 0
             node.checks_bad += 1
             if node.healthy and node.checks_bad >= self.unhealthy_after:
                 node.healthy = False
+                self._forget(node)
                 log.warning(
                     "backend %s: node %s failed %d health checks",
                     self.backend,
@@ -353,6 +364,10 @@ class NodePool:
                     node.checks_bad,
                 )
         self._publish(node)
+
+    def _forget(self, node: Node) -> None:
+        if self.prefix is not None:
+            self.prefix.forget(node)
 
     def _publish(self, node: Node) -> None:
         self.observer.node_state(self.backend, node.label, node.available(time.monotonic()))
@@ -384,4 +399,6 @@ class NodePool:
             await asyncio.sleep(interval)
 
     def status(self) -> list[dict[str, object]]:
-        return [n.status() for n in self.nodes]
+        if self.prefix is None:
+            return [n.status() for n in self.nodes]
+        return [{**n.status(), **self.prefix.detail(n)} for n in self.nodes]

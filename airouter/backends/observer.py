@@ -10,11 +10,24 @@ class NodeObserver(Protocol):
     def node_state(self, backend: str, node: str, up: bool) -> None:
         """`node` (a label from `node_label`) of `backend` is now up or not."""
 
+    def prefix_cache(self, backend: str, node: str, predicted: bool, confirmed: bool) -> None:
+        """A prefix-routed answer's usage said whether the engine reused cached prompt tokens
+        (`confirmed`); `predicted`: the router's index expected it to."""
+
+    def engine_load(self, backend: str, node: str, load: dict[str, float] | None) -> None:
+        """What the node's engine metrics said (waiting, running, kv_usage); None: unreadable."""
+
 
 class Quiet:
     """Tells no one: validating a config builds backends that never serve."""
 
     def node_state(self, backend: str, node: str, up: bool) -> None:
+        return None
+
+    def prefix_cache(self, backend: str, node: str, predicted: bool, confirmed: bool) -> None:
+        return None
+
+    def engine_load(self, backend: str, node: str, load: dict[str, float] | None) -> None:
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -11,10 +12,12 @@ from typing import Any
 import msgspec
 
 from airouter.backends.base import Backend, Call, Reply
+from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
 from airouter.backends.http_client import ConnectError, Deadline, HttpError, Origin, Pool
 from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.prefix_policy import prompt_start, session_of, settle
 from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.config import OpenAIBackendConfig
@@ -135,6 +138,8 @@ class OpenAIHttpBackend(Backend):
             name, cfg, [NodeSpec(n.url.rstrip("/"), n.weight) for n in cfg.node_urls()],
             observer,
         )
+        self._scraper = EngineScraper.for_nodes(self.pool, "openai", cfg.node_urls(),
+                                                cfg.metrics_interval, cfg.health_timeout)
         # Per node, made once (below): its connections.
         self._started = False
         # Connections the calls hold. The pool is never smaller than the nodes' concurrency
@@ -181,9 +186,11 @@ class OpenAIHttpBackend(Backend):
     async def start(self) -> None:
         self._started = True
         self.pool.start_checks(self._check, self.cfg.health_interval)
+        self._scraper.start()
 
     async def aclose(self) -> None:
         self.pool.stop_checks()
+        self._scraper.stop()
         for p in self._conn_pools.values():
             p.close()
 
@@ -231,9 +238,19 @@ class OpenAIHttpBackend(Backend):
                 body["stream"] = False
                 body.pop("stream_options", None)
         data = _encode(body)
-        return await with_failover(
-            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream)
+        prefix = self.pool.prefix
+        if prefix is None or call.endpoint is Endpoint.EMBEDDINGS:
+            return await with_failover(
+                self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream)
+            )
+        key = prefix.key(data, call.target.backend_model, session_of(call.body),
+                         prompt_start(data))
+        reply = await with_failover(
+            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream),
+            key,
         )
+        reply.on_close(functools.partial(settle, self.pool, key, call.stats))
+        return reply
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
         call.stats.node = node.label

@@ -12,10 +12,12 @@ import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Backend, Call, Reply, Stats, Target
+from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
 from airouter.backends.fanout import fan_out, summed
 from airouter.backends.nodes import Node, NodePool, NodeSpec
 from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.prefix_policy import session_of
 from airouter.backends.triton_embed import Limit, inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton_features import (
     build_requests,
@@ -62,6 +64,8 @@ class TritonGrpcBackend(Backend):
         self.pool = NodePool.from_config(
             name, cfg, [NodeSpec(n.url, n.weight) for n in cfg.node_urls()], observer
         )
+        self._scraper = EngineScraper.for_nodes(self.pool, "triton", cfg.node_urls(),
+                                                cfg.metrics_interval, cfg.health_timeout)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
         self._infos: dict[tuple[str, str, str], ModelInfo] = {}
@@ -87,9 +91,11 @@ class TritonGrpcBackend(Backend):
             self._channels[node.url] = channel
             self._stubs[node.url] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         self.pool.start_checks(self._check, self.cfg.health_interval)
+        self._scraper.start()
 
     async def aclose(self) -> None:
         self.pool.stop_checks()
+        self._scraper.stop()
         for channel in self._channels.values():
             await channel.close(grace=None)
 
@@ -262,8 +268,13 @@ class TritonGrpcBackend(Backend):
                 first[0:0] = gen.out.text(prompt_text)
             return Reply(chunks=gen.stream(first), aclose=gen.aclose)
 
+        prefix = self.pool.prefix
+        # The rendered prompt is what the node caches: its prefix picks the node.
+        key = None if prefix is None else prefix.key(prompt, call.target.backend_model,
+                                                     session_of(call.body))
+
         def choice(i: int) -> Awaitable[Reply]:
-            return with_failover(self.pool, self.cfg.retries, lambda node: attempt(node, i))
+            return with_failover(self.pool, self.cfg.retries, lambda node: attempt(node, i), key)
 
         if n == 1:
             return await choice(0)

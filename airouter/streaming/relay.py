@@ -33,6 +33,7 @@ class Usage(Protocol):
     prompt_tokens: int | None
     completion_tokens: int | None
     finish_reason: str | None
+    cached_tokens: int | None
 
 
 class RelayState:
@@ -287,6 +288,9 @@ def record_usage(obj: dict[str, Any], stats: Usage) -> None:
             stats.prompt_tokens = usage["prompt_tokens"]
         if isinstance(usage.get("completion_tokens"), int):
             stats.completion_tokens = usage["completion_tokens"]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            stats.cached_tokens = details["cached_tokens"]
     for choice in obj.get("choices") or ():
         if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
             stats.finish_reason = choice["finish_reason"]

@@ -1,0 +1,325 @@
+"""`python -m bench.routing [--quick]`: the balance policies against simulated nodes.
+
+Four simulated vLLM-like nodes (bench/routing/sim_node.py: time, not compute) behind the real
+router; seeded traces; one router per (trace, arm), nodes reset between runs. Reports client
+TTFT and inter-token latency, the nodes' own cache hit rate, load imbalance and errors, as a
+markdown table (bench/results/routing-<time>.md, .json, .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.routing import traces
+from bench.routing.traces import Trace
+from tests.support.procs import ROOT, free_port, spawn, wait_http
+from tests.support.router import RouterProc, run_router
+
+KEY = "sk-bench"
+NODES = 4
+# (balance, workers, [backends.sim.prefix] settings)
+ARMS = [("round_robin", 1, ""), ("least_inflight", 1, ""), ("prefix", 1, ""),
+        ("prefix_load", 1, ""), ("prefix_load", 2, ""), ("prefix_load", 1, "cold_slack = 1"),
+        ("prefix_load", 2, "cold_slack = 1")]
+
+
+def router_config(ports: list[int], balance: str, prefix: str = "") -> str:
+    urls = ", ".join(f'"http://127.0.0.1:{p}/v1"' for p in ports)
+    return f"""
+[server]
+api_keys = ["{KEY}"]
+[backends.sim]
+type = "openai"
+urls = [{urls}]
+balance = "{balance}"
+retries = 3
+health_interval = 1
+metrics_interval = {0.5 if balance == "prefix_load" else 0}
+prefix = {{ {prefix} }}
+[models.m]
+backend = "sim"
+backend_model = "sim"
+"""
+
+
+def _post(url: str) -> None:
+    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).close()
+
+
+def _stats(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=5) as r:
+        return dict(json.loads(r.read()))
+
+
+class Client:
+    def __init__(self, router: RouterProc) -> None:
+        self.url = router.base_url + "/chat/completions"
+        self.ttft: list[float] = []
+        self.itl: list[float] = []
+        self.errors = 0
+        self.broken = 0  # of the errors: streams cut after they began (never retried)
+        self.done = 0
+
+    async def ask(self, s: aiohttp.ClientSession, messages: list[dict[str, Any]],
+                  record: bool = True) -> str:
+        """One streamed request; its latencies count when `record` (after the warm-up)."""
+        ttft = self.ttft if record else []
+        itl = self.itl if record else []
+        body = {"model": "m", "messages": messages, "max_tokens": traces.MAX_TOKENS,
+                "stream": True}
+        t0 = time.perf_counter()
+        last = 0.0
+        text: list[str] = []
+        try:
+            async with s.post(self.url, json=body,
+                              headers={"Authorization": f"Bearer {KEY}"}) as resp:
+                if resp.status != 200:
+                    await resp.read()
+                    self.errors += 1
+                    return ""
+                complete = False
+                async for line in resp.content:
+                    if not line.startswith(b"data: "):
+                        continue
+                    if line.startswith(b"data: [DONE]"):
+                        complete = True
+                        break
+                    now = time.perf_counter()
+                    if not text:
+                        ttft.append(now - t0)
+                    else:
+                        itl.append(now - last)
+                    last = now
+                    chunk = json.loads(line[6:])
+                    for c in chunk.get("choices") or ():
+                        text.append((c.get("delta") or {}).get("content") or "")
+                    if "error" in chunk:
+                        break
+                if not complete:
+                    self.errors += 1
+                    self.broken += 1 if text else 0
+                    return ""
+        except (TimeoutError, aiohttp.ClientError):
+            self.errors += 1
+            return ""
+        self.done += 1
+        return "".join(text)
+
+
+async def drive(router: RouterProc, trace: Trace, kill: tuple[float, int] | None,
+                warm: float) -> Client:
+    """Latencies of requests sent in the first `warm` seconds are not counted: every prefix
+    is cold then, whatever the policy (their cache hits still count)."""
+    client = Client(router)
+    start = time.perf_counter()
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn,
+                                     timeout=aiohttp.ClientTimeout(total=120)) as s:
+
+        async def one(req: traces.Request) -> None:
+            await asyncio.sleep(max(0.0, start + req.at - time.perf_counter()))
+            await client.ask(s, req.messages, req.at >= warm)
+
+        async def talk(conv: traces.Conversation) -> None:
+            await asyncio.sleep(conv.start)
+            msgs: list[dict[str, Any]] = [{"role": "system", "content": conv.system}]
+            for q, think in zip(conv.questions, conv.think, strict=True):
+                if len(msgs) > 1:
+                    trace.attainable_tokens += sum(len(m["content"]) for m in msgs) // 4
+                msgs.append({"role": "user", "content": q})
+                answer = await client.ask(s, msgs, time.perf_counter() - start >= warm)
+                msgs.append({"role": "assistant", "content": answer})
+                await asyncio.sleep(think)
+
+        async def killer() -> None:
+            if kill is not None:
+                await asyncio.sleep(kill[0])
+                async with s.post(f"http://127.0.0.1:{kill[1]}/sim/kill") as r:
+                    await r.read()
+
+        await asyncio.gather(*(one(r) for r in trace.requests),
+                             *(talk(c) for c in trace.conversations), killer())
+    return client
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def run_one(ports: list[int], tmp: Path, trace_fn: Any, balance: str, workers: int,
+            prefix: str = "", kill: tuple[float, int] | None = None, warm: float = 2.0
+            ) -> dict[str, Any]:
+    trace: Trace = trace_fn()
+    with run_router(router_config(ports, balance, prefix), tmp, workers=workers) as r:
+        time.sleep(1.2)  # health checks and a first metrics read
+        for p in ports:
+            _post(f"http://127.0.0.1:{p}/sim/reset")
+        client = asyncio.run(drive(r, trace, kill, warm))
+    nodes = []
+    for p in ports:
+        try:
+            nodes.append(_stats(p))
+        except OSError:
+            pass
+    prompt = sum(n["prompt_tokens"] for n in nodes)
+    cached = sum(n["cached_tokens"] for n in nodes)
+    loads = [n["in_flight_area"] / n["elapsed"] for n in nodes if n["elapsed"] > 0]
+    util = [n["busy_prefill_s"] / n["elapsed"] for n in nodes if n["elapsed"] > 0]
+    mean = sum(loads) / len(loads) if loads else 0.0
+    return {
+        "trace": trace.name + (" (node killed)" if kill else ""),
+        "balance": balance + (f" ({prefix})" if prefix else ""),
+        "workers": workers, "requests": client.done + client.errors,
+        "ttft_p50": _pct(client.ttft, 0.5) * 1000, "ttft_p90": _pct(client.ttft, 0.9) * 1000,
+        "ttft_p99": _pct(client.ttft, 0.99) * 1000, "itl_p99": _pct(client.itl, 0.99) * 1000,
+        "hit_rate": cached / prompt if prompt else 0.0,
+        "hit_of_attainable": cached / trace.attainable_tokens if trace.attainable_tokens else None,
+        "imbalance": max(loads) / mean if mean else 0.0,
+        "prefill_util": sum(util) / len(util) if util else 0.0,
+        "errors": client.errors, "broken": client.broken,
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| trace | balance | workers | requests | TTFT p50 ms | p90 | p99 | ITL p99 ms | "
+            "hit rate | of attainable | imbalance | prefill util | errors (cut streams) |")
+    out = [head, "|" + "---|" * 13]
+    for r in rows:
+        att = "n/a" if r["hit_of_attainable"] is None else f"{r['hit_of_attainable']:.2f}"
+        out.append(
+            f"| {r['trace']} | {r['balance']} | {r['workers']} | {r['requests']} | "
+            f"{r['ttft_p50']:.0f} | {r['ttft_p90']:.0f} | {r['ttft_p99']:.0f} | "
+            f"{r['itl_p99']:.0f} | {r['hit_rate']:.2f} | {att} | {r['imbalance']:.2f} | "
+            f"{r['prefill_util']:.2f} | {r['errors']} ({r.get('broken', 0)}) |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="5 s per run instead of 10")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--only", default="", help="comma-separated trace names (no checks)")
+    ap.add_argument("--arms", default="", help="comma-separated balance names")
+    a = ap.parse_args()
+    secs = 5.0 if a.quick else 10.0
+    seed = a.seed
+    # Rates: ~70% of least_inflight's prefill capacity on these nodes (see README).
+    plan = [
+        ("shared_prefix", lambda: traces.shared_prefix(seed, 20.0, secs)),
+        ("no_sharing", lambda: traces.no_sharing(seed, 14.0, secs)),
+        ("hot_prefix", lambda: traces.shared_prefix(seed, 20.0, secs, zipf=1.2)),
+        ("multi_turn", lambda: traces.multi_turn(seed, 32, secs)),
+    ]
+    ports = [free_port() for _ in range(NODES)]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        cmd = [sys.executable, "-m", "bench.routing.sim_node", "--ports",
+               ",".join(map(str, ports))]
+        with spawn(cmd, log=tmp / "sim.log") as proc:
+            for p in ports:
+                wait_http(f"http://127.0.0.1:{p}/v1/models", timeout=30, proc=proc)
+            only = set(a.only.split(",")) - {""}
+            arms = set(a.arms.split(",")) - {""}
+            for name, fn in plan:
+                if only and name not in only:
+                    continue
+                for balance, workers, prefix in ARMS:
+                    if arms and balance not in arms:
+                        continue
+                    rows.append(run_one(ports, tmp, fn, balance, workers, prefix, None,
+                                        secs / 5))
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+            if only or arms:
+                return
+            # Last: a node killed halfway through (it stays dead).
+            rows.append(run_one(ports, tmp, plan[0][1], "prefix_load", 1,
+                                kill=(secs / 2, ports[-1]), warm=secs / 5))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+    md = table(rows)
+    print("\n" + md + "\n")
+    print("\n".join(check(rows)))
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"routing-{stamp}.json").write_text(json.dumps(rows, indent=1))
+    (out / f"routing-{stamp}.md").write_text(md + "\n\n" + "\n".join(check(rows)) + "\n")
+    try:
+        chart(rows, out / f"routing-{stamp}.png")
+    except Exception as e:  # a chart is a nicety
+        print(f"no chart: {e}")
+
+
+def _row(rows: list[dict[str, Any]], trace: str, balance: str, workers: int = 1
+         ) -> dict[str, Any]:
+    return next(r for r in rows if r["trace"] == trace and r["balance"] == balance
+                and r["workers"] == workers)
+
+
+def check(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    sp, li = _row(rows, "shared_prefix", "prefix_load"), _row(rows, "shared_prefix",
+                                                                "least_inflight")
+    ratio = li["ttft_p90"] / sp["ttft_p90"] if sp["ttft_p90"] else 0
+    out.append(f"shared_prefix TTFT p90 least_inflight/prefix_load = {ratio:.1f}x (target >= 5)"
+               f": {'PASS' if ratio >= 5 else 'FAIL'}")
+    att = sp["hit_of_attainable"] or 0
+    out.append(f"shared_prefix hit rate of attainable = {att:.2f} (target >= 0.9): "
+               f"{'PASS' if att >= 0.9 else 'FAIL'}")
+    ns, nl = _row(rows, "no_sharing", "prefix_load"), _row(rows, "no_sharing", "least_inflight")
+    d = ns["ttft_p90"] / nl["ttft_p90"] - 1
+    out.append(f"no_sharing TTFT p90 prefix_load vs least_inflight = {d:+.0%} (target within "
+               f"10%): {'PASS' if d <= 0.10 else 'FAIL'}")
+    hp, hl = _row(rows, "hot_prefix", "prefix_load"), _row(rows, "hot_prefix", "least_inflight")
+    out.append(f"hot_prefix TTFT p90 {hp['ttft_p90']:.0f} vs {hl['ttft_p90']:.0f} ms "
+               f"(no worse): {'PASS' if hp['ttft_p90'] <= hl['ttft_p90'] * 1.05 else 'FAIL'}")
+    for arm in ("prefix_load", "prefix_load (cold_slack = 1)"):
+        w1, w2 = _row(rows, "shared_prefix", arm, 1), _row(rows, "shared_prefix", arm, 2)
+        gap = (w1["hit_rate"] - w2["hit_rate"]) * 100
+        out.append(f"{arm}: 2 workers hit rate {w2['hit_rate']:.2f} vs 1 worker "
+                   f"{w1['hit_rate']:.2f} ({gap:+.1f} points; target within 5): "
+                   f"{'PASS' if abs(gap) <= 5 else 'FAIL'}")
+    k = next(r for r in rows if "killed" in r["trace"])
+    out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}, "
+               f"{k['broken']} of them streams cut mid-answer: "
+               f"{'PASS' if k['errors'] == 0 else 'FAIL'}")
+    return out
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [t for t in dict.fromkeys(r["trace"] for r in rows) if "killed" not in t]
+    arms = [f"{b}" + (f" x{w}" if w > 1 else "") + (f" {p}" if p else "") for b, w, p in ARMS]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(ARMS)
+    for i, (b, w, p) in enumerate(ARMS):
+        label = b + (f" ({p})" if p else "")
+        ys = [_row(rows, t, label, w)["ttft_p90"] for t in names]
+        ax.bar([x + i * width for x in range(len(names))], ys, width, label=arms[i])
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(names))], names)
+    ax.set_ylabel("client TTFT p90 (ms)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+if __name__ == "__main__":
+    main()
