@@ -52,14 +52,12 @@ class ServerConfig(Base):
     header_timeout: Seconds = 60.0
     body_timeout: Seconds = 60.0
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 16384
-    # A request's head (request line and headers together) past this many bytes gets 431 and
-    # the connection is closed; a worker holds at most about this much of a head in progress.
+    # A request head past this many bytes gets 431 (see backends.toml).
     max_header_bytes: Annotated[int, msgspec.Meta(ge=8192, le=1 << 20)] = 16384
     # Shared limits: every replica and worker counts in this Redis (else: one process group).
     redis_url: str | None = None
     limits_on_redis_failure: Literal["allow", "deny"] = "allow"
-    # How long a node slot held in Redis outlives a replica that died holding it (a live
-    # replica renews its slots every third of this).
+    # How long a node slot held in Redis outlives a replica that died holding it.
     slot_lease_ttl: Seconds = 30.0
 
 
@@ -98,9 +96,8 @@ class NodesConfig(Base):
     # Attempts on other nodes when one fails before any byte reached the client.
     retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     connect_timeout: Seconds = 5.0
-    # The wait for the answer's start (a whole answer's status line and headers, a stream's
-    # first event); then at most idle_timeout between two reads; and request_timeout for a
-    # whole (non-streamed) answer from the request to its last byte (Triton: the whole call).
+    # The answer's start (a whole answer's head, a stream's first event); idle_timeout between
+    # reads; request_timeout for a whole answer (Triton: the whole call). See backends.toml.
     first_token_timeout: Seconds = 120.0
     idle_timeout: Seconds = 120.0
     request_timeout: Seconds = 600.0
@@ -403,8 +400,7 @@ def validate(cfg: Config) -> None:
 
 
 def unnamed_label(index: int) -> str:
-    """How `server.api_keys[index]` is labelled in metrics, logs and /v1/usage (a
-    `[keys.NAME]` key is labelled NAME): by position, nothing computed from the key."""
+    """`server.api_keys[index]`'s label in metrics, logs and /v1/usage: nothing of the key."""
     return f"key-{index}"
 
 

@@ -142,8 +142,9 @@ def head_too_large(proto: HTTPProtocol) -> None:
     proto.response_empty(431, [("connection", "close")])
 
 
-def _too_large(limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.")
+def _too_large(limit: int, close: bool = False) -> BodyTooLarge:
+    return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.",
+                        headers={"Connection": "close"} if close else None)
 
 
 async def read_body(
@@ -151,10 +152,15 @@ async def read_body(
 ) -> bytes:
     """The whole request body; 413 past `limit` bytes, 408 when nothing arrives for `stall`s.
     `length`: the Content-Length header. Each part read from the server is a wake-up across
-    its threads: with the length known, the read that completes the body is the last."""
+    its threads: with the length known, the read that completes the body is the last.
+
+    A body over the limit is read through and dropped, up to twice the limit, before the 413
+    (as nginx discards one): a client still sending it would otherwise meet a closed
+    connection instead of the answer. Past that, the 413 closes the connection at once."""
     want = int(length) if length is not None and length.isdigit() else -1
-    if want > limit:
-        raise _too_large(limit)
+    if want > 2 * limit:
+        raise _too_large(limit, close=True)
+    over = want > limit
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     reading: _Reading | None = None
@@ -177,12 +183,16 @@ async def read_body(
                 # (shorter than its Content-Length, a bad chunk-size line, no last chunk) with
                 # one more before it: an incomplete message is never processed (RFC 9112 §8).
                 if want >= 0 or await _broken(chunks):
-                    raise _incomplete(size, want)
+                    raise _too_large(limit, close=True) if over else _incomplete(size, want)
                 break
             size += len(chunk)
             if size > limit:
-                raise _too_large(limit)
-            parts.append(chunk)
+                if size > 2 * limit:
+                    raise _too_large(limit, close=True)
+                over = True
+                parts.clear()
+            if not over:
+                parts.append(chunk)
             if reading is not None:
                 reading.since = loop.time()
     except asyncio.CancelledError:
@@ -199,6 +209,8 @@ async def read_body(
     finally:
         if reading is not None:
             _SWEEP.discard(reading)
+    if over:
+        raise _too_large(limit)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 

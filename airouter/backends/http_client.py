@@ -12,6 +12,13 @@ from collections.abc import Mapping
 from typing import cast
 
 from airouter.backends.http_coding import CodingError, Decoder
+from airouter.backends.http_errors import (  # re-exported: the client's errors
+    BadResponse as BadResponse,
+)
+from airouter.backends.http_errors import ConnectError as ConnectError
+from airouter.backends.http_errors import Deadline as Deadline
+from airouter.backends.http_errors import Disconnected as Disconnected
+from airouter.backends.http_errors import HttpError as HttpError
 from airouter.backends.http_origin import Origin as Origin  # re-exported
 from airouter.backends.proxy import open_connection
 from airouter.streaming.http1 import ProtocolError, ResponseParser
@@ -25,32 +32,6 @@ IDLE_TICK = 1.0  # how often each pool closes its expired idle connections
 # answer after they were written: those the upstream may run twice (as Go's net/http).
 _IDEMPOTENT = (b"GET", b"HEAD", b"OPTIONS", b"TRACE")
 _IDEMPOTENCY_KEYS = ("idempotency-key", "x-idempotency-key")
-
-
-class HttpError(Exception):
-    """The upstream's connection failed (refused, reset, closed early, not HTTP)."""
-
-
-class ConnectError(HttpError):
-    """No connection could be made: nothing was sent."""
-
-
-class Disconnected(HttpError):
-    """The connection closed before the response was whole."""
-
-
-class BadResponse(HttpError):
-    """The upstream's bytes are not a well-formed HTTP/1.x response."""
-
-
-class Deadline(TimeoutError):
-    """A deadline of the exchange passed: `what` is "head" (the response's head did not come
-    in time), "whole" (the response did not end in time) or "idle" (the upstream went
-    silent for longer than the pool's idle timeout once the head was in)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
 
 
 class Connection(asyncio.Protocol):
