@@ -321,3 +321,29 @@ def test_a_framing_probe_gets_no_5xx_and_the_router_keeps_serving(router: Router
                                           f"Content-Length: {len(body)}\r\n\r\n").encode()
                         + body, wait=2)
     assert split(reply)[0] == 200
+
+
+def test_a_body_over_the_limit_is_read_through_then_413_on_a_kept_connection(
+        router: RouterProc) -> None:
+    """max_body_mb = 1: a 1.5 MB body is read and dropped, then 413, and the connection
+    carries the next request; a body declared past twice the limit is 413 and closed."""
+    big = b'{"pad": "' + b"x" * 1_500_000 + b'"}'
+    ok = body_for("after-413")
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as s:
+        s.sendall(head("/v1/chat/completions", f"Content-Length: {len(big)}\r\n\r\n").encode()
+                  + big)
+        s.sendall(head("/v1/chat/completions", f"Content-Length: {len(ok)}\r\n\r\n").encode()
+                  + ok)
+        got = b""
+        while got.count(b"HTTP/1.1 ") < 2 or not got.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            assert part, got
+            got += part
+    first, second = got.split(b"HTTP/1.1 ")[1:3]
+    assert first.startswith(b"413") and b"request_too_large" in first
+    assert second.startswith(b"200") and b"after-413" in second
+    reply, closed = exchange(router.port, head(
+        "/v1/chat/completions", f"Content-Length: {3 * 1024 * 1024}\r\n\r\n").encode() + big)
+    status, headers, payload = split(reply)
+    assert_error(status, payload, 413, code="request_too_large")
+    assert "connection: close" in headers and closed
