@@ -57,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
     from airouter.app import RELOAD_CLOSE_S
-    from airouter.reloading import MARKER_ENV, ReloadingServer
+    from airouter.reloading import MARKER_ENV, ReloadingServer, migrate_req_notice
     from airouter.state import State
 
     try:
@@ -80,6 +80,9 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
         return 2
     if not (cfg.server.api_keys or cfg.keys):
         print("airouter: no client keys configured: client authentication is OFF", file=sys.stderr)
+    notice = migrate_req_notice()
+    if notice:
+        print(f"airouter: {notice}", file=sys.stderr)
     # Workers load a snapshot of the last config that validated. On SIGHUP the file is checked
     # again: an invalid one is logged and counted, and nothing else happens. A valid one
     # replaces the snapshot; then new workers start and the old ones drain (reloading.py).

@@ -118,3 +118,20 @@ class ReloadingServer(MPServer):
                 if wrk.is_alive():
                     wrk.kill()
                     wrk.join()
+
+
+MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_req_notice() -> str | None:
+    """A line for the operator when Linux would reset, rather than move, the connections
+    still queued on a replaced worker's SO_REUSEPORT socket during a reload."""
+    try:
+        value = MIGRATE_REQ.read_text().strip()
+    except OSError:  # not Linux, or before 5.14: nothing to say
+        return None
+    if value != "0":
+        return None
+    return ("net.ipv4.tcp_migrate_req is 0: during a reload, a connection still queued on a "
+            "replaced worker's socket is reset; `sysctl -w net.ipv4.tcp_migrate_req=1` moves "
+            "it to a new worker instead")
