@@ -381,8 +381,6 @@ class Pool:
             data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         else:
             data = head + b"\r\n"
-        replayable = method in _IDEMPOTENT or bool(headers) and any(
-            k.lower() in _IDEMPOTENCY_KEYS for k in headers or ())
         conn = self._reuse()
         reused = conn is not None
         while True:  # one coroutine for the exchange: at most a second pass, on a fresh one
@@ -405,7 +403,7 @@ class Pool:
                 # run twice (idempotent): a fresh connection may carry it. Anything else may
                 # already be running upstream: sending it again could run it twice.
                 if not (reused and isinstance(e, Disconnected) and not conn.received
-                        and (not conn.sent or replayable)):
+                        and (not conn.sent or _replayable(method, headers))):
                     raise
             conn, reused = None, False
 
@@ -427,6 +425,11 @@ class Pool:
             self._idle_sweep.discard(conn)
             conn.close()
         self.idle.clear()
+
+
+def _replayable(method: bytes, headers: Mapping[str, str] | None) -> bool:
+    """Whether a request may run twice upstream: idempotent, or it carries a key to dedupe."""
+    return method in _IDEMPOTENT or any(k.lower() in _IDEMPOTENCY_KEYS for k in headers or ())
 
 
 def keep_alive_lifetime(value: str) -> float:

@@ -34,7 +34,7 @@ class ResponseParser:
     reused (never when bytes follow the response, nor after a close-delimited body)."""
 
     __slots__ = ("_parser", "_out", "on_body", "_size", "_fields", "status", "headers",
-                 "keep_alive", "head_request", "head_done", "complete", "_until_close")
+                 "keep_alive", "head_request", "head_done", "complete", "_until_close", "_left")
 
     def __init__(self, *, head_request: bool = False) -> None:
         out: list[bytes] = []
@@ -51,9 +51,24 @@ class ResponseParser:
         self.head_done = False
         self.complete = False
         self._until_close = False
+        # A Content-Length body's bytes still to come once llhttp has read its head: they
+        # are counted here and handed on as they are read, without a copy or a parser call.
+        self._left = 0
         self._parser = HttpResponseParser(self)
 
     def feed(self, data: bytes) -> bytes:
+        left = self._left
+        if left:
+            n = len(data)
+            if n < left:
+                self._left = left - n
+                return data
+            self._left = 0
+            self.complete = True
+            if n > left:
+                self.keep_alive = False  # bytes after the response: the stream is out of step
+                return data[:left]
+            return data
         if self.complete:
             if data:
                 self.keep_alive = False  # bytes nobody asked for: the stream is out of step
@@ -67,6 +82,8 @@ class ResponseParser:
             self._size = 0
             body = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
+            if self._left:
+                self._left -= len(body)  # what llhttp read of a Content-Length body
             return body
         if not self.complete:
             self._size += len(data)
@@ -146,9 +163,14 @@ class ResponseParser:
             # llhttp has refused Content-Length beside it; any coding but chunked is refused.
             if _tokens(te.lower()) != ["chunked"]:
                 raise ProtocolError(f"unsupported transfer-coding {te!r}")
-        elif "content-length" not in headers and status != 204 and status != 304:
-            self._until_close = True
-            self.keep_alive = False
+        elif "content-length" not in headers:
+            if status != 204 and status != 304:
+                self._until_close = True
+                self.keep_alive = False
+        elif status != 204 and status != 304:
+            # llhttp has checked the value (digits, one length); what it reads of the body in
+            # this feed is taken off in feed(), the rest is counted there.
+            self._left = int(headers["content-length"])
 
     def on_message_complete(self) -> None:
         if self.head_done:
