@@ -291,7 +291,6 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-
 def flush_logs() -> None:
     """Write every queued log line now: a worker can end without running atexit hooks, and
     the last requests' access lines must not be lost with it."""

@@ -139,7 +139,7 @@ def head_size(scope: Scope) -> int:
 
 
 def head_too_large(proto: HTTPProtocol) -> None:
-    proto.response_empty(431, [("connection", "close")])
+    proto.response_empty(431, [_CLOSE])
 
 
 def _too_large(limit: int, close: bool = False) -> BodyTooLarge:
