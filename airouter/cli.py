@@ -56,8 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
-    from airouter.app import RELOAD_CLOSE_S
     from airouter.reloading import MARKER_ENV, ReloadingServer, migrate_req_notice
+    from airouter.service import RELOAD_CLOSE_S
     from airouter.state import State
 
     try:
@@ -132,12 +132,14 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
 
     marker = Path(runtime) / "generation"
     os.environ[MARKER_ENV] = str(marker)
+    # RSGI, granian's native interface, is the faster; ASGI serves the same routes on Starlette.
+    asgi = args.interface == "asgi"
     server = ReloadingServer(
-        "airouter.app:create_app",
+        "airouter.asgi:create_worker_app" if asgi else "airouter.app:create_app",
         factory=True,
         address=host,
         port=port,
-        interface=Interfaces.RSGI,
+        interface=Interfaces.ASGI if asgi else Interfaces.RSGI,
         websockets=False,
         workers=workers,
         loop=Loops.uvloop,
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument(
+        "--interface", choices=["rsgi", "asgi"], default="rsgi",
+        help="what granian serves: rsgi (default, faster) or asgi (the Starlette app)",
+    )
     return _serve(p.parse_args(argv))
 
 

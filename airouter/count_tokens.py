@@ -6,13 +6,13 @@ from typing import Any
 
 import msgspec
 
+from airouter.auth import ClientKey
 from airouter.backends.base import Target
-from airouter.errors import InvalidRequest, RouterError
-from airouter.identity import RequestHeaders
+from airouter.errors import InvalidRequest
+from airouter.exchange import Exchange
 from airouter.lifecycle import Holder
 from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
-from airouter.rsgi import ClientGone, HTTPProtocol, Scope, read_body, send_error, send_json
 from airouter.tokenizers import prompt_tokens
 
 _encode = msgspec.json.Encoder().encode
@@ -30,26 +30,19 @@ class CountTokensEndpoint:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+    async def __call__(self, x: Exchange, key: ClientKey | None) -> None:
+        assert key is not None
         state = self.holder.state
-        h = RequestHeaders(scope)
-        rh = [("x-request-id", h.request_id)]
-        try:
-            key = state.keys.authenticate(h.authorization, h.api_key)
-            chat, req = anthropic.to_chat(
-                parse_object(await read_body(proto, state.body_limit)), count_only=True
+        chat, req = anthropic.to_chat(
+            parse_object(await x.body(state.body_limit, state.body_timeout)), count_only=True
+        )
+        target = state.models.resolve(req.model, key)
+        n = await count_prompt_tokens(target, chat)
+        if n is None:
+            raise InvalidRequest(
+                f"Token counting is not available for the model '{target.alias}': it has "
+                "no tokenizer configured.",
+                param="model",
+                code="unsupported_model",
             )
-            target = state.models.resolve(req.model, key)
-            n = await count_prompt_tokens(target, chat)
-            if n is None:
-                raise InvalidRequest(
-                    f"Token counting is not available for the model '{target.alias}': it has "
-                    "no tokenizer configured.",
-                    param="model",
-                    code="unsupported_model",
-                )
-            send_json(proto, 200, _encode({"input_tokens": n}), rh)
-        except RouterError as e:
-            send_error(proto, e, rh, anthropic.error_json)
-        except ClientGone:
-            return
+        x.send_json(200, _encode({"input_tokens": n}))

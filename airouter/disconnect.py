@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from airouter.rsgi import HTTPProtocol
+from airouter.exchange import Exchange
 from airouter.sweep import Sweep
 
 # A watcher is a future waiting on the connection: tens of microseconds to start and cancel, a
@@ -29,12 +29,12 @@ _SWEEP: Sweep[DisconnectWatch] = Sweep(WATCH_AFTER_S / 2, _due, _start)
 class DisconnectWatch:
     """Cancels the handler's task when the client goes away, so backend work stops at once."""
 
-    __slots__ = ("_task", "_watcher", "_active", "_proto", "since")
+    __slots__ = ("_task", "_watcher", "_active", "_x", "since")
 
-    def __init__(self, proto: HTTPProtocol, task: asyncio.Task[object]) -> None:
+    def __init__(self, x: Exchange, task: asyncio.Task[object]) -> None:
         self._task = task
         self._active = True
-        self._proto = proto
+        self._x = x
         self._watcher: asyncio.Future[None] | None = None
         loop = task.get_loop()
         self.since = loop.time()
@@ -42,7 +42,7 @@ class DisconnectWatch:
 
     def start(self) -> None:
         if self._active:
-            self._watcher = asyncio.ensure_future(self._proto.client_disconnect())
+            self._watcher = asyncio.ensure_future(self._x.client_disconnect())
             self._watcher.add_done_callback(self._fire)
 
     def _fire(self, w: asyncio.Future[None]) -> None:

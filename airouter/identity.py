@@ -7,8 +7,7 @@ import itertools
 import os
 import re
 import uuid
-
-from airouter.rsgi import Scope
+from collections.abc import Callable
 
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
 # A client's x-request-id is kept only when it is an id: at most 128 characters of these (no
@@ -27,12 +26,12 @@ def new_request_id() -> str:
 
 
 class RequestHeaders:
-    """The headers a request's handling needs, looked up by name (the server parsed them)."""
+    """The headers a request's handling needs, looked up by name (the server parsed them):
+    `get` answers a header's value by its name in lower case."""
 
     __slots__ = ("authorization", "api_key", "request_id", "forward", "length")
 
-    def __init__(self, scope: Scope) -> None:
-        get = scope.headers.get
+    def __init__(self, get: Callable[[str], str | None]) -> None:
         self.authorization: str | None = get("authorization")
         self.api_key: str | None = get("api-key") or get("x-api-key")
         self.length: str | None = get("content-length")

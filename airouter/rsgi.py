@@ -1,5 +1,5 @@
-"""The server side of a request on granian's RSGI interface: read the body, answer JSON,
-stream SSE, report errors.
+"""The server side of a request on granian's RSGI interface (`RsgiExchange`): read the body,
+answer JSON, stream SSE, report errors.
 
 RSGI is granian's native interface: no per-message dicts to build and parse as ASGI has,
 and a whole answer is one call. An RSGI stream ends when the handler returns."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 # granian.rsgi's public names (its stubs re-export them without marking them so for mypy).
 from granian.rsgi import (  # type: ignore[attr-defined]
@@ -18,67 +18,26 @@ from granian.rsgi import (  # type: ignore[attr-defined]
     Scope,
 )
 
-from airouter.errors import BodyTooLarge, InvalidRequest, RequestTimeout, RouterError, error_json
+from airouter.errors import InvalidRequest, RouterError, error_json
+from airouter.exchange import CLOSE as _CLOSE
+from airouter.exchange import JSON as _JSON
+from airouter.exchange import (
+    ClientGone,
+    Exchange,
+    Headers,
+    Render,
+    Send,
+    begin,
+    body_timeout,
+    too_large,
+)
+from airouter.identity import RequestHeaders
 from airouter.sweep import Sweep
 
 __all__ = [
-    "SSE_HEADERS", "ClientGone", "Headers", "HTTPProtocol", "ProtocolClosed", "Scope", "closing",
-    "read_body", "send_error", "send_json",
+    "HTTPProtocol", "ProtocolClosed", "RsgiExchange", "Scope", "read_body",
+    "send_error", "send_json",
 ]
-
-Headers = list[tuple[str, str]]
-
-_JSON = ("content-type", "application/json")
-SSE_HEADERS: Headers = [
-    ("content-type", "text/event-stream; charset=utf-8"),
-    ("cache-control", "no-cache"),
-    ("x-accel-buffering", "no"),
-]
-
-
-_CLOSE = ("connection", "close")
-
-
-class _Closing:
-    """The protocol of a request served while the worker is replaced: every answer asks the
-    client to close the connection after it (and to open its next one to a new worker)."""
-
-    __slots__ = ("_proto",)
-
-    def __init__(self, proto: HTTPProtocol) -> None:
-        self._proto = proto
-
-    def __call__(self) -> Awaitable[bytes]:
-        return self._proto()
-
-    def __aiter__(self) -> Any:
-        return self._proto.__aiter__()
-
-    def client_disconnect(self) -> Awaitable[None]:
-        return self._proto.client_disconnect()
-
-    def response_empty(self, status: int, headers: Headers) -> None:
-        self._proto.response_empty(status, [*headers, _CLOSE])
-
-    def response_str(self, status: int, headers: Headers, body: str) -> None:
-        self._proto.response_str(status, [*headers, _CLOSE], body)
-
-    def response_bytes(self, status: int, headers: Headers, body: bytes) -> None:
-        self._proto.response_bytes(status, [*headers, _CLOSE], body)
-
-    def response_stream(self, status: int, headers: Headers) -> Any:
-        return self._proto.response_stream(status, [*headers, _CLOSE])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._proto, name)
-
-
-def closing(proto: HTTPProtocol) -> HTTPProtocol:
-    return cast(HTTPProtocol, _Closing(proto))
-
-
-class ClientGone(Exception):
-    """The client disconnected before the request body arrived."""
 
 
 class _Reading:
@@ -142,11 +101,6 @@ def head_too_large(proto: HTTPProtocol) -> None:
     proto.response_empty(431, [_CLOSE])
 
 
-def _too_large(limit: int, close: bool = False) -> BodyTooLarge:
-    return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.",
-                        headers={"Connection": "close"} if close else None)
-
-
 async def read_body(
     proto: HTTPProtocol, limit: int, stall: float | None = None, length: str | None = None
 ) -> bytes:
@@ -159,7 +113,7 @@ async def read_body(
     connection instead of the answer. Past that, the 413 closes the connection at once."""
     want = int(length) if length is not None and length.isdigit() else -1
     if want > 2 * limit:
-        raise _too_large(limit, close=True)
+        raise too_large(limit, close=True)
     over = want > limit
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -183,12 +137,12 @@ async def read_body(
                 # (shorter than its Content-Length, a bad chunk-size line, no last chunk) with
                 # one more before it: an incomplete message is never processed (RFC 9112 §8).
                 if want >= 0 or await _broken(chunks):
-                    raise _too_large(limit, close=True) if over else _incomplete(size, want)
+                    raise too_large(limit, close=True) if over else _incomplete(size, want)
                 break
             size += len(chunk)
             if size > limit:
                 if size > 2 * limit:
-                    raise _too_large(limit, close=True)
+                    raise too_large(limit, close=True)
                 over = True
                 parts.clear()
             if not over:
@@ -200,17 +154,14 @@ async def read_body(
             raise
         assert task is not None
         task.uncancel()
-        raise RequestTimeout(
-            f"The request body did not arrive: nothing was received for {stall:g}s.",
-            headers={"Connection": "close"},
-        ) from None
+        raise body_timeout(stall or 0.0) from None
     except (ProtocolClosed, ProtocolError) as e:  # the client went away mid-body
         raise ClientGone from e
     finally:
         if reading is not None:
             _SWEEP.discard(reading)
     if over:
-        raise _too_large(limit)
+        raise too_large(limit)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -230,3 +181,36 @@ def send_error(
     if headers:
         extra.extend(headers)
     send_json(proto, err.status, render(err), extra)
+
+
+class RsgiExchange(Exchange):
+    """A request on granian's RSGI interface: the server's own calls, unwrapped."""
+
+    __slots__ = ("scope", "proto")
+    closed = (ProtocolClosed,)
+
+    def __init__(
+        self, scope: Scope, proto: HTTPProtocol, render: Render = error_json,
+        params: dict[str, str] | None = None,
+    ) -> None:
+        self.scope = scope
+        self.proto = proto
+        self.method = scope.method
+        self.path = scope.path
+        self.params = params or {}
+        begin(self, RequestHeaders(scope.headers.get), render)
+
+    def header(self, name: str) -> str | None:
+        return self.scope.headers.get(name)  # type: ignore[no-any-return]
+
+    def body(self, limit: int, stall: float | None = None) -> Awaitable[bytes]:
+        return read_body(self.proto, limit, stall, self.headers.length)
+
+    def send(self, status: int, body: bytes, headers: Headers) -> None:
+        self.proto.response_bytes(status, headers, body)
+
+    def stream(self, status: int, headers: Headers) -> Send:
+        return self.proto.response_stream(status, headers).send_bytes
+
+    def client_disconnect(self) -> Awaitable[None]:
+        return self.proto.client_disconnect()

@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from airouter.config import ModelConfig
-from airouter.errors import InvalidRequest, RouterError
-from airouter.identity import RequestHeaders
-from airouter.rsgi import ClientGone, HTTPProtocol, Scope, read_body, send_error, send_json
+from airouter.errors import InvalidRequest
+from airouter.exchange import Exchange
 from airouter.templates import ChatTemplate, PromptError, TemplateConfigError
 from airouter.tokenizers import OFFLOAD_CHARS, Tokenizer, chat_template, for_model
 
 if TYPE_CHECKING:
+    from airouter.auth import ClientKey
     from airouter.lifecycle import Holder
 
 
@@ -72,12 +72,8 @@ class _Base:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    def _tokenizer(
-        self, headers: RequestHeaders, model: str | None
-    ) -> tuple[Tokenizer, ModelConfig, str]:
-        state = self.holder.state
-        key = state.keys.authenticate(headers.authorization, headers.api_key)
-        target = state.models.resolve(model, key)
+    def _tokenizer(self, key: ClientKey, model: str | None) -> tuple[Tokenizer, ModelConfig, str]:
+        target = self.holder.state.models.resolve(model, key)
         tok = for_model(target.model)
         if tok is None:
             raise InvalidRequest(
@@ -86,24 +82,20 @@ class _Base:
             )
         return tok, target.model, target.alias
 
-    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
-        headers = RequestHeaders(scope)
-        try:
-            data = await read_body(proto, self.holder.state.body_limit)
-            send_json(proto, 200, await self.handle(headers, data))
-        except RouterError as e:
-            send_error(proto, e)
-        except ClientGone:
-            pass
+    async def __call__(self, x: Exchange, key: ClientKey | None) -> None:
+        assert key is not None
+        state = self.holder.state
+        data = await x.body(state.body_limit, state.body_timeout)
+        x.send_json(200, await self.handle(key, data))
 
-    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
+    async def handle(self, key: ClientKey, data: bytes) -> bytes:
         raise NotImplementedError
 
 
 class TokenizeEndpoint(_Base):
-    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
+    async def handle(self, key: ClientKey, data: bytes) -> bytes:
         req: TokenizeRequest = _decode(data, TokenizeRequest)
-        tok, model, alias = self._tokenizer(headers, req.model)
+        tok, model, alias = self._tokenizer(key, req.model)
         if (req.prompt is None) == (req.messages is None):
             raise InvalidRequest("Send exactly one of `prompt` and `messages`.",
                                  param="prompt", code="invalid_value")
@@ -130,9 +122,9 @@ class TokenizeEndpoint(_Base):
 
 
 class DetokenizeEndpoint(_Base):
-    async def handle(self, headers: RequestHeaders, data: bytes) -> bytes:
+    async def handle(self, key: ClientKey, data: bytes) -> bytes:
         req: DetokenizeRequest = _decode(data, DetokenizeRequest)
-        tok, _, _ = self._tokenizer(headers, req.model)
+        tok, _, _ = self._tokenizer(key, req.model)
         if not tok.valid_ids(req.tokens):
             raise InvalidRequest("A token id is outside the model's vocabulary.",
                                  param="tokens", code="invalid_value")

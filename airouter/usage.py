@@ -7,11 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from airouter.errors import RouterError
-from airouter.identity import RequestHeaders
-from airouter.rsgi import HTTPProtocol, Scope, send_error, send_json
+from airouter.exchange import Exchange
 
 if TYPE_CHECKING:
+    from airouter.auth import ClientKey
     from airouter.lifecycle import Holder
 
 _encode = msgspec.json.Encoder().encode
@@ -21,14 +20,9 @@ class UsageEndpoint:
     def __init__(self, holder: Holder) -> None:
         self.holder = holder
 
-    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+    async def __call__(self, x: Exchange, key: ClientKey | None) -> None:
+        assert key is not None
         state = self.holder.state
-        h = RequestHeaders(scope)
-        try:
-            key = state.keys.authenticate(h.authorization, h.api_key)
-        except RouterError as e:
-            send_error(proto, e)
-            return
         kc = state.cfg.keys.get(key.name)
         admin = kc is not None and kc.admin
         names = list(state.cfg.keys) if admin else [key.name]
@@ -42,4 +36,4 @@ class UsageEndpoint:
             a for a in state.cfg.models if key.allows(a)
         ]
         body["models"] = await limits.report_models(labels)
-        send_json(proto, 200, _encode(body))
+        x.send_json(200, _encode(body))

@@ -17,7 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from airouter.rsgi import HTTPProtocol, Scope
+from airouter.exchange import Exchange
 
 # LLM latencies span milliseconds (a cached answer) to minutes (a long generation).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300)
@@ -189,8 +189,8 @@ def _registry() -> CollectorRegistry:
 class MetricsEndpoint:
     """GET /metrics in Prometheus text format, summed over all workers."""
 
-    async def __call__(self, scope: Scope, proto: HTTPProtocol) -> None:
+    async def __call__(self, x: Exchange, key: object) -> None:
         PENDING.flush()
         # Reading the workers' metric files is file I/O: keep it off the event loop.
         body = await asyncio.to_thread(generate_latest, _registry())
-        proto.response_bytes(200, [("content-type", CONTENT_TYPE_LATEST)], body)
+        x.send(200, body, [("content-type", CONTENT_TYPE_LATEST), *x.rh])

@@ -36,25 +36,37 @@ def run_router(
     workers: int = 1,
     env: dict[str, str] | None = None,
     args: tuple[str, ...] = (),
+    interface: str = "rsgi",
 ) -> Iterator[RouterProc]:
+    """`interface`: what serves the router: "rsgi" (airouter's command, the default), "asgi"
+    (the command with --interface asgi: granian's ASGI mode), or an ASGI server run on
+    `airouter.asgi:app` ("uvicorn", "hypercorn"; one worker)."""
     port = free_port()
     cfg = tmp / f"router-{port}.toml"
     cfg.write_text(config)
     log = tmp / f"router-{port}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "airouter",
-        "--config",
-        str(cfg),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        *args,
-    ]
+    if interface in ("uvicorn", "hypercorn"):
+        env = {**(env or {}), "AIROUTER_CONFIG": str(cfg)}
+        bind = (["--host", "127.0.0.1", "--port", str(port)] if interface == "uvicorn"
+                else ["--bind", f"127.0.0.1:{port}"])
+        cmd = [sys.executable, "-m", interface, "airouter.asgi:app", *bind, *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "airouter",
+            "--config",
+            str(cfg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--interface",
+            interface,
+            *args,
+        ]
     with spawn(cmd, env=env, log=log, cwd=ROOT) as proc:
         url = f"http://127.0.0.1:{port}"
         try:
