@@ -189,12 +189,8 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check"]:
-        p = argparse.ArgumentParser(prog="airouter check", description="Validate a config file.")
-        p.add_argument("file")
-        return _check(p.parse_args(argv[1:]))
+def build_parser() -> argparse.ArgumentParser:
+    """The serving command's arguments: `airouter [--config ...] [--host ...] ...`."""
     p = argparse.ArgumentParser(prog="airouter", description="OpenAI-compatible router.")
     p.add_argument(
         "--config", help="backends.toml path (default: $AIROUTER_CONFIG or ./backends.toml)"
@@ -203,7 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int)
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
-    return _serve(p.parse_args(argv))
+    return p
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    """`airouter check FILE`'s arguments (after the word `check`)."""
+    p = argparse.ArgumentParser(prog="airouter check", description="Validate a config file.")
+    p.add_argument("file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        return _check(build_check_parser().parse_args(argv[1:]))
+    return _serve(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
