@@ -20,11 +20,14 @@ RUN groupadd --system --gid 10001 airouter \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY airouter ./airouter
-RUN pip install ".[triton,otel]" && rm -rf /src
+# The source tree by path (./); its dependencies' versions are pyproject.toml's ranges.
+RUN pip install "./[triton,otel]" && rm -rf /src
 
 COPY deploy/backends.toml /etc/airouter/backends.toml
 
-USER airouter
+# Numeric, so a runtime can tell the user is not root without reading /etc/passwd
+# (Kubernetes' runAsNonRoot).
+USER 10001:10001
 WORKDIR /
 EXPOSE 3000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \

@@ -191,12 +191,8 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check"]:
-        p = argparse.ArgumentParser(prog="airouter check", description="Validate a config file.")
-        p.add_argument("file")
-        return _check(p.parse_args(argv[1:]))
+def build_parser() -> argparse.ArgumentParser:
+    """The serving command's arguments: `airouter [--config ...] [--host ...] ...`."""
     p = argparse.ArgumentParser(prog="airouter", description="OpenAI-compatible router.")
     p.add_argument(
         "--config", help="backends.toml path (default: $AIROUTER_CONFIG or ./backends.toml)"
@@ -209,7 +205,21 @@ def main(argv: list[str] | None = None) -> int:
         "--interface", choices=["rsgi", "asgi"], default="rsgi",
         help="what granian serves: rsgi (default, faster) or asgi (the Starlette app)",
     )
-    return _serve(p.parse_args(argv))
+    return p
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    """`airouter check FILE`'s arguments (after the word `check`)."""
+    p = argparse.ArgumentParser(prog="airouter check", description="Validate a config file.")
+    p.add_argument("file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:
+        return _check(build_check_parser().parse_args(argv[1:]))
+    return _serve(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":
