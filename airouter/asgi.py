@@ -32,7 +32,7 @@ from airouter.lifecycle import Holder
 from airouter.routes import Route, not_allowed, render_for
 from airouter.service import Service
 
-__all__ = ["create_app"]
+__all__ = ["app", "create_app"]
 
 
 class AsgiEndpoint:
@@ -108,14 +108,30 @@ def create_worker_app() -> Starlette:
     return app
 
 
-def __getattr__(name: str) -> Any:
-    # `airouter.asgi:app` for the ASGI servers: built on first use, not on import.
-    if name == "app":
-        from airouter.app import setup_logging
+class _FromEnvironment:
+    """`airouter.asgi:app`, for the ASGI servers: the app for $AIROUTER_CONFIG (else
+    ./backends.toml), built when the server first calls it (its lifespan start-up) or asks
+    for one of its attributes, not when the module is imported."""
 
-        built = create_app()
-        setup_logging(os.environ.get("AIROUTER_LOG_LEVEL",
-                                     built.state.service.cfg.server.log_level))
-        globals()["app"] = built
-        return built
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __init__(self) -> None:
+        self._app: Starlette | None = None
+
+    def _built(self) -> Starlette:
+        if self._app is None:
+            from airouter.app import setup_logging
+
+            self._app = create_app()
+            setup_logging(os.environ.get("AIROUTER_LOG_LEVEL",
+                                         self._app.state.service.cfg.server.log_level))
+        return self._app
+
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: Receive, send: AsgiSend
+    ) -> None:
+        await self._built()(scope, receive, send)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._built(), name)
+
+
+app = _FromEnvironment()
