@@ -18,7 +18,8 @@ FLOOR_GOAL = 1.2  # router req/s over the same-stack pass-through's
 NGINX_GOAL = {"chat": 0.20, "stream": 0.25}
 TRITON_GOAL = 1.0
 # Row order in tables and charts: references first, the router last.
-PATHS = ("direct", "nginx", "floor", "floor_rsgi_aiohttp", "floor_rsgi", "baseline", "router")
+PATHS = ("direct", "nginx", "floor", "floor_rsgi_aiohttp", "floor_rsgi", "baseline",
+         "router_asgi", "router")
 LABEL = {
     "direct": "direct",
     "nginx": "nginx",
@@ -26,7 +27,8 @@ LABEL = {
     "floor_rsgi_aiohttp": "RSGI+aiohttp",
     "floor_rsgi": "floor RSGI",
     "baseline": "baseline",
-    "router": "router",
+    "router_asgi": "router ASGI",
+    "router": "router RSGI",
 }
 
 
@@ -66,7 +68,7 @@ def add_ratios(results: dict[str, Any]) -> None:
         sc["ratios"] = {
             **{
                 f"{who}_vs_floor_rps": _round(_ratio(sc[who]["rps"], sc["floor"]["rps"]), 4)
-                for who in ("router", "baseline", "floor_rsgi")
+                for who in ("router", "router_asgi", "baseline", "floor_rsgi")
                 if who in sc and "floor" in sc
             },
             **{
@@ -320,7 +322,8 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
         add(
             f"  router / floor ASGI = {_fmt(ra.get('router_vs_floor_rps'), '.2f')}x, "
             f"router / floor RSGI = {_fmt(ra.get('router_vs_floor_rsgi_rps'), '.2f')}x, "
-            f"router / nginx = {_fmt(ra.get('router_vs_nginx_rps'), '.1%')}"
+            f"router / nginx = {_fmt(ra.get('router_vs_nginx_rps'), '.1%')}, "
+            f"router ASGI / floor ASGI = {_fmt(ra.get('router_asgi_vs_floor_rps'), '.2f')}x"
             + (
                 f", router / baseline = {_fmt(ra.get('router_vs_baseline_rps'), '.3f')}x "
                 f"(CPU per request: baseline's / router's = "

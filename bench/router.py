@@ -123,10 +123,12 @@ def run(
     prelude: str = "",
     workers: int = 1,
     cwd: Path | None = None,
+    interface: str = "rsgi",
 ) -> Iterator[Router]:
     """`prelude`: Python run before the CLI (granian forks its worker, which inherits it),
     to try runtime knobs such as sys.setswitchinterval without touching the router.
-    `cwd`: another checkout whose airouter package runs instead (an A/B baseline)."""
+    `cwd`: another checkout whose airouter package runs instead (an A/B baseline).
+    `interface`: what granian serves (`--interface`; a baseline without the flag is RSGI)."""
     port = free_port()
     cfg = tmp / f"router-{name}.toml"
     cfg.write_text(config)
@@ -151,6 +153,7 @@ def run(
             str(workers),
             "--log-level",
             "warning",
+            *(["--interface", interface] if interface != "rsgi" else []),
         ],
     )
     with spawn(args, log=log, cwd=cwd) as proc:

@@ -163,6 +163,9 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
     out: dict[str, Any] = {"connections": s.connections, "seconds": s.wrk_seconds}
     with contextlib.ExitStack() as stack:
         rt = stack.enter_context(router.run(env.tmp, name, cfg, ROUTER_CORE, s.prelude))
+        # The same router on its ASGI interface (Starlette), on the same core, in turn.
+        rt_asgi = stack.enter_context(router.run(env.tmp, f"{name}-asgi", cfg, ROUTER_CORE,
+                                                 s.prelude, interface="asgi"))
         base = _baseline(stack, env, s, name, cfg)
         paths = {
             "direct": (
@@ -193,11 +196,14 @@ def wrk_scenario(env: Env, s: Settings, name: str, *, stream: bool) -> dict[str,
                 alias,
             ),
         }
+        paths["router_asgi"] = (paths["router"][0].replace(rt.url, rt_asgi.url),
+                                *paths["router"][1:])
         if base is not None:
             paths["baseline"] = (paths["router"][0].replace(rt.url, base.url), *paths["router"][1:])
         pids = {
             "nginx": env.proxy.pid,
             "router": rt.pid,
+            "router_asgi": rt_asgi.pid,
             **{w: f.pid for w, f in env.floors.items()},
         }
         if base is not None:
