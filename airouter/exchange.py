@@ -15,7 +15,11 @@ from typing import TYPE_CHECKING
 from airouter.errors import BodyTooLarge, RequestTimeout, RouterError
 
 if TYPE_CHECKING:
+    from airouter.auth import ClientKey
+    from airouter.disconnect import DisconnectWatch
+    from airouter.doors import Renderer
     from airouter.identity import RequestHeaders
+    from airouter.limits import Ticket
     from airouter.observability.record import Record
 
 Headers = list[tuple[str, str]]
@@ -42,9 +46,12 @@ class StreamClosed(Exception):
 
 class Exchange(ABC):
     """A request being served. `rh` are the headers every answer to it carries (the request id
-    first); `render` turns an error into its API's error body."""
+    first); `render` turns an error into its API's error body. The rest is set as the
+    request's handling learns it: its access record, the caller's key, the admission ticket,
+    how the answer is rendered, the disconnect watch."""
 
-    __slots__ = ("method", "path", "params", "headers", "rh", "render", "record")
+    __slots__ = ("method", "path", "params", "headers", "rh", "render", "record", "key",
+                 "ticket", "renderer", "watch")
 
     # What a streamed answer's send raises once the client is gone (`except x.closed:`): the
     # server's own exception where it has one, so no part is wrapped to translate it.
@@ -56,7 +63,11 @@ class Exchange(ABC):
     headers: RequestHeaders
     rh: Headers
     render: Render
-    record: Record | None
+    record: Record
+    key: ClientKey
+    ticket: Ticket
+    renderer: Renderer
+    watch: DisconnectWatch
 
     @abstractmethod
     def header(self, name: str) -> str | None:
@@ -101,7 +112,6 @@ def begin(x: Exchange, headers: RequestHeaders, render: Render) -> None:
     x.headers = headers
     x.rh = [("x-request-id", headers.request_id)]
     x.render = render
-    x.record = None
 
 
 def too_large(limit: int, close: bool = False) -> BodyTooLarge:

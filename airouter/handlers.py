@@ -9,15 +9,13 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.bounds import bounded
 from airouter.disconnect import DisconnectWatch
-from airouter.doors import FrontDoor, OpenAIDoor, Renderer
+from airouter.doors import FrontDoor, OpenAIDoor
 from airouter.errors import RouterError, internal_error, shutting_down
 from airouter.exchange import ClientGone, Exchange, Send
 from airouter.lifecycle import Holder
-from airouter.limits import Ticket
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.observability.spans import start_spans
 from airouter.routing import open_call, request_for
@@ -66,7 +64,7 @@ class CompletionEndpoint:
         state = self.holder.state
         h = x.headers
         try:
-            key = state.keys.authenticate(h.authorization, h.api_key)
+            x.key = key = state.keys.authenticate(h.authorization, h.api_key)
             rec.key = key.name
             data = await x.body(state.body_limit, state.body_timeout)
             req = self.door.decode(data)
@@ -75,7 +73,7 @@ class CompletionEndpoint:
                 log.debug("key %s: model %s is alias %s: backend %s, model %s", key.name,
                           bounded(str(req.model)), target.label, target.backend.name,
                           bounded(target.backend_model))
-            ticket = await state.limits.admit(key.name, target, req.body)
+            x.ticket = ticket = await state.limits.admit(key.name, target, req.body)
         except RouterError as e:
             rec.status, rec.error = e.status, e.code or e.type
             x.send_error(e)
@@ -84,8 +82,8 @@ class CompletionEndpoint:
             rec.status, rec.error = 499, "client_gone"
             return
         x.rh += ticket.headers
-        body = req.body
-        sent = request_for(self.endpoint, body, target)
+        x.renderer = req.renderer
+        sent = request_for(self.endpoint, req.body, target)
         call = Call(
             self.endpoint, target, sent, req.stream, include_usage=req.include_usage,
             headers=h.forward,
@@ -95,9 +93,9 @@ class CompletionEndpoint:
         if tracer is not None:  # adds the trace context to the call's forwarded headers
             start_spans(tracer, rec, self.endpoint, target, sent, h.forward)
         self.observer.started(rec)
-        watch = DisconnectWatch(x, task)
+        x.watch = watch = DisconnectWatch(x, task)
         try:
-            rec.status = await self._serve(x, call, body, key, watch, req.renderer, ticket)
+            rec.status = await self._serve(x, call, req.body)
         except asyncio.CancelledError:
             if rec.complete:
                 # The answer went out in full; only its clean-up was cut short (the client left
@@ -118,15 +116,11 @@ class CompletionEndpoint:
             watch.stop()
             ticket.release(call.stats)
 
-    async def _serve(
-        self, x: Exchange, call: Call, client_body: dict[str, Any], key: ClientKey,
-        watch: DisconnectWatch, renderer: Renderer, ticket: Ticket,
-    ) -> int:
+    async def _serve(self, x: Exchange, call: Call, client_body: dict[str, Any]) -> int:
         rec = x.record
-        assert rec is not None
         try:
             reply = await open_call(
-                self.holder.state.models, call, client_body, key, lambda c: _serve_as(rec, c)
+                self.holder.state.models, call, client_body, x.key, lambda c: _serve_as(rec, c)
             )
         except RouterError as e:
             rec.error = e.code or e.type
@@ -134,51 +128,47 @@ class CompletionEndpoint:
             return e.status
         try:
             if call.stream:
-                return await self._stream(x, rec, call, reply, renderer, ticket)
-            return await self._whole(x, rec, reply, renderer, ticket)
+                return await self._stream(x, call, reply)
+            return await self._whole(x, reply)
         finally:
-            if not watch.gone:
+            if not x.watch.gone:
                 # The answer is complete: a disconnect now must not cancel the clean-up.
-                watch.stop()
+                x.watch.stop()
             await reply.aclose()
 
-    async def _whole(
-        self, x: Exchange, rec: Record, reply: Reply, renderer: Renderer, ticket: Ticket
-    ) -> int:
+    async def _whole(self, x: Exchange, reply: Reply) -> int:
+        rec = x.record
         try:
             if reply.body is not None:
                 body = reply.body
             else:
                 assert reply.chunks is not None
                 body = await body_from_chunks(self.endpoint, reply.chunks)
-            body = renderer.whole(body)
+            body = x.renderer.whole(body)
         except RouterError as e:
             reply.fault = e.with_traceback(None)
             rec.error = e.code or e.type
             x.send_error(e)
             return e.status
-        await ticket.settle(rec.call.stats if rec.call else None)
+        await x.ticket.settle(rec.call.stats if rec.call else None)
         rec.started = True
         x.send_json(200, body)
         rec.complete = True
         return 200
 
-    async def _stream(
-        self, x: Exchange, rec: Record, call: Call, reply: Reply, renderer: Renderer,
-        ticket: Ticket,
-    ) -> int:
+    async def _stream(self, x: Exchange, call: Call, reply: Reply) -> int:
         try:
-            events = renderer.events(reply, call.include_usage)
+            events = x.renderer.events(reply, call.include_usage)
         except RouterError as e:
-            rec.error = e.code or e.type
+            x.record.error = e.code or e.type
             x.send_error(e)
             return e.status
-        return await self._pump(x, x.send_sse(), events, reply, rec, renderer, ticket)
+        return await self._pump(x, x.send_sse(), events, reply)
 
     async def _pump(
-        self, x: Exchange, send: Send, events: AsyncIterator[bytes],
-        reply: Reply, rec: Record, renderer: Renderer, ticket: Ticket,
+        self, x: Exchange, send: Send, events: AsyncIterator[bytes], reply: Reply
     ) -> int:
+        rec, renderer, ticket = x.record, x.renderer, x.ticket
         rec.started = True
         try:
             async for data in events:
