@@ -15,7 +15,8 @@ from airouter.backends.base import Backend, Call, Reply, Stats, Target
 from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
 from airouter.backends.fanout import fan_out, summed
-from airouter.backends.nodes import Node, NodePool, NodeSpec
+from airouter.backends.node import Node, NodeSpec
+from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.prefix_policy import session_of
 from airouter.backends.triton_embed import Limit, inputs_of, tensor_embed, vllm_embed

@@ -9,7 +9,8 @@ import grpc
 from google.protobuf import json_format
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from airouter.backends.nodes import Node, NodePool
+from airouter.backends.node import Node
+from airouter.backends.nodes import NodePool
 from airouter.backends.triton_errors import map_error
 from airouter.bounds import bounded
 from airouter.errors import BadGateway, RouterError
