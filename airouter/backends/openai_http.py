@@ -14,7 +14,7 @@ import msgspec
 from airouter.backends.base import Backend, Call, Reply, Stats
 from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
-from airouter.backends.http_client import ConnectError, Deadline, HttpError, Origin, Pool
+from airouter.backends.http.client import ConnectError, Deadline, HttpError, Origin, Pool
 from airouter.backends.node import Node, NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver

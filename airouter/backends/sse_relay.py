@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from airouter.backends.base import Stats, Target
-from airouter.backends.http_client import HttpError, Response
+from airouter.backends.http.client import HttpError, Response
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
 from airouter.streaming.relay import MODEL, RelayState
 

@@ -12,10 +12,10 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
+from airouter.backends.http.parser import ResponseParser
 from airouter.backends.sse_relay import rewrite_model
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.http1 import ResponseParser
 from airouter.streaming.relay import first_bad_event
 from airouter.streaming.sse import SSEDecoder, frame
 from airouter.streaming.textfix import StopMatcher, TextPipeline

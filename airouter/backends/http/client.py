@@ -11,17 +11,17 @@ import ssl
 from collections.abc import Mapping
 from typing import cast
 
-from airouter.backends.http_coding import CodingError, Decoder
-from airouter.backends.http_errors import (  # re-exported: the client's errors
+from airouter.backends.http.coding import CodingError, Decoder
+from airouter.backends.http.errors import (  # re-exported: the client's errors
     BadResponse as BadResponse,
 )
-from airouter.backends.http_errors import ConnectError as ConnectError
-from airouter.backends.http_errors import Deadline as Deadline
-from airouter.backends.http_errors import Disconnected as Disconnected
-from airouter.backends.http_errors import HttpError as HttpError
-from airouter.backends.http_origin import Origin as Origin  # re-exported
-from airouter.backends.proxy import open_connection
-from airouter.streaming.http1 import ProtocolError, ResponseParser
+from airouter.backends.http.errors import ConnectError as ConnectError
+from airouter.backends.http.errors import Deadline as Deadline
+from airouter.backends.http.errors import Disconnected as Disconnected
+from airouter.backends.http.errors import HttpError as HttpError
+from airouter.backends.http.origin import Origin as Origin  # re-exported
+from airouter.backends.http.parser import ProtocolError, ResponseParser
+from airouter.backends.http.proxy import open_connection
 from airouter.sweep import Sweep
 
 HIGH_WATER = 256 * 1024  # body bytes buffered before the socket is paused
