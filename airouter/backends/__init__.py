@@ -11,7 +11,7 @@ __all__ = ["Backend", "Call", "Endpoint", "Reply", "create_backend"]
 
 def create_backend(name: str, cfg: BackendConfig, observer: NodeObserver = QUIET) -> Backend:
     if isinstance(cfg, OpenAIBackendConfig):
-        from airouter.backends.openai_http import OpenAIHttpBackend
+        from airouter.backends.openai.backend import OpenAIHttpBackend
 
         return OpenAIHttpBackend(name, cfg, observer)
     from airouter.backends.triton_grpc import TritonGrpcBackend

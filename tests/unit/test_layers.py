@@ -17,6 +17,7 @@ PURE = (
     "airouter.protocol",
     "airouter.streaming",
     "airouter.backends.http.parser",
+    "airouter.backends.openai.relay_state",
 )
 PURE_MAY_IMPORT = (*PURE, "airouter.errors", "airouter.bounds")
 # Above the backends: they must never reach up into these.

@@ -18,9 +18,10 @@ from airouter.backends.http.client import ConnectError, Deadline, HttpError, Ori
 from airouter.backends.node import Node, NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.openai.relay import Relay, rewrite_model
+from airouter.backends.openai.relay_state import decode_any, record_usage
 from airouter.backends.prefix import RouteKey
 from airouter.backends.prefix_policy import prompt_start, session_of
-from airouter.backends.sse_relay import Relay, rewrite_model
 from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
@@ -32,7 +33,6 @@ from airouter.errors import (
     UpstreamError,
 )
 from airouter.protocol.endpoints import Endpoint
-from airouter.streaming.relay import decode_any, record_usage
 from airouter.upstream import Proxy, choose_proxy, client_context
 
 _encode = msgspec.json.Encoder().encode

@@ -1,5 +1,5 @@
 """An OpenAI-compatible upstream's SSE stream, read from the upstream connection and fed to
-the sans-IO relay (streaming/relay.py); the connection handed back to the pool or closed at
+the sans-IO relay (relay_state.py); the connection handed back to the pool or closed at
 the end."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 from airouter.backends.base import Stats, Target
 from airouter.backends.http.client import HttpError, Response
+from airouter.backends.openai.relay_state import MODEL, RelayState
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
-from airouter.streaming.relay import MODEL, RelayState
 
 
 def rewrite_model(payload: bytes, target: Target) -> bytes:
