@@ -14,6 +14,6 @@ def create_backend(name: str, cfg: BackendConfig, observer: NodeObserver = QUIET
         from airouter.backends.openai.backend import OpenAIHttpBackend
 
         return OpenAIHttpBackend(name, cfg, observer)
-    from airouter.backends.triton_grpc import TritonGrpcBackend
+    from airouter.backends.triton.backend import TritonGrpcBackend
 
     return TritonGrpcBackend(name, cfg, observer)

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from airouter.backends.triton_models import ModelInfo, first_bytes
+from airouter.backends.triton.models import ModelInfo, first_bytes
 from airouter.config import ModelConfig
 
 LOGPROB_OUTPUTS = frozenset({"logprobs", "output_log_probs"})

@@ -148,7 +148,7 @@ class GenParams:
 
 
 # Fields an LLM on Triton cannot honour: answering without them would silently be wrong.
-# (tools, response_format, logprobs and n are read by triton_features.)
+# (tools, response_format, logprobs and n are read by features.py.)
 _REJECTED = ("functions", "logit_bias", "suffix", "best_of")
 
 

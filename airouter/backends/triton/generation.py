@@ -11,10 +11,10 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from airouter.backends.base import Stats
-from airouter.backends.triton_embed import embed_problem
-from airouter.backends.triton_errors import map_error, map_rpc_error
-from airouter.backends.triton_logprobs import LOGPROB_OUTPUTS, read_logprobs
-from airouter.backends.triton_models import GenParams, ModelInfo, first_bytes, scalar
+from airouter.backends.triton.embed import embed_problem
+from airouter.backends.triton.errors import map_error, map_rpc_error
+from airouter.backends.triton.logprobs import LOGPROB_OUTPUTS, read_logprobs
+from airouter.backends.triton.models import GenParams, ModelInfo, first_bytes, scalar
 from airouter.config import ModelConfig
 from airouter.errors import GatewayTimeout
 from airouter.streaming.choice import ChoiceStream

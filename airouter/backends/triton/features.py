@@ -11,8 +11,8 @@ from typing import Any
 
 from tritonclient.grpc import service_pb2
 
-from airouter.backends.triton_logprobs import logprob_source
-from airouter.backends.triton_models import GenParams, ModelInfo, _add, build_generate
+from airouter.backends.triton.logprobs import logprob_source
+from airouter.backends.triton.models import GenParams, ModelInfo, _add, build_generate
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest
 from airouter.streaming.choice import ChoiceStream

@@ -11,7 +11,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.node import Node
 from airouter.backends.nodes import NodePool
-from airouter.backends.triton_errors import map_error
+from airouter.backends.triton.errors import map_error
 from airouter.bounds import bounded
 from airouter.errors import BadGateway, RouterError
 

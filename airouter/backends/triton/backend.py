@@ -14,21 +14,21 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from airouter.backends.base import Backend, Call, Reply, Stats, Target
 from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
-from airouter.backends.fanout import fan_out, summed
 from airouter.backends.node import Node, NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.prefix_policy import session_of
-from airouter.backends.triton_embed import Limit, inputs_of, tensor_embed, vllm_embed
-from airouter.backends.triton_features import (
+from airouter.backends.triton.embed import Limit, inputs_of, tensor_embed, vllm_embed
+from airouter.backends.triton.fanout import fan_out, summed
+from airouter.backends.triton.features import (
     build_requests,
     choice_stream,
     read_features,
     render_prompt,
 )
-from airouter.backends.triton_generation import Generation, Plan
-from airouter.backends.triton_lookup import ConfigLookup
-from airouter.backends.triton_models import (
+from airouter.backends.triton.generation import Generation, Plan
+from airouter.backends.triton.lookup import ConfigLookup
+from airouter.backends.triton.models import (
     ModelInfo,
     gen_params,
     parse_config,

@@ -24,8 +24,8 @@ import msgspec
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from airouter.backends.base import Call, Reply
-from airouter.backends.triton_errors import map_error, map_rpc_error
-from airouter.backends.triton_models import ModelInfo, build_embed, first_bytes, scalar
+from airouter.backends.triton.errors import map_error, map_rpc_error
+from airouter.backends.triton.models import ModelInfo, build_embed, first_bytes, scalar
 from airouter.config import ModelConfig
 from airouter.errors import BadGateway, InvalidRequest, RouterError
 
