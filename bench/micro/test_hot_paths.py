@@ -15,10 +15,10 @@ from airouter.backends.base import Endpoint, Target
 from airouter.backends.http.parser import ResponseParser
 from airouter.backends.openai.relay import rewrite_model
 from airouter.backends.openai.relay_state import first_bad_event
+from airouter.output.chunks import ChunkWriter
+from airouter.output.textfix import StopMatcher, TextPipeline
 from airouter.protocol.requests import ChatRequest, decode
-from airouter.streaming.chunks import ChunkWriter
 from airouter.streaming.sse import SSEDecoder, frame
-from airouter.streaming.textfix import StopMatcher, TextPipeline
 from airouter.templates import load_template
 from bench import bodies
 from bench.micro import http1_before

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from airouter.backends.base import Endpoint
-from airouter.streaming.choice import ChoiceStream
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.guided_calls import CallArray, NamedCall, call_array_schema
+from airouter.output.choice import ChoiceStream
+from airouter.output.chunks import ChunkWriter
+from airouter.output.events import OutputParser, chain, reasoning_parser, tool_parser
+from airouter.output.guided_calls import CallArray, NamedCall, call_array_schema
 from airouter.streaming.modes import body_from_chunks
-from airouter.streaming.parsed import OutputParser, chain, reasoning_parser, tool_parser
 from tests.support.openapi import validate
 
 CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}, ' \

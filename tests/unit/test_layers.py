@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "airouter"
 # out, no I/O. What they may use from the package: each other and the leaf modules.
 PURE = (
     "airouter.protocol",
+    "airouter.output",
     "airouter.streaming",
     "airouter.backends.http.parser",
     "airouter.backends.openai.relay_state",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.streaming.parsed import (
+from airouter.output.events import (
     REASONING_PARSERS,
     TOOL_PARSERS,
     OutputParser,

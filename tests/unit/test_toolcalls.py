@@ -11,14 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.parsed import (
+from airouter.output.events import (
     TOOL_PARSERS,
     CallArgs,
     CallStart,
     Text,
     tool_parser,
 )
+from airouter.output.jsonscan import JsonScan
 from tests.support.parsing import check_all_splits, run, split_at
 
 TOOLS = ("get_weather", "search", "f", "g")

@@ -41,9 +41,9 @@ from airouter.errors import (
     InvalidRequest,
     RouterError,
 )
+from airouter.output.chunks import ChunkWriter
+from airouter.output.textfix import TextPipeline
 from airouter.protocol.endpoints import Endpoint
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.textfix import TextPipeline
 from airouter.templates import ChatTemplate, load_template
 
 log = logging.getLogger("airouter.triton")

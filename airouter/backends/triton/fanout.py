@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import cast
 
 from airouter.backends.base import Reply, Stats
-from airouter.streaming.chunks import ChunkWriter
+from airouter.output.chunks import ChunkWriter
 
 _END = object()
 

@@ -15,15 +15,15 @@ from airouter.backends.triton.logprobs import logprob_source
 from airouter.backends.triton.models import GenParams, ModelInfo, _add, build_generate
 from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest
-from airouter.streaming.choice import ChoiceStream
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.guided_calls import (
+from airouter.output.choice import ChoiceStream
+from airouter.output.chunks import ChunkWriter
+from airouter.output.events import OutputParser, chain, reasoning_parser, tool_parser
+from airouter.output.guided_calls import (
     CallArray,
     NamedCall,
     call_array_schema,
     named_call_schema,
 )
-from airouter.streaming.parsed import OutputParser, chain, reasoning_parser, tool_parser
 from airouter.templates import ChatTemplate, PromptError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; completions allow 5

@@ -17,9 +17,9 @@ from airouter.backends.triton.logprobs import LOGPROB_OUTPUTS, read_logprobs
 from airouter.backends.triton.models import GenParams, ModelInfo, first_bytes, scalar
 from airouter.config import ModelConfig
 from airouter.errors import GatewayTimeout
-from airouter.streaming.choice import ChoiceStream
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.textfix import TextPipeline
+from airouter.output.choice import ChoiceStream
+from airouter.output.chunks import ChunkWriter
+from airouter.output.textfix import TextPipeline
 from airouter.templates import ChatTemplate
 from airouter.tokenizers import count_async, for_model
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from airouter.streaming.marks import WS_RUN, partial_start
-from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import CallObject
-from airouter.streaming.tools.parser import GAP, TEXT, TaggedParser
+from airouter.output.events import Event
+from airouter.output.marks import WS_RUN, partial_start
+from airouter.output.tools.base import CallObject
+from airouter.output.tools.parser import GAP, TEXT, TaggedParser
 
 __all__ = ["HermesParser"]
 

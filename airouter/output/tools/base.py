@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import CallArgs, CallStart, Event, Text
+from airouter.output.events import CallArgs, CallStart, Event, Text
+from airouter.output.jsonscan import JsonScan
+from airouter.output.marks import WS_RUN
 
 __all__ = ["CallLog", "CallObject", "emit_text"]
 

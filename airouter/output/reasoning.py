@@ -22,8 +22,8 @@ Text after ``</think>`` is passed on unchanged, including its leading whitespace
 
 from __future__ import annotations
 
-from airouter.streaming.marks import WS_RUN, PieceScan, partial_start
-from airouter.streaming.parsed import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
+from airouter.output.events import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
+from airouter.output.marks import WS_RUN, PieceScan, partial_start
 
 __all__ = ["ThinkParser", "make_reasoning_parser"]
 

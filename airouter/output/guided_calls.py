@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airouter.streaming.parsed import CallArgs, CallStart, Event, Text, tool_parser
+from airouter.output.events import CallArgs, CallStart, Event, Text, tool_parser
 
 _MARK = "[TOOL_CALLS]"
 

@@ -7,8 +7,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.parsed import (
+from airouter.output.chunks import ChunkWriter
+from airouter.output.events import (
     CallArgs,
     CallStart,
     Event,

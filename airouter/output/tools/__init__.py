@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from airouter.streaming.parsed import TOOL_PARSERS, OutputParser
-from airouter.streaming.tools.hermes import HermesParser
-from airouter.streaming.tools.llama3 import Llama3JsonParser
-from airouter.streaming.tools.mistral import MistralParser
-from airouter.streaming.tools.pythonic import PythonicParser
+from airouter.output.events import TOOL_PARSERS, OutputParser
+from airouter.output.tools.hermes import HermesParser
+from airouter.output.tools.llama3 import Llama3JsonParser
+from airouter.output.tools.mistral import MistralParser
+from airouter.output.tools.pythonic import PythonicParser
 
 __all__ = ["make_tool_parser"]
 

@@ -91,17 +91,17 @@ def tool_parser(name: str, tools: Sequence[str] | None = None) -> OutputParser:
 
     ``tools`` lists the callable function names (``None``: any name; empty: none, so every
     call stays text). Raises ``ValueError`` for a name not in ``TOOL_PARSERS``. Each format's
-    module (``airouter.streaming.tools.<format>``) states its policy for malformed calls.
+    module (``airouter.output.tools.<format>``) states its policy for malformed calls.
     """
     # Imported here: the format modules import the event types above.
-    from airouter.streaming.tools import make_tool_parser
+    from airouter.output.tools import make_tool_parser
 
     return make_tool_parser(name, tools)
 
 
 def reasoning_parser(name: str) -> OutputParser:
     """A fresh reasoning parser of format ``name``; ``ValueError`` if it is unknown."""
-    from airouter.streaming.reasoning import make_reasoning_parser
+    from airouter.output.reasoning import make_reasoning_parser
 
     return make_reasoning_parser(name)
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import CallArgs, Event
-from airouter.streaming.tools.base import CallObject, emit_text
-from airouter.streaming.tools.parser import GAP, TEXT, TaggedParser
+from airouter.output.events import CallArgs, Event
+from airouter.output.jsonscan import JsonScan
+from airouter.output.marks import WS_RUN
+from airouter.output.tools.base import CallObject, emit_text
+from airouter.output.tools.parser import GAP, TEXT, TaggedParser
 
 __all__ = ["MistralParser"]
 

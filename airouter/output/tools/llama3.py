@@ -20,10 +20,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import Event
-from airouter.streaming.tools.base import CallObject
-from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
+from airouter.output.events import Event
+from airouter.output.marks import WS_RUN
+from airouter.output.tools.base import CallObject
+from airouter.output.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["Llama3JsonParser"]
 

@@ -27,10 +27,10 @@ import json
 import re
 from collections.abc import Sequence
 
-from airouter.streaming.marks import WS_RUN
-from airouter.streaming.parsed import CallArgs, Event
-from airouter.streaming.tools.base import emit_text
-from airouter.streaming.tools.parser import PLAIN, START, OpeningParser
+from airouter.output.events import CallArgs, Event
+from airouter.output.marks import WS_RUN
+from airouter.output.tools.base import emit_text
+from airouter.output.tools.parser import PLAIN, START, OpeningParser
 
 __all__ = ["PythonicParser"]
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from airouter.streaming.marks import WS_RUN, PieceScan, partial_start
-from airouter.streaming.parsed import Event, Text
-from airouter.streaming.tools.base import CallLog, CallObject, emit_text
+from airouter.output.events import Event, Text
+from airouter.output.marks import WS_RUN, PieceScan, partial_start
+from airouter.output.tools.base import CallLog, CallObject, emit_text
 
 __all__ = [
     "GAP",
