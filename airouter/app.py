@@ -21,7 +21,8 @@ from airouter import reloading
 from airouter.bounds import bounded
 from airouter.config import Config
 from airouter.count_tokens import CountTokensEndpoint
-from airouter.doors import FrontDoor, MessagesDoor, ResponsesDoor
+from airouter.doors import anthropic
+from airouter.doors.door import FrontDoor, MessagesDoor, ResponsesDoor
 from airouter.errors import (
     InvalidRequest,
     MethodNotAllowed,
@@ -36,7 +37,6 @@ from airouter.observability import metrics
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.nodes import NodeGauge
 from airouter.observability.record import Observer, RequestIdFilter
-from airouter.protocol import anthropic
 from airouter.protocol.endpoints import Endpoint
 from airouter.rsgi import (
     PARSER_EXACT_HEAD,

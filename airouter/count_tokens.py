@@ -7,10 +7,10 @@ from typing import Any
 import msgspec
 
 from airouter.backends.base import Target
+from airouter.doors import anthropic
 from airouter.errors import InvalidRequest, RouterError
 from airouter.identity import RequestHeaders
 from airouter.lifecycle import Holder
-from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
 from airouter.rsgi import ClientGone, HTTPProtocol, Scope, read_body, send_error, send_json
 from airouter.tokenizers import prompt_tokens

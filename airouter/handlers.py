@@ -14,7 +14,7 @@ from airouter.auth import ClientKey
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.bounds import bounded
 from airouter.disconnect import DisconnectWatch
-from airouter.doors import FrontDoor, OpenAIDoor, Renderer
+from airouter.doors.door import FrontDoor, OpenAIDoor, Renderer
 from airouter.errors import RouterError, internal_error, shutting_down
 from airouter.identity import RequestHeaders
 from airouter.lifecycle import Holder

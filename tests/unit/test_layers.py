@@ -17,6 +17,11 @@ PURE = (
     "airouter.protocol",
     "airouter.output",
     "airouter.streaming",
+    "airouter.doors.anthropic",
+    "airouter.doors.anthropic_events",
+    "airouter.doors.responses",
+    "airouter.doors.responses_events",
+    "airouter.doors.chat_read",
     "airouter.backends.http.parser",
     "airouter.backends.openai.relay_state",
 )

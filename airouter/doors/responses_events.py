@@ -12,8 +12,7 @@ from typing import Any
 
 import msgspec
 
-from airouter.protocol.responses import ResponsesRequest
-from airouter.streaming.chat_read import (
+from airouter.doors.chat_read import (
     ChunkChoice,
     ChunkEvents,
     ToolCallDelta,
@@ -22,6 +21,7 @@ from airouter.streaming.chat_read import (
     token_counts,
     tool_calls,
 )
+from airouter.doors.responses import ResponsesRequest
 
 _encode = msgspec.json.Encoder().encode
 

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from airouter.backends.base import Endpoint, Reply
+from airouter.doors import anthropic, responses
+from airouter.doors.anthropic_events import MessagesStream, message_from_chat
+from airouter.doors.responses_events import ResponsesStream, response_from_chat
 from airouter.errors import RouterError, error_json
-from airouter.protocol import anthropic, responses
 from airouter.protocol.fields import parse_object
 from airouter.protocol.requests import decode
-from airouter.streaming.anthropic_events import MessagesStream, message_from_chat
 from airouter.streaming.modes import chunks_from_body
-from airouter.streaming.responses_events import ResponsesStream, response_from_chat
 from airouter.streaming.sse import DONE, DONE_EVENT, SSEDecoder, frame
 
 

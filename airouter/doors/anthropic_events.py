@@ -16,9 +16,8 @@ from typing import Any
 
 import msgspec
 
-from airouter.errors import BadGateway
-from airouter.protocol.anthropic import MessagesRequest
-from airouter.streaming.chat_read import (
+from airouter.doors.anthropic import MessagesRequest
+from airouter.doors.chat_read import (
     ChunkChoice,
     ChunkEvents,
     ToolCallDelta,
@@ -27,6 +26,7 @@ from airouter.streaming.chat_read import (
     token_counts,
     tool_calls,
 )
+from airouter.errors import BadGateway
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
