@@ -21,6 +21,7 @@ from airouter.lifecycle import Holder
 from airouter.limits import Ticket
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.observability.spans import start_spans
+from airouter.protocol.modes import body_from_chunks
 from airouter.routing import open_call, request_for
 from airouter.rsgi import (
     SSE_HEADERS,
@@ -34,7 +35,6 @@ from airouter.rsgi import (
     send_json,
 )
 from airouter.state import State
-from airouter.streaming.modes import body_from_chunks
 
 log = logging.getLogger("airouter")
 

@@ -18,9 +18,9 @@ from airouter.doors.anthropic_events import MessagesStream, message_from_chat
 from airouter.doors.responses_events import ResponsesStream, response_from_chat
 from airouter.errors import RouterError, error_json
 from airouter.protocol.fields import parse_object
+from airouter.protocol.modes import chunks_from_body
 from airouter.protocol.requests import decode
-from airouter.streaming.modes import chunks_from_body
-from airouter.streaming.sse import DONE, DONE_EVENT, SSEDecoder, frame
+from airouter.protocol.sse import DONE, DONE_EVENT, SSEDecoder, frame
 
 
 class Renderer(Protocol):

@@ -18,7 +18,7 @@ from airouter.backends.openai.relay_state import first_bad_event
 from airouter.output.chunks import ChunkWriter
 from airouter.output.textfix import StopMatcher, TextPipeline
 from airouter.protocol.requests import ChatRequest, decode
-from airouter.streaming.sse import SSEDecoder, frame
+from airouter.protocol.sse import SSEDecoder, frame
 from airouter.templates import load_template
 from bench import bodies
 from bench.micro import http1_before

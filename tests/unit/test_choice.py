@@ -14,7 +14,7 @@ from airouter.output.choice import ChoiceStream
 from airouter.output.chunks import ChunkWriter
 from airouter.output.events import OutputParser, chain, reasoning_parser, tool_parser
 from airouter.output.guided_calls import CallArray, NamedCall, call_array_schema
-from airouter.streaming.modes import body_from_chunks
+from airouter.protocol.modes import body_from_chunks
 from tests.support.openapi import validate
 
 CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}, ' \
@@ -256,7 +256,7 @@ def test_logprobs_of_markup_are_dropped_and_of_text_kept() -> None:
 
 
 def test_whole_answers_round_trip_through_chunks() -> None:
-    from airouter.streaming.modes import chunks_from_body
+    from airouter.protocol.modes import chunks_from_body
 
     chat = {
         "id": "c", "object": "chat.completion", "created": 1, "model": "m",

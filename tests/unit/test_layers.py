@@ -1,5 +1,6 @@
 """The package's layers, read from the source with `ast` (nothing is imported): the wire
-protocol and the stream transforms are pure, backends know nothing of observability."""
+protocol, the model-output readers and writers, the front doors' translators, the HTTP response
+parser and the SSE relay's state machine are pure; backends know nothing of observability."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ PACKAGE = Path(__file__).resolve().parents[2] / "airouter"
 PURE = (
     "airouter.protocol",
     "airouter.output",
-    "airouter.streaming",
     "airouter.doors.anthropic",
     "airouter.doors.anthropic_events",
     "airouter.doors.responses",

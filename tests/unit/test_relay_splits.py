@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from airouter.backends.base import Stats
 from airouter.backends.openai.relay_state import RelayState
 from airouter.errors import RouterError
-from airouter.streaming.sse import SSEDecoder
+from airouter.protocol.sse import SSEDecoder
 
 REPL = b'"model":"alias"'
 

@@ -14,7 +14,7 @@ import msgspec
 
 from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.errors import BadGateway, RouterError
-from airouter.streaming.sse import DONE, SSEDecoder, frame
+from airouter.protocol.sse import DONE, SSEDecoder, frame
 
 log = logging.getLogger("airouter.openai")
 decode_any = msgspec.json.Decoder().decode
