@@ -9,17 +9,16 @@ Invariants every parser keeps, whatever the chunking of its input:
 * the ``CallArgs`` fragments of one call join to the JSON text of an object;
 * ``CallStart`` indices count 0, 1, 2, ... and a call's ``CallArgs`` follow its ``CallStart``;
 * no input makes a parser raise: what is not a well-formed call stays text.
+
+The parsers by name: parsers.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
-    "REASONING_PARSERS",
-    "TOOL_PARSERS",
     "CallArgs",
     "CallStart",
     "Event",
@@ -27,8 +26,6 @@ __all__ = [
     "Reasoning",
     "Text",
     "chain",
-    "reasoning_parser",
-    "tool_parser",
 ]
 
 
@@ -80,30 +77,6 @@ class OutputParser(Protocol):
     def called(self) -> bool:
         """Whether at least one ``CallStart`` was emitted."""
         ...
-
-
-TOOL_PARSERS: frozenset[str] = frozenset({"hermes", "llama3_json", "mistral", "pythonic"})
-REASONING_PARSERS: frozenset[str] = frozenset({"deepseek_r1", "qwen3"})
-
-
-def tool_parser(name: str, tools: Sequence[str] | None = None) -> OutputParser:
-    """A fresh tool-call parser of format ``name`` for one output.
-
-    ``tools`` lists the callable function names (``None``: any name; empty: none, so every
-    call stays text). Raises ``ValueError`` for a name not in ``TOOL_PARSERS``. Each format's
-    module (``airouter.output.tools.<format>``) states its policy for malformed calls.
-    """
-    # Imported here: the format modules import the event types above.
-    from airouter.output.tools import make_tool_parser
-
-    return make_tool_parser(name, tools)
-
-
-def reasoning_parser(name: str) -> OutputParser:
-    """A fresh reasoning parser of format ``name``; ``ValueError`` if it is unknown."""
-    from airouter.output.reasoning import make_reasoning_parser
-
-    return make_reasoning_parser(name)
 
 
 class _Chain:

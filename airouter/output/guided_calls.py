@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airouter.output.events import CallArgs, CallStart, Event, Text, tool_parser
+from airouter.output.events import CallArgs, CallStart, Event, Text
+from airouter.output.tools.mistral import MistralParser
 
 _MARK = "[TOOL_CALLS]"
 
@@ -65,7 +66,7 @@ class CallArray:
     __slots__ = ("_parser", "_lead")
 
     def __init__(self, names: Sequence[str]) -> None:
-        self._parser = tool_parser("mistral", names)
+        self._parser = MistralParser(names)
         self._parser.feed(_MARK)
         self._lead = _MARK
 

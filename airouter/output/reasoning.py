@@ -22,10 +22,10 @@ Text after ``</think>`` is passed on unchanged, including its leading whitespace
 
 from __future__ import annotations
 
-from airouter.output.events import REASONING_PARSERS, Event, OutputParser, Reasoning, Text
+from airouter.output.events import Event, Reasoning, Text
 from airouter.output.marks import WS_RUN, PieceScan, partial_start
 
-__all__ = ["ThinkParser", "make_reasoning_parser"]
+__all__ = ["ThinkParser"]
 
 _OPEN = "<think>"
 _CLOSE = "</think>"
@@ -114,13 +114,3 @@ class ThinkParser(PieceScan):
         self._tail = ""
         self._state = _CONTENT
         return out
-
-
-def make_reasoning_parser(name: str) -> OutputParser:
-    """A fresh reasoning parser for ``name``; ``ValueError`` if there is no such format."""
-    if name == "deepseek_r1":
-        return ThinkParser(implicit=True)
-    if name == "qwen3":
-        return ThinkParser(implicit=False)
-    known = ", ".join(sorted(REASONING_PARSERS))
-    raise ValueError(f"unknown reasoning parser {name!r} (known: {known})")

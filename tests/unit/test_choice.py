@@ -12,8 +12,9 @@ import pytest
 from airouter.backends.base import Endpoint
 from airouter.output.choice import ChoiceStream
 from airouter.output.chunks import ChunkWriter
-from airouter.output.events import OutputParser, chain, reasoning_parser, tool_parser
+from airouter.output.events import OutputParser, chain
 from airouter.output.guided_calls import CallArray, NamedCall, call_array_schema
+from airouter.output.parsers import reasoning_parser, tool_parser
 from airouter.protocol.modes import body_from_chunks
 from tests.support.openapi import validate
 

@@ -17,13 +17,14 @@ from airouter.config import ModelConfig
 from airouter.errors import InvalidRequest
 from airouter.output.choice import ChoiceStream
 from airouter.output.chunks import ChunkWriter
-from airouter.output.events import OutputParser, chain, reasoning_parser, tool_parser
+from airouter.output.events import OutputParser, chain
 from airouter.output.guided_calls import (
     CallArray,
     NamedCall,
     call_array_schema,
     named_call_schema,
 )
+from airouter.output.parsers import reasoning_parser, tool_parser
 from airouter.templates import ChatTemplate, PromptError
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; completions allow 5
