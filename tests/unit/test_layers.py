@@ -26,6 +26,11 @@ PURE = (
     "airouter.backends.openai.relay_state",
 )
 PURE_MAY_IMPORT = (*PURE, "airouter.errors", "airouter.bounds")
+# The upstream HTTP client serves any backend and knows none: what it may use besides itself.
+HTTP_CLIENT_MAY_IMPORT = (
+    "airouter.backends.http", "airouter.upstream", "airouter.sweep", "airouter.errors",
+    "airouter.bounds",
+)
 # Above the backends: they must never reach up into these.
 ABOVE_BACKENDS = (
     "airouter.handlers",
@@ -92,16 +97,38 @@ def _package_import(name: str) -> bool:
     return name == "airouter" or name.startswith("airouter.")
 
 
-@pytest.mark.parametrize("path", _modules(*PURE), ids=_module_name)
-def test_pure_layers_import_only_each_other_and_leaves(path: Path) -> None:
-    bad = [
+def _beyond(path: Path, allowed: tuple[str, ...]) -> list[str]:
+    """What `path` imports from the package outside `allowed`."""
+    return [
         f"{path.name}:{line} imports {name}"
         for line, name in _imports(path)
         if _package_import(name)
         and name != "airouter"
-        and not _within(name, PURE_MAY_IMPORT)
+        and not _within(name, allowed)
         # `from airouter.errors import RouterError` also yields airouter.errors.RouterError
-        and not _within(name.rpartition(".")[0], PURE_MAY_IMPORT)
+        and not _within(name.rpartition(".")[0], allowed)
+    ]
+
+
+@pytest.mark.parametrize("path", _modules(*PURE), ids=_module_name)
+def test_pure_layers_import_only_each_other_and_leaves(path: Path) -> None:
+    bad = _beyond(path, PURE_MAY_IMPORT)
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("path", _modules("airouter.backends.http"), ids=_module_name)
+def test_the_http_client_knows_no_backend(path: Path) -> None:
+    bad = _beyond(path, HTTP_CLIENT_MAY_IMPORT)
+    assert not bad, bad
+
+
+@pytest.mark.parametrize(("backend", "other"), [("openai", "triton"), ("triton", "openai")])
+def test_a_backend_does_not_import_another(backend: str, other: str) -> None:
+    bad = [
+        f"{path.name}:{line} imports {name}"
+        for path in _modules(f"airouter.backends.{backend}")
+        for line, name in _imports(path)
+        if _within(name, (f"airouter.backends.{other}",))
     ]
     assert not bad, bad
 
