@@ -12,7 +12,7 @@ from urllib.parse import SplitResult, parse_qs, urlsplit
 import msgspec
 
 from airouter.balance_config import PrefixConfig
-from airouter.streaming.parsed import REASONING_PARSERS, TOOL_PARSERS
+from airouter.output.parsers import REASONING_PARSERS, TOOL_PARSERS
 from airouter.upstream import base_url_problem, proxy_problem, tls_problem
 
 DEFAULT_CONFIG = "backends.toml"

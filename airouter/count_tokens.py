@@ -8,10 +8,10 @@ import msgspec
 
 from airouter.auth import ClientKey
 from airouter.backends.base import Target
+from airouter.doors import anthropic
 from airouter.errors import InvalidRequest
 from airouter.exchange import Exchange
 from airouter.lifecycle import Holder
-from airouter.protocol import anthropic
 from airouter.protocol.fields import parse_object
 from airouter.tokenizers import prompt_tokens
 

@@ -17,7 +17,7 @@ from airouter.errors import BodyTooLarge, RequestTimeout, RouterError
 if TYPE_CHECKING:
     from airouter.auth import ClientKey
     from airouter.disconnect import DisconnectWatch
-    from airouter.doors import Renderer
+    from airouter.doors.door import Renderer
     from airouter.identity import RequestHeaders
     from airouter.limits import Ticket
     from airouter.observability.record import Record

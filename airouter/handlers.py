@@ -12,14 +12,14 @@ from typing import Any
 from airouter.backends.base import Call, Endpoint, Reply
 from airouter.bounds import bounded
 from airouter.disconnect import DisconnectWatch
-from airouter.doors import FrontDoor, OpenAIDoor
+from airouter.doors.door import FrontDoor, OpenAIDoor
 from airouter.errors import RouterError, internal_error, shutting_down
 from airouter.exchange import ClientGone, Exchange, Send
 from airouter.lifecycle import Holder
 from airouter.observability.record import Observer, Record, request_id_var
 from airouter.observability.spans import start_spans
+from airouter.protocol.modes import body_from_chunks
 from airouter.routing import open_call, request_for
-from airouter.streaming.modes import body_from_chunks
 
 log = logging.getLogger("airouter")
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from airouter.cold import Auth, Cold, Health, Models
 from airouter.count_tokens import CountTokensEndpoint
-from airouter.doors import MessagesDoor, ResponsesDoor
+from airouter.doors import anthropic
+from airouter.doors.door import MessagesDoor, ResponsesDoor
 from airouter.errors import MethodNotAllowed, error_json
 from airouter.exchange import Exchange, Render
 from airouter.handlers import CompletionEndpoint
 from airouter.lifecycle import Holder
 from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer
-from airouter.protocol import anthropic
 from airouter.protocol.endpoints import Endpoint
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
 from airouter.usage import UsageEndpoint

@@ -11,9 +11,9 @@ __all__ = ["Backend", "Call", "Endpoint", "Reply", "create_backend"]
 
 def create_backend(name: str, cfg: BackendConfig, observer: NodeObserver = QUIET) -> Backend:
     if isinstance(cfg, OpenAIBackendConfig):
-        from airouter.backends.openai_http import OpenAIHttpBackend
+        from airouter.backends.openai.backend import OpenAIHttpBackend
 
         return OpenAIHttpBackend(name, cfg, observer)
-    from airouter.backends.triton_grpc import TritonGrpcBackend
+    from airouter.backends.triton.backend import TritonGrpcBackend
 
     return TritonGrpcBackend(name, cfg, observer)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from airouter.backends.engine_metrics import EngineLoad, parse_metrics
-from airouter.backends.nodes import Node, NodePool
+from airouter.backends.node import Node
+from airouter.backends.nodes import NodePool
 from airouter.config import NodeConfig
 
 log = logging.getLogger("airouter.nodes")

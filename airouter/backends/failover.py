@@ -9,7 +9,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from airouter.backends.base import Reply
-from airouter.backends.nodes import Node, NodePool
+from airouter.backends.node import Node
+from airouter.backends.nodes import NodePool
 from airouter.backends.prefix import RouteKey
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 

@@ -4,20 +4,17 @@ ejection after consecutive failures, and active health state."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from airouter.backends.node import Node, NodeSpec
 from airouter.backends.node_slots import (
     FULL,
     GRANTED,
     TIMEOUT,
     SlotStore,
     refusal,
-    slot_key,
     unchecked,
 )
 from airouter.backends.observer import QUIET, NodeObserver
@@ -26,91 +23,6 @@ from airouter.backends.prefix_policy import PrefixBalancer, policy_for
 from airouter.config import NodesConfig
 
 log = logging.getLogger("airouter.nodes")
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def node_label(url: str) -> str:
-    """A node's one name in /health, metrics, logs, spans and the access log: host:port, never
-    credentials, a path or a query string. A URL (`https://user:key@host/v1`) and a gRPC
-    address (`host:8001`) both come out as host:port."""
-    if "//" not in url:
-        return url.rpartition("@")[2]
-    parts = urlsplit(url)
-    host = parts.hostname
-    if not host:  # a gRPC target such as dns:///host:8001
-        return url.rpartition("@")[2]
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
-    except ValueError:
-        port = None
-    return f"{host}:{port}" if port else host
-
-
-@dataclass(slots=True, frozen=True)
-class NodeSpec:
-    url: str
-    weight: float = 1.0
-
-
-class Node:
-    __slots__ = (
-        "label",
-        "url",
-        "weight",
-        "in_flight",
-        "healthy",
-        "ejected_until",
-        "failures",
-        "checks_ok",
-        "checks_bad",
-        "waiters",
-        "served",
-        "completed",
-        "checked_at",
-        "answering",
-        "backend",
-        "key",
-        "waiting",
-    )
-
-    def __init__(self, backend: str, spec: NodeSpec) -> None:
-        self.backend = backend
-        self.url = spec.url
-        self.weight = spec.weight
-        self.in_flight = 0
-        self.healthy = True  # the active checks' verdict
-        self.ejected_until = 0.0  # passive ejection after consecutive failures
-        self.failures = 0
-        self.checks_ok = 0
-        self.checks_bad = 0
-        self.served = 0
-        # Answers the node finished, their count at the last health check, and answers under
-        # way: a node that answers requests is alive even if its health endpoint is slow.
-        self.completed = 0
-        self.checked_at = 0
-        self.answering = 0
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
-        self.waiting = 0  # requests of this process queued in a shared store
-        self.label = node_label(spec.url)
-        self.key = slot_key(backend, spec.url, self.label)
-
-    def available(self, now: float) -> bool:
-        return self.healthy and now >= self.ejected_until
-
-    def status(self) -> dict[str, object]:
-        now = time.monotonic()
-        state = "up" if self.available(now) else ("ejected" if self.healthy else "down")
-        return {
-            "url": self.label,
-            "status": state,
-            "in_flight": self.in_flight,
-            "queued": len(self.waiters) + self.waiting,
-            "weight": self.weight,
-        }
 
 
 class NodePool:

@@ -18,8 +18,7 @@ from airouter.backends.prefix import (
 )
 
 if TYPE_CHECKING:
-    from airouter.backends.base import Stats
-    from airouter.backends.nodes import Node, NodePool
+    from airouter.backends.node import Node
     from airouter.config import NodesConfig
 
 # Blocks kept per node when neither the config nor the node's KV metrics say: 16,384 blocks of
@@ -183,16 +182,6 @@ def session_of(body: Mapping[str, Any]) -> str | None:
         if isinstance(v, str) and v:
             return v[:256]
     return None
-
-
-def settle(pool: NodePool, key: RouteKey, stats: Stats) -> None:
-    """The answer is over: if its usage said how much of the prompt the engine had cached,
-    check the index's prediction against it."""
-    cached = stats.cached_tokens
-    if cached is None or key.pos < 0 or pool.prefix is None:
-        return
-    predicted, confirmed = pool.prefix.feedback(key, cached)
-    pool.observer.prefix_cache(pool.backend, pool.nodes[key.pos].label, predicted, confirmed)
 
 
 def policy_for(nodes: Sequence[Node], cfg: NodesConfig) -> PrefixBalancer | None:

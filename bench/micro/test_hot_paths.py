@@ -12,13 +12,13 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter.backends.base import Endpoint, Target
-from airouter.backends.sse_relay import rewrite_model
+from airouter.backends.http.parser import ResponseParser
+from airouter.backends.openai.relay import rewrite_model
+from airouter.backends.openai.relay_state import first_bad_event
+from airouter.output.chunks import ChunkWriter
+from airouter.output.textfix import StopMatcher, TextPipeline
 from airouter.protocol.requests import ChatRequest, decode
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.http1 import ResponseParser
-from airouter.streaming.relay import first_bad_event
-from airouter.streaming.sse import SSEDecoder, frame
-from airouter.streaming.textfix import StopMatcher, TextPipeline
+from airouter.protocol.sse import SSEDecoder, frame
 from airouter.templates import load_template
 from bench import bodies
 from bench.micro import http1_before
@@ -192,7 +192,7 @@ def test_relay_pass_through_64_events(benchmark: BenchmarkFixture, target: Targe
     """One read of 64 whole events through the pass-through relay: framing check, JSON check
     of every event, `model` rewritten to the alias, the last two payloads kept."""
     from airouter.backends.base import Stats
-    from airouter.streaming.relay import RelayState
+    from airouter.backends.openai.relay_state import RelayState
 
     def relay() -> bytes | None:
         return RelayState("b", target.model_repl, Stats()).raw(EVENTS)

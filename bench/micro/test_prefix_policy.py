@@ -8,7 +8,8 @@ import msgspec
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from airouter import config
-from airouter.backends.nodes import NodePool, NodeSpec
+from airouter.backends.node import NodeSpec
+from airouter.backends.nodes import NodePool
 from airouter.backends.prefix_policy import prompt_start, session_of
 
 URLS = [f"http://10.0.0.{i}:8000/v1" for i in range(8)]

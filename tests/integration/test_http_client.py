@@ -15,8 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from airouter.backends import http_client
-from airouter.backends.http_client import Disconnected, Origin, Pool
+from airouter.backends.http import client as http_client
+from airouter.backends.http.client import Disconnected, Origin, Pool
 from tests.conftest import CLIENT_KEY, UPSTREAM_KEY, fake_config
 from tests.support.fake_upstream import MODEL_SUFFIX, FakeUpstream
 from tests.support.procs import free_port

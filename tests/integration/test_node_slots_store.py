@@ -155,7 +155,8 @@ def test_a_pool_gives_back_every_slot(tmp_path: Path) -> None:
     """Whatever way a call on a node ends, its slot in the shared table is given back."""
     from airouter.backends.base import Reply
     from airouter.backends.failover import with_failover
-    from airouter.backends.nodes import NodePool, NodeSpec
+    from airouter.backends.node import NodeSpec
+    from airouter.backends.nodes import NodePool
     from airouter.errors import RouterError
 
     path = str(tmp_path / "limits.sock")

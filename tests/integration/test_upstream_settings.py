@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from airouter import config
-from airouter.backends.http_client import Origin, Pool
+from airouter.backends.http.client import Origin, Pool
 from airouter.config import ConfigError
 from tests.conftest import CLIENT_KEY
 from tests.support.fake_upstream import FakeUpstream

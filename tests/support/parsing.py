@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from airouter.streaming.parsed import CallArgs, CallStart, Event, OutputParser, Reasoning, Text
+from airouter.output.events import CallArgs, CallStart, Event, OutputParser, Reasoning, Text
 
 Factory = Callable[[], OutputParser]
 

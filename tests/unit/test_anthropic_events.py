@@ -11,10 +11,10 @@ import pytest
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
-from airouter.doors import _translated, _unframed
+from airouter.doors.anthropic import MessagesRequest, to_chat
+from airouter.doors.anthropic_events import MessagesStream, message_from_chat
+from airouter.doors.door import _translated, _unframed
 from airouter.errors import BadGateway, RouterError
-from airouter.protocol.anthropic import MessagesRequest, to_chat
-from airouter.streaming.anthropic_events import MessagesStream, message_from_chat
 from tests.support.chat_chunks import FULL, TEXT_LENGTH, chunk, parse_events, sse_bytes
 
 EVENT = TypeAdapter(RawMessageStreamEvent)

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from airouter.backends.base import Endpoint
-from airouter.streaming.choice import ChoiceStream
-from airouter.streaming.chunks import ChunkWriter
-from airouter.streaming.guided_calls import CallArray, NamedCall, call_array_schema
-from airouter.streaming.modes import body_from_chunks
-from airouter.streaming.parsed import OutputParser, chain, reasoning_parser, tool_parser
+from airouter.output.choice import ChoiceStream
+from airouter.output.chunks import ChunkWriter
+from airouter.output.events import OutputParser, chain
+from airouter.output.guided_calls import CallArray, NamedCall, call_array_schema
+from airouter.output.parsers import reasoning_parser, tool_parser
+from airouter.protocol.modes import body_from_chunks
 from tests.support.openapi import validate
 
 CALLS = '[{"name": "get_weather", "parameters": {"city": "Paris", "unit": "°C"}}, ' \
@@ -256,7 +257,7 @@ def test_logprobs_of_markup_are_dropped_and_of_text_kept() -> None:
 
 
 def test_whole_answers_round_trip_through_chunks() -> None:
-    from airouter.streaming.modes import chunks_from_body
+    from airouter.protocol.modes import chunks_from_body
 
     chat = {
         "id": "c", "object": "chat.completion", "created": 1, "model": "m",

@@ -8,10 +8,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.protocol.anthropic import to_chat as messages_request
-from airouter.protocol.responses import to_chat as responses_request
-from airouter.streaming.anthropic_events import MessagesStream
-from airouter.streaming.responses_events import ResponsesStream
+from airouter.doors.anthropic import to_chat as messages_request
+from airouter.doors.anthropic_events import MessagesStream
+from airouter.doors.responses import to_chat as responses_request
+from airouter.doors.responses_events import ResponsesStream
 from tests.support.chat_chunks import USAGE, chunk, normalized, parse_events
 
 text = st.text(min_size=1, max_size=6)

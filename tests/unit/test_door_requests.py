@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from airouter.doors import anthropic, responses
 from airouter.errors import InvalidRequest
-from airouter.protocol import anthropic, responses
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}}
 
@@ -180,7 +180,7 @@ def test_anthropic_error_shape() -> None:
 
 
 def test_backend_errors_name_the_clients_field() -> None:
-    from airouter.doors import MessagesDoor, ResponsesDoor
+    from airouter.doors.door import MessagesDoor, ResponsesDoor
 
     err = InvalidRequest("'response_format' is not supported by this model's backend.",
                          param="response_format", code="unsupported_parameter")

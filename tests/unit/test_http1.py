@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from airouter.streaming.http1 import MAX_HEAD, ProtocolError, ResponseParser
+from airouter.backends.http.parser import MAX_HEAD, ProtocolError, ResponseParser
 
 SSE = b"data: {\"a\": 1}\n\n"
 

@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 
 from airouter.backends.base import Endpoint
-from airouter.streaming.modes import body_from_chunks, chunks_from_body
+from airouter.protocol.modes import body_from_chunks, chunks_from_body
 from tests.support.chat_chunks import FULL
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airouter.protocol.endpoints import Endpoint
-from airouter.streaming.modes import Aggregate, body_from_chunks, chunks_from_body
+from airouter.protocol.modes import Aggregate, body_from_chunks, chunks_from_body
 
 text = st.text(max_size=6)
 token = st.fixed_dictionaries({"token": text, "logprob": st.floats(-20, 0), "bytes": st.none(),

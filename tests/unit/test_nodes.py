@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from airouter.backends.nodes import Node, NodePool, NodeSpec, node_label
+from airouter.backends.node import Node, NodeSpec, node_label
+from airouter.backends.nodes import NodePool
 
 
 def pool(n: int, **kw: object) -> NodePool:

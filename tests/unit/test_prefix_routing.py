@@ -13,7 +13,8 @@ import pytest
 from airouter import config
 from airouter.backends.engine_metrics import EngineLoad, parse_metrics
 from airouter.backends.engine_scrape import EngineScraper, metrics_url
-from airouter.backends.nodes import NodePool, NodeSpec
+from airouter.backends.node import NodeSpec
+from airouter.backends.nodes import NodePool
 from airouter.backends.prefix import PrefixIndex, block_hashes, rendezvous
 from airouter.balance_config import PrefixConfig
 from tests.support.procs import free_port

@@ -8,16 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.streaming.parsed import (
-    REASONING_PARSERS,
-    TOOL_PARSERS,
-    OutputParser,
-    Reasoning,
-    Text,
-    chain,
-    reasoning_parser,
-    tool_parser,
-)
+from airouter.output.events import OutputParser, Reasoning, Text, chain
+from airouter.output.parsers import REASONING_PARSERS, TOOL_PARSERS, reasoning_parser, tool_parser
 from tests.support.parsing import check_all_splits, run, split_at
 
 R1 = [
@@ -74,12 +66,6 @@ def test_reasoning_streams_early() -> None:
     assert p.feed("y") == [Text("y")]
     assert p.finish() == []
     assert not p.called
-
-
-def test_registry() -> None:
-    assert REASONING_PARSERS == {"deepseek_r1", "qwen3"}
-    with pytest.raises(ValueError, match="unknown reasoning parser"):
-        reasoning_parser("nope")
 
 
 CHAINED: list[tuple[str, str, str, str, str, list[tuple[str, Any]]]] = [

@@ -1,4 +1,4 @@
-"""The relay state machine (streaming/relay.py), fed upstream bytes split at every point:
+"""The relay state machine (openai/relay_state.py), fed upstream bytes split at every point:
 the pass-through fast path and the decoder it falls back to give the same events, model
 rewritten, whatever the reads; errors (a non-JSON event, a truncated stream) come at the same
 place."""
@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airouter.backends.base import Stats
+from airouter.backends.openai.relay_state import RelayState
 from airouter.errors import RouterError
-from airouter.streaming.relay import RelayState
-from airouter.streaming.sse import SSEDecoder
+from airouter.protocol.sse import SSEDecoder
 
 REPL = b'"model":"alias"'
 

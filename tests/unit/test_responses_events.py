@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from airouter.doors import _translated, _unframed
+from airouter.doors.door import _translated, _unframed
+from airouter.doors.responses import ResponsesRequest, to_chat
+from airouter.doors.responses_events import ResponsesStream, response_from_chat
 from airouter.errors import BadGateway
-from airouter.protocol.responses import ResponsesRequest, to_chat
-from airouter.streaming.responses_events import ResponsesStream, response_from_chat
 from tests.support.chat_chunks import (
     FULL,
     TEXT_LENGTH,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from airouter.streaming.sse import SSEDecoder, frame
+from airouter.protocol.sse import SSEDecoder, frame
 
 STREAM = (
     b': keep-alive\n\ndata: {"a":1}\n\ndata:{"b":"caf\xc3\xa9"}\r\n\r\n'

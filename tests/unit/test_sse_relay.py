@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airouter.streaming.relay import first_bad_event
+from airouter.backends.openai.relay_state import first_bad_event
 
 GOOD = [json.dumps({"id": "c", "choices": [{"index": 0, "delta": {"content": t}}]},
                    ensure_ascii=False).encode() for t in ("Hel", "lo", " Café", " 😀", "!")]

@@ -1,4 +1,4 @@
-"""Exhaustive chunking tests for the sans-IO text fixups in airouter.streaming.textfix."""
+"""Exhaustive chunking tests for the sans-IO text fixups in airouter.output.textfix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.streaming.textfix import (
+from airouter.output.textfix import (
     CumulativeToDelta,
     PrefixStripper,
     SpecialTokenFilter,

@@ -11,14 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airouter.streaming.jsonscan import JsonScan
-from airouter.streaming.parsed import (
-    TOOL_PARSERS,
-    CallArgs,
-    CallStart,
-    Text,
-    tool_parser,
-)
+from airouter.output.events import CallArgs, CallStart, Text
+from airouter.output.jsonscan import JsonScan
+from airouter.output.parsers import TOOL_PARSERS, tool_parser
 from tests.support.parsing import check_all_splits, run, split_at
 
 TOOLS = ("get_weather", "search", "f", "g")
@@ -419,14 +414,6 @@ def test_pythonic_sends_each_argument_when_complete() -> None:
     assert p.feed("=2)") == [CallArgs(0, ', "b": 2'), CallArgs(0, "}")]
     assert p.feed("]") == []
     assert p.finish() == []
-
-
-def test_registry() -> None:
-    assert TOOL_PARSERS == {"hermes", "llama3_json", "mistral", "pythonic"}
-    for name in TOOL_PARSERS:
-        assert not tool_parser(name).called
-    with pytest.raises(ValueError, match="unknown tool parser"):
-        tool_parser("nope")
 
 
 # ---------------------------------------------------------------------------

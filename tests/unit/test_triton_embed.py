@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from airouter.backends.triton_embed import decode_floats, embed_problem, float32_bytes
-from airouter.backends.triton_models import parse_config
+from airouter.backends.triton.embed import decode_floats, embed_problem, float32_bytes
+from airouter.backends.triton.models import parse_config
 from airouter.config import ModelConfig
 
 VALUES = [0.0, 1.0, -2.5, 0.333251953125, 65504.0, -1e-3, 3.140625]

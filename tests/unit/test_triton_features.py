@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from airouter.backends.base import Reply
-from airouter.backends.fanout import fan_out
-from airouter.backends.triton_features import (
+from airouter.backends.triton.fanout import fan_out
+from airouter.backends.triton.features import (
     build_requests,
     read_features,
     sampling_extra,
 )
-from airouter.backends.triton_logprobs import read_logprobs, vllm_logprobs
-from airouter.backends.triton_models import GenParams, parse_config
+from airouter.backends.triton.logprobs import read_logprobs, vllm_logprobs
+from airouter.backends.triton.models import GenParams, parse_config
 from airouter.config import ModelConfig
 from airouter.errors import BadGateway, InvalidRequest
 from airouter.templates import load_template

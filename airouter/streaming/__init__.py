@@ -1,1 +1,0 @@
-"""Streaming helpers: sans-IO text fixups and SSE framing for token streams."""
