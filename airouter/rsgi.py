@@ -27,7 +27,6 @@ from airouter.exchange import (
     Headers,
     Render,
     Send,
-    begin,
     body_timeout,
     too_large,
 )
@@ -183,6 +182,9 @@ def send_error(
     send_json(proto, err.status, render(err), extra)
 
 
+_NO_PARAMS: dict[str, str] = {}
+
+
 class RsgiExchange(Exchange):
     """A request on granian's RSGI interface: the server's own calls, unwrapped."""
 
@@ -197,8 +199,11 @@ class RsgiExchange(Exchange):
         self.proto = proto
         self.method = scope.method
         self.path = scope.path
-        self.params = params or {}
-        begin(self, RequestHeaders(scope.headers.get), render)
+        self.params = params or _NO_PARAMS
+        # exchange.begin, written out: this runs for every request.
+        self.headers = h = RequestHeaders(scope.headers.get)
+        self.rh = [("x-request-id", h.request_id)]
+        self.render = render
 
     def header(self, name: str) -> str | None:
         return self.scope.headers.get(name)  # type: ignore[no-any-return]
