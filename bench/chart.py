@@ -16,6 +16,7 @@ COLORS = {
     "floor_rsgi": "#bcbd22",
     "floor_rsgi_aiohttp": "#e377c2",
     "baseline": "#9467bd",
+    "router_asgi": "#17becf",
     "router": "#1f77b4",
 }
 WRK = {"chat": "non-stream", "stream": "stream 64 chunks"}
