@@ -190,3 +190,26 @@ def test_sigterm_lets_streams_finish(interface: str, upstream: FakeUpstream,
         assert asyncio.run(run()) == ["echo: one two three"] * 5
         # uvicorn ends by raising the signal it caught again, once its own shutdown is done.
         assert router.proc.wait(20) == (-signal.SIGTERM if interface == "uvicorn" else 0)
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("GET", "/health", None, 200),
+    ("GET", "/health/live", None, 200),
+    ("GET", "/health/ready", None, 200),
+    ("GET", "/metrics", None, 200),
+    ("GET", "/v1/usage", None, 200),
+    ("GET", "/v1/models", None, 200),
+    ("GET", "/v1/models/echo", None, 200),
+    ("GET", "/v1/models/nope", None, 404),
+    ("POST", "/tokenize", b'{"model": "echo", "prompt": "hi"}', 400),
+    ("POST", "/detokenize", b'{"model": "echo", "tokens": [1]}', 400),
+    ("POST", "/v1/messages/count_tokens", b'{"model": "echo", "messages": []}', 400),
+    ("POST", "/v1/embeddings", b"{", 400),
+])
+def test_every_answer_echoes_the_request_id(served: RouterProc, method: str, path: str,
+                                            body: bytes | None, status: int) -> None:
+    headers = {**AUTH, "x-request-id": "echo-me-1", "Content-Type": "application/json"}
+    got, h, _ = _request(served.url + path, method, body, headers)
+    assert (got, h.get("x-request-id")) == (status, "echo-me-1")
+    got, h, _ = _request(served.url + "/v1/usage", "GET", None, {"x-request-id": "echo-me-2"})
+    assert (got, h.get("x-request-id")) == (401, "echo-me-2")
