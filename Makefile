@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 CONFIG ?= backends.toml
 
-.PHONY: run test lint fmt bench bench-micro bench-routing clean venv demo-repo
+.PHONY: run test lint fmt bench bench-micro bench-routing bench-admission clean venv demo-repo
 
 $(VENV)/bin/python:
 	@echo ">> creating virtual environment in $(VENV) from $(PY_BASE)"
@@ -48,6 +48,9 @@ bench-micro: $(STAMP)
 # Balance policies against simulated nodes (time, not compute): about 6 minutes, QUICK=1 about 3.
 bench-routing: $(STAMP)
 	@$(PY) -m bench.routing $(if $(QUICK),--quick,) $(BENCH_ARGS)
+
+bench-admission: $(STAMP)
+	@$(PY) -m bench.admission $(if $(QUICK),--quick,) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -9,6 +9,7 @@ from fnmatch import fnmatchcase
 
 from airouter.config import Config, unnamed_label
 from airouter.errors import Unauthorized
+from airouter.fairness.claim import share_of
 
 
 @dataclass(slots=True, eq=False)
@@ -18,6 +19,8 @@ class ClientKey:
     name: str
     digest: bytes
     patterns: tuple[str, ...] = ("*",)
+    # (priority, weight) when a full backend queues it; None: its model's, else normal and 1.
+    share: tuple[int | None, float | None] = (None, None)
     _allowed: dict[str, bool] = field(default_factory=dict, repr=False)
 
     @property
@@ -58,7 +61,7 @@ class KeyStore:
             self._by_digest[d] = ClientKey(unnamed_label(i), d)
         for name, kc in cfg.keys.items():
             d = _digest(kc.key)
-            self._by_digest[d] = ClientKey(name, d, tuple(kc.models))
+            self._by_digest[d] = ClientKey(name, d, tuple(kc.models), share_of(kc))
         self.enabled = bool(self._by_digest)
         mk = cfg.server.metrics_key
         self._metrics_digest = _digest(mk) if mk else None

@@ -13,6 +13,9 @@ import msgspec
 
 from airouter.balance_config import PrefixConfig
 from airouter.output.parsers import REASONING_PARSERS, TOOL_PARSERS
+from airouter.share_config import KeyConfig as KeyConfig
+from airouter.share_config import LimitsConfig as LimitsConfig
+from airouter.share_config import QueueTimeouts, ShareConfig
 from airouter.upstream import base_url_problem, proxy_problem, tls_problem
 
 DEFAULT_CONFIG = "backends.toml"
@@ -61,25 +64,6 @@ class ServerConfig(Base):
     slot_lease_ttl: Seconds = 30.0
 
 
-Count = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class LimitsConfig(Base):
-    """Limits on a key or (shared by every key) on a model alias; unset = no limit."""
-
-    rpm: Count | None = None
-    tpm: Count | None = None
-    max_concurrent: Count | None = None
-
-
-class KeyConfig(LimitsConfig, kw_only=True):
-    key: str
-    models: list[str] = msgspec.field(default_factory=lambda: ["*"])
-    budget_tokens: Count | None = None
-    budget_period: Literal["day", "month"] | None = None  # unset: a lifetime budget
-    admin: bool = False  # GET /v1/usage shows every key
-
-
 class NodeConfig(Base):
     url: str
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0
@@ -104,6 +88,7 @@ class NodesConfig(Base):
     max_concurrent: Annotated[int, msgspec.Meta(ge=0)] = 0  # per node; 0 = no limit
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 100
     queue_timeout: Seconds = 30.0
+    queue_timeouts: QueueTimeouts = msgspec.field(default_factory=QueueTimeouts)
     health_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # 0 = no active checks
     health_timeout: Seconds = 2.0
     unhealthy_after: Annotated[int, msgspec.Meta(ge=1)] = 2
@@ -149,7 +134,7 @@ def _nodes(single: str | None, many: list[str | NodeConfig]) -> list[NodeConfig]
 BackendConfig = OpenAIBackendConfig | TritonBackendConfig
 
 
-class ModelConfig(LimitsConfig, kw_only=True):
+class ModelConfig(ShareConfig, kw_only=True):
     backend: str
     backend_model: str | None = None
     default: bool = False

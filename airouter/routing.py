@@ -15,6 +15,7 @@ from airouter.backends.base import Backend, Call, Reply, Target
 from airouter.bounds import bounded
 from airouter.config import GLOB_CHARS, Config, is_pattern
 from airouter.errors import InvalidRequest, ModelNotFound, RouterError
+from airouter.fairness.claim import claim
 from airouter.protocol.endpoints import Endpoint
 
 
@@ -121,6 +122,7 @@ def open_call(
     """Open `call` on its target; when every node of it is down, on its fallbacks, each with a
     call of its own built from the client's request (`switched` hears of each). A target
     without fallbacks is the backend's own coroutine: one frame fewer on every await."""
+    claim(key.name, key.share, call.target.model, call.stats)
     if not call.target.model.fallbacks:
         return call.target.backend.open(call)
     return _with_fallbacks(models, call, client_body, key, switched)

@@ -42,6 +42,7 @@ class Stats:
     completion_tokens: int | None = None
     finish_reason: str | None = None
     cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, when sent
+    queued: float = 0.0  # seconds spent waiting for a full node's slot
 
 
 @dataclass(slots=True, frozen=True)

@@ -4,12 +4,12 @@ knows of it (requests in flight and queued, failures, the health checks' verdict
 from __future__ import annotations
 
 import asyncio
-import collections
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airouter.backends.node_slots import slot_key
+from airouter.fairness.scheduler import FairQueue
 
 __all__ = ["Node", "NodeSpec", "node_label"]
 
@@ -78,7 +78,8 @@ class Node:
         self.completed = 0
         self.checked_at = 0
         self.answering = 0
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        # Requests of this process waiting for a slot counted here (fairness.scheduler).
+        self.waiters: FairQueue[asyncio.Future[int]] = FairQueue()
         self.waiting = 0  # requests of this process queued in a shared store
         self.label = node_label(spec.url)
         self.key = slot_key(backend, spec.url, self.label)

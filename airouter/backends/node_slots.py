@@ -8,9 +8,11 @@ import hashlib
 from abc import ABC, abstractmethod
 
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
+from airouter.fairness.claim import NOBODY, Claim
 
-# What a store answers to a request for a slot.
-FULL, GRANTED, TIMEOUT = 0, 1, -1
+# What a store answers to a request for a slot: SHED, a request of a higher priority took its
+# place in the queue.
+FULL, GRANTED, TIMEOUT, SHED = 0, 1, -1, -2
 
 
 def slot_key(backend: str, url: str, label: str) -> str:
@@ -27,6 +29,13 @@ def refusal(backend: str, outcome: int, queue_timeout: float) -> RouterError:
         return RateLimited(
             f"The backend '{backend}' is at capacity; retry shortly.",
             headers={"Retry-After": "1"},
+        )
+    if outcome == SHED:
+        return RateLimited(
+            f"The backend '{backend}' is at capacity and requests of a higher priority took "
+            "this one's place in its queue; retry shortly.",
+            headers={"Retry-After": "2"},
+            code="queue_shed",
         )
     return ServiceUnavailable(
         f"The backend '{backend}' stayed at capacity for {queue_timeout:g}s.",
@@ -58,12 +67,13 @@ class SlotStore(ABC):
 
     @abstractmethod
     async def take(
-        self, key: str, limit: int, max_queue: int, queue_timeout: float
+        self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
     ) -> tuple[int, str] | None:
         """A slot of `key` when fewer than `limit` are taken, else wait in its queue (at most
-        `max_queue` waiting, across every holder of the store) up to `queue_timeout` seconds.
-        Answers (GRANTED, lease), (FULL, "") or (TIMEOUT, ""), or None when the store cannot
-        be reached. A cancelled call leaves nothing taken and nothing queued."""
+        `max_queue` waiting, across every holder of the store) up to `queue_timeout` seconds,
+        in the order of fairness.scheduler for `who`'s key, priority and weight. Answers
+        (GRANTED, lease), (FULL, ""), (SHED, "") or (TIMEOUT, ""), or None when the store
+        cannot be reached. A cancelled call leaves nothing taken and nothing queued."""
 
     @abstractmethod
     def give(self, key: str, lease: str) -> None:

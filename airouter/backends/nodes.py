@@ -9,18 +9,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from airouter.backends.node import Node, NodeSpec
-from airouter.backends.node_slots import (
-    FULL,
-    GRANTED,
-    TIMEOUT,
-    SlotStore,
-    refusal,
-    unchecked,
-)
+from airouter.backends.node_queue import take_shared, wait_here
+from airouter.backends.node_slots import GRANTED, SlotStore, unchecked
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.prefix import RouteKey
 from airouter.backends.prefix_policy import PrefixBalancer, policy_for
 from airouter.config import NodesConfig
+from airouter.fairness.claim import claim_var
 
 log = logging.getLogger("airouter.nodes")
 
@@ -38,6 +33,7 @@ class NodePool:
         max_concurrent: int = 0,
         max_queue: int = 100,
         queue_timeout: float = 30.0,
+        queue_timeouts: tuple[float, float, float] | None = None,
         eject_after: int = 3,
         cooldown: float = 10.0,
         unhealthy_after: int = 2,
@@ -52,6 +48,8 @@ class NodePool:
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
+        # Per priority (high, normal, low): how long a request may wait for a slot.
+        self.queue_timeouts = queue_timeouts or (queue_timeout,) * 3
         self.eject_after = eject_after
         self.cooldown = cooldown
         self.unhealthy_after = unhealthy_after
@@ -80,6 +78,7 @@ class NodePool:
             max_concurrent=cfg.max_concurrent,
             max_queue=cfg.max_queue,
             queue_timeout=cfg.queue_timeout,
+            queue_timeouts=cfg.queue_timeouts.per_priority(cfg.queue_timeout),
             eject_after=cfg.eject_after,
             cooldown=cfg.cooldown,
             unhealthy_after=cfg.unhealthy_after,
@@ -160,62 +159,35 @@ class NodePool:
         return True
 
     async def acquire(self, node: Node) -> str:
-        """Take a concurrency slot on `node`, queueing (bounded) when it is full. Answers the
-        lease to give back to `release` ("" for a slot counted in this process only)."""
+        """Take a concurrency slot on `node`, queueing (bounded, in the order of
+        fairness.scheduler for the request's claim) when it is full. Answers the lease to give
+        back to `release` ("" for a slot counted in this process only)."""
         if self.take_free(node):
             return ""
-        limit = self.max_concurrent
         store = self.slots
         if store is not None:
-            node.waiting += 1
-            try:
-                got = await store.take(node.key, limit, self.max_queue, self.queue_timeout)
-            finally:
-                node.waiting -= 1
-            if got is not None:
-                outcome, lease = got
-                if outcome != GRANTED:
-                    raise refusal(self.backend, outcome, self.queue_timeout)
-                node.in_flight += 1
-                node.served += 1
+            lease = await take_shared(self, node, store, claim_var.get())
+            if lease is not None:
                 return lease
             if not store.allow_on_failure:
                 raise unchecked()
-        await self._acquire_here(node)
-        return ""
-
-    async def _acquire_here(self, node: Node) -> None:
-        """A slot counted in this process alone."""
-        limit = self.max_concurrent
-        if limit and node.in_flight >= limit:
-            if len(node.waiters) >= self.max_queue:
-                raise refusal(self.backend, FULL, self.queue_timeout)
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            node.waiters.append(fut)
-            try:
-                async with asyncio.timeout(self.queue_timeout):
-                    await fut
-            except BaseException as e:
-                if fut.done() and not fut.cancelled():
-                    self.release(node)  # handed a slot at the last moment: pass it on
-                elif fut in node.waiters:
-                    node.waiters.remove(fut)
-                if isinstance(e, TimeoutError):
-                    raise refusal(self.backend, TIMEOUT, self.queue_timeout) from None
-                raise
-            return  # the releaser handed its slot over to us: in_flight already counts it
+        if node.in_flight >= self.max_concurrent or node.waiters:
+            await wait_here(self, node, claim_var.get())
+            return ""  # the releaser handed its slot over: in_flight already counts it
         node.in_flight += 1
         node.served += 1
+        return ""
 
     def release(self, node: Node, lease: str = "") -> None:
         if lease and self.slots is not None:
             self.slots.give(node.key, lease)
         # A request counted here alone (the store was unreachable) may wait for this slot.
-        while node.waiters:
-            fut = node.waiters.popleft()
-            if not fut.done():
+        waiters = node.waiters
+        while waiters:
+            fut = waiters.pop()
+            if fut is not None and not fut.done():
                 node.served += 1
-                fut.set_result(None)  # hand the slot over; in_flight stays the same
+                fut.set_result(GRANTED)  # hand the slot over; in_flight stays the same
                 return
         node.in_flight -= 1
 

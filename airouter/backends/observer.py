@@ -17,6 +17,15 @@ class NodeObserver(Protocol):
     def engine_load(self, backend: str, node: str, load: dict[str, float] | None) -> None:
         """What the node's engine metrics said (waiting, running, kv_usage); None: unreadable."""
 
+    def queue_length(self, backend: str, priority: int, delta: int) -> None:
+        """A request of `priority` began (1) or stopped (-1) waiting for a full node's slot."""
+
+    def queue_wait(
+        self, backend: str, key: str, priority: int, seconds: float, outcome: str
+    ) -> None:
+        """A request of `key` waited `seconds` for a slot of a limited node, and was then
+        granted, shed (a higher priority took its place), refused (full), timed out, or left."""
+
 
 class Quiet:
     """Tells no one: validating a config builds backends that never serve."""
@@ -28,6 +37,14 @@ class Quiet:
         return None
 
     def engine_load(self, backend: str, node: str, load: dict[str, float] | None) -> None:
+        return None
+
+    def queue_length(self, backend: str, priority: int, delta: int) -> None:
+        return None
+
+    def queue_wait(
+        self, backend: str, key: str, priority: int, seconds: float, outcome: str
+    ) -> None:
         return None
 
 

@@ -53,14 +53,16 @@ def make_engine(cfg: Config) -> Engine:
     return SharedEngine(path) if path else LocalEngine()
 
 
-_USAGE_KEYS: dict[str, tuple[str, str, str]] = {}
+_USAGE_KEYS: dict[str, tuple[str, str, str, str]] = {}
 
 
-def usage_keys(key: str) -> tuple[str, str, str]:
+def usage_keys(key: str) -> tuple[str, str, str, str]:
+    """A key's totals: requests, prompt and completion tokens, ms waited for full nodes."""
     keys = _USAGE_KEYS.get(key)
     if keys is None:
         base = f"{PREFIX}u:{key}:"
-        keys = _USAGE_KEYS[key] = (base + "requests", base + "prompt", base + "completion")
+        keys = _USAGE_KEYS[key] = (base + "requests", base + "prompt", base + "completion",
+                                   base + "queue_ms")
     return keys
 
 
@@ -119,7 +121,7 @@ class Ticket:
         delta = prompt - self.prompt + completion - self.charged
         self.charged = completion
         lim = self.limiter
-        lim.record(self.key, self.label, prompt, completion)
+        lim.record(self.key, self.label, prompt, completion, stats.queued if stats else 0.0)
         engine, spec = lim.engine, self.spec
         if engine is None or spec is None or not (spec.charges or spec.lease_keys):
             return None
@@ -230,13 +232,14 @@ class Limiter:
         """Per-key totals to Prometheus and, for /v1/usage, to the store."""
         counts, self._counts = self._counts, {}
         usage: dict[str, int] = {}
-        for (key, model), (requests, prompt, completion) in counts.items():
+        for (key, model), (requests, prompt, completion, queue_ms) in counts.items():
             self._child(metrics.KEY_REQUESTS, key, model).inc(requests)
             if prompt:
                 self._child(metrics.KEY_TOKENS, key, model, "prompt").inc(prompt)
             if completion:
                 self._child(metrics.KEY_TOKENS, key, model, "completion").inc(completion)
-            for k, v in zip(usage_keys(key), (requests, prompt, completion), strict=True):
+            for k, v in zip(usage_keys(key), (requests, prompt, completion, queue_ms),
+                            strict=True):
                 usage[k] = usage.get(k, 0) + v
         if usage and self.engine is not None:
             await self.engine.charge([(TOTAL, k, v, 0) for k, v in usage.items() if v])
@@ -279,10 +282,14 @@ class Limiter:
             c = self._children[k] = metric.labels(*labels)
         return c
 
-    def record(self, key: str, model: str, prompt: int, completion: int) -> None:
+    def record(
+        self, key: str, model: str, prompt: int, completion: int, queued: float = 0.0
+    ) -> None:
         c = self._counts.get((key, model))
         if c is None:
-            c = self._counts[(key, model)] = [0, 0, 0]
+            c = self._counts[(key, model)] = [0, 0, 0, 0]
+        if queued:
+            c[3] += round(queued * 1000)
         c[0] += 1
         c[1] += prompt
         c[2] += completion
@@ -359,16 +366,19 @@ class Limiter:
         if self.engine is None:
             return out
         rules = self.rules.keys.get(key, [])
-        req, p, c = usage_keys(key)
-        totals = [Check(TOTAL, k, 1 << 62, 0) for k in (req, p, c)]
+        totals = [Check(TOTAL, k, 1 << 62, 0) for k in usage_keys(key)]
         checks = self.rules.checks(rules, 0) if rules else []
         got = await self.engine.admit([*totals, *checks], "", dry=True)
         if got is None:
             out["error"] = "the limits store is unreachable"
             return out
-        out["usage"] = {"requests": got.used[0], "prompt_tokens": got.used[1],
+        n, queue_ms = got.used[0], got.used[3]
+        out["usage"] = {"requests": n, "prompt_tokens": got.used[1],
                         "completion_tokens": got.used[2], "total_tokens": got.used[1] + got.used[2]}
-        out["limits"] = _describe(rules, got.used[3:], got.reset[3:])
+        # Time its requests waited for a slot of a full node (fair admission), in all and on
+        # average per request.
+        out["queue"] = {"wait_ms": queue_ms, "mean_wait_ms": round(queue_ms / n, 2) if n else 0}
+        out["limits"] = _describe(rules, got.used[4:], got.reset[4:])
         return out
 
     async def report_models(self, labels: list[str]) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """Node slots in Redis, shared by every replica: one Lua script, atomic on the server, on
 Redis's clock.
 
-Per node, three keys in one hash slot: `h`, the leases held (score: when each expires unless
-renewed, so a replica that dies frees its slots after `slot_lease_ttl`); `q`, the waiters in
-arrival order; `a`, when each waiter expires unless it asks again.
+Per node, ten keys in one hash slot (limits.node_script): the leases held (each expires
+unless renewed, so a replica that dies frees its slots after `slot_lease_ttl`), the waiters,
+in fairness.scheduler's order (priority, then weighted fair share by key), and when each
+waiter expires unless it asks again.
 
 A waiter polls: it asks again after a short sleep that doubles up to POLL_MAX. Polling was
 chosen over a wake-up channel (pub/sub, blocking pops) because it needs no connection per
 waiter, no message that a crash can lose, and nothing to clean up: a waiter that stops asking
-leaves the queue by itself. A slot goes to the first `limit - held` waiters in arrival order,
-so a newcomer never overtakes the queue; the cost is at most POLL_MAX of latency on a
+leaves the queue by itself. A slot goes to the first `limit - held` waiters in that order, so
+a newcomer overtakes only the waiters it ranks before; the cost is at most POLL_MAX of latency on a
 handover, small beside a generation. Calls from one worker are coalesced as in redis_engine:
 the ops that arrive while a call is in flight go together in the next."""
 
@@ -23,58 +24,11 @@ from typing import Any
 
 import msgspec
 
-from airouter.backends.node_slots import FULL, GRANTED, TIMEOUT, SlotStore
+from airouter.backends.node_slots import FULL, GRANTED, SHED, TIMEOUT, SlotStore
+from airouter.fairness.claim import NOBODY, Claim
 from airouter.limits.batching import RedisBatcher, Waiter, answer
+from airouter.limits.node_script import SCRIPT, SHED_RESULT, SUFFIXES
 from airouter.limits.policy import PREFIX
-
-# KEYS: three per node (held, queue, alive). ARGV[1]: msgpack [lease ttl ms, waiter ttl ms,
-# ops], an op being [kind, index of the node's first key, lease, limit, max_queue]:
-#   "T" take: result 1 granted, 2 queued (ask again), 0 the queue is full
-#   "G" give back a slot or leave the queue; "N" renew a held lease
-SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local batch = cmsgpack.unpack(ARGV[1])
-local ttl, wttl = batch[1], batch[2]
-local out = {}
-for n, op in ipairs(batch[3]) do
-  local held, queue, alive = KEYS[op[2]], KEYS[op[2] + 1], KEYS[op[2] + 2]
-  local lease = op[3]
-  out[n] = 0
-  if op[1] == 'T' then
-    redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
-    local gone = redis.call('ZRANGEBYSCORE', alive, '-inf', now)
-    for _, l in ipairs(gone) do redis.call('ZREM', queue, l) end
-    if #gone > 0 then redis.call('ZREMRANGEBYSCORE', alive, '-inf', now) end
-    local free = op[4] - redis.call('ZCARD', held)
-    local rank = redis.call('ZRANK', queue, lease)
-    local pos = rank or redis.call('ZCARD', queue)
-    if pos < free then
-      redis.call('ZADD', held, now + ttl, lease)
-      redis.call('PEXPIRE', held, ttl * 2)
-      if rank then
-        redis.call('ZREM', queue, lease)
-        redis.call('ZREM', alive, lease)
-      end
-      out[n] = 1
-    elseif rank or pos < op[5] then
-      if not rank then redis.call('ZADD', queue, now, lease) end
-      redis.call('ZADD', alive, now + wttl, lease)
-      redis.call('PEXPIRE', queue, wttl * 2)
-      redis.call('PEXPIRE', alive, wttl * 2)
-      out[n] = 2
-    end
-  elseif op[1] == 'G' then
-    redis.call('ZREM', held, lease)
-    redis.call('ZREM', queue, lease)
-    redis.call('ZREM', alive, lease)
-  else
-    redis.call('ZADD', held, 'XX', now + ttl, lease)
-    redis.call('PEXPIRE', held, ttl * 2)
-  end
-end
-return cmsgpack.pack(out)
-"""
 
 QUEUED = 2
 POLL_FIRST = 0.005  # seconds before a waiter asks again; doubles up to POLL_MAX
@@ -85,12 +39,16 @@ _pack = msgspec.msgpack.Encoder().encode
 
 class Take(msgspec.Struct, array_like=True, tag="T"):
     """Take a slot, or wait in the queue: 1 granted, 2 queued (ask again), 0 the queue is
-    full. `node`: the 1-based index of the node's first key in KEYS, set when sent."""
+    full, 3 shed. `node`: the 1-based index of the node's first key in KEYS, set when sent.
+    `who`, `priority`, `weight`: the waiter's place (fairness.scheduler)."""
 
     key: str
     lease: str
     limit: int
     max_queue: int
+    who: str = ""
+    priority: int = 1
+    weight: float = 1.0
     node: int = 0
 
 
@@ -114,15 +72,17 @@ Op = Take | Give | Renew
 
 
 def _wire(op: Op) -> tuple[Any, ...]:
-    """The op as the script reads it: [kind, node, lease, limit, max_queue]."""
+    """The op as the script reads it: [kind, node, lease, limit, max_queue, who, priority,
+    weight]."""
     if type(op) is Take:
-        return ("T", op.node, op.lease, op.limit, op.max_queue)
+        return ("T", op.node, op.lease, op.limit, op.max_queue, op.who, op.priority,
+                float(op.weight))
     return (op.__struct_config__.tag, op.node, op.lease)
 
 
-def _keys(key: str) -> tuple[str, str, str]:
-    base = f"{PREFIX}n:{{{key}}}:"  # {hash tag}: one cluster slot for the three
-    return base + "h", base + "q", base + "a"
+def _keys(key: str) -> tuple[str, ...]:
+    base = f"{PREFIX}n:{{{key}}}:"  # {hash tag}: one cluster slot for them all
+    return tuple(base + s for s in SUFFIXES)
 
 
 class RedisSlots(RedisBatcher[Op], SlotStore):
@@ -135,7 +95,7 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
         self.held: dict[str, str] = {}  # lease -> node key, renewed while held
         self._prefix = os.urandom(6).hex()
         self._seq = 0
-        self._keys: dict[str, tuple[str, str, str]] = {}
+        self._keys: dict[str, tuple[str, ...]] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -152,7 +112,7 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
         await super().aclose()
 
     async def take(
-        self, key: str, limit: int, max_queue: int, queue_timeout: float
+        self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
     ) -> tuple[int, str] | None:
         self._seq += 1
         lease = f"{self._prefix}:{self._seq}"
@@ -160,12 +120,14 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
         pause = POLL_FIRST
         try:
             while True:
-                got = await self.ask(Take(key, lease, limit, max_queue))
+                got = await self.ask(
+                    Take(key, lease, limit, max_queue, who.key, who.priority, who.weight)
+                )
                 if got == GRANTED:
                     self.held[lease] = key
                     return GRANTED, lease
                 if got != QUEUED:
-                    return None if got is None else (FULL, "")
+                    return None if got is None else (SHED if got == SHED_RESULT else FULL, "")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.give(key, lease)
@@ -199,7 +161,7 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
         return True
 
     def _index(self, key: str, index: dict[str, int]) -> int:
-        """The 1-based index of `key`'s first storage key in KEYS, adding its three."""
+        """The 1-based index of `key`'s first storage key in KEYS, adding its ten."""
         keys = self._keys.get(key)
         if keys is None:
             keys = self._keys[key] = _keys(key)

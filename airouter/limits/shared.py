@@ -28,6 +28,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 from airouter.backends.node_slots import GRANTED, SlotStore
+from airouter.fairness.claim import NOBODY, Claim
 from airouter.limits.batching import Batcher, Waiter, answer
 from airouter.limits.engine import Check, Engine, Item, Outcome, Spec
 from airouter.limits.wire import (
@@ -225,7 +226,7 @@ class SharedSlots(_Client, SlotStore):
         self._seq = 0
 
     async def take(
-        self, key: str, limit: int, max_queue: int, queue_timeout: float
+        self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
     ) -> tuple[int, str] | None:
         self._seq += 1
         token = self._seq
@@ -233,7 +234,8 @@ class SharedSlots(_Client, SlotStore):
         loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._deferred[token] = (fut, loop.time() + queue_timeout + CALL_TIMEOUT)
-        self.queue(Take(key, limit, max_queue, lease, queue_timeout, token), fut)
+        self.queue(Take(key, limit, max_queue, lease, queue_timeout, token, who.key,
+                        who.priority, who.weight), fut)
         try:
             got = await fut
         except BaseException:  # cancelled: whether queued or just granted, nothing is kept

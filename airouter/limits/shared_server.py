@@ -123,7 +123,9 @@ class _Server(asyncio.Protocol):
 
     def _take(self, op: Take) -> int | str:
         key, lease = op.key, op.lease
-        got = self.table.take(key, op.limit, op.max_queue, lease, self.owner)
+        got = self.table.take(
+            key, op.limit, op.max_queue, lease, self.owner, op.who, op.priority, op.weight
+        )
         if not isinstance(got, asyncio.Future):
             return got
         task = asyncio.create_task(self._queued(key, lease, got, op.seconds, op.token))

@@ -2,25 +2,27 @@
 workers, and the choice of store for a config.
 
 Without Redis, the workers of a replica ask the main process (limits.shared) for a node's
-slots. The table there holds every waiter itself, in arrival order, and answers it the moment
-a slot frees: no polling. A slot belongs to the worker's connection, so a worker that dies
-(its socket closes) gives back every slot it held and leaves every queue at once. With Redis,
-slots are leases in Redis (limits.node_redis)."""
+slots. The table there holds every waiter itself, in fairness.scheduler's order (priority,
+then weighted fair share by key), and answers it the moment a slot frees: no polling. A slot
+belongs to the worker's connection, so a worker that dies (its socket closes) gives back every
+slot it held and leaves every queue at once. With Redis, slots are leases in Redis
+(limits.node_redis)."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import os
 
-from airouter.backends.node_slots import FULL, GRANTED, TIMEOUT, SlotStore
+from airouter.backends.node_slots import FULL, GRANTED, SHED, TIMEOUT, SlotStore
 from airouter.config import Config
+from airouter.fairness.scheduler import FairQueue
 
 
 class _Waiter:
-    __slots__ = ("lease", "owner", "fut")
+    __slots__ = ("key", "lease", "owner", "fut")
 
-    def __init__(self, lease: str, owner: object, fut: asyncio.Future[int]) -> None:
+    def __init__(self, key: str, lease: str, owner: object, fut: asyncio.Future[int]) -> None:
+        self.key = key
         self.lease = lease
         self.owner = owner
         self.fut = fut
@@ -32,14 +34,19 @@ class SlotTable:
 
     def __init__(self) -> None:
         self.held: dict[str, dict[str, object]] = {}
-        self.queues: dict[str, collections.deque[_Waiter]] = {}
+        self.queues: dict[str, FairQueue[_Waiter]] = {}
+        self.waiting: dict[str, _Waiter] = {}  # lease -> its waiter, whatever the node
         self.limits: dict[str, int] = {}
 
     def take(
-        self, key: str, limit: int, max_queue: int, lease: str, owner: object
+        self, key: str, limit: int, max_queue: int, lease: str, owner: object,
+        who: str = "", priority: int = 1, weight: float = 1.0,
     ) -> int | asyncio.Future[int]:
-        """GRANTED or FULL now, or a future that a freed slot resolves with GRANTED (the
-        caller bounds its wait, then calls `give` to leave the queue)."""
+        """GRANTED or FULL now, or a future that a freed slot resolves with GRANTED, or a
+        request of a higher priority with SHED (the caller bounds its wait, then calls `give`
+        to leave the queue)."""
+        if priority not in (0, 1, 2) or not weight > 0:
+            raise ValueError(f"priority {priority!r}, weight {weight!r}")
         self.limits[key] = limit  # a reloaded config's limit applies from its first request
         held = self.held.setdefault(key, {})
         queue = self.queues.get(key)
@@ -47,12 +54,16 @@ class SlotTable:
             held[lease] = owner
             return GRANTED
         if queue is None:
-            queue = self.queues[key] = collections.deque()
-        if len(queue) >= max_queue:
+            queue = self.queues[key] = FairQueue()
+        w = _Waiter(key, lease, owner, asyncio.get_running_loop().create_future())
+        ok, shed = queue.push(w, who, priority, weight, max_queue)
+        if shed is not None:
+            del self.waiting[shed.lease]
+            shed.fut.set_result(SHED)
+        if not ok:
             return FULL
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        queue.append(_Waiter(lease, owner, fut))
-        return fut
+        self.waiting[lease] = w
+        return w.fut
 
     def give(self, key: str, lease: str) -> None:
         """Free the slot `lease` holds, or take it out of the queue."""
@@ -60,20 +71,15 @@ class SlotTable:
         if held is not None and held.pop(lease, None) is not None:
             self._hand_on(key)
             return
-        queue = self.queues.get(key)
-        if queue:
-            for w in queue:
-                if w.lease == lease:
-                    queue.remove(w)
-                    w.fut.cancel()
-                    break
+        w = self.waiting.pop(lease, None)
+        if w is not None:
+            self.queues[w.key].remove(w)
+            w.fut.cancel()
 
     def drop(self, owner: object) -> None:
         """Everything `owner` held or waited for: its connection is gone."""
-        for queue in self.queues.values():
-            for w in [w for w in queue if w.owner is owner]:
-                queue.remove(w)
-                w.fut.cancel()
+        for w in [w for w in self.waiting.values() if w.owner is owner]:
+            self.give(w.key, w.lease)
         for key, held in self.held.items():
             gone = [lease for lease, o in held.items() if o is owner]
             for lease in gone:
@@ -86,20 +92,24 @@ class SlotTable:
         queue = self.queues.get(key)
         limit = self.limits.get(key, 0)
         while queue and len(held) < limit:
-            w = queue.popleft()
+            w = queue.pop()
+            if w is None:
+                break
+            del self.waiting[w.lease]
             if not w.fut.done():
                 held[w.lease] = w.owner
                 w.fut.set_result(GRANTED)
 
     async def wait(self, key: str, lease: str, fut: asyncio.Future[int], seconds: float) -> int:
-        """GRANTED when `fut` got a slot within `seconds`, else TIMEOUT (out of the queue)."""
+        """GRANTED when `fut` got a slot within `seconds`, SHED when a request of a higher
+        priority took its place, else TIMEOUT (out of the queue)."""
         try:
             async with asyncio.timeout(seconds):
                 await fut
         except (TimeoutError, asyncio.CancelledError):
             pass
         if fut.done() and not fut.cancelled():
-            return GRANTED  # a slot came as the time ran out: it is held
+            return fut.result()  # a slot came as the time ran out: it is held
         self.give(key, lease)
         return TIMEOUT
 
@@ -132,4 +142,4 @@ def make_slot_store(cfg: Config) -> SlotStore | None:
     return store
 
 
-__all__ = ["FULL", "GRANTED", "TIMEOUT", "SlotTable", "make_slot_store", "slot_limits"]
+__all__ = ["FULL", "GRANTED", "SHED", "TIMEOUT", "SlotTable", "make_slot_store", "slot_limits"]

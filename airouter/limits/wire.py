@@ -61,7 +61,9 @@ class Renew(_Op, tag="R"):
 
 
 class Take(_Op, tag="T"):
-    """A node slot; the answer (granted, full) or QUEUED, then a Later with `token`."""
+    """A node slot; the answer (granted, full) or QUEUED, then a Later with `token` (granted,
+    timeout, or shed). A waiter's place: by `priority`, then by its client key `who`'s
+    `weight` (fairness.scheduler)."""
 
     key: str
     limit: int
@@ -69,6 +71,9 @@ class Take(_Op, tag="T"):
     lease: str
     seconds: float
     token: int
+    who: str = ""
+    priority: int = 1
+    weight: float = 1.0
 
 
 class Give(_Op, tag="G"):

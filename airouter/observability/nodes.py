@@ -8,6 +8,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from airouter.observability import metrics
+from airouter.observability.queue import QueueMetrics
 
 _LABELS = ["backend", "node"]
 PREFIX_PREDICTED = Counter(
@@ -41,13 +42,13 @@ ENGINE_READ = Gauge("airouter_engine_metrics_up", "1 when the node's engine metr
                     "read at the last try, else 0.", _LABELS, multiprocess_mode="livemax")
 
 
-class NodeGauge:
+class NodeGauge(QueueMetrics):
     """A `NodeObserver`: one gauge child per node, made on its first verdict."""
 
     __slots__ = ("_children",)
 
     def __init__(self) -> None:
-        self._children: dict[tuple[str, str], Any] = {}
+        self._children: dict[Any, Any] = {}
 
     def node_state(self, backend: str, node: str, up: bool) -> None:
         child = self._children.get((backend, node))

@@ -211,6 +211,8 @@ class Observer:
             }
             if rec.error:
                 line["error"] = rec.error
+            if stats is not None and stats.queued:  # waited for a slot of a limited node
+                line["queue_ms"] = round(stats.queued * 1000, 2)
             access_log.info(_encode(line).decode())
 
     def _end_spans(self, rec: Record, stats: Any) -> None:

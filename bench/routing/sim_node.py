@@ -237,9 +237,10 @@ def main() -> None:
     ap.add_argument("--ports", required=True)
     ap.add_argument("--cache-tokens", type=int, default=NodeParams.cache_tokens)
     ap.add_argument("--prefill-ms-per-token", type=float, default=0.1)
+    ap.add_argument("--decode-slots", type=int, default=NodeParams.decode_slots)
     a = ap.parse_args()
     params = NodeParams(cache_tokens=a.cache_tokens, prefill_s_per_token=a.prefill_ms_per_token
-                        / 1000)
+                        / 1000, decode_slots=a.decode_slots)
     import uvloop
 
     uvloop.run(serve([int(p) for p in a.ports.split(",")], params))

@@ -24,6 +24,7 @@ PURE = (
     "airouter.doors.chat_read",
     "airouter.backends.http.parser",
     "airouter.backends.openai.relay_state",
+    "airouter.fairness.scheduler",
 )
 PURE_MAY_IMPORT = (*PURE, "airouter.errors", "airouter.bounds")
 # The upstream HTTP client serves any backend and knows none: what it may use besides itself.
