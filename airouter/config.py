@@ -89,6 +89,9 @@ class NodesConfig(Base):
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 100
     queue_timeout: Seconds = 30.0
     queue_timeouts: QueueTimeouts = msgspec.field(default_factory=QueueTimeouts)
+    # Hold requests in the router past these engine readings (needs metrics_interval).
+    saturation_waiting: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    saturation_kv: Annotated[float, msgspec.Meta(gt=0, le=1)] | None = None
     health_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0  # 0 = no active checks
     health_timeout: Seconds = 2.0
     unhealthy_after: Annotated[int, msgspec.Meta(ge=1)] = 2
@@ -345,6 +348,9 @@ def validate(cfg: Config) -> None:
                 _check_host_port(n.url, key)
         if isinstance(b, OpenAIBackendConfig):
             _check_openai(b, where)
+        if (b.saturation_waiting or b.saturation_kv) and not b.metrics_interval:
+            raise ConfigError(f"{where}: saturation_waiting and saturation_kv need the engine "
+                              "metrics: set metrics_interval")
     defaults = [alias for alias, m in cfg.models.items() if m.default]
     if len(defaults) > 1:
         raise ConfigError(f"models: more than one default model ({', '.join(defaults)})")

@@ -119,6 +119,7 @@ class EngineScraper:
         except (OSError, TimeoutError, ValueError) as e:
             why, load = str(e) or type(e).__name__, None
         pool = self.pool
+        pool.engine_read(node, load)  # saturation: hold requests while the engine is full
         if pool.prefix is not None:
             pool.prefix.engine_read(node, load)
         pool.observer.engine_load(pool.backend, node.label, None if load is None else {

@@ -42,12 +42,14 @@ async def with_failover(
             _picked(pool, node, tried)
         try:
             # Nothing to wait for on a node without a limit: no coroutine to run.
-            lease = "" if pool.take_free(node) else await pool.acquire(node)
-        except RateLimited as e:  # this node's queue is full: another node may have room
-            log.debug("backend %s: node %s has no room (%s)", pool.backend, node.label, e.code)
-            tried.append(node)
+            if pool.take_free(node):
+                lease = ""
+            else:  # a slot of this node, or of another the request may use
+                node, lease = await pool.acquire(node, tried)
+        except RateLimited as e:  # the backend's one queue is full, or shed this request
+            log.debug("backend %s: no room (%s)", pool.backend, e.code)
             last = e
-            continue
+            break
         try:
             reply = await attempt(node)
         except RouterError as e:

@@ -3,13 +3,11 @@ knows of it (requests in flight and queued, failures, the health checks' verdict
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from airouter.backends.node_slots import slot_key
-from airouter.fairness.scheduler import FairQueue
 
 __all__ = ["Node", "NodeSpec", "node_label"]
 
@@ -52,7 +50,7 @@ class Node:
         "failures",
         "checks_ok",
         "checks_bad",
-        "waiters",
+        "room",
         "served",
         "completed",
         "checked_at",
@@ -78,9 +76,12 @@ class Node:
         self.completed = 0
         self.checked_at = 0
         self.answering = 0
-        # Requests of this process waiting for a slot counted here (fairness.scheduler).
-        self.waiters: FairQueue[asyncio.Future[int]] = FairQueue()
-        self.waiting = 0  # requests of this process queued in a shared store
+        # Requests of this process waiting for a slot with this node their first choice (they
+        # wait in the pool's one queue, or a shared store's, for a slot of any of its nodes).
+        self.waiting = 0
+        # Engine saturation (NodePool.engine_read): requests that may still start on the node
+        # before its engine metrics are read again; -1 no bound, 0 held (saturated).
+        self.room = -1
         self.label = node_label(spec.url)
         self.key = slot_key(backend, spec.url, self.label)
 
@@ -94,6 +95,6 @@ class Node:
             "url": self.label,
             "status": state,
             "in_flight": self.in_flight,
-            "queued": len(self.waiters) + self.waiting,
+            "queued": self.waiting,
             "weight": self.weight,
         }

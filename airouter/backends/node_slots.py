@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 from airouter.errors import RateLimited, RouterError, ServiceUnavailable
 from airouter.fairness.claim import NOBODY, Claim
@@ -65,15 +66,26 @@ class SlotStore(ABC):
     async def aclose(self) -> None:
         """Disconnect."""
 
-    @abstractmethod
     async def take(
         self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
     ) -> tuple[int, str] | None:
-        """A slot of `key` when fewer than `limit` are taken, else wait in its queue (at most
-        `max_queue` waiting, across every holder of the store) up to `queue_timeout` seconds,
-        in the order of fairness.scheduler for `who`'s key, priority and weight. Answers
-        (GRANTED, lease), (FULL, ""), (SHED, "") or (TIMEOUT, ""), or None when the store
-        cannot be reached. A cancelled call leaves nothing taken and nothing queued."""
+        """A slot of the one node `key`, its queue its own: take_any for a backend of one."""
+        got = await self.take_any(key, (key,), limit, max_queue, queue_timeout, who)
+        return None if got is None else (got[0], got[1])
+
+    @abstractmethod
+    async def take_any(
+        self, pool: str, keys: Sequence[str], limit: int, max_queue: int,
+        queue_timeout: float, who: Claim = NOBODY,
+    ) -> tuple[int, str, int] | None:
+        """A slot of the first of the nodes `keys` (in order of preference) with fewer than
+        `limit` taken, else wait in the queue of `pool` (the backend, one queue for all its
+        nodes: at most `max_queue` waiting, across every holder of the store) up to
+        `queue_timeout` seconds, in the order of fairness.scheduler for `who`'s key, priority
+        and weight, for the first slot freed on any of `keys`. Answers (GRANTED, lease, the
+        index in `keys` of the node granted), (FULL, "", -1), (SHED, "", -1) or
+        (TIMEOUT, "", -1), or None when the store cannot be reached. A cancelled call leaves
+        nothing taken and nothing queued."""
 
     @abstractmethod
     def give(self, key: str, lease: str) -> None:

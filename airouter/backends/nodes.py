@@ -8,14 +8,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from airouter.backends.engine_metrics import EngineLoad
 from airouter.backends.node import Node, NodeSpec
-from airouter.backends.node_queue import take_shared, wait_here
-from airouter.backends.node_slots import GRANTED, SlotStore, unchecked
+from airouter.backends.node_queue import Waiter, take_shared, wait_here
+from airouter.backends.node_slots import SlotStore, unchecked
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.prefix import RouteKey
 from airouter.backends.prefix_policy import PrefixBalancer, policy_for
 from airouter.config import NodesConfig
-from airouter.fairness.claim import claim_var
+from airouter.fairness.claim import Claim, claim_var
+from airouter.fairness.scheduler import FairQueue
 
 log = logging.getLogger("airouter.nodes")
 
@@ -39,6 +41,8 @@ class NodePool:
         unhealthy_after: int = 2,
         healthy_after: int = 1,
         panic_threshold: float = 0.5,
+        saturation_waiting: int | None = None,
+        saturation_kv: float | None = None,
         observer: NodeObserver = QUIET,
     ) -> None:
         self.backend = backend
@@ -47,6 +51,8 @@ class NodePool:
         self.balance = balance
         self.max_concurrent = max_concurrent
         self.max_queue = max_queue
+        # One queue for the backend: as many waiters as max_queue per node.
+        self.queue_cap = max_queue * len(self.nodes)
         self.queue_timeout = queue_timeout
         # Per priority (high, normal, low): how long a request may wait for a slot.
         self.queue_timeouts = queue_timeouts or (queue_timeout,) * 3
@@ -55,6 +61,15 @@ class NodePool:
         self.unhealthy_after = unhealthy_after
         self.healthy_after = healthy_after
         self.panic_threshold = panic_threshold
+        # Hold requests in the router while a node's engine queues or fills its KV cache.
+        self.saturation_waiting = saturation_waiting
+        self.saturation_kv = saturation_kv
+        self.saturation = saturation_waiting is not None or saturation_kv is not None
+        # Some request may have to wait: a node limit or an engine's saturation.
+        self.gated = bool(max_concurrent) or self.saturation
+        # Requests of this process waiting for a slot of any node (fairness.scheduler); with a
+        # shared store, only those held while every node they may use is saturated.
+        self.waiters: FairQueue[Waiter] = FairQueue()
         self._rr_credit = [0.0] * len(self.nodes)
         self._checks: asyncio.Task[None] | None = None
         # Set when slots are counted across workers or replicas (State._share_slots).
@@ -84,6 +99,8 @@ class NodePool:
             unhealthy_after=cfg.unhealthy_after,
             healthy_after=cfg.healthy_after,
             panic_threshold=cfg.panic_threshold,
+            saturation_waiting=cfg.saturation_waiting,
+            saturation_kv=cfg.saturation_kv,
         )
         pool.prefix = policy_for(pool.nodes, cfg)
         return pool
@@ -123,10 +140,9 @@ class NodePool:
             candidates = [n for n in nodes if n.available(now) and n not in exclude]
         if not candidates:
             return None
-        limit = self.max_concurrent
-        if limit:
+        if self.gated:
             # A node with a free slot beats queueing behind a full one.
-            candidates = [n for n in candidates if n.in_flight < limit] or candidates
+            candidates = [n for n in candidates if not self.full(n)] or candidates
         if self.prefix is not None and key is not None:
             return self.prefix.choose(candidates, key)
         if self.balance == "round_robin":
@@ -150,46 +166,120 @@ class NodePool:
         self._rr_credit[self.nodes.index(best)] -= total
         return best
 
+    def full(self, node: Node) -> bool:
+        """No request may start on `node` now: its slots are taken (as counted here) or its
+        engine is saturated."""
+        limit = self.max_concurrent
+        return bool(limit and node.in_flight >= limit) or not node.room
+
     def take_free(self, node: Node) -> bool:
         """A slot on a node without a limit (the common case): counted here, at once."""
-        if self.max_concurrent:
+        if self.gated:
             return False
         node.in_flight += 1
         node.served += 1
         return True
 
-    async def acquire(self, node: Node) -> str:
-        """Take a concurrency slot on `node`, queueing (bounded, in the order of
-        fairness.scheduler for the request's claim) when it is full. Answers the lease to give
-        back to `release` ("" for a slot counted in this process only)."""
-        if self.take_free(node):
-            return ""
-        store = self.slots
-        if store is not None:
-            lease = await take_shared(self, node, store, claim_var.get())
-            if lease is not None:
-                return lease
-            if not store.allow_on_failure:
-                raise unchecked()
-        if node.in_flight >= self.max_concurrent or node.waiters:
-            await wait_here(self, node, claim_var.get())
-            return ""  # the releaser handed its slot over: in_flight already counts it
+    def granted(self, node: Node) -> None:
         node.in_flight += 1
         node.served += 1
-        return ""
+        if node.room > 0:
+            node.room -= 1
+
+    async def acquire(self, node: Node, exclude: Sequence[Node] = ()) -> tuple[Node, str]:
+        """Take a concurrency slot on `node`, else on another node the request may use (none
+        of `exclude`), queueing (bounded, in the order of fairness.scheduler for the request's
+        claim) for the first freed on any of them when all are full. Answers the node and the
+        lease to give back to `release` ("" for a slot counted in this process only)."""
+        store = self.slots
+        if store is None or not self.max_concurrent:
+            # Counted here. A free slot is one no waiter may use (each freed slot goes to one
+            # that may): take it.
+            if not self.full(node):
+                self.granted(node)
+                return node, ""
+            nodes = self.choices(node, exclude)
+            for n in nodes:
+                if not self.full(n):
+                    self.granted(n)
+                    return n, ""
+            return await wait_here(self, nodes, claim_var.get()), ""
+        who = claim_var.get()
+        nodes = self.choices(node, exclude)
+        if self.saturation:
+            nodes = [n for n in nodes if n.room] or await self._until_open(nodes, who)
+        got = await take_shared(self, nodes, store, who)
+        if got is not None:
+            return got
+        if not store.allow_on_failure:
+            raise unchecked()
+        # The store is away: counted here.
+        for n in nodes:
+            if not self.full(n):
+                self.granted(n)
+                return n, ""
+        return await wait_here(self, nodes, who), ""
+
+    async def _until_open(self, nodes: Sequence[Node], who: Claim) -> list[Node]:
+        """Every node the request may use is saturated: wait in this process's queue until
+        one is not; the nodes open then, the one that opened first."""
+        first = await wait_here(self, nodes, who, open_only=True)
+        return [first, *(n for n in nodes if n is not first and n.room)]
+
+    def choices(self, node: Node, exclude: Sequence[Node] = ()) -> list[Node]:
+        """The nodes a request that picked `node` may take a slot of: `node` first, then the
+        others available (every one when panicking), none of `exclude`, least loaded first."""
+        now = time.monotonic()
+        panic = self.panicking(now)
+        others = [n for n in self.nodes if n is not node and n not in exclude
+                  and (panic or n.available(now))]
+        if others:
+            others.sort(key=lambda n: ((n.in_flight + 1) / n.weight, n.served))
+        return [node, *others]
 
     def release(self, node: Node, lease: str = "") -> None:
         if lease and self.slots is not None:
             self.slots.give(node.key, lease)
-        # A request counted here alone (the store was unreachable) may wait for this slot.
-        waiters = node.waiters
-        while waiters:
-            fut = waiters.pop()
-            if fut is not None and not fut.done():
-                node.served += 1
-                fut.set_result(GRANTED)  # hand the slot over; in_flight stays the same
-                return
         node.in_flight -= 1
+        if self.waiters:
+            self._hand_on(node)
+
+    def _hand_on(self, node: Node) -> None:
+        """`node` has room: to the first waiters that may use it, while it does."""
+        waiters = self.waiters
+        room = node.room
+        while waiters and not self.full(node):
+            w = waiters.pop(lambda w: node in w.nodes)
+            if w is None:
+                return
+            if w.fut.done():
+                continue
+            if not w.open_only:
+                self.granted(node)
+            w.fut.set_result(node)
+            if w.open_only and room > 0:  # it asks the store next: what the engine will take
+                room -= 1
+                if not room:
+                    return
+
+    def engine_read(self, node: Node, load: EngineLoad | None) -> None:
+        """What `node`'s engine metrics said (None: unreadable): with saturation thresholds,
+        requests are held here while the engine queues past `saturation_waiting` or its KV
+        cache is fuller than `saturation_kv`; while it queues at all, only as many start
+        before the next read as it has room for. Unreadable: no hold."""
+        if not self.saturation:
+            return
+        room = -1
+        if load is not None:
+            kv = self.saturation_kv
+            waiting = self.saturation_waiting
+            if kv is not None and load.kv_usage is not None and load.kv_usage >= kv:
+                room = 0
+            elif waiting is not None and load.waiting > 0:
+                room = max(0, waiting - int(load.waiting))
+        node.room = room
+        if room and self.waiters:
+            self._hand_on(node)
 
     def answering(self, node: Node) -> None:
         """The node began an answer."""

@@ -1,9 +1,12 @@
-"""The order in which requests waiting for a full node get its slots: a pure data structure
-(no I/O, no clock, no event loop) used by every place that queues: a pool counting in its own
-process, the main process's table for its workers, and (the same rules in Lua) Redis.
+"""The order in which requests waiting for a full backend get its nodes' slots: a pure
+data structure (no I/O, no clock, no event loop) used by every place that queues: a pool
+counting in its own process, the main process's table for its workers, and (the same rules in
+Lua) Redis.
 
 Rules, in this order:
 - Priority: a waiting request of a higher priority (HIGH < NORMAL < LOW) goes first.
+- A waiter may be able to use only some of the nodes (a retry never goes back to a node it
+  tried): a freed slot goes to the first waiter, in this order, that may use its node.
 - Weighted fair share within a priority: start-time fair queueing. Each key has a finish
   tag; a request of key k arriving when the priority's virtual time is V is tagged
   start = max(V, finish[k]), and finish[k] = start + 1 / weight[k]. The request with the
@@ -21,6 +24,7 @@ Rules, in this order:
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 HIGH, NORMAL, LOW = 0, 1, 2
@@ -63,7 +67,8 @@ class _Class(Generic[T]):
 
 
 class FairQueue(Generic[T]):
-    """Waiters of one node. `T`: what the caller identifies a waiter by (hashable, unique)."""
+    """Waiters for a backend's nodes. `T`: what the caller identifies a waiter by (hashable,
+    unique)."""
 
     __slots__ = ("_classes", "_items", "_seq")
 
@@ -130,18 +135,34 @@ class FairQueue(Generic[T]):
                 heapq.heappop(heap)
         return None
 
-    def pop(self) -> T | None:
-        """The next waiter to get a slot (out of the queue), or None when none waits."""
+    def pop(self, accept: Callable[[T], bool] | None = None) -> T | None:
+        """The next waiter to get a slot (out of the queue), or None when none waits.
+        `accept`: only a waiter it answers True for (a slot of a node some waiters may not
+        use); those passed over keep their places."""
         for c in self._classes:
             heap, live = c.heap, c.live
+            passed: list[tuple[float, int, _Entry[T]]] = []
+            got = None
             while heap:
-                start, seq, e = heapq.heappop(heap)
-                if live.pop(seq, None) is None:
+                top = heapq.heappop(heap)
+                if top[1] not in live:
                     continue  # it left
-                del self._items[e.item]
+                if accept is not None and not accept(top[2].item):
+                    passed.append(top)
+                    continue
+                got = top
+                break
+            for top in passed:
+                heapq.heappush(heap, top)
+            if got is None:
+                continue
+            start, seq, e = got
+            del live[seq]
+            del self._items[e.item]
+            if start > c.vt:
                 c.vt = start
-                c.reset_if_empty()
-                return e.item
+            c.reset_if_empty()
+            return e.item
         return None
 
     def remove(self, item: T) -> bool:

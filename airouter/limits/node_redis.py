@@ -1,10 +1,10 @@
 """Node slots in Redis, shared by every replica: one Lua script, atomic on the server, on
 Redis's clock.
 
-Per node, ten keys in one hash slot (limits.node_script): the leases held (each expires
-unless renewed, so a replica that dies frees its slots after `slot_lease_ttl`), the waiters,
-in fairness.scheduler's order (priority, then weighted fair share by key), and when each
-waiter expires unless it asks again.
+Per backend, keys in one hash slot (limits.node_script): per node, the leases held (each
+expires unless renewed, so a replica that dies frees its slots after `slot_lease_ttl`); one
+queue of the waiters for any of its nodes, in fairness.scheduler's order (priority, then
+weighted fair share by key), and when each waiter expires unless it asks again.
 
 A waiter polls: it asks again after a short sleep that doubles up to POLL_MAX. Polling was
 chosen over a wake-up channel (pub/sub, blocking pops) because it needs no connection per
@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -38,51 +39,37 @@ _pack = msgspec.msgpack.Encoder().encode
 
 
 class Take(msgspec.Struct, array_like=True, tag="T"):
-    """Take a slot, or wait in the queue: 1 granted, 2 queued (ask again), 0 the queue is
-    full, 3 shed. `node`: the 1-based index of the node's first key in KEYS, set when sent.
-    `who`, `priority`, `weight`: the waiter's place (fairness.scheduler)."""
+    """Take a slot of one of `nodes` (in order of preference), or wait in the pool's queue:
+    [1, i] granted on nodes[i], 2 queued (ask again), 0 the queue is full, 3 shed. `who`,
+    `priority`, `weight`: the waiter's place (fairness.scheduler)."""
 
-    key: str
+    pool: str
+    nodes: list[str]
     lease: str
     limit: int
     max_queue: int
     who: str = ""
     priority: int = 1
     weight: float = 1.0
-    node: int = 0
 
 
 class Give(msgspec.Struct, array_like=True, tag="G"):
-    """Give a slot back, or leave the queue."""
+    """Give a slot back (held on any of `nodes`), or leave the queue."""
 
-    key: str
+    pool: str
+    nodes: list[str]
     lease: str
-    node: int = 0
 
 
 class Renew(msgspec.Struct, array_like=True, tag="N"):
     """Renew a held lease."""
 
-    key: str
+    pool: str
+    node: str
     lease: str
-    node: int = 0
 
 
 Op = Take | Give | Renew
-
-
-def _wire(op: Op) -> tuple[Any, ...]:
-    """The op as the script reads it: [kind, node, lease, limit, max_queue, who, priority,
-    weight]."""
-    if type(op) is Take:
-        return ("T", op.node, op.lease, op.limit, op.max_queue, op.who, op.priority,
-                float(op.weight))
-    return (op.__struct_config__.tag, op.node, op.lease)
-
-
-def _keys(key: str) -> tuple[str, ...]:
-    base = f"{PREFIX}n:{{{key}}}:"  # {hash tag}: one cluster slot for them all
-    return tuple(base + s for s in SUFFIXES)
 
 
 class RedisSlots(RedisBatcher[Op], SlotStore):
@@ -92,10 +79,11 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
         super().__init__(url, timeout, " for node slots")
         self.lease_ttl = lease_ttl
         self._renewer: asyncio.Task[None] | None = None
-        self.held: dict[str, str] = {}  # lease -> node key, renewed while held
+        self.held: dict[str, tuple[str, str]] = {}  # lease -> (pool, node), renewed while held
         self._prefix = os.urandom(6).hex()
         self._seq = 0
-        self._keys: dict[str, tuple[str, ...]] = {}
+        self._pools: dict[str, str] = {}
+        self._nodes: dict[tuple[str, str], str] = {}
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -104,73 +92,97 @@ class RedisSlots(RedisBatcher[Op], SlotStore):
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        for lease, key in list(self.held.items()):
-            self.give(key, lease)
+        for lease, (pool, node) in list(self.held.items()):
+            self._give(pool, [node], lease)
+        self.held.clear()
         if self._ops or self._busy:
             with contextlib.suppress(TimeoutError):  # ops go in order: the last one ends them
-                await asyncio.wait_for(self.ask(Give("", "")), 2)
+                await asyncio.wait_for(self.ask(Give("", [], "")), 2)
         await super().aclose()
 
-    async def take(
-        self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
-    ) -> tuple[int, str] | None:
+    async def take_any(
+        self, pool: str, keys: Sequence[str], limit: int, max_queue: int,
+        queue_timeout: float, who: Claim = NOBODY,
+    ) -> tuple[int, str, int] | None:
         self._seq += 1
         lease = f"{self._prefix}:{self._seq}"
+        nodes = list(keys)
         deadline = time.monotonic() + queue_timeout
         pause = POLL_FIRST
         try:
             while True:
                 got = await self.ask(
-                    Take(key, lease, limit, max_queue, who.key, who.priority, who.weight)
+                    Take(pool, nodes, lease, limit, max_queue, who.key, who.priority, who.weight)
                 )
-                if got == GRANTED:
-                    self.held[lease] = key
-                    return GRANTED, lease
+                if type(got) is list:
+                    self.held[lease] = (pool, nodes[got[1]])
+                    return GRANTED, lease, got[1]
                 if got != QUEUED:
-                    return None if got is None else (SHED if got == SHED_RESULT else FULL, "")
+                    return None if got is None else (SHED if got == SHED_RESULT else FULL, "", -1)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.give(key, lease)
-                    return TIMEOUT, ""
+                    self._give(pool, nodes, lease)
+                    return TIMEOUT, "", -1
                 await asyncio.sleep(min(pause, left))
                 pause = min(pause * 2, POLL_MAX)
         except BaseException:  # cancelled: whether queued or just granted, nothing is kept
-            self.give(key, lease)
+            self.held.pop(lease, None)
+            self._give(pool, nodes, lease)
             raise
 
     def give(self, key: str, lease: str) -> None:
-        self.held.pop(lease, None)
-        self.queue(Give(key, lease), None)  # Redis down: the lease expires there by itself
+        pool, node = self.held.pop(lease, (key, key))
+        self._give(pool, [node], lease)
+
+    def _give(self, pool: str, nodes: list[str], lease: str) -> None:
+        self.queue(Give(pool, nodes, lease), None)  # Redis down: the lease expires by itself
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
-            for lease, key in list(self.held.items()):
-                self.queue(Renew(key, lease), None)
+            for lease, (pool, node) in list(self.held.items()):
+                self.queue(Renew(pool, node, lease), None)
 
     def _send(self, ops: list[Op], waiters: list[Waiter], more: bool) -> bool:
         index: dict[str, int] = {}
-        wire = []
-        for op in ops:  # (aclose's last op, of key "", removes nothing from empty keys)
-            op.node = self._index(op.key, index)
-            wire.append(_wire(op))
+        wire: list[tuple[Any, ...]] = []
+        for op in ops:  # (aclose's last op, of pool "", removes nothing from empty keys)
+            if type(op) is Take:
+                wire.append(("T", self._pool(op.pool, index), op.lease, op.limit, op.max_queue,
+                             op.who, op.priority, float(op.weight),
+                             [self._node(op.pool, n, index) for n in op.nodes]))
+            elif type(op) is Give:
+                wire.append(("G", self._pool(op.pool, index), op.lease,
+                             [self._node(op.pool, n, index) for n in op.nodes]))
+            elif type(op) is Renew:
+                wire.append(("N", self._node(op.pool, op.node, index), op.lease))
         packed = _pack((int(self.lease_ttl * 1000), int(WAITER_TTL * 1000), wire))
         self.eval([k.encode() for k in index], packed, len(ops),
                   lambda results: answer(waiters, None) if results is None
                   else _answer(waiters, results))
         return True
 
-    def _index(self, key: str, index: dict[str, int]) -> int:
-        """The 1-based index of `key`'s first storage key in KEYS, adding its ten."""
-        keys = self._keys.get(key)
-        if keys is None:
-            keys = self._keys[key] = _keys(key)
-        first = index.get(keys[0])
+    def _pool(self, pool: str, index: dict[str, int]) -> int:
+        """The 1-based index in KEYS of the pool's first queue key, adding its nine."""
+        first = self._pools.get(pool)
         if first is None:
-            first = len(index) + 1
-            for k in keys:
-                index[k] = len(index) + 1
-        return first
+            first = self._pools[pool] = f"{PREFIX}n:{{{pool}}}:"  # {hash tag}: one slot
+        at = index.get(first + SUFFIXES[0])
+        if at is None:
+            at = len(index) + 1
+            for s in SUFFIXES:
+                index[first + s] = len(index) + 1
+        return at
+
+    def _node(self, pool: str, node: str, index: dict[str, int]) -> int:
+        """The 1-based index in KEYS of a node's slots, in its pool's hash slot."""
+        key = self._nodes.get((pool, node))
+        if key is None:
+            key = self._nodes[(pool, node)] = f"{PREFIX}n:{{{pool}}}:h:{node}"
+        at = index.get(key)
+        if at is None:
+            at = index[key] = len(index) + 1
+        return at
 
 
 def _answer(waiters: list[Waiter], results: list[Any]) -> None:

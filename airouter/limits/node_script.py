@@ -2,24 +2,29 @@
 Redis's clock, with fairness.scheduler's rules (priority, then start-time fair queueing by key
 weight, shedding of the newest waiter of the lowest priority) written again in Lua.
 
-Per node, ten keys in one hash slot (`{node}`):
-  h   the leases held (score: when each expires unless renewed);
+Per backend ("pool"), keys in one hash slot (`{pool}`): nine for its one queue and one per
+node for the node's slots:
   a   the waiters (score: when each expires unless it asks again);
   s   a hash: per waiter `w:<lease>` = "priority start finish seq key", and `n`, the arrival
       counter;
   x   leases shed from the queue (score: when the mark expires), told so when they next ask;
   q0, q1, q2   the waiters of each priority (high, normal, low), scored by their start tag;
   f0, f1, f2   per priority, each key's finish tag and the virtual time (field "\\0v");
-      deleted when no waiter of the priority is left: tags start again from zero.
+      deleted when no waiter of the priority is left: tags start again from zero;
+  h:<node>  the leases held on a node (score: when each expires unless renewed).
 
 ARGV[1]: msgpack [lease ttl ms, waiter ttl ms, ops]. An op:
-  ["T", node, lease, limit, max_queue, key, priority, weight]  take: 1 granted, 2 queued (ask
-      again), 0 the queue is full, 3 shed (a request of a higher priority took the place)
-  ["G", node, lease]  give back a slot or leave the queue
+  ["T", pool, lease, limit, max_queue, key, priority, weight, nodes]  take: {1, i} granted on
+      the i-th (0-based) of `nodes`, 2 queued (ask again), 0 the queue is full, 3 shed (a
+      request of a higher priority took the place)
+  ["G", pool, lease, nodes]  give back a slot (on any of `nodes`) or leave the queue
   ["N", node, lease]  renew a held lease
-`node`: the index in KEYS of the node's first key. A waiter's place is its rank: the waiters of
-higher priorities, then those of its own with a smaller start tag (equal tags: arrival order).
-It gets a slot when its rank is below the free slots."""
+`pool`: the index in KEYS of the pool's first key; `nodes`: the indexes in KEYS of the nodes'
+h keys the request may use, in order of preference. A waiter's place is its rank: the waiters
+of higher priorities, then those of its own with a smaller start tag (equal tags: arrival
+order). It gets a slot when its rank is below the free slots of the nodes it may use: on the
+first of them with one free. (Waiters that may use other nodes count in its rank: with
+retries that exclude nodes, the order is close to, not exactly, the scheduler's.)"""
 
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ local out = {}
 local function num(x) return string.format('%.17g', x) end
 
 local function keys_of(i)
-  return {h = KEYS[i], a = KEYS[i + 1], s = KEYS[i + 2], x = KEYS[i + 3],
-          q = {KEYS[i + 4], KEYS[i + 5], KEYS[i + 6]}, f = {KEYS[i + 7], KEYS[i + 8], KEYS[i + 9]}}
+  return {a = KEYS[i], s = KEYS[i + 1], x = KEYS[i + 2],
+          q = {KEYS[i + 3], KEYS[i + 4], KEYS[i + 5]}, f = {KEYS[i + 6], KEYS[i + 7], KEYS[i + 8]}}
 end
 
 local function info(k, lease)
@@ -59,9 +64,9 @@ local function leave(k, lease, w, refund)
   end
 end
 
-local function hold(k, lease)
-  redis.call('ZADD', k.h, now + ttl, lease)
-  redis.call('PEXPIRE', k.h, ttl * 2)
+local function hold(h, lease)
+  redis.call('ZADD', h, now + ttl, lease)
+  redis.call('PEXPIRE', h, ttl * 2)
 end
 
 local function touch(k, lease)
@@ -94,15 +99,28 @@ local function victim(k, p)
 end
 
 local function take(k, op)
-  local lease, limit, max_queue = op[3], op[4], op[5]
-  redis.call('ZREMRANGEBYSCORE', k.h, '-inf', now)
+  local lease, limit, max_queue, nodes = op[3], op[4], op[5], op[9]
+  local room, free = {}, 0
+  for j, i in ipairs(nodes) do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+    room[j] = math.max(0, limit - redis.call('ZCARD', KEYS[i]))
+    free = free + room[j]
+  end
+  -- A slot on the first node with one free.
+  local function grant()
+    for j, i in ipairs(nodes) do
+      if room[j] > 0 then
+        hold(KEYS[i], lease)
+        return {1, j - 1}
+      end
+    end
+  end
   redis.call('ZREMRANGEBYSCORE', k.x, '-inf', now)
   for _, l in ipairs(redis.call('ZRANGEBYSCORE', k.a, '-inf', now)) do
     local w = info(k, l)
     if w then leave(k, l, w, true) else redis.call('ZREM', k.a, l) end
   end
   if redis.call('ZREM', k.x, lease) == 1 then return 3 end
-  local free = limit - redis.call('ZCARD', k.h)
   local w = info(k, lease)
   if w then
     local f = k.f[w.p + 1]
@@ -111,8 +129,7 @@ local function take(k, op)
       if redis.call('EXISTS', f) == 1 and tonumber(redis.call('HGET', f, VT) or '0') < w.start then
         redis.call('HSET', f, VT, num(w.start))
       end
-      hold(k, lease)
-      return 1
+      return grant()
     end
     touch(k, lease)
     return 2
@@ -122,8 +139,7 @@ local function take(k, op)
   local waiting = redis.call('ZCARD', k.q[1]) + redis.call('ZCARD', k.q[2]) +
     redis.call('ZCARD', k.q[3])
   if waiting == 0 and free > 0 then
-    hold(k, lease)
-    return 1
+    return grant()
   end
   local vt = tonumber(redis.call('HGET', f, VT) or '0')
   local start = tonumber(redis.call('HGET', f, who) or '0')
@@ -135,8 +151,7 @@ local function take(k, op)
       redis.call('HSET', f, who, num(fin))
       if vt < start then redis.call('HSET', f, VT, num(start)) end
     end
-    hold(k, lease)
-    return 1
+    return grant()
   end
   if waiting >= max_queue then
     if max_queue <= 0 or waiting > max_queue then return 0 end
@@ -156,24 +171,24 @@ local function take(k, op)
 end
 
 for n, op in ipairs(batch[3]) do
-  local k = keys_of(op[2])
   local lease = op[3]
   out[n] = 0
   if op[1] == 'T' then
-    out[n] = take(k, op)
+    out[n] = take(keys_of(op[2]), op)
   elseif op[1] == 'G' then
-    redis.call('ZREM', k.h, lease)
+    local k = keys_of(op[2])
+    for _, i in ipairs(op[4]) do redis.call('ZREM', KEYS[i], lease) end
     redis.call('ZREM', k.x, lease)
     local w = info(k, lease)
     if w then leave(k, lease, w, true) end
   else
-    redis.call('ZADD', k.h, 'XX', now + ttl, lease)
-    redis.call('PEXPIRE', k.h, ttl * 2)
+    redis.call('ZADD', KEYS[op[2]], 'XX', now + ttl, lease)
+    redis.call('PEXPIRE', KEYS[op[2]], ttl * 2)
   end
 end
 return cmsgpack.pack(out)
 """
 
-# The node's keys, in the order the script reads them from its first.
-SUFFIXES = ("h", "a", "s", "x", "q0", "q1", "q2", "f0", "f1", "f2")
+# A pool's queue keys, in the order the script reads them from its first.
+SUFFIXES = ("a", "s", "x", "q0", "q1", "q2", "f0", "f1", "f2")
 SHED_RESULT = 3

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import math
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any, cast
 
 from airouter.backends.node_slots import GRANTED, SlotStore
@@ -142,6 +142,8 @@ class _Client(Batcher[Op], asyncio.Protocol):
                 if len(r) == 4:
                     failed, wait, used, reset = r
                     fut.set_result(Outcome(failed, math.inf if wait < 0 else wait, used, reset))
+                elif len(r) == 2:  # a node slot's: [outcome, the node's index]
+                    fut.set_result(r)
                 else:  # not an answer this client knows: no verdict
                     fut.set_result(None)
             elif r != QUEUED:  # else its answer comes later, to the same future
@@ -225,28 +227,30 @@ class SharedSlots(_Client, SlotStore):
         self._prefix = os.urandom(6).hex() + ":"
         self._seq = 0
 
-    async def take(
-        self, key: str, limit: int, max_queue: int, queue_timeout: float, who: Claim = NOBODY
-    ) -> tuple[int, str] | None:
+    async def take_any(
+        self, pool: str, keys: Sequence[str], limit: int, max_queue: int,
+        queue_timeout: float, who: Claim = NOBODY,
+    ) -> tuple[int, str, int] | None:
         self._seq += 1
         token = self._seq
         lease = f"{self._prefix}{token}"
         loop = self._loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._deferred[token] = (fut, loop.time() + queue_timeout + CALL_TIMEOUT)
-        self.queue(Take(key, limit, max_queue, lease, queue_timeout, token, who.key,
-                        who.priority, who.weight), fut)
+        self.queue(Take(keys[0], limit, max_queue, lease, queue_timeout, token, who.key,
+                        who.priority, who.weight, pool, list(keys[1:])), fut)
         try:
             got = await fut
         except BaseException:  # cancelled: whether queued or just granted, nothing is kept
-            self._post(Give(key, lease))
+            self._post(Give(keys[0], lease))  # (the table finds a lease on any node)
             raise
         finally:
             self._deferred.pop(token, None)
         if got is None:  # no answer
-            self._post(Give(key, lease))
+            self._post(Give(keys[0], lease))
             return None
-        return (got, lease) if got == GRANTED else (got, "")
+        outcome, index = got
+        return (outcome, lease, index) if outcome == GRANTED else (outcome, "", -1)
 
     def give(self, key: str, lease: str) -> None:
         self._post(Give(key, lease))

@@ -121,24 +121,24 @@ class _Server(asyncio.Protocol):
     def _give(self, op: Give) -> None:
         self.table.give(op.key, op.lease)
 
-    def _take(self, op: Take) -> int | str:
-        key, lease = op.key, op.lease
-        got = self.table.take(
-            key, op.limit, op.max_queue, lease, self.owner, op.who, op.priority, op.weight
-        )
+    def _take(self, op: Take) -> Any:
+        lease = op.lease
+        got = self.table.take(op.pool or op.key, [op.key, *op.others], op.limit, op.max_queue,
+                              lease, self.owner, op.who, op.priority, op.weight)
         if not isinstance(got, asyncio.Future):
-            return got
-        task = asyncio.create_task(self._queued(key, lease, got, op.seconds, op.token))
+            return list(got) if op.pool else got[0]
+        task = asyncio.create_task(self._queued(lease, got, op.seconds, op.token, op.pool))
         self.waits.add(task)
         task.add_done_callback(self.waits.discard)
         return QUEUED
 
     async def _queued(
-        self, key: str, lease: str, fut: asyncio.Future[int], seconds: float, token: int
+        self, lease: str, fut: asyncio.Future[tuple[int, int]], seconds: float, token: int,
+        pool: str,
     ) -> None:
-        result = await self.table.wait(key, lease, fut, seconds)
+        result = await self.table.wait(lease, fut, seconds)
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(framed(Later(token, result)))
+            self.transport.write(framed(Later(token, list(result) if pool else result[0])))
 
 
 def _frame(body: bytes) -> Frame | None:

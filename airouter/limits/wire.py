@@ -63,7 +63,9 @@ class Renew(_Op, tag="R"):
 class Take(_Op, tag="T"):
     """A node slot; the answer (granted, full) or QUEUED, then a Later with `token` (granted,
     timeout, or shed). A waiter's place: by `priority`, then by its client key `who`'s
-    `weight` (fairness.scheduler)."""
+    `weight` (fairness.scheduler). With `pool` (its backend), a slot of `key` or, failing
+    that, of one of `others`, waiting in the backend's one queue; the answer is then
+    [outcome, the index of the node granted in key + others]."""
 
     key: str
     limit: int
@@ -74,6 +76,8 @@ class Take(_Op, tag="T"):
     who: str = ""
     priority: int = 1
     weight: float = 1.0
+    pool: str = ""
+    others: list[str] = []
 
 
 class Give(_Op, tag="G"):

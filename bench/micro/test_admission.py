@@ -28,8 +28,8 @@ def test_admission_when_nothing_waits(benchmark: BenchmarkFixture) -> None:
     async def requests() -> None:
         for _ in range(ROUND):
             claim("team", share, model, Stats())
-            lease = await pool.acquire(node)
-            pool.release(node, lease)
+            got, lease = await pool.acquire(node)
+            pool.release(got, lease)
 
     benchmark.extra_info["per"] = f"{ROUND} requests"
     benchmark(lambda: loop.run_until_complete(requests()))

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -140,12 +141,55 @@ async def fairness(make: Factory) -> None:
         await settle()
 
 
+async def one_queue_per_backend(make: Factory, exact: bool) -> None:
+    """Two nodes of one slot, one queue: a waiter gets the first slot freed on any node it
+    may use, in priority order; (`exact`) a waiter that may use one node only is passed over
+    for a slot of the other."""
+    nodes = ["pw:n1", "pw:n2"]
+    async with stores(make, 2) as (a, b):
+        h1 = await a.take_any("pw", nodes, 1, 10, 5, Claim("x", NORMAL, 1))
+        h2 = await b.take_any("pw", nodes, 1, 10, 5, Claim("x", NORMAL, 1))
+        assert h1 is not None and h2 is not None
+        assert (h1[0], h1[2], h2[0], h2[2]) == (GRANTED, 0, GRANTED, 1)  # the first free
+
+        def wait(store: SlotStore, keys: list[str], who: Claim) -> asyncio.Task[Any]:
+            return asyncio.create_task(store.take_any("pw", keys, 1, 10, 20, who))
+
+        low = wait(a, nodes, Claim("bulk", LOW, 1))
+        await settle()
+        only1 = wait(b, ["pw:n1"], Claim("vip", HIGH, 1)) if exact else None
+        await settle()
+        high = wait(a, ["pw:n2", "pw:n1"], Claim("chat", HIGH, 1))
+        await settle()
+        b.give(nodes[1], h2[1])  # n2 frees: the high waiter that may use it gets it
+        got = await asyncio.wait_for(high, 3)
+        assert got[0] == GRANTED and got[2] == 0, got
+        assert not low.done()
+        a.give(nodes[0], h1[1])  # n1 frees: a high waiter (if any) before the low one
+        if only1 is not None:
+            first = await asyncio.wait_for(only1, 3)
+            assert first[0] == GRANTED and first[2] == 0
+            await settle()
+            assert not low.done()
+            b.give(nodes[0], first[1])
+        last = await asyncio.wait_for(low, 3)
+        assert last[0] == GRANTED and last[2] == 0
+        a.give(nodes[0], last[1])
+        a.give(nodes[1], got[1])
+        await settle()
+        assert await b.take_any("pw", nodes, 1, 0, 1) is not None  # nothing leaked:
+        again = await a.take_any("pw", nodes, 1, 0, 1)
+        assert again is not None and again[0] == GRANTED  # two slots free again
+
+
 def test_fair_order_in_the_main_process(tmp_path: Path) -> None:
     path = str(tmp_path / "limits.sock")
     start_server(path)
     asyncio.run(fairness(lambda: SharedSlots(path)))
+    asyncio.run(one_queue_per_backend(lambda: SharedSlots(path), exact=True))
 
 
 def test_fair_order_in_redis(tmp_path: Path) -> None:
     with run_redis(tmp_path) as server:
         asyncio.run(fairness(lambda: RedisSlots(server.url)))
+        asyncio.run(one_queue_per_backend(lambda: RedisSlots(server.url), exact=False))

@@ -118,7 +118,7 @@ def test_a_waiter_that_leaves_frees_its_place_and_is_told_apart() -> None:
             await gone
         nxt = asyncio.create_task(waiter(pool, Claim("b", NORMAL, 1), order, "next"))
         await asyncio.sleep(0.01)
-        assert not nxt.done() and len(pool.nodes[0].waiters) == 1
+        assert not nxt.done() and len(pool.waiters) == 1
         await hand_on(pool, order, 1)
         await nxt
         assert order == ["next"] and ("a", NORMAL, "left") in heard.waits
