@@ -1,6 +1,8 @@
 """An OpenAI-compatible upstream that answers a chat request only when the test lets it:
 what reached it, in arrival order, is the order in which the router granted its node's slots.
-Each request is named by its last message's text."""
+Each request is named by its last message's text. Its /metrics page has vLLM's names, with
+the engine's waiting queue and KV cache usage the test sets (`waiting`, `kv`; `waiting` None:
+the page answers 500, unreadable)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class GatedUpstream:
         self._held: list[asyncio.Event] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.auto = False  # True: answer at once
+        self.waiting: int | None = 0
+        self.kv = 0.0
 
     @property
     def seen(self) -> list[str]:
@@ -72,6 +76,14 @@ class GatedUpstream:
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
         })
 
+    async def _metrics(self, request: web.Request) -> web.Response:
+        if self.waiting is None:
+            return web.Response(status=500, text="engine busy")
+        return web.Response(text=(
+            f'vllm:num_requests_waiting{{model_name="m"}} {self.waiting}\n'
+            f'vllm:num_requests_running{{model_name="m"}} {len(self._held)}\n'
+            f'vllm:kv_cache_usage_perc{{model_name="m"}} {self.kv}\n'))
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": []})
 
@@ -80,6 +92,7 @@ class GatedUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/metrics", self._metrics)
         runner = web.AppRunner(app)
         loop.run_until_complete(runner.setup())
         loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
