@@ -116,6 +116,25 @@ async def test_two_workers_agree_on_a_cold_prefix_home(tmp_path: Path) -> None:
             assert len(set(homes)) >= 3
 
 
+async def test_two_workers_under_load_send_a_prefix_to_one_node(tmp_path: Path) -> None:
+    # Each worker counts only its own requests in flight, so under load their cold choices
+    # differ: the worker that did not place a prefix learns where it went from the other.
+    extra = "prefix = { abs_threshold = 1000 }"
+    with sim_nodes(4, tmp_path) as ports, run_router(_config(ports, extra), tmp_path,
+                                                     workers=2) as r:
+        async def fresh(g: int, t: int) -> tuple[int, str]:
+            async with aiohttp.ClientSession() as one:  # a new connection: either worker
+                return await _ask(one, r, _prompt(400 + g, t))
+
+        firsts = [await fresh(g, 0) for g in range(8)]
+        await asyncio.sleep(0.2)
+        rest = await asyncio.gather(*(fresh(g, t) for t in range(1, 5) for g in range(8)))
+        assert {st for st, _ in firsts + rest} == {200}, firsts + rest
+        for i, (_, r0) in enumerate(rest):
+            assert r0 == firsts[i % 8][1], (i % 8, firsts, rest)
+        assert len({node for _, node in firsts}) >= 2
+
+
 async def test_failover_skips_dead_nodes_and_a_node_killed_mid_run(tmp_path: Path) -> None:
     extra = "retries = 3\neject_after = 1\ncooldown = 30"
     with sim_nodes(4, tmp_path) as ports, run_router(_config(ports, extra), tmp_path) as r:
