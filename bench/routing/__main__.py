@@ -293,9 +293,11 @@ def check(rows: list[dict[str, Any]]) -> list[str]:
                    f"{w1['hit_rate']:.2f} ({gap:+.1f} points; target within 5): "
                    f"{'PASS' if abs(gap) <= 5 else 'FAIL'}")
     k = next(r for r in rows if "killed" in r["trace"])
-    out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}, "
-               f"{k['broken']} of them streams cut mid-answer: "
-               f"{'PASS' if k['errors'] == 0 else 'FAIL'}")
+    early = k["errors"] - k["broken"]
+    out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}: "
+               f"{early} before the answer began (target 0: "
+               f"{'PASS' if early == 0 else 'FAIL'}), {k['broken']} streams cut mid-answer "
+               f"(no resume: {'PASS' if k['errors'] == 0 else 'FAIL'})")
     return out
 
 

@@ -71,6 +71,7 @@ class SimNode:
         self._last = time.monotonic()
         self.runner: web.AppRunner | None = None
         self.start_time = time.time()
+        self.siblings: list[SimNode] = [self]  # the nodes this process serves
 
     def _account(self) -> None:
         now = time.monotonic()
@@ -109,6 +110,11 @@ class SimNode:
         blocks = self._blocks(text)
         max_tokens = int(body.get("max_tokens") or 16)
         stream = bool(body.get("stream"))
+        resp: web.StreamResponse | None = None
+        if stream:
+            # As vLLM does: the head at once, the first event after the prefill.
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
         self._account()
         self.waiting += 1
         try:
@@ -132,7 +138,7 @@ class SimNode:
             self._account()
             self.running += 1
             try:
-                if not stream:
+                if resp is None:
                     for _ in range(max_tokens - 1):
                         await asyncio.sleep(self._step())
                     return web.json_response({
@@ -141,8 +147,6 @@ class SimNode:
                         "choices": [{"index": 0, "finish_reason": "length", "message": {
                             "role": "assistant", "content": "tok " * max_tokens}}],
                         "usage": usage})
-                resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-                await resp.prepare(request)
                 for i in range(max_tokens):
                     if i:
                         await asyncio.sleep(self._step())
@@ -197,8 +201,23 @@ class SimNode:
     async def kill(self, request: web.Request) -> web.Response:
         """Crash: stop listening and drop every connection, answers under way included,
         after this reply."""
-        asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(self.stop()))
+        asyncio.get_running_loop().call_later(0.01, lambda: asyncio.ensure_future(self.crash()))
         return web.json_response({"ok": True})
+
+    async def kill_busy(self, request: web.Request) -> web.Response:
+        """Crash the first node of this process found with at least `waiting` requests queued
+        for their prefill (so none of them has had an answer event yet); its port, and how
+        many it had waiting and running. Waits up to 30 s."""
+        want = int(request.query.get("waiting", "1"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for n in self.siblings:
+                if n.runner is not None and n.waiting >= want:
+                    out = {"port": n.port, "waiting": n.waiting, "running": n.running}
+                    await n.crash()
+                    return web.json_response(out)
+            await asyncio.sleep(0.002)
+        return web.json_response({"port": 0}, status=504)
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "sim", "object": "model"}]})
@@ -211,12 +230,26 @@ class SimNode:
         app.router.add_get("/sim/stats", self.stats_json)
         app.router.add_post("/sim/reset", self.reset)
         app.router.add_post("/sim/kill", self.kill)
+        app.router.add_post("/sim/kill_busy", self.kill_busy)
         return app
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def crash(self) -> None:
+        """Stop listening and drop every connection at once, as a dead process would."""
+        runner = self.runner
+        if runner is None:
+            return
+        for site in list(runner.sites):
+            await site.stop()
+        if runner.server is not None:
+            for h in runner.server.connections:
+                if h.transport is not None:
+                    h.transport.abort()
+        await self.stop()
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -227,6 +260,7 @@ class SimNode:
 async def serve(ports: list[int], params: NodeParams) -> None:
     nodes = [SimNode(p, params) for p in ports]
     for n in nodes:
+        n.siblings = nodes
         await n.start()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
