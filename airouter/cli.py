@@ -98,6 +98,12 @@ def _run(args: argparse.Namespace, path: str, runtime: str) -> int:
 
         start_server(os.path.join(runtime, "limits.sock"))
         os.environ[SOCKET_ENV] = os.path.join(runtime, "limits.sock")
+    if workers > 1:
+        # The workers' prefix indexes (balance = "prefix", "prefix_load") learn from each other.
+        from airouter.backends import prefix_share
+
+        prefix_share.start_relay(os.path.join(runtime, "prefix.sock"))
+        os.environ[prefix_share.SOCKET_ENV] = os.path.join(runtime, "prefix.sock")
 
     from airouter.observability import metrics
 

@@ -12,6 +12,7 @@ from airouter.auth import ClientKey, KeyStore
 from airouter.backends import Backend, create_backend
 from airouter.backends.node_slots import SlotStore
 from airouter.backends.observer import QUIET, NodeObserver
+from airouter.backends.prefix_share import PrefixShare, share_from_env
 from airouter.config import Config, ConfigError
 from airouter.limits import Limiter
 from airouter.limits.slots import make_slot_store
@@ -40,6 +41,7 @@ class State:
     limits: Limiter
     body_timeout: float = 60.0
     slots: SlotStore | None = None
+    prefix_share: PrefixShare | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     _listings: dict[str, bytes] = field(default_factory=dict)
 
@@ -71,6 +73,7 @@ class State:
             for b in self.backends.values():
                 await b.start()
                 started.append(b)
+            await self._share_prefixes()
             for alias in self.models.aliases:
                 t = self.models.lookup(alias)
                 if t is not None:
@@ -91,11 +94,25 @@ class State:
         for b in self.backends.values():
             b.pool.slots = self.slots
 
+    async def _share_prefixes(self) -> None:
+        """Keep the prefix indexes of this router's workers alike (several workers only)."""
+        pools = {name: b.pool.prefix for name, b in self.backends.items() if b.pool.prefix}
+        if not pools:
+            return
+        self.prefix_share = share_from_env()
+        if self.prefix_share is None:
+            return
+        for name, balancer in pools.items():
+            self.prefix_share.attach(name, balancer)
+        await self.prefix_share.start()
+
     async def _close_slots(self) -> None:
         if self.slots is not None:
             await self.slots.aclose()
 
     async def aclose(self) -> None:
+        if self.prefix_share is not None:
+            self.prefix_share.close()
         for b in self.backends.values():
             await b.aclose()
         await self._close_slots()

@@ -5,7 +5,7 @@ prompt's prefix in its KV cache, a cold prefix to a home node every process agre
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airouter.backends.engine_metrics import EngineLoad
@@ -38,6 +38,9 @@ class PrefixBalancer:
         self.load_aware = load_aware
         self._pos = {id(n): i for i, n in enumerate(self.nodes)}
         self._names = [n.url.encode() for n in self.nodes]
+        self._by_url = {n.url: i for i, n in enumerate(self.nodes)}
+        # Tells the other workers where a prefix went (prefix_share); None: one worker.
+        self.shared: Callable[[str, list[int]], None] | None = None
         self.block = cfg.prefix.block_bytes
         self.max_blocks = max(1, cfg.prefix.max_bytes // cfg.prefix.block_bytes)
         self.min_match = cfg.prefix.min_match
@@ -119,7 +122,15 @@ class PrefixBalancer:
         key.pos = p
         key.predicted = known
         self.index.insert(p, hashes, known)
+        if self.shared is not None and hashes:
+            self.shared(self.nodes[p].url, hashes)
         return candidates[c]
+
+    def learn(self, url: str, hashes: list[int]) -> None:
+        """Another worker sent a request with this prefix to the node at `url`."""
+        p = self._by_url.get(url)
+        if p is not None and hashes:
+            self.index.insert(p, hashes, self.index.longest(hashes, 1 << p)[0])
 
     def feedback(self, key: RouteKey, cached_tokens: int) -> tuple[bool, bool]:
         """The engine's count of cached prompt tokens for a request routed with `key`: answers

@@ -1,9 +1,11 @@
 """`python -m bench.routing [--quick]`: the balance policies against simulated nodes.
 
-Four simulated vLLM-like nodes (bench/routing/sim_node.py: time, not compute) behind the real
-router; seeded traces; one router per (trace, arm), nodes reset between runs. Reports client
-TTFT and inter-token latency, the nodes' own cache hit rate, load imbalance and errors, as a
-markdown table (bench/results/routing-<time>.md, .json, .png).
+Four simulated nodes (time, not compute) behind the real router, of two kinds
+(bench/routing/nodes.py): vLLM-like OpenAI HTTP nodes (sim_node.py) for every trace and arm,
+and Triton servers with a TensorRT-LLM-like Python-backend model (triton_sim/) for the
+shared-prefix trace. Seeded traces; one router per (nodes, trace, arm), nodes reset between
+runs. Reports client TTFT and inter-token latency, the nodes' own cache hit rate, load
+imbalance and errors, as a markdown table (bench/results/routing-<time>.md, .json, .png).
 """
 
 from __future__ import annotations
@@ -11,54 +13,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from bench.routing import traces
+from bench.routing.nodes import HttpNodes, TritonNodes, http_nodes, triton_nodes
 from bench.routing.traces import Trace
-from tests.support.procs import ROOT, free_port, spawn, wait_http
+from tests.support.procs import ROOT
 from tests.support.router import RouterProc, run_router
 
 KEY = "sk-bench"
 NODES = 4
 # (balance, workers, [backends.sim.prefix] settings)
 ARMS = [("round_robin", 1, ""), ("least_inflight", 1, ""), ("prefix", 1, ""),
-        ("prefix_load", 1, ""), ("prefix_load", 2, ""), ("prefix_load", 1, "cold_slack = 1"),
-        ("prefix_load", 2, "cold_slack = 1")]
+        ("prefix_load", 1, ""), ("prefix_load", 2, "")]
+# On the Triton nodes, the shared-prefix trace only (each run costs the same time).
+TRITON_ARMS = [("least_inflight", 1, ""), ("prefix_load", 1, ""), ("prefix_load", 2, "")]
 
 
-def router_config(ports: list[int], balance: str, prefix: str = "") -> str:
-    urls = ", ".join(f'"http://127.0.0.1:{p}/v1"' for p in ports)
-    return f"""
-[server]
-api_keys = ["{KEY}"]
-[backends.sim]
-type = "openai"
-urls = [{urls}]
-balance = "{balance}"
-retries = 3
-health_interval = 1
-metrics_interval = {0.5 if balance == "prefix_load" else 0}
-prefix = {{ {prefix} }}
-[models.m]
-backend = "sim"
-backend_model = "sim"
-"""
-
-
-def _post(url: str) -> None:
-    urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=5).close()
-
-
-def _stats(port: int) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/sim/stats", timeout=5) as r:
-        return dict(json.loads(r.read()))
+def router_config(nodes: HttpNodes | TritonNodes, balance: str, prefix: str = "") -> str:
+    metrics = 0.5 if balance == "prefix_load" else 0
+    return f'[server]\napi_keys = ["{KEY}"]\n' + nodes.config(balance, prefix, metrics)
 
 
 class Client:
@@ -159,27 +138,22 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run_one(ports: list[int], tmp: Path, trace_fn: Any, balance: str, workers: int,
-            prefix: str = "", kill: tuple[float, int] | None = None, warm: float = 2.0
-            ) -> dict[str, Any]:
+def run_one(nodes: HttpNodes | TritonNodes, tmp: Path, trace_fn: Any, balance: str,
+            workers: int, prefix: str = "", kill: tuple[float, int] | None = None,
+            warm: float = 2.0) -> dict[str, Any]:
     trace: Trace = trace_fn()
-    with run_router(router_config(ports, balance, prefix), tmp, workers=workers) as r:
-        time.sleep(1.2)  # health checks and a first metrics read
-        for p in ports:
-            _post(f"http://127.0.0.1:{p}/sim/reset")
+    with run_router(router_config(nodes, balance, prefix), tmp, workers=workers) as r:
+        time.sleep(0.5)  # a first metrics read (the scrapers read at once)
+        nodes.reset()
         client = asyncio.run(drive(r, trace, kill, warm))
-    nodes = []
-    for p in ports:
-        try:
-            nodes.append(_stats(p))
-        except OSError:
-            pass
-    prompt = sum(n["prompt_tokens"] for n in nodes)
-    cached = sum(n["cached_tokens"] for n in nodes)
-    loads = [n["in_flight_area"] / n["elapsed"] for n in nodes if n["elapsed"] > 0]
-    util = [n["busy_prefill_s"] / n["elapsed"] for n in nodes if n["elapsed"] > 0]
+    stats = nodes.stats()
+    prompt = sum(n["prompt_tokens"] for n in stats)
+    cached = sum(n["cached_tokens"] for n in stats)
+    loads = [n["in_flight_area"] / n["elapsed"] for n in stats if n["elapsed"] > 0]
+    util = [n["busy_prefill_s"] / n["elapsed"] for n in stats if n["elapsed"] > 0]
     mean = sum(loads) / len(loads) if loads else 0.0
     return {
+        "nodes": nodes.kind,
         "trace": trace.name + (" (node killed)" if kill else ""),
         "balance": balance + (f" ({prefix})" if prefix else ""),
         "workers": workers, "requests": client.done + client.errors,
@@ -194,13 +168,14 @@ def run_one(ports: list[int], tmp: Path, trace_fn: Any, balance: str, workers: i
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| trace | balance | workers | requests | TTFT p50 ms | p90 | p99 | ITL p99 ms | "
-            "hit rate | of attainable | imbalance | prefill util | errors (cut streams) |")
-    out = [head, "|" + "---|" * 13]
+    head = ("| nodes | trace | balance | workers | requests | TTFT p50 ms | p90 | p99 | "
+            "ITL p99 ms | hit rate | of attainable | imbalance | prefill util | "
+            "errors (cut streams) |")
+    out = [head, "|" + "---|" * 14]
     for r in rows:
         att = "n/a" if r["hit_of_attainable"] is None else f"{r['hit_of_attainable']:.2f}"
         out.append(
-            f"| {r['trace']} | {r['balance']} | {r['workers']} | {r['requests']} | "
+            f"| {r['nodes']} | {r['trace']} | {r['balance']} | {r['workers']} | {r['requests']} | "
             f"{r['ttft_p50']:.0f} | {r['ttft_p90']:.0f} | {r['ttft_p99']:.0f} | "
             f"{r['itl_p99']:.0f} | {r['hit_rate']:.2f} | {att} | {r['imbalance']:.2f} | "
             f"{r['prefill_util']:.2f} | {r['errors']} ({r.get('broken', 0)}) |")
@@ -209,10 +184,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="5 s per run instead of 10")
+    ap.add_argument("--quick", action="store_true",
+                    help="5 s per run instead of 10, and no round_robin arm")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated trace names (no checks)")
     ap.add_argument("--arms", default="", help="comma-separated balance names")
+    ap.add_argument("--no-triton", action="store_true", help="the OpenAI HTTP nodes only")
     a = ap.parse_args()
     secs = 5.0 if a.quick else 10.0
     seed = a.seed
@@ -223,32 +200,35 @@ def main() -> None:
         ("hot_prefix", lambda: traces.shared_prefix(seed, 20.0, secs, zipf=1.2)),
         ("multi_turn", lambda: traces.multi_turn(seed, 32, secs)),
     ]
-    ports = [free_port() for _ in range(NODES)]
+    only = set(a.only.split(",")) - {""}
+    arms = set(a.arms.split(",")) - {""}
     rows: list[dict[str, Any]] = []
+
+    # --quick leaves round_robin out too: the whole run within ~3 minutes.
+    skip = {"round_robin"} if a.quick else set()
+
+    def run(nodes: HttpNodes | TritonNodes, name: str, fn: Any, arm_list: list[Any]) -> None:
+        for balance, workers, prefix in arm_list:
+            if (not arms and balance not in skip) or balance in arms:
+                rows.append(run_one(nodes, tmp, fn, balance, workers, prefix, None, secs / 5))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        cmd = [sys.executable, "-m", "bench.routing.sim_node", "--ports",
-               ",".join(map(str, ports))]
-        with spawn(cmd, log=tmp / "sim.log") as proc:
-            for p in ports:
-                wait_http(f"http://127.0.0.1:{p}/v1/models", timeout=30, proc=proc)
-            only = set(a.only.split(",")) - {""}
-            arms = set(a.arms.split(",")) - {""}
+        with http_nodes(NODES, tmp) as nodes:
             for name, fn in plan:
-                if only and name not in only:
-                    continue
-                for balance, workers, prefix in ARMS:
-                    if arms and balance not in arms:
-                        continue
-                    rows.append(run_one(ports, tmp, fn, balance, workers, prefix, None,
-                                        secs / 5))
-                    print(table(rows[-1:]).splitlines()[-1], flush=True)
-            if only or arms:
-                return
-            # Last: a node killed halfway through (it stays dead).
-            rows.append(run_one(ports, tmp, plan[0][1], "prefix_load", 1,
-                                kill=(secs / 2, ports[-1]), warm=secs / 5))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+                if not only or name in only:
+                    run(nodes, name, fn, ARMS)
+            if not (only or arms):
+                # A node killed halfway through (it stays dead).
+                rows.append(run_one(nodes, tmp, plan[0][1], "prefix_load", 1,
+                                    kill=(secs / 2, nodes.ports[-1]), warm=secs / 5))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+        if not a.no_triton and (not only or "shared_prefix" in only):
+            with triton_nodes(NODES, tmp) as tnodes:
+                run(tnodes, "shared_prefix", plan[0][1], TRITON_ARMS)
+    if only or arms:
+        return
     md = table(rows)
     print("\n" + md + "\n")
     print("\n".join(check(rows)))
@@ -263,39 +243,44 @@ def main() -> None:
         print(f"no chart: {e}")
 
 
-def _row(rows: list[dict[str, Any]], trace: str, balance: str, workers: int = 1
-         ) -> dict[str, Any]:
+def _row(rows: list[dict[str, Any]], trace: str, balance: str, workers: int = 1,
+         nodes: str = "openai") -> dict[str, Any]:
     return next(r for r in rows if r["trace"] == trace and r["balance"] == balance
-                and r["workers"] == workers)
+                and r["workers"] == workers and r["nodes"] == nodes)
+
+
+def _mark(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
 
 
 def check(rows: list[dict[str, Any]]) -> list[str]:
     out = []
-    sp, li = _row(rows, "shared_prefix", "prefix_load"), _row(rows, "shared_prefix",
-                                                                "least_inflight")
-    ratio = li["ttft_p90"] / sp["ttft_p90"] if sp["ttft_p90"] else 0
-    out.append(f"shared_prefix TTFT p90 least_inflight/prefix_load = {ratio:.1f}x (target >= 5)"
-               f": {'PASS' if ratio >= 5 else 'FAIL'}")
-    att = sp["hit_of_attainable"] or 0
-    out.append(f"shared_prefix hit rate of attainable = {att:.2f} (target >= 0.9): "
-               f"{'PASS' if att >= 0.9 else 'FAIL'}")
+    for kind in sorted({r["nodes"] for r in rows}):
+        sp = _row(rows, "shared_prefix", "prefix_load", nodes=kind)
+        li = _row(rows, "shared_prefix", "least_inflight", nodes=kind)
+        ratio = li["ttft_p90"] / sp["ttft_p90"] if sp["ttft_p90"] else 0
+        out.append(f"{kind}: shared_prefix TTFT p90 least_inflight/prefix_load = {ratio:.1f}x "
+                   f"(target >= 5): {_mark(ratio >= 5)}")
+        att = sp["hit_of_attainable"] or 0
+        out.append(f"{kind}: shared_prefix hit rate of attainable = {att:.2f} (target >= 0.9): "
+                   f"{_mark(att >= 0.9)}")
+        w2 = _row(rows, "shared_prefix", "prefix_load", 2, kind)
+        gap = (sp["hit_rate"] - w2["hit_rate"]) * 100
+        out.append(f"{kind}: prefix_load 2 workers hit rate {w2['hit_rate']:.2f} vs 1 worker "
+                   f"{sp['hit_rate']:.2f} ({-gap:+.1f} points; target: at most 5 below): "
+                   f"{_mark(gap <= 5)}")
     ns, nl = _row(rows, "no_sharing", "prefix_load"), _row(rows, "no_sharing", "least_inflight")
     d = ns["ttft_p90"] / nl["ttft_p90"] - 1
     out.append(f"no_sharing TTFT p90 prefix_load vs least_inflight = {d:+.0%} (target within "
-               f"10%): {'PASS' if d <= 0.10 else 'FAIL'}")
+               f"10%): {_mark(d <= 0.10)}")
     hp, hl = _row(rows, "hot_prefix", "prefix_load"), _row(rows, "hot_prefix", "least_inflight")
     out.append(f"hot_prefix TTFT p90 {hp['ttft_p90']:.0f} vs {hl['ttft_p90']:.0f} ms "
-               f"(no worse): {'PASS' if hp['ttft_p90'] <= hl['ttft_p90'] * 1.05 else 'FAIL'}")
-    for arm in ("prefix_load", "prefix_load (cold_slack = 1)"):
-        w1, w2 = _row(rows, "shared_prefix", arm, 1), _row(rows, "shared_prefix", arm, 2)
-        gap = (w1["hit_rate"] - w2["hit_rate"]) * 100
-        out.append(f"{arm}: 2 workers hit rate {w2['hit_rate']:.2f} vs 1 worker "
-                   f"{w1['hit_rate']:.2f} ({gap:+.1f} points; target within 5): "
-                   f"{'PASS' if abs(gap) <= 5 else 'FAIL'}")
+               f"(no worse): {_mark(hp['ttft_p90'] <= hl['ttft_p90'] * 1.05)}")
     k = next(r for r in rows if "killed" in r["trace"])
-    out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}, "
-               f"{k['broken']} of them streams cut mid-answer: "
-               f"{'PASS' if k['errors'] == 0 else 'FAIL'}")
+    early = k["errors"] - k["broken"]
+    out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}: "
+               f"{early} before the answer began (target 0: {_mark(early == 0)}), "
+               f"{k['broken']} streams cut mid-answer (no resume: {_mark(k['errors'] == 0)})")
     return out
 
 
@@ -305,11 +290,15 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["nodes"] == "openai"]
     names = [t for t in dict.fromkeys(r["trace"] for r in rows) if "killed" not in t]
-    arms = [f"{b}" + (f" x{w}" if w > 1 else "") + (f" {p}" if p else "") for b, w, p in ARMS]
+    ran = [(b, w, p) for b, w, p in ARMS
+           if any(r["balance"] == b + (f" ({p})" if p else "") and r["workers"] == w
+                  for r in rows)]
+    arms = [f"{b}" + (f" x{w}" if w > 1 else "") + (f" {p}" if p else "") for b, w, p in ran]
     fig, ax = plt.subplots(figsize=(11, 4))
-    width = 0.8 / len(ARMS)
-    for i, (b, w, p) in enumerate(ARMS):
+    width = 0.8 / len(ran)
+    for i, (b, w, p) in enumerate(ran):
         label = b + (f" ({p})" if p else "")
         ys = [_row(rows, t, label, w)["ttft_p90"] for t in names]
         ax.bar([x + i * width for x in range(len(names))], ys, width, label=arms[i])

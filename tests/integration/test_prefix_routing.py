@@ -57,8 +57,9 @@ def _prompt(group: int, tail: int) -> list[dict[str, str]]:
 
 
 async def _ask(s: aiohttp.ClientSession, r: RouterProc, messages: list[dict[str, str]],
-               stream: bool = False) -> tuple[int, str]:
-    body = {"model": "m", "messages": messages, "max_tokens": 4, "stream": stream}
+               stream: bool = False, extra: dict[str, str] | None = None) -> tuple[int, str]:
+    body = {"model": "m", "messages": messages, "max_tokens": 4, "stream": stream,
+            **(extra or {})}
     if stream:
         body["stream_options"] = {"include_usage": True}
     async with s.post(r.base_url + "/chat/completions", json=body,
@@ -116,25 +117,67 @@ async def test_two_workers_agree_on_a_cold_prefix_home(tmp_path: Path) -> None:
             assert len(set(homes)) >= 3
 
 
-async def test_failover_skips_dead_nodes_and_a_node_killed_mid_run(tmp_path: Path) -> None:
+async def test_two_workers_under_load_send_a_prefix_to_one_node(tmp_path: Path) -> None:
+    # Each worker counts only its own requests in flight, so under load their cold choices
+    # differ: the worker that did not place a prefix learns where it went from the other.
+    extra = "prefix = { abs_threshold = 1000 }"
+    with sim_nodes(4, tmp_path) as ports, run_router(_config(ports, extra), tmp_path,
+                                                     workers=2) as r:
+        async def fresh(g: int, t: int) -> tuple[int, str]:
+            async with aiohttp.ClientSession() as one:  # a new connection: either worker
+                return await _ask(one, r, _prompt(400 + g, t))
+
+        firsts = [await fresh(g, 0) for g in range(8)]
+        await asyncio.sleep(0.2)
+        rest = await asyncio.gather(*(fresh(g, t) for t in range(1, 5) for g in range(8)))
+        assert {st for st, _ in firsts + rest} == {200}, firsts + rest
+        for i, (_, r0) in enumerate(rest):
+            assert r0 == firsts[i % 8][1], (i % 8, firsts, rest)
+        assert len({node for _, node in firsts}) >= 2
+
+
+async def test_failover_skips_dead_nodes(tmp_path: Path) -> None:
     extra = "retries = 3\neject_after = 1\ncooldown = 30"
     with sim_nodes(4, tmp_path) as ports, run_router(_config(ports, extra), tmp_path) as r:
         async with aiohttp.ClientSession() as s:
             for p in ports[:2]:
                 await _kill(s, p)
             await asyncio.sleep(0.1)
-            results = [await _ask(s, r, _prompt(200 + g, 0)) for g in range(10)]
+            results = [await _ask(s, r, _prompt(200 + g, 0), stream=g % 2 == 1)
+                       for g in range(10)]
             assert all(st == 200 for st, _ in results), results
             assert {i for _, i in results} <= {f"sim-{p}" for p in ports[2:]}
 
-            async def load(n: int) -> list[int]:
-                return [(await _ask(s, r, _prompt(300 + (i % 5), i)))[0] for i in range(n)]
 
-            task = asyncio.gather(*(load(15) for _ in range(4)))
-            await asyncio.sleep(0.3)
-            await _kill(s, ports[2])
-            statuses = [st for batch in await task for st in batch]
-            assert statuses.count(200) == len(statuses), statuses
+async def test_a_node_killed_before_its_answers_began_fails_them_over(tmp_path: Path) -> None:
+    # A slow prefill (0.3 ms a token, one request at a time) and one session: the requests
+    # queue on one node. It dies once 3 wait there, streamed ones with their head already
+    # sent (as vLLM does) and no event yet. Every one is answered in full by another node.
+    # The fourth node serves no client: it is where the kill is asked for.
+    ports = [free_port() for _ in range(4)]
+    cmd = [sys.executable, "-m", "bench.routing.sim_node", "--ports", ",".join(map(str, ports)),
+           "--prefill-ms-per-token", "0.3"]
+    extra = "retries = 3\neject_after = 1\ncooldown = 30"
+    with spawn(cmd, log=tmp_path / "sim.log") as proc:
+        for p in ports:
+            wait_http(f"http://127.0.0.1:{p}/v1/models", timeout=30, proc=proc)
+        with run_router(_config(ports[:3], extra), tmp_path) as r:
+            async with aiohttp.ClientSession() as s:
+                async def kill() -> dict[str, int]:
+                    url = f"http://127.0.0.1:{ports[3]}/sim/kill_busy?waiting=3"
+                    async with s.post(url) as resp:
+                        return dict(await resp.json())
+
+                killer = asyncio.ensure_future(kill())
+                await asyncio.sleep(0.05)
+                got = await asyncio.gather(*(
+                    _ask(s, r, [{"role": "user", "content": f"request {i} " * 400}],
+                         stream=i % 2 == 0, extra={"prompt_cache_key": "one-session"})
+                    for i in range(4)))
+                killed = await killer
+    assert killed["port"] in ports[:3] and killed["running"] == 0, killed
+    assert [st for st, _ in got] == [200] * 4, got
+    assert f"sim-{killed['port']}" not in {i for _, i in got}, (killed, got)
 
 
 @pytest.mark.parametrize("size", [10, 1_000_000])

@@ -1,5 +1,7 @@
-"""balance = "prefix_load" on a Triton backend: the rendered prompt's prefix picks the node
-(one Triton server under two names makes two nodes; the access log says which served)."""
+"""balance = "prefix_load" on a Triton backend: the rendered prompt's prefix picks the node.
+One Triton server under two names makes two nodes (the access log says which served); three
+Triton servers, each with the simulated TensorRT-LLM engine of the routing bench
+(bench/routing/triton_sim), are nodes with caches of their own and nv_trt_llm_* metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.routing.nodes import triton_nodes
 from tests.support.router import RouterProc, run_router
 from tests.support.triton import TritonServer, run_triton
 
@@ -70,11 +73,37 @@ def _served_by(r: RouterProc, count: int) -> list[str]:
 
 
 def test_a_shared_rendered_prefix_lands_on_one_node(router: RouterProc) -> None:
-    for g in range(6):
+    # 12 groups: the odds that every cold home is the same one of two nodes are 1 in 2,048.
+    for g in range(12):
         system = f"You answer for team {g}. " * 60
         for q in range(3):
             _ask(router, system, f"question {q}")
-    nodes = _served_by(router, 18)
-    groups = [set(nodes[i : i + 3]) for i in range(0, 18, 3)]
+    nodes = _served_by(router, 36)
+    groups = [set(nodes[i : i + 3]) for i in range(0, 36, 3)]
     assert all(len(n) == 1 for n in groups), groups
     assert len(set(nodes)) == 2  # cold prefixes spread over both
+
+
+def test_triton_sim_nodes_hold_their_prefixes_and_report_their_engine(tmp_path: Path) -> None:
+    with triton_nodes(3, tmp_path, prefill_ms_per_token=0.01) as nodes:
+        nodes.reset()
+        cfg = '[server]\napi_keys = ["sk-t"]\n' + nodes.config("prefix_load", "", 0.2)
+        with run_router(cfg, tmp_path) as r:
+            for g in range(8):  # all on one of 3 nodes: 1 in 2,187
+                system = f"You answer for team {g}. " * 100
+                for q in range(4):
+                    _ask(r, system, f"question {q}")
+            served = _served_by(r, 32)
+            health = json.loads(urllib.request.urlopen(r.url + "/health", timeout=5).read())
+        stats = nodes.stats()
+    groups = [set(served[i : i + 4]) for i in range(0, 32, 4)]
+    assert all(len(n) == 1 for n in groups), groups
+    assert len(set(served)) >= 2
+    # The engines' own count: each group's prompt was computed once, then found in cache.
+    prompt = sum(s["prompt_tokens"] for s in stats)
+    cached = sum(s["cached_tokens"] for s in stats)
+    assert sum(s["requests"] for s in stats) == 32
+    assert cached / prompt > 0.6, (cached, prompt)
+    # The router read the TensorRT-LLM families: the KV capacity, 750 blocks of 16 tokens.
+    engines = [n.get("engine") for b in health["backends"].values() for n in b["nodes"]]
+    assert engines and all(e and e["kv_tokens"] == 12_000 for e in engines), health

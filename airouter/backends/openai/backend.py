@@ -14,7 +14,14 @@ import msgspec
 from airouter.backends.base import Backend, Call, Reply, Stats
 from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
-from airouter.backends.http.client import ConnectError, Deadline, HttpError, Origin, Pool
+from airouter.backends.http.client import (
+    ConnectError,
+    Deadline,
+    Disconnected,
+    HttpError,
+    Origin,
+    Pool,
+)
 from airouter.backends.node import Node, NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
@@ -336,8 +343,11 @@ class OpenAIHttpBackend(Backend):
                 f"Could not reach the backend '{self.name}': {type(e).__name__}.", retryable=True
             ) from None
         except HttpError as e:
+            # Closed before its head: the node died or dropped us; another node may answer
+            # (at most `retries` times, as Envoy's retry_on "reset").
             raise BadGateway(
-                f"Could not reach the backend '{self.name}': {type(e).__name__}."
+                f"Could not reach the backend '{self.name}': {type(e).__name__}.",
+                retryable=isinstance(e, Disconnected),
             ) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("backend %s: node %s answered HTTP %d (%s) in %.1f ms", self.name,
@@ -362,7 +372,9 @@ class OpenAIHttpBackend(Backend):
             raise self._timed_out(e) from None
         except HttpError as e:
             resp.close()
-            raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.") from None
+            # Nothing reached the client yet (a whole answer, or a stream's first event).
+            raise BadGateway(f"The backend '{self.name}' failed: {type(e).__name__}.",
+                             retryable=isinstance(e, Disconnected)) from None
         except BaseException:
             resp.close()
             raise

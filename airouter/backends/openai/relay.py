@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from airouter.backends.base import Stats, Target
-from airouter.backends.http.client import HttpError, Response
+from airouter.backends.http.client import Disconnected, HttpError, Response
 from airouter.backends.openai.relay_state import MODEL, RelayState
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
 
@@ -22,7 +22,10 @@ def _read_failed(name: str, e: Exception) -> RouterError:
         return GatewayTimeout(
             f"The backend '{name}' stopped sending for longer than its idle_timeout."
         )
-    return BadGateway(f"The backend '{name}' broke off the stream: {type(e).__name__}.")
+    # A connection closed before the first event can be retried on another node (failover
+    # only ever sees errors from before the first event reached the client).
+    return BadGateway(f"The backend '{name}' broke off the stream: {type(e).__name__}.",
+                      retryable=isinstance(e, Disconnected))
 
 
 class Relay:
