@@ -37,6 +37,8 @@ MAX_FRAME = 16 << 20
 RECONNECT_S = 1.0
 HISTORY = 4 << 20  # bytes of the latest frames replayed to a worker that joins
 
+JOIN_TIMEOUT_S = 5.0
+
 log = logging.getLogger("airouter.nodes")
 
 Learnt = tuple[str, str, list[int]]  # backend, node url, block hashes
@@ -185,7 +187,9 @@ class PrefixShare(asyncio.Protocol):
         self._tried = loop.time()
         self._joined = loop.create_future()
         try:
-            async with asyncio.timeout(1.0):
+            # The relay is a thread of the main process: it answers at once unless the machine
+            # is saturated, as at a start-up of every worker together.
+            async with asyncio.timeout(JOIN_TIMEOUT_S):
                 await loop.create_unix_connection(lambda: self, self.path)
                 await self._joined  # the relay's empty frame: it forwards to us now
         except (OSError, TimeoutError) as e:
