@@ -4,6 +4,7 @@ logged and answered 500. And the smallest of them: the model list and the health
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from enum import Enum
@@ -14,6 +15,7 @@ import msgspec
 from airouter.bounds import bounded
 from airouter.errors import RouterError, internal_error
 from airouter.exchange import ClientGone, Exchange
+from airouter.observability.metrics import exposition
 from airouter.observability.record import request_id_var
 
 if TYPE_CHECKING:
@@ -108,3 +110,9 @@ class Health:
             body["backends"] = backends
             body["models"] = len(state.cfg.models)
         x.send_json(200 if ready else 503, msgspec.json.encode(body))
+
+
+async def metrics(x: Exchange, key: ClientKey | None) -> None:
+    """GET /metrics in Prometheus text format, summed over all workers."""
+    body, content_type = await asyncio.to_thread(exposition)
+    x.send(200, body, [("content-type", content_type), *x.rh])

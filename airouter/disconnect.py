@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Protocol
 
-from airouter.exchange import Exchange
 from airouter.sweep import Sweep
 
 # A watcher is a future waiting on the connection: tens of microseconds to start and cancel, a
@@ -26,12 +27,18 @@ def _start(w: DisconnectWatch) -> None:
 _SWEEP: Sweep[DisconnectWatch] = Sweep(WATCH_AFTER_S / 2, _due, _start)
 
 
+class Watched(Protocol):
+    """The request's exchange, as far as the watch needs it."""
+
+    def client_disconnect(self) -> Awaitable[None]: ...
+
+
 class DisconnectWatch:
     """Cancels the handler's task when the client goes away, so backend work stops at once."""
 
     __slots__ = ("_task", "_watcher", "_active", "_x", "since")
 
-    def __init__(self, x: Exchange, task: asyncio.Task[object]) -> None:
+    def __init__(self, x: Watched, task: asyncio.Task[object]) -> None:
         self._task = task
         self._active = True
         self._x = x

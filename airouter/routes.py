@@ -8,7 +8,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from airouter.cold import Auth, Cold, Health, Models
+from airouter.cold import Auth, Cold, Health, Models, metrics
 from airouter.count_tokens import CountTokensEndpoint
 from airouter.doors import anthropic
 from airouter.doors.door import MessagesDoor, ResponsesDoor
@@ -16,7 +16,6 @@ from airouter.errors import MethodNotAllowed, error_json
 from airouter.exchange import Exchange, Render
 from airouter.handlers import CompletionEndpoint
 from airouter.lifecycle import Holder
-from airouter.observability.metrics import MetricsEndpoint
 from airouter.observability.record import Observer
 from airouter.protocol.endpoints import Endpoint
 from airouter.tokenize_api import DetokenizeEndpoint, TokenizeEndpoint
@@ -62,7 +61,7 @@ def table(holder: Holder, observer: Observer) -> list[Route]:
         Route("/health", get, Cold(holder, health.detail, Auth.METRICS)),
         Route("/health/live", get, Cold(holder, health.live, Auth.NONE)),
         Route("/health/ready", get, Cold(holder, health.ready, Auth.NONE)),
-        Route("/metrics", get, Cold(holder, MetricsEndpoint(), Auth.METRICS)),
+        Route("/metrics", get, Cold(holder, metrics, Auth.METRICS)),
     ]
 
 

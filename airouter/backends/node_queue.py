@@ -8,14 +8,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from airouter.backends.node_slots import FULL, GRANTED, SHED, TIMEOUT, SlotStore, refusal
 from airouter.fairness.claim import Claim
 
 if TYPE_CHECKING:
     from airouter.backends.node import Node
-    from airouter.backends.nodes import NodePool
+    from airouter.backends.observer import NodeObserver
+    from airouter.fairness.scheduler import FairQueue
+
+class NodePool(Protocol):
+    """What waiting needs of a backend's node pool (nodes.NodePool)."""
+
+    backend: str
+    observer: NodeObserver
+    max_concurrent: int
+    queue_cap: int  # waiters at most, for the whole backend
+    queue_timeouts: tuple[float, float, float]  # per priority: high, normal, low
+    waiters: FairQueue[Waiter]
+
+    def granted(self, node: Node) -> None: ...
+
+    def release(self, node: Node, lease: str = "") -> None: ...
+
 
 LEFT, UNREACHABLE = -9, -8  # the request went away while it waited; the store is away
 OUTCOMES = {GRANTED: "granted", FULL: "full", SHED: "shed", TIMEOUT: "timeout", LEFT: "left"}

@@ -5,13 +5,18 @@ passing through every backend's signature), and where its time in a queue is wri
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from airouter.fairness.scheduler import NORMAL, PRIORITIES
 
 if TYPE_CHECKING:
-    from airouter.backends.base import Stats
     from airouter.share_config import ShareConfig
+
+
+class Stats(Protocol):
+    """Where a request's waits add up (backends.base.Stats)."""
+
+    queued: float
 
 
 class Claim:

@@ -17,8 +17,6 @@ from prometheus_client import (
     multiprocess,
 )
 
-from airouter.exchange import Exchange
-
 # LLM latencies span milliseconds (a cached answer) to minutes (a long generation).
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 60, 120, 300)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -186,11 +184,8 @@ def _registry() -> CollectorRegistry:
     return REGISTRY
 
 
-class MetricsEndpoint:
-    """GET /metrics in Prometheus text format, summed over all workers."""
-
-    async def __call__(self, x: Exchange, key: object) -> None:
-        PENDING.flush()
-        # Reading the workers' metric files is file I/O: keep it off the event loop.
-        body = await asyncio.to_thread(generate_latest, _registry())
-        x.send(200, body, [("content-type", CONTENT_TYPE_LATEST), *x.rh])
+def exposition() -> tuple[bytes, str]:
+    """Every worker's metrics, summed, in Prometheus text format, and its content type. File
+    I/O (the workers' metric files): call it off the event loop."""
+    PENDING.flush()
+    return generate_latest(_registry()), CONTENT_TYPE_LATEST
