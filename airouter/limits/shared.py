@@ -52,6 +52,7 @@ from airouter.limits.wire import (
 
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"
 CALL_TIMEOUT = 1.0  # seconds; then the request is served under limits_on_redis_failure
+START_TIMEOUT = 10.0  # seconds a starting worker waits to connect
 SWEEP = CALL_TIMEOUT / 4  # how often a connection looks for an answer overdue
 MAX_DEFINED = 4096  # Specs one connection defines before its server forgets them all
 
@@ -108,6 +109,18 @@ class _Client(Batcher[Op], asyncio.Protocol):
             self._inflight = (waiters, ops, named)
             self._sent_at = self.loop.time()
         return asks
+
+    async def connect_first(self) -> None:
+        """Connect before the worker serves, waiting longer than a request would: while new
+        workers start on a reload, the main process is busy validating the new config, and a
+        worker's first requests must not find it slow and go uncounted. No connection in
+        time: the first request tries again, as after any failure."""
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await self.loop.create_unix_connection(lambda: self, self.path)
+            self.ok()
+        except OSError as e:
+            self.failed(e)
 
     async def _connect(self) -> None:
         loop = self.loop
@@ -227,6 +240,10 @@ class SharedSlots(_Client, SlotStore):
         self._prefix = os.urandom(6).hex() + ":"
         self._seq = 0
 
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.connect_first()
+
     async def take_any(
         self, pool: str, keys: Sequence[str], limit: int, max_queue: int,
         queue_timeout: float, who: Claim = NOBODY,
@@ -261,6 +278,7 @@ class SharedEngine(_Client, Engine):
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        await self.connect_first()
 
     def admit(
         self, checks: list[Check], lease: str, dry: bool = False

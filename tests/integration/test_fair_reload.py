@@ -9,6 +9,7 @@ import os
 import signal
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.test_fair_admission import KEYS, ask, metric, queued
@@ -41,6 +42,22 @@ backend = "gpu"
 """
 
 
+async def serving(url: str) -> None:
+    """Until a new connection is answered: on a loaded machine the new workers may still be
+    starting when the old ones have closed their listeners."""
+    for _ in range(200):
+        try:
+            conn = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=conn) as s, s.get(
+                    url + "/health/live") as r:
+                if r.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("no worker answers after the reload")
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_reload_changes_priorities_and_drops_no_waiter(workers: int, tmp_path: Path) -> None:
     with gated_upstream() as up, run_router(
@@ -65,6 +82,7 @@ def test_a_reload_changes_priorities_and_drops_no_waiter(workers: int, tmp_path:
             else:
                 raise AssertionError("no reload")
             await asyncio.sleep(2)  # past shutdown_grace: the old workers' waiters still wait
+            await serving(router.url)
             tasks.append(asyncio.create_task(ask(router.url, "b", "b-low")))
             await queued(urls, 2, "low")
             tasks.append(asyncio.create_task(ask(router.url, "a", "a-high")))
