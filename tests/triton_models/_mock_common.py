@@ -35,6 +35,8 @@ PIECES: list[bytes] = [
     b".",
 ]
 ECHO_MARKER = b"[[echo]]"
+# The 13 pieces over and over, up to max_tokens (at most 2000): long generations for the bench.
+CYCLE_MARKER = b"[[cycle]]"
 # Answers in the output formats of tool-call and reasoning parsers, chosen by a marker in the
 # prompt (the last marker in it wins, so a later turn can ask for another one). They are sent
 # in 3-byte pieces, which split tags, JSON and UTF-8 characters at awkward points.
@@ -76,11 +78,13 @@ def in_threes(data: bytes) -> list[bytes]:
 
 def full_script(prompt: bytes) -> list[bytes]:
     """Every piece the mock would produce for `prompt` with no max_tokens limit."""
-    at, marker = max((prompt.rfind(m), m) for m in (ECHO_MARKER, *SCRIPTS))
+    at, marker = max((prompt.rfind(m), m) for m in (ECHO_MARKER, CYCLE_MARKER, *SCRIPTS))
     if at < 0:
         return list(PIECES)
     if marker == ECHO_MARKER:
         return in_threes(prompt)
+    if marker == CYCLE_MARKER:
+        return cycled(2000)
     if marker == b"[[plain]]":
         return list(PIECES)
     return in_threes(SCRIPTS[marker].encode())
