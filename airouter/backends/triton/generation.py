@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from tritonclient.grpc import service_pb2
 
 from airouter.backends.base import Stats
 from airouter.backends.triton.embed import embed_problem
-from airouter.backends.triton.errors import map_error, map_rpc_error
+from airouter.backends.triton.errors import map_error, map_status
+from airouter.backends.triton.grpc_wire import Call, RpcError
 from airouter.backends.triton.logprobs import LOGPROB_OUTPUTS, read_logprobs
 from airouter.backends.triton.models import GenParams, ModelInfo, first_bytes, scalar
 from airouter.config import ModelConfig
@@ -22,6 +21,8 @@ from airouter.output.chunks import ChunkWriter
 from airouter.output.textfix import TextPipeline
 from airouter.templates import ChatTemplate
 from airouter.tokenizers import count_async, for_model
+
+_RESPONSE = service_pb2.ModelStreamInferResponse
 
 
 class Plan:
@@ -70,7 +71,7 @@ class Generation:
 
     def __init__(
         self,
-        call: Any,
+        call: Call,
         plan: Plan,
         writer: ChunkWriter,
         out: ChoiceStream,
@@ -121,25 +122,24 @@ class Generation:
         else:
             self._timer = loop.call_at(due, self._check_idle)
 
-    async def next_response(self) -> service_pb2.ModelStreamInferResponse | None:
+    async def next_batch(self) -> list[bytes] | None:
+        """The responses (serialized) that arrived since the last call; None at the end."""
         try:
-            resp = await self.call.read()
-        except asyncio.CancelledError:
+            batch = await self.call.read()
+        except RpcError as e:
             if self._idle_fired:
                 which = "idle_timeout" if self._started else "first_token_timeout"
                 raise GatewayTimeout(
                     f"The Triton server at {self.url} sent nothing for {self._limit:g}s "
                     f"({which})."
                 ) from None
-            raise
-        except grpc.aio.AioRpcError as e:
-            raise map_rpc_error(e, self.url, self.plan.info.name) from None
-        if resp is grpc.aio.EOF:
+            raise map_status(e.code, e.details, self.url, self.plan.info.name) from None
+        if not batch:
             return None
         self._last = asyncio.get_running_loop().time()
         self._limit = self.idle
         self._started = True
-        return resp
+        return batch
 
     def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:
         """Text to send for one response, and whether the backend said it was final."""
@@ -186,20 +186,31 @@ class Generation:
             return self.vllm_finish
         return "length" if self.output_tokens >= self.params.max_tokens else "stop"
 
-    async def first(self) -> list[bytes]:
-        """Wait for the first response, so errors before any output get a proper HTTP status."""
-        out = [self.writer.role()] if self.chat else []
-        while True:
-            resp = await self.next_response()
-            if resp is None:
-                self.finished = True
-                return out
-            text, final = self.absorb(resp)
+    def take(self, batch: list[bytes], out: list[bytes]) -> bool:
+        """Absorb a batch of responses into `out`; True once no more may be read (the final
+        response, or a stop sequence). Each token keeps its own chunk; the batch is one write."""
+        parse = _RESPONSE.FromString
+        for raw in batch:
+            text, final = self.absorb(parse(raw))
             if text:
                 out += self.out.text(text)
             if final:
                 self.finished = True
-            if text or final or self.pipe.finished:
+                return True
+            if self.pipe.finished:
+                return True
+        return False
+
+    async def first(self) -> list[bytes]:
+        """Wait for the first response, so errors before any output get a proper HTTP status."""
+        out = [self.writer.role()] if self.chat else []
+        start = len(out)
+        while True:
+            batch = await self.next_batch()
+            if batch is None:
+                self.finished = True
+                return out
+            if self.take(batch, out) or len(out) > start:
                 return out
 
     async def stream(self, first: list[bytes]) -> AsyncIterator[list[bytes]]:
@@ -207,13 +218,14 @@ class Generation:
         if first:
             yield first
         while not self.pipe.finished and not self.finished:
-            resp = await self.next_response()
-            if resp is None:
+            batch = await self.next_batch()
+            if batch is None:
                 break
-            text, final = self.absorb(resp)
-            if text:
-                yield self.out.text(text)
-            if final:
+            out: list[bytes] = []
+            ended = self.take(batch, out)
+            if out:
+                yield out
+            if ended:
                 break
         self.finished = True
         # A stop sequence may have ended it (pipe.finished): aclose() winds the call down.
@@ -252,10 +264,10 @@ class Generation:
         try:
             if self.final_seen or (self.finished and self.pipe.finished):
                 async with asyncio.timeout(0.5 if self.final_seen else 2.0):
-                    while await call.read() is not grpc.aio.EOF:
+                    while await call.read():
                         pass
                 ended = True
-        except (TimeoutError, grpc.aio.AioRpcError):
+        except (TimeoutError, RpcError):
             pass
         finally:
             # Whatever interrupted the drain (a cancellation too), the call must not live on.
