@@ -412,8 +412,9 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
 
 def triton_cost_scenario(env: Env, s: Settings) -> dict[str, Any]:
     """Scenario 4b: CPU per streamed Triton token and per request, the router against bare
-    gRPC clients, each alone on the router's core (see bench/triton_cost.py). The consumers
-    take turns in rounds, so drift on the machine hits them alike."""
+    gRPC clients, each alone on the router's core (see bench/triton_cost.py), with the mock's
+    pieces back to back and on decode-step ticks. The consumers take turns in rounds, so
+    drift on the machine hits them alike."""
     tc = triton_cost
     conc = 16
     out: dict[str, Any] = {"concurrency": conc, "rounds": s.cost_rounds, "model": tc.MODEL,
@@ -427,32 +428,35 @@ def triton_cost_scenario(env: Env, s: Settings) -> dict[str, Any]:
         if base is not None:
             routers["baseline"] = base
         sides = [*routers, *tc.CLIENTS]
-        samples = {(who, n): tc.Sample(n) for who in sides for n, _ in lengths}
+        runs = [(p, m, n, count) for p, m in tc.PACING.items() for n, count in lengths]
+        samples = {(p, who, n): tc.Sample(n) for p, _, n, _ in runs for who in sides}
         for rt in routers.values():  # warm: connections, the plan, the first allocations
-            tc.routed(rt.url, rt.pid, tc.LONG, conc, conc)
-        length = s.cost_rounds * len(sides) * 15 + 30
+            tc.routed(rt.url, rt.pid, tc.LONG, tc.PACING["back_to_back"], conc, conc)
+        length = s.cost_rounds * len(sides) * 30 + 30
         with profiled(env, s, routers["router"], "triton-cost", length) as prof:
             for i in range(s.cost_rounds):
                 for who in sides if i % 2 == 0 else reversed(sides):
-                    for n, count in lengths:
+                    for pacing, marker, n, count in runs:
                         if who in routers:
                             rt = routers[who]
-                            got = tc.routed(rt.url, rt.pid, n, conc, count)
+                            got = tc.routed(rt.url, rt.pid, n, marker, conc, count)
                         else:
-                            got = tc.client_on(ROUTER_CORE, who, srv.grpc_url, n, conc, count,
-                                               conc)
-                        samples[(who, n)].add(got)
-        for who in sides:
-            entry = tc.summary(samples[(who, tc.LONG)], samples[(who, tc.SHORT)])
-            if who == "router" and prof:
-                entry["profile"] = profile_dict(prof[0])
-            out[who] = entry
-            _say(
-                f"triton cost {who:12} {entry['cpu_us_per_token']:7.1f} us CPU/token  "
-                f"{entry['cpu_us_per_request']:8.1f} us CPU/request  "
-                f"{entry['tokens_per_s']:>8,.0f} tokens/s  errors "
-                f"{entry['long']['errors'] + entry['short']['errors']}"
-            )
+                            got = tc.client_on(ROUTER_CORE, who, srv.grpc_url, n, marker, conc,
+                                               count, conc)
+                        samples[(pacing, who, n)].add(got)
+        for pacing in tc.PACING:
+            res = out[pacing] = {}
+            for who in sides:
+                entry = res[who] = tc.summary(samples[(pacing, who, tc.LONG)],
+                                              samples[(pacing, who, tc.SHORT)])
+                _say(
+                    f"triton cost {pacing:12} {who:12} {entry['cpu_us_per_token']:7.1f} us "
+                    f"CPU/token {entry['cpu_us_per_request']:8.1f} us CPU/request "
+                    f"{entry['tokens_per_s']:>8,.0f} tokens/s  errors "
+                    f"{entry['long']['errors'] + entry['short']['errors']}"
+                )
+        if prof:
+            out["profile"] = profile_dict(prof[0])
     return out
 
 

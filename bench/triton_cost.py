@@ -38,26 +38,28 @@ from bench.procs import ROOT, group_stats, pinned
 from tests.support.triton import build_request
 
 MODEL = "trtllm_ensemble"
-MARKER = "[[cycle]]"
+# How the mock paces the pieces: back to back, as fast as it sends them, or on the shared
+# ticks of an inflight-batching engine's decode steps (every stream's next piece at once).
+PACING = {"back_to_back": "[[cycle]]", "decode_steps": "[[decode]]"}
 LONG = 200  # pieces a request, as an LLM answer of a few paragraphs
 SHORT = 1
 CLIENTS = ("tritonclient", "grpc")
 
 
-def messages() -> list[dict[str, str]]:
-    user = bodies.MESSAGES[-1]["content"] + " " + MARKER
+def messages(marker: str) -> list[dict[str, str]]:
+    user = bodies.MESSAGES[-1]["content"] + " " + marker
     return [*bodies.MESSAGES[:-1], {"role": "user", "content": user}]
 
 
-def prompt() -> bytes:
+def prompt(marker: str) -> bytes:
     """What the router sends for the bench chat (its chatml rendering)."""
-    return load_template(format="chatml").render(messages()).encode()
+    return load_template(format="chatml").render(messages(marker)).encode()
 
 
-def chat_body(max_tokens: int) -> bytes:
+def chat_body(max_tokens: int, marker: str) -> bytes:
     body = {
         "model": bodies.ALIAS_TRITON,
-        "messages": messages(),
+        "messages": messages(marker),
         "max_tokens": max_tokens,
         "temperature": 0.7,
         "stream": True,
@@ -65,11 +67,11 @@ def chat_body(max_tokens: int) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _inputs(max_tokens: int) -> dict[str, Any]:
+def _inputs(max_tokens: int, marker: str) -> dict[str, Any]:
     """The inputs the router sends this model for the bench chat."""
     flag = np.array([[True]], dtype=np.bool_)
     return {
-        "text_input": np.array([[prompt()]], dtype=np.object_),
+        "text_input": np.array([[prompt(marker)]], dtype=np.object_),
         "max_tokens": np.array([[max_tokens]], dtype=np.int32),
         "stream": flag,
         "exclude_input_in_output": flag,
@@ -135,14 +137,14 @@ async def _measured(
 
 
 async def _tritonclient(
-    url: str, max_tokens: int, concurrency: int, requests: int, warm: int
+    url: str, max_tokens: int, marker: str, concurrency: int, requests: int, warm: int
 ) -> Sample:
     from tritonclient.grpc import InferInput
     from tritonclient.grpc.aio import InferenceServerClient
     from tritonclient.utils import np_to_triton_dtype
 
     inputs = []
-    for name, arr in _inputs(max_tokens).items():
+    for name, arr in _inputs(max_tokens, marker).items():
         t = InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
         t.set_data_from_numpy(arr)
         inputs.append(t)
@@ -167,13 +169,15 @@ async def _tritonclient(
         await client.close()
 
 
-async def _grpc(url: str, max_tokens: int, concurrency: int, requests: int, warm: int) -> Sample:
+async def _grpc(
+    url: str, max_tokens: int, marker: str, concurrency: int, requests: int, warm: int
+) -> Sample:
     import grpc
     from tritonclient.grpc import service_pb2_grpc
 
     from airouter.backends.triton.models import first_bytes
 
-    req = build_request(MODEL, _inputs(max_tokens), request_id="bench-grpc")
+    req = build_request(MODEL, _inputs(max_tokens, marker), request_id="bench-grpc")
     async with grpc.aio.insecure_channel(url) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
@@ -193,11 +197,11 @@ async def _grpc(url: str, max_tokens: int, concurrency: int, requests: int, warm
 
 
 def client_on(
-    core: int, kind: str, grpc_url: str, max_tokens: int, concurrency: int, requests: int,
-    warm: int,
+    core: int, kind: str, grpc_url: str, max_tokens: int, marker: str, concurrency: int,
+    requests: int, warm: int,
 ) -> Sample:
     """A bare client in its own process pinned to `core`; its CPU over the measured batch."""
-    args = [sys.executable, "-m", "bench.triton_cost", kind, grpc_url,
+    args = [sys.executable, "-m", "bench.triton_cost", kind, grpc_url, marker,
             *(str(x) for x in (max_tokens, concurrency, requests, warm))]
     r = subprocess.run(pinned(core, args), capture_output=True, text=True, cwd=ROOT,
                        timeout=600)
@@ -206,8 +210,10 @@ def client_on(
     return Sample(**json.loads(r.stdout.strip().splitlines()[-1]))
 
 
-async def _routed(url: str, max_tokens: int, concurrency: int, requests: int) -> Sample:
-    body = chat_body(max_tokens)
+async def _routed(
+    url: str, max_tokens: int, marker: str, concurrency: int, requests: int
+) -> Sample:
+    body = chat_body(max_tokens, marker)
     headers = {"Authorization": f"Bearer {bodies.CLIENT_KEY}", "Content-Type": "application/json"}
     conn = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(
@@ -229,10 +235,12 @@ async def _routed(url: str, max_tokens: int, concurrency: int, requests: int) ->
         return sample
 
 
-def routed(url: str, pid: int, max_tokens: int, concurrency: int, requests: int) -> Sample:
+def routed(
+    url: str, pid: int, max_tokens: int, marker: str, concurrency: int, requests: int
+) -> Sample:
     """`requests` streaming chats through the router; the CPU of `pid` and its workers."""
     before = group_stats(pid).cpu_s
-    sample = uvloop.run(_routed(url, max_tokens, concurrency, requests))
+    sample = uvloop.run(_routed(url, max_tokens, marker, concurrency, requests))
     sample.cpu_s = group_stats(pid).cpu_s - before
     sample.tokens = max_tokens
     return sample
@@ -256,34 +264,36 @@ def summary(long: Sample, short: Sample) -> dict[str, Any]:
 
 
 GOAL = 0.8  # router CPU per token over the bare tritonclient consumer's, at most
+DECODE_STEP_S = 0.005  # the mock's decode-step tick (tests/triton_models/_mock_common.py)
 
 
 def add_ratios(sc: dict[str, Any]) -> None:
-    r, t, g = sc["router"], sc["tritonclient"], sc["grpc"]
-
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 4) if b > 0 else None
 
-    sc["ratios"] = {
-        "router_vs_tritonclient_cpu_per_token": ratio(r["cpu_us_per_token"],
-                                                      t["cpu_us_per_token"]),
-        "router_vs_tritonclient_cpu_per_request": ratio(r["cpu_us_per_request"],
-                                                        t["cpu_us_per_request"]),
-        "router_vs_grpc_cpu_per_token": ratio(r["cpu_us_per_token"], g["cpu_us_per_token"]),
-        # Wall clock, which the mock Triton bounds: informative only.
-        "router_vs_tritonclient_tokens_per_s": ratio(r["tokens_per_s"], t["tokens_per_s"]),
-    }
-    if "baseline" in sc:
-        sc["ratios"]["router_vs_baseline_cpu_per_token"] = ratio(
-            r["cpu_us_per_token"], sc["baseline"]["cpu_us_per_token"])
+    for pacing in PACING:
+        res = sc[pacing]
+        r, t, g = res["router"], res["tritonclient"], res["grpc"]
+        res["ratios"] = {
+            "router_vs_tritonclient_cpu_per_token": ratio(r["cpu_us_per_token"],
+                                                          t["cpu_us_per_token"]),
+            "router_vs_tritonclient_cpu_per_request": ratio(r["cpu_us_per_request"],
+                                                            t["cpu_us_per_request"]),
+            "router_vs_grpc_cpu_per_token": ratio(r["cpu_us_per_token"], g["cpu_us_per_token"]),
+            # Wall clock, which the mock Triton bounds: informative only.
+            "router_vs_tritonclient_tokens_per_s": ratio(r["tokens_per_s"], t["tokens_per_s"]),
+        }
+        if "baseline" in res:
+            res["ratios"]["router_vs_baseline_cpu_per_token"] = ratio(
+                r["cpu_us_per_token"], res["baseline"]["cpu_us_per_token"])
 
 
-def target(sc: dict[str, Any] | None) -> tuple[float | None, int]:
+def target(sc: dict[str, Any] | None, pacing: str) -> tuple[float | None, int]:
     """The router's CPU per token over tritonclient's, and the router's errors."""
     if not sc:
         return None, 0
-    r = sc["router"]
-    return sc["ratios"]["router_vs_tritonclient_cpu_per_token"], (
+    r = sc[pacing]["router"]
+    return sc[pacing]["ratios"]["router_vs_tritonclient_cpu_per_token"], (
         r["long"]["errors"] + r["short"]["errors"])
 
 
@@ -292,32 +302,39 @@ def table(sc: dict[str, Any]) -> list[str]:
         f"(4b) Triton cost ({sc['model']}, {sc['long_tokens']} and {sc['short_tokens']} "
         f"pieces/request, {sc['concurrency']} concurrent, {sc['rounds']} rounds): CPU of each "
         "consumer alone on the router's core",
-        f"  {'consumer':14}{'us/token':>10}{'us/request':>12}{'us/tok all':>12}"
+        f"  {'pieces':14}{'consumer':14}{'us/token':>10}{'us/request':>12}{'us/tok all':>12}"
         f"{'tokens/s':>10}{'errors':>8}{'vs tritonclient':>17}",
     ]
-    base = sc["tritonclient"]["cpu_us_per_token"]
-    for who in ("tritonclient", "grpc", "baseline", "router"):
-        r = sc.get(who)
-        if r is None:
-            continue
-        errs = r["long"]["errors"] + r["short"]["errors"]
-        vs = f"{r['cpu_us_per_token'] / base:.2f}x" if base > 0 else "-"
-        lines.append(
-            f"  {who:14}{r['cpu_us_per_token']:>10.1f}{r['cpu_us_per_request']:>12.1f}"
-            f"{r['cpu_us_per_token_all']:>12.1f}{r['tokens_per_s']:>10,.0f}{errs:>8}{vs:>17}"
-        )
+    for pacing in PACING:
+        res = sc[pacing]
+        base = res["tritonclient"]["cpu_us_per_token"]
+        for who in ("tritonclient", "grpc", "baseline", "router"):
+            r = res.get(who)
+            if r is None:
+                continue
+            errs = r["long"]["errors"] + r["short"]["errors"]
+            vs = f"{r['cpu_us_per_token'] / base:.2f}x" if base > 0 else "-"
+            lines.append(
+                f"  {pacing:14}{who:14}{r['cpu_us_per_token']:>10.1f}"
+                f"{r['cpu_us_per_request']:>12.1f}{r['cpu_us_per_token_all']:>12.1f}"
+                f"{r['tokens_per_s']:>10,.0f}{errs:>8}{vs:>17}"
+            )
     lines.append(
         "  us/token: the slope between the two lengths; us/request: the rest of a request; "
         "us/tok all: a long request's CPU over its tokens"
+    )
+    lines.append(
+        f"  back_to_back: each request's pieces as fast as the mock sends them; decode_steps: "
+        f"every stream's next piece on the same {1000 * DECODE_STEP_S:g} ms tick"
     )
     return lines
 
 
 def main(argv: list[str]) -> None:
-    kind, url = argv[0], argv[1]
-    max_tokens, concurrency, requests, warm = (int(x) for x in argv[2:6])
+    kind, url, marker = argv[0], argv[1], argv[2]
+    max_tokens, concurrency, requests, warm = (int(x) for x in argv[3:7])
     run = _tritonclient if kind == "tritonclient" else _grpc
-    sample = uvloop.run(run(url, max_tokens, concurrency, requests, warm))
+    sample = uvloop.run(run(url, max_tokens, marker, concurrency, requests, warm))
     sample.tokens = max_tokens
     print(json.dumps(asdict(sample)))
 
