@@ -56,6 +56,7 @@ class Generation:
         "prompt_tokens",
         "output_tokens",
         "_timer",
+        "_loop",
         "_last",
         "_idle_fired",
         "finished",
@@ -105,7 +106,8 @@ class Generation:
         self.counted = [False, False]  # num_input_tokens, num_output_tokens seen
         self.prompt = prompt
         self.stats = stats
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        self._loop = loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._idle_fired = False
         self._limit = first_timeout
@@ -114,7 +116,7 @@ class Generation:
 
     def _check_idle(self) -> None:
         # One timer per request rather than one per token: each response only stamps _last.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         due = self._last + self._limit
         if loop.time() >= due:
             self._idle_fired = True
@@ -136,7 +138,7 @@ class Generation:
             raise map_status(e.code, e.details, self.url, self.plan.info.name) from None
         if not batch:
             return None
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         self._limit = self.idle
         self._started = True
         return batch
