@@ -57,6 +57,7 @@ class Generation:
         "output_tokens",
         "_timer",
         "_loop",
+        "_rest",
         "_last",
         "_idle_fired",
         "finished",
@@ -108,6 +109,7 @@ class Generation:
         self.stats = stats
         # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
         self._loop = loop = asyncio.get_running_loop()
+        self._rest: list[bytes] = []  # responses a read brought and not taken yet, reversed
         self._last = loop.time()
         self._idle_fired = False
         self._limit = first_timeout
@@ -188,43 +190,52 @@ class Generation:
             return self.vllm_finish
         return "length" if self.output_tokens >= self.params.max_tokens else "stop"
 
-    def take(self, batch: list[bytes], out: list[bytes]) -> bool:
-        """Absorb a batch of responses into `out`; True once no more may be read (the final
-        response, or a stop sequence). Each token keeps its own chunk; the batch is one write."""
-        parse = _RESPONSE.FromString
-        for raw in batch:
-            text, final = self.absorb(parse(raw))
-            if text:
-                out += self.out.text(text)
-            if final:
-                self.finished = True
-                return True
-            if self.pipe.finished:
-                return True
-        return False
+    def take(self, raw: bytes, out: list[bytes]) -> bool:
+        """Absorb one response into `out`; True once no more may be read (the final
+        response, or a stop sequence)."""
+        text, final = self.absorb(_RESPONSE.FromString(raw))
+        if text:
+            out += self.out.text(text)
+        if final:
+            self.finished = True
+            return True
+        return self.pipe.finished
+
+    async def next_response(self) -> bytes | None:
+        """The next response (serialized), from what the last read brought if any is left."""
+        rest = self._rest
+        if not rest:
+            batch = await self.next_batch()
+            if batch is None:
+                return None
+            if len(batch) == 1:
+                return batch[0]
+            rest.extend(reversed(batch))
+        return rest.pop()
 
     async def first(self) -> list[bytes]:
         """Wait for the first response, so errors before any output get a proper HTTP status."""
         out = [self.writer.role()] if self.chat else []
         start = len(out)
         while True:
-            batch = await self.next_batch()
-            if batch is None:
+            raw = await self.next_response()
+            if raw is None:
                 self.finished = True
                 return out
-            if self.take(batch, out) or len(out) > start:
+            if self.take(raw, out) or len(out) > start:
                 return out
 
     async def stream(self, first: list[bytes]) -> AsyncIterator[list[bytes]]:
+        """One batch of chunks per response: a client sees each token as it came."""
         writer = self.writer
         if first:
             yield first
         while not self.pipe.finished and not self.finished:
-            batch = await self.next_batch()
-            if batch is None:
+            raw = await self.next_response()
+            if raw is None:
                 break
             out: list[bytes] = []
-            ended = self.take(batch, out)
+            ended = self.take(raw, out)
             if out:
                 yield out
             if ended:

@@ -132,7 +132,7 @@ class Connection(asyncio.Protocol):
         self._last_good = _LAST_ID  # GOAWAY: calls above this id were never processed
         self._next_id = 1
         self._frames = h2.FrameReader()
-        self._decoder = Decoder()
+        self._decoder = Decoder(max_header_list_size=1 << 20)  # a long grpc-message too
         self._encoder = Encoder()
         self._header_block: list[bytes] = []
         self._header_stream = 0
@@ -417,6 +417,8 @@ class Channel:
             return conn
         if self._connecting is None:
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
+            # Its failure is seen by whoever awaits it; none may be left (all cancelled).
+            self._connecting.add_done_callback(lambda t: t.cancelled() or t.exception())
         task = self._connecting
         try:
             return await asyncio.shield(task)
