@@ -264,7 +264,7 @@ def summary(long: Sample, short: Sample) -> dict[str, Any]:
 
 
 GOAL = 0.8  # router CPU per token over the bare tritonclient consumer's, at most
-DECODE_STEP_S = 0.005  # the mock's decode-step tick (tests/triton_models/_mock_common.py)
+DECODE_STEP_S = 0.01  # the mock's decode-step tick (tests/triton_models/_mock_common.py)
 
 
 def add_ratios(sc: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ CYCLE_MARKER = b"[[cycle]]"
 # The same, paced as an inflight-batching engine's decode steps: after the first piece, every
 # such request gets its next piece on the same DECODE_STEP_S tick (a burst across streams).
 DECODE_MARKER = b"[[decode]]"
-DECODE_STEP_S = 0.005
+DECODE_STEP_S = 0.01
 # Answers in the output formats of tool-call and reasoning parsers, chosen by a marker in the
 # prompt (the last marker in it wins, so a later turn can ask for another one). They are sent
 # in 3-byte pieces, which split tags, JSON and UTF-8 characters at awkward points.
