@@ -32,7 +32,7 @@ from bench.procs import (
     wait_http,
 )
 
-ALL = ("chat", "stream", "overhead", "scale", "paced", "triton", "limits")
+ALL = ("chat", "stream", "overhead", "scale", "paced", "triton", "triton_cost", "limits")
 FLOORS = {
     "floor": ["bench.floor"],
     "floor_rsgi": ["bench.floor_rsgi"],
@@ -112,7 +112,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default="",
         metavar="DIR",
         help="another checkout (e.g. a git worktree at the commit before a change) whose "
-        "router runs beside this one in chat, stream and overhead: an A/B in one run",
+        "router runs beside this one in chat, stream, overhead and triton_cost: an A/B in one run",
     )
     p.add_argument(
         "--rounds",
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                 sc["paced"] = scenarios.paced_scenario(env, settings)
             if "triton" in only:
                 sc["triton"] = scenarios.triton_scenario(env, settings)
+            if "triton_cost" in only:
+                sc["triton_cost"] = scenarios.triton_cost_scenario(env, settings)
             if "limits" in only:
                 sc["limits"] = limits.limits_scenario(env, settings)
     except KeyboardInterrupt:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import limits
+from bench import limits, triton_cost
 
 RSS_LIMIT_MB = 200.0
 ADDED_ITL_LIMIT_MS = 5.0
@@ -150,6 +150,11 @@ def add_ratios(results: dict[str, Any]) -> None:
         }
 
 
+    sc = results["scenarios"].get("triton_cost")
+    if sc:
+        triton_cost.add_ratios(sc)
+
+
 def _round(x: float | None, n: int) -> float | None:
     return None if x is None else round(x, n)
 
@@ -260,6 +265,19 @@ def targets(results: dict[str, Any]) -> list[Target]:
             else f"{100 * (v - TRITON_GOAL):+.1f} pts" + (f" ({errs} errors)" if errs else ""),
         )
     )
+    goal = triton_cost.GOAL
+    for pacing in triton_cost.PACING:
+        v, errs = triton_cost.target(sc.get("triton_cost"), pacing)
+        out.append(
+            Target(
+                f"Triton cost ({pacing}): router CPU per streamed token vs bare "
+                "tritonclient.grpc.aio",
+                None if v is None else round(v, 3),
+                f"<= {goal:g}x",
+                None if v is None else v <= goal and errs == 0,
+                "" if v is None else f"{goal - v:+.2f}x" + (f" ({errs} errors)" if errs else ""),
+            )
+        )
     v, errs = limits.target(sc)
     out.append(
         Target(
@@ -449,6 +467,10 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"(the ceiling): router = "
             f"{_fmt(s['ratios']['router_vs_direct_core0_tokens_per_s'], '.1%')} of it"
         )
+    s = sc.get("triton_cost")
+    if s:
+        add("")
+        lines.extend(triton_cost.table(s))
     s = sc.get("limits")
     if s:
         add("")
@@ -465,7 +487,8 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
         if isinstance(s, dict)
         for w in ("router",)
         if _get(s, w, "profile")
-    ]
+    ] + [(n, "router", s["profile"]) for n, s in sc.items()
+         if isinstance(s, dict) and s.get("profile")]
     for name, _, p in profiles:
         add("")
         add(

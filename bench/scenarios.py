@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import bodies, nginx, overhead, paced, profile, router, triton, wrk
+from bench import bodies, nginx, overhead, paced, profile, router, triton, triton_cost, wrk
 from bench.procs import HOST, LOAD_CORE, ROUTER_CORE, ProcStats, core_busy_s, group_stats
 
 
@@ -32,6 +32,9 @@ class Settings:
     profile: bool
     prelude: str = ""
     triton_rounds: int = 3
+    # triton_cost: rounds, and long generations a consumer completes in each (5x as many short)
+    cost_rounds: int = 4
+    cost_requests: int = 96
     overhead_seconds: float = 10
     rounds: int = 3  # chat, stream, limits: paths take turns in this many slices of wrk_seconds
     baseline: str = ""  # another checkout whose router runs beside this one (A/B)
@@ -63,6 +66,8 @@ class Settings:
                 prof,
                 prelude,
                 triton_rounds=3,
+                cost_rounds=2,
+                cost_requests=48,
                 overhead_seconds=3,
                 baseline=baseline,
                 rounds=rounds,
@@ -402,6 +407,56 @@ def triton_scenario(env: Env, s: Settings) -> dict[str, Any]:
                     f"triton  {who:12} {res.tokens_per_s:>8,.0f} tokens/s  "
                     f"p50 {res.p50_ms:7.2f} ms  errors {res.errors}"
                 )
+    return out
+
+
+def triton_cost_scenario(env: Env, s: Settings) -> dict[str, Any]:
+    """Scenario 4b: CPU per streamed Triton token and per request, the router against bare
+    gRPC clients, each alone on the router's core (see bench/triton_cost.py), with the mock's
+    pieces back to back and on decode-step ticks. The consumers take turns in rounds, so
+    drift on the machine hits them alike."""
+    tc = triton_cost
+    conc = 16
+    out: dict[str, Any] = {"concurrency": conc, "rounds": s.cost_rounds, "model": tc.MODEL,
+                           "long_tokens": tc.LONG, "short_tokens": tc.SHORT}
+    lengths = ((tc.LONG, s.cost_requests), (tc.SHORT, 5 * s.cost_requests))
+    with triton.server(env.tmp) as srv, contextlib.ExitStack() as stack:
+        cfg = router.triton_config(srv.grpc_url)
+        routers = {"router": stack.enter_context(
+            router.run(env.tmp, "triton-cost", cfg, ROUTER_CORE, s.prelude))}
+        base = _baseline(stack, env, s, "triton-cost", cfg)
+        if base is not None:
+            routers["baseline"] = base
+        sides = [*routers, *tc.CLIENTS]
+        runs = [(p, m, n, count) for p, m in tc.PACING.items() for n, count in lengths]
+        samples = {(p, who, n): tc.Sample(n) for p, _, n, _ in runs for who in sides}
+        for rt in routers.values():  # warm: connections, the plan, the first allocations
+            tc.routed(rt.url, rt.pid, tc.LONG, tc.PACING["back_to_back"], conc, conc)
+        length = s.cost_rounds * len(sides) * 30 + 30
+        with profiled(env, s, routers["router"], "triton-cost", length) as prof:
+            for i in range(s.cost_rounds):
+                for who in sides if i % 2 == 0 else reversed(sides):
+                    for pacing, marker, n, count in runs:
+                        if who in routers:
+                            rt = routers[who]
+                            got = tc.routed(rt.url, rt.pid, n, marker, conc, count)
+                        else:
+                            got = tc.client_on(ROUTER_CORE, who, srv.grpc_url, n, marker, conc,
+                                               count, conc)
+                        samples[(pacing, who, n)].add(got)
+        for pacing in tc.PACING:
+            res = out[pacing] = {}
+            for who in sides:
+                entry = res[who] = tc.summary(samples[(pacing, who, tc.LONG)],
+                                              samples[(pacing, who, tc.SHORT)])
+                _say(
+                    f"triton cost {pacing:12} {who:12} {entry['cpu_us_per_token']:7.1f} us "
+                    f"CPU/token {entry['cpu_us_per_request']:8.1f} us CPU/request "
+                    f"{entry['tokens_per_s']:>8,.0f} tokens/s  errors "
+                    f"{entry['long']['errors'] + entry['short']['errors']}"
+                )
+        if prof:
+            out["profile"] = profile_dict(prof[0])
     return out
 
 

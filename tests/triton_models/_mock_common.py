@@ -35,6 +35,12 @@ PIECES: list[bytes] = [
     b".",
 ]
 ECHO_MARKER = b"[[echo]]"
+# The 13 pieces over and over, up to max_tokens (at most 2000): long generations for the bench.
+CYCLE_MARKER = b"[[cycle]]"
+# The same, paced as an inflight-batching engine's decode steps: after the first piece, every
+# such request gets its next piece on the same DECODE_STEP_S tick (a burst across streams).
+DECODE_MARKER = b"[[decode]]"
+DECODE_STEP_S = 0.01
 # Answers in the output formats of tool-call and reasoning parsers, chosen by a marker in the
 # prompt (the last marker in it wins, so a later turn can ask for another one). They are sent
 # in 3-byte pieces, which split tags, JSON and UTF-8 characters at awkward points.
@@ -74,13 +80,22 @@ def in_threes(data: bytes) -> list[bytes]:
     return [data[i : i + 3] for i in range(0, len(data), 3)]
 
 
+def last_marker(prompt: bytes) -> bytes | None:
+    """The marker that picks the answer: the last one in the prompt."""
+    markers = (ECHO_MARKER, CYCLE_MARKER, DECODE_MARKER, *SCRIPTS)
+    at, marker = max((prompt.rfind(m), m) for m in markers)
+    return marker if at >= 0 else None
+
+
 def full_script(prompt: bytes) -> list[bytes]:
     """Every piece the mock would produce for `prompt` with no max_tokens limit."""
-    at, marker = max((prompt.rfind(m), m) for m in (ECHO_MARKER, *SCRIPTS))
-    if at < 0:
+    marker = last_marker(prompt)
+    if marker is None:
         return list(PIECES)
     if marker == ECHO_MARKER:
         return in_threes(prompt)
+    if marker in (CYCLE_MARKER, DECODE_MARKER):
+        return cycled(2000)
     if marker == b"[[plain]]":
         return list(PIECES)
     return in_threes(SCRIPTS[marker].encode())
@@ -264,10 +279,15 @@ def send_final(sender: Any) -> None:
 
 
 async def paced(
-    sender: Any, pieces: Iterable[bytes], delay: float = 0.0, poll: float = 0.01
+    sender: Any, pieces: Iterable[bytes], delay: float = 0.0, poll: float = 0.01,
+    tick: float = 0.0,
 ) -> AsyncIterator[bytes]:
-    """Yield pieces `delay` seconds apart, raising Cancelled as soon as the client cancels."""
+    """Yield pieces `delay` seconds apart, raising Cancelled as soon as the client cancels;
+    with `tick`, each piece after the first on the next multiple of `tick` of the loop's clock
+    (which every request of the model instance shares)."""
     for i, piece in enumerate(pieces):
+        if i and tick:
+            await asyncio.sleep(tick - asyncio.get_running_loop().time() % tick)
         if i and delay:
             loop = asyncio.get_running_loop()
             until = loop.time() + delay
@@ -298,7 +318,8 @@ async def serve_ensemble(
         p = parse_ensemble(request)
         record(p)
         sent: list[bytes] = []
-        async for piece in paced(sender, pieces(p), delay, poll):
+        tick = DECODE_STEP_S if last_marker(p.prompt) == DECODE_MARKER else 0.0
+        async for piece in paced(sender, pieces(p), delay, poll, tick):
             if fail_after is not None and len(sent) == fail_after:
                 raise MockError("mock failure mid-stream")
             if not sent and on_first is not None:

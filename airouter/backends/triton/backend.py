@@ -19,6 +19,7 @@ from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.prefix_policy import session_of
 from airouter.backends.triton.embed import Limit, inputs_of, tensor_embed, vllm_embed
+from airouter.backends.triton.errors import map_status
 from airouter.backends.triton.fanout import fan_out, summed
 from airouter.backends.triton.features import (
     build_requests,
@@ -27,6 +28,7 @@ from airouter.backends.triton.features import (
     render_prompt,
 )
 from airouter.backends.triton.generation import Generation, Plan
+from airouter.backends.triton.grpc_wire import Channel, RpcError
 from airouter.backends.triton.lookup import ConfigLookup
 from airouter.backends.triton.models import (
     ModelInfo,
@@ -47,7 +49,7 @@ from airouter.protocol.endpoints import Endpoint
 from airouter.templates import ChatTemplate, load_template
 
 log = logging.getLogger("airouter.triton")
-
+STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 
 
 class TritonGrpcBackend(Backend):
@@ -69,6 +71,8 @@ class TritonGrpcBackend(Backend):
                                                 cfg.metrics_interval, cfg.health_timeout)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, service_pb2_grpc.GRPCInferenceServiceStub] = {}
+        # Generations: their own HTTP/2 connection per node (grpc_wire), read on the loop.
+        self._wires: dict[str, Channel] = {}
         self._infos: dict[tuple[str, str, str], ModelInfo] = {}
         self._plans: dict[tuple[int, str], Plan] = {}
         self._templates: dict[int, ChatTemplate | None] = {}
@@ -91,6 +95,7 @@ class TritonGrpcBackend(Backend):
             )
             self._channels[node.url] = channel
             self._stubs[node.url] = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            self._wires[node.url] = Channel(node.url, self.cfg.connect_timeout)
         self.pool.start_checks(self._check, self.cfg.health_interval)
         self._scraper.start()
 
@@ -99,6 +104,8 @@ class TritonGrpcBackend(Backend):
         self._scraper.stop()
         for channel in self._channels.values():
             await channel.close(grace=None)
+        for wire in self._wires.values():
+            wire.close()
 
     async def _check(self, node: Node) -> bool | None:
         """Active health check: the server is ready, and so is every model we use on it.
@@ -222,7 +229,8 @@ class TritonGrpcBackend(Backend):
                                  code="invalid_value") from None
         cumulative = info.cumulative if plan.model.cumulative is None else plan.model.cumulative
         call.stats.response_model = info.name
-        metadata = tuple(call.headers.items()) if call.headers else None
+        metadata = tuple((k.lower(), v) for k, v in call.headers.items())
+        bodies = [r.SerializeToString() for r in reqs]
 
         want_usage = (call.include_usage or not call.stream) and n == 1
         stats = [call.stats] if n == 1 else [Stats() for _ in range(n)]
@@ -237,9 +245,12 @@ class TritonGrpcBackend(Backend):
                 special_tokens=plan.special,
                 stops=params.stop,
             )
-            grpc_call = self._stubs[node.url].ModelStreamInfer(
-                iter((reqs[i],)), timeout=self.cfg.request_timeout, metadata=metadata
-            )
+            try:
+                grpc_call = await self._wires[node.url].stream(
+                    STREAM_INFER, bodies[i], deadline_s=self.cfg.request_timeout, metadata=metadata
+                )
+            except RpcError as e:
+                raise map_status(e.code, e.details, node.label, info.name) from None
             call.stats.node = node.label
             gen = Generation(
                 grpc_call,

@@ -62,14 +62,24 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str,
                   deadline: str = "its request_timeout") -> RouterError:
     """`deadline`: the call's gRPC deadline, in words (what a DEADLINE_EXCEEDED names)."""
     code = e.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+    return map_status(code.value[0], e.details() or str(code), url, model, deadline)
+
+
+# gRPC status codes by number (grpc.StatusCode's values).
+_DEADLINE_EXCEEDED, _RESOURCE_EXHAUSTED, _UNAVAILABLE = 4, 8, 14
+_REJECTED = (3, 9, 11)  # INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+
+
+def map_status(code: int, details: str, url: str, model: str,
+               deadline: str = "its request_timeout") -> RouterError:
+    """A call's gRPC status (its number and text) as the error a client sees."""
+    if code == _DEADLINE_EXCEEDED:
         return GatewayTimeout(f"The Triton server at {url} did not answer within {deadline}.")
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == _UNAVAILABLE:
         return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if code == _RESOURCE_EXHAUSTED:
         return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
-    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE,
-                grpc.StatusCode.FAILED_PRECONDITION):
-        return InvalidRequest(f"The model rejected the request: {e.details()}",
+    if code in _REJECTED:
+        return InvalidRequest(f"The model rejected the request: {details}",
                               code="backend_rejected")
-    return map_error(e.details() or str(code), model)
+    return map_error(details or f"gRPC status {code}", model)

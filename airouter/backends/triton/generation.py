@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from tritonclient.grpc import service_pb2
 
 from airouter.backends.base import Stats
 from airouter.backends.triton.embed import embed_problem
-from airouter.backends.triton.errors import map_error, map_rpc_error
+from airouter.backends.triton.errors import map_error, map_status
+from airouter.backends.triton.grpc_wire import Call, RpcError
 from airouter.backends.triton.logprobs import LOGPROB_OUTPUTS, read_logprobs
 from airouter.backends.triton.models import GenParams, ModelInfo, first_bytes, scalar
 from airouter.config import ModelConfig
@@ -22,6 +21,8 @@ from airouter.output.chunks import ChunkWriter
 from airouter.output.textfix import TextPipeline
 from airouter.templates import ChatTemplate
 from airouter.tokenizers import count_async, for_model
+
+_RESPONSE = service_pb2.ModelStreamInferResponse
 
 
 class Plan:
@@ -55,6 +56,8 @@ class Generation:
         "prompt_tokens",
         "output_tokens",
         "_timer",
+        "_loop",
+        "_rest",
         "_last",
         "_idle_fired",
         "finished",
@@ -70,7 +73,7 @@ class Generation:
 
     def __init__(
         self,
-        call: Any,
+        call: Call,
         plan: Plan,
         writer: ChunkWriter,
         out: ChoiceStream,
@@ -104,7 +107,9 @@ class Generation:
         self.counted = [False, False]  # num_input_tokens, num_output_tokens seen
         self.prompt = prompt
         self.stats = stats
-        loop = asyncio.get_running_loop()
+        # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
+        self._loop = loop = asyncio.get_running_loop()
+        self._rest: list[bytes] = []  # responses a read brought and not taken yet, reversed
         self._last = loop.time()
         self._idle_fired = False
         self._limit = first_timeout
@@ -113,7 +118,7 @@ class Generation:
 
     def _check_idle(self) -> None:
         # One timer per request rather than one per token: each response only stamps _last.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         due = self._last + self._limit
         if loop.time() >= due:
             self._idle_fired = True
@@ -121,25 +126,24 @@ class Generation:
         else:
             self._timer = loop.call_at(due, self._check_idle)
 
-    async def next_response(self) -> service_pb2.ModelStreamInferResponse | None:
+    async def next_batch(self) -> list[bytes] | None:
+        """The responses (serialized) that arrived since the last call; None at the end."""
         try:
-            resp = await self.call.read()
-        except asyncio.CancelledError:
+            batch = await self.call.read()
+        except RpcError as e:
             if self._idle_fired:
                 which = "idle_timeout" if self._started else "first_token_timeout"
                 raise GatewayTimeout(
                     f"The Triton server at {self.url} sent nothing for {self._limit:g}s "
                     f"({which})."
                 ) from None
-            raise
-        except grpc.aio.AioRpcError as e:
-            raise map_rpc_error(e, self.url, self.plan.info.name) from None
-        if resp is grpc.aio.EOF:
+            raise map_status(e.code, e.details, self.url, self.plan.info.name) from None
+        if not batch:
             return None
-        self._last = asyncio.get_running_loop().time()
+        self._last = self._loop.time()
         self._limit = self.idle
         self._started = True
-        return resp
+        return batch
 
     def absorb(self, resp: service_pb2.ModelStreamInferResponse) -> tuple[str, bool]:
         """Text to send for one response, and whether the backend said it was final."""
@@ -186,34 +190,55 @@ class Generation:
             return self.vllm_finish
         return "length" if self.output_tokens >= self.params.max_tokens else "stop"
 
+    def take(self, raw: bytes, out: list[bytes]) -> bool:
+        """Absorb one response into `out`; True once no more may be read (the final
+        response, or a stop sequence)."""
+        text, final = self.absorb(_RESPONSE.FromString(raw))
+        if text:
+            out += self.out.text(text)
+        if final:
+            self.finished = True
+            return True
+        return self.pipe.finished
+
+    async def next_response(self) -> bytes | None:
+        """The next response (serialized), from what the last read brought if any is left."""
+        rest = self._rest
+        if not rest:
+            batch = await self.next_batch()
+            if batch is None:
+                return None
+            if len(batch) == 1:
+                return batch[0]
+            rest.extend(reversed(batch))
+        return rest.pop()
+
     async def first(self) -> list[bytes]:
         """Wait for the first response, so errors before any output get a proper HTTP status."""
         out = [self.writer.role()] if self.chat else []
+        start = len(out)
         while True:
-            resp = await self.next_response()
-            if resp is None:
+            raw = await self.next_response()
+            if raw is None:
                 self.finished = True
                 return out
-            text, final = self.absorb(resp)
-            if text:
-                out += self.out.text(text)
-            if final:
-                self.finished = True
-            if text or final or self.pipe.finished:
+            if self.take(raw, out) or len(out) > start:
                 return out
 
     async def stream(self, first: list[bytes]) -> AsyncIterator[list[bytes]]:
+        """One batch of chunks per response: a client sees each token as it came."""
         writer = self.writer
         if first:
             yield first
         while not self.pipe.finished and not self.finished:
-            resp = await self.next_response()
-            if resp is None:
+            raw = await self.next_response()
+            if raw is None:
                 break
-            text, final = self.absorb(resp)
-            if text:
-                yield self.out.text(text)
-            if final:
+            out: list[bytes] = []
+            ended = self.take(raw, out)
+            if out:
+                yield out
+            if ended:
                 break
         self.finished = True
         # A stop sequence may have ended it (pipe.finished): aclose() winds the call down.
@@ -252,10 +277,10 @@ class Generation:
         try:
             if self.final_seen or (self.finished and self.pipe.finished):
                 async with asyncio.timeout(0.5 if self.final_seen else 2.0):
-                    while await call.read() is not grpc.aio.EOF:
+                    while await call.read():
                         pass
                 ended = True
-        except (TimeoutError, grpc.aio.AioRpcError):
+        except (TimeoutError, RpcError):
             pass
         finally:
             # Whatever interrupted the drain (a cancellation too), the call must not live on.
