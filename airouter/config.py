@@ -116,6 +116,9 @@ class OpenAIBackendConfig(NodesConfig, tag="openai", tag_field="type"):
     tls_key_file: str | None = None
     # "http://[user:password@]host:port"; unset: the environment's; "": none at all.
     proxy: str | None = None
+    # A streamed chat answer whose node broke off mid-answer is finished on another node:
+    # "continue_final_message" (vLLM's) sends it the text so far to continue. See backends.toml.
+    resume: Literal["off", "continue_final_message"] = "off"
 
     def node_urls(self) -> list[NodeConfig]:
         return _nodes(self.base_url, self.urls)

@@ -22,12 +22,15 @@ async def with_failover(
     retries: int,
     attempt: Callable[[Node], Awaitable[Reply]],
     key: RouteKey | None = None,
+    tried: list[Node] | None = None,
 ) -> Reply:
     """Run `attempt` on a node; on a retryable failure (nothing reached the client yet) try
     another node, at most `retries` more times. The node's slot is held until the reply closes.
     `key` is the request's prefix for a prefix-aware pool; a retry never goes back to a node
-    already tried."""
-    tried: list[Node] = []
+    already tried. `tried`: nodes not to pick (they served this request before), to which
+    each node tried is added, the one that answers last."""
+    if tried is None:
+        tried = []
     last: RouterError | None = None
     # Every node known bad: tried anyway (panic), but a failure that another node might not
     # have had is answered as before, as no healthy node.
@@ -69,6 +72,7 @@ async def with_failover(
             pool.release(node, lease)
             raise
         pool.answering(node)
+        tried.append(node)
         reply.on_close(functools.partial(_settle, reply, pool, node, lease))
         return reply
     if last is not None and not (none_up and last.retryable and last.status != 429):

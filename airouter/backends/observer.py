@@ -26,6 +26,10 @@ class NodeObserver(Protocol):
         """A request of `key` waited `seconds` for a slot of a limited node, and was then
         granted, shed (a higher priority took its place), refused (full), timed out, or left."""
 
+    def stream_resume(self, backend: str, outcome: str) -> None:
+        """A stream broke off mid-answer on a backend that resumes them: `outcome` resumed
+        (another node finished it), failed (none could), not_resumable or no_retries."""
+
 
 class Quiet:
     """Tells no one: validating a config builds backends that never serve."""
@@ -45,6 +49,9 @@ class Quiet:
     def queue_wait(
         self, backend: str, key: str, priority: int, seconds: float, outcome: str
     ) -> None:
+        return None
+
+    def stream_resume(self, backend: str, outcome: str) -> None:
         return None
 
 

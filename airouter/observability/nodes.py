@@ -41,6 +41,14 @@ ENGINE_KV = Gauge("airouter_engine_kv_cache_usage", "Fraction of the node's KV c
 ENGINE_READ = Gauge("airouter_engine_metrics_up", "1 when the node's engine metrics were "
                     "read at the last try, else 0.", _LABELS, multiprocess_mode="livemax")
 
+STREAM_RESUMES = Counter(
+    "airouter_stream_resumes",
+    "Streams broken off mid-answer on backends with `resume` on: resumed (another node "
+    "finished the answer), failed (no node could), not_resumable (tools, logprobs, ...) or "
+    "no_retries (the backend's retries were spent).",
+    ["backend", "outcome"],
+)
+
 
 class NodeGauge(QueueMetrics):
     """A `NodeObserver`: one gauge child per node, made on its first verdict."""
@@ -73,3 +81,6 @@ class NodeGauge(QueueMetrics):
         ENGINE_RUNNING.labels(backend, node).set(load.get("running", 0.0))
         if "kv_usage" in load:
             ENGINE_KV.labels(backend, node).set(load["kv_usage"])
+
+    def stream_resume(self, backend: str, outcome: str) -> None:
+        STREAM_RESUMES.labels(backend, outcome).inc()

@@ -15,6 +15,7 @@ import asyncio
 import json
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,10 @@ ARMS = [("round_robin", 1, ""), ("least_inflight", 1, ""), ("prefix", 1, ""),
 TRITON_ARMS = [("least_inflight", 1, ""), ("prefix_load", 1, ""), ("prefix_load", 2, "")]
 
 
-def router_config(nodes: HttpNodes | TritonNodes, balance: str, prefix: str = "") -> str:
+def router_config(nodes: HttpNodes | TritonNodes, balance: str, prefix: str = "",
+                  resume: bool = False) -> str:
     metrics = 0.5 if balance == "prefix_load" else 0
-    return f'[server]\napi_keys = ["{KEY}"]\n' + nodes.config(balance, prefix, metrics)
+    return f'[server]\napi_keys = ["{KEY}"]\n' + nodes.config(balance, prefix, metrics, resume)
 
 
 class Client:
@@ -46,8 +48,9 @@ class Client:
         self.ttft: list[float] = []
         self.itl: list[float] = []
         self.errors = 0
-        self.broken = 0  # of the errors: streams cut after they began (never retried)
+        self.broken = 0  # of the errors: streams cut after they began
         self.done = 0
+        self.wrong = 0  # complete answers of another length than asked (a resume gone wrong)
 
     async def ask(self, s: aiohttp.ClientSession, messages: list[dict[str, Any]],
                   record: bool = True) -> str:
@@ -92,7 +95,10 @@ class Client:
             self.errors += 1
             return ""
         self.done += 1
-        return "".join(text)
+        answer = "".join(text)
+        if answer.count("tok ") != traces.MAX_TOKENS:
+            self.wrong += 1
+        return answer
 
 
 async def drive(router: RouterProc, trace: Trace, kill: tuple[float, int] | None,
@@ -140,12 +146,14 @@ def _pct(xs: list[float], q: float) -> float:
 
 def run_one(nodes: HttpNodes | TritonNodes, tmp: Path, trace_fn: Any, balance: str,
             workers: int, prefix: str = "", kill: tuple[float, int] | None = None,
-            warm: float = 2.0) -> dict[str, Any]:
+            warm: float = 2.0, resume: bool = False) -> dict[str, Any]:
     trace: Trace = trace_fn()
-    with run_router(router_config(nodes, balance, prefix), tmp, workers=workers) as r:
+    with run_router(router_config(nodes, balance, prefix, resume), tmp,
+                    workers=workers) as r:
         time.sleep(0.5)  # a first metrics read (the scrapers read at once)
         nodes.reset()
         client = asyncio.run(drive(r, trace, kill, warm))
+        resumed = _resumes(r)
     stats = nodes.stats()
     prompt = sum(n["prompt_tokens"] for n in stats)
     cached = sum(n["cached_tokens"] for n in stats)
@@ -163,8 +171,21 @@ def run_one(nodes: HttpNodes | TritonNodes, tmp: Path, trace_fn: Any, balance: s
         "hit_of_attainable": cached / trace.attainable_tokens if trace.attainable_tokens else None,
         "imbalance": max(loads) / mean if mean else 0.0,
         "prefill_util": sum(util) / len(util) if util else 0.0,
-        "errors": client.errors, "broken": client.broken,
+        "errors": client.errors, "broken": client.broken, "wrong_length": client.wrong,
+        "resumed": resumed,
     }
+
+
+def _resumes(router: RouterProc) -> dict[str, int]:
+    """airouter_stream_resumes_total by outcome, summed over the router's workers."""
+    with urllib.request.urlopen(router.url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("airouter_stream_resumes_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            out[outcome] = out.get(outcome, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -220,9 +241,11 @@ def main() -> None:
                 if not only or name in only:
                     run(nodes, name, fn, ARMS)
             if not (only or arms):
-                # A node killed halfway through (it stays dead).
+                # A node killed halfway through (it stays dead); streams it was answering
+                # are finished on the others (resume = "continue_final_message").
                 rows.append(run_one(nodes, tmp, plan[0][1], "prefix_load", 1,
-                                    kill=(secs / 2, nodes.ports[-1]), warm=secs / 5))
+                                    kill=(secs / 2, nodes.ports[-1]), warm=secs / 5,
+                                    resume=True))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
         if not a.no_triton and (not only or "shared_prefix" in only):
             with triton_nodes(NODES, tmp) as tnodes:
@@ -278,9 +301,14 @@ def check(rows: list[dict[str, Any]]) -> list[str]:
                f"(no worse): {_mark(hp['ttft_p90'] <= hl['ttft_p90'] * 1.05)}")
     k = next(r for r in rows if "killed" in r["trace"])
     early = k["errors"] - k["broken"]
+    resumed = k.get("resumed", {})
+    others = ", ".join(f"{n} {o}" for o, n in resumed.items() if o != "resumed")
     out.append(f"node killed mid-run: {k['errors']} client errors of {k['requests']}: "
                f"{early} before the answer began (target 0: {_mark(early == 0)}), "
-               f"{k['broken']} streams cut mid-answer (no resume: {_mark(k['errors'] == 0)})")
+               f"{k['broken']} streams cut mid-answer (target 0: {_mark(k['broken'] == 0)}); "
+               f"{resumed.get('resumed', 0)} resumed on another node ({others or 'none lost'}), "
+               f"{k['wrong_length']} complete answers of the wrong length (target 0: "
+               f"{_mark(k['wrong_length'] == 0)})")
     return out
 
 

@@ -33,7 +33,8 @@ from tests.support.triton import (
 TRITON_REPO = Path(__file__).resolve().parent / "triton_sim"
 
 
-def _router_backend(urls: list[str], kind: str, balance: str, prefix: str, metrics: float) -> str:
+def _router_backend(urls: list[str], kind: str, balance: str, prefix: str, metrics: float,
+                    extra: str = "") -> str:
     return f"""
 [backends.sim]
 type = "{kind}"
@@ -43,6 +44,7 @@ retries = 3
 health_interval = 1
 metrics_interval = {metrics}
 prefix = {{ {prefix} }}
+{extra}
 [models.m]
 backend = "sim"
 backend_model = "sim"
@@ -54,9 +56,10 @@ class HttpNodes:
     ports: list[int]
     kind: str = "openai"
 
-    def config(self, balance: str, prefix: str, metrics: float) -> str:
+    def config(self, balance: str, prefix: str, metrics: float, resume: bool = False) -> str:
         urls = [f'"http://127.0.0.1:{p}/v1"' for p in self.ports]
-        return _router_backend(urls, "openai", balance, prefix, metrics)
+        return _router_backend(urls, "openai", balance, prefix, metrics,
+                               'resume = "continue_final_message"' if resume else "")
 
     def reset(self) -> None:
         for p in self.ports:
@@ -100,7 +103,8 @@ class TritonNodes:
     nodes: list[TritonNode]
     kind: str = "triton"
 
-    def config(self, balance: str, prefix: str, metrics: float) -> str:
+    def config(self, balance: str, prefix: str, metrics: float, resume: bool = False) -> str:
+        # Triton backends do not resume streams.
         urls = [f'{{ url = "{n.server.grpc_url}", metrics_url = "{n.metrics_url}" }}'
                 for n in self.nodes]
         return _router_backend(urls, "triton", balance, prefix, metrics)

@@ -20,7 +20,9 @@ from bench.routing.sim_core import BLOCK_TOKENS, NodeParams, SimEngine
 
 
 def render(body: dict[str, Any]) -> str:
-    """The node's own prompt text: roles and contents, as a chat template would."""
+    """The node's own prompt text: roles and contents, as a chat template would. With vLLM's
+    `continue_final_message` (and `add_generation_prompt: false`) the final assistant message
+    is left open: the answer continues its text."""
     if "messages" in body:
         parts = []
         for m in body["messages"]:
@@ -28,8 +30,16 @@ def render(body: dict[str, Any]) -> str:
             if isinstance(c, list):
                 c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
             parts.append(f"<|{m.get('role')}|>{c or ''}")
+        if continues(body):
+            return "".join(parts)
         return "".join(parts) + "<|assistant|>"
     return str(body.get("prompt", ""))
+
+
+def continues(body: dict[str, Any]) -> bool:
+    messages = body.get("messages") or []
+    return bool(body.get("continue_final_message") and messages
+                and messages[-1].get("role") == "assistant")
 
 
 class SimNode:
@@ -50,6 +60,13 @@ class SimNode:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if body.get("continue_final_message") and (
+                body.get("add_generation_prompt", True) or not continues(body)):
+            # As vLLM answers: it continues only an open final assistant message.
+            return web.json_response({"error": {
+                "message": "continue_final_message needs add_generation_prompt false and a "
+                           "final assistant message", "type": "BadRequestError",
+                "code": 400}}, status=400)
         text = render(body)
         max_tokens = int(body.get("max_tokens") or 16)
         stream = bool(body.get("stream"))

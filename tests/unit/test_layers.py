@@ -24,6 +24,7 @@ PURE = (
     "airouter.doors.chat_read",
     "airouter.backends.http.parser",
     "airouter.backends.openai.relay_state",
+    "airouter.backends.openai.resume_state",
     "airouter.fairness.scheduler",
 )
 PURE_MAY_IMPORT = (*PURE, "airouter.errors", "airouter.bounds")

@@ -27,6 +27,8 @@ from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
 from airouter.backends.openai.relay import Relay, rewrite_model
 from airouter.backends.openai.relay_state import decode_any, record_usage
+from airouter.backends.openai.resume import Resumer
+from airouter.backends.openai.resume_state import resumable
 from airouter.backends.prefix import RouteKey
 from airouter.backends.prefix_policy import prompt_start, session_of
 from airouter.bounds import UPSTREAM_LOGGED, escaped
@@ -257,21 +259,36 @@ class OpenAIHttpBackend(Backend):
                 body["stream"] = False
                 body.pop("stream_options", None)
         data = _encode(body)
+        if (self.cfg.resume == "off" or not (stream and call.stream)
+                or call.endpoint is not Endpoint.CHAT):
+            return await self._open(call, data, stream, self.cfg.retries)
+        model = call.target.model
+        keep = (resumable(body) and model.reasoning_parser is None
+                and model.tool_parser is None)
+        resumer = Resumer(self.name, self.pool.observer, call, body, keep, self.cfg.retries)
+        resumer.reopen = lambda cont, left: self._open(call, cont, True, left, resumer)
+        return resumer.wrap(await self._open(call, data, True, self.cfg.retries, resumer))
+
+    async def _open(self, call: Call, data: bytes, stream: bool, retries: int,
+                    resumer: Resumer | None = None) -> Reply:
+        tried = resumer.tried if resumer is not None else None
         prefix = self.pool.prefix
         if prefix is None or call.endpoint is Endpoint.EMBEDDINGS:
             return await with_failover(
-                self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream)
+                self.pool, retries, lambda node: self._attempt(node, call, data, stream, resumer),
+                None, tried,
             )
         key = prefix.key(data, call.target.backend_model, session_of(call.body),
                          prompt_start(data))
         reply = await with_failover(
-            self.pool, self.cfg.retries, lambda node: self._attempt(node, call, data, stream),
-            key,
+            self.pool, retries, lambda node: self._attempt(node, call, data, stream, resumer),
+            key, tried,
         )
         reply.on_close(functools.partial(_settle, self.pool, key, call.stats))
         return reply
 
-    async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool) -> Reply:
+    async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool,
+                       resumer: Resumer | None = None) -> Reply:
         call.stats.node = node.label
         if self._conns >= self._conn_limit:
             raise self._full()
@@ -285,7 +302,7 @@ class OpenAIHttpBackend(Backend):
                     # the idle timeout between reads once the head is in; nothing else bounds
                     # a stream after its first event.
                     async with asyncio.timeout(cfg.first_token_timeout):
-                        reply = await self._send_on(node, call, data)
+                        reply = await self._send_on(node, call, data, resumer=resumer)
                 else:
                     # A whole answer: its head within first_token_timeout, all of it within
                     # request_timeout, the idle timeout between reads. The pool's sweep keeps
@@ -323,9 +340,11 @@ class OpenAIHttpBackend(Backend):
         )
 
     async def _send_on(self, node: Node, call: Call, data: bytes,
-                       head_due: float = math.inf, whole_due: float = math.inf) -> Reply:
+                       head_due: float = math.inf, whole_due: float = math.inf,
+                       resumer: Resumer | None = None) -> Reply:
         """`head_due` and `whole_due` (loop times) bound the wait for the head and the whole
-        answer (Deadline from the pool; the idle timeout's is Deadline("idle"))."""
+        answer (Deadline from the pool; the idle timeout's is Deadline("idle")). `resumer`: a
+        streamed chat answer that another node may finish (its relay keeps what it relays)."""
         t0 = time.perf_counter()
         try:
             resp = await self._conn_pools[node.url].request(
@@ -359,11 +378,15 @@ class OpenAIHttpBackend(Backend):
                 resp.release()  # read to its end: the connection may serve another call
                 raise _upstream_error(resp.status, body, resp.headers, self.name)
             if resp.content_type == "text/event-stream":
-                relay = Relay(self.name, resp, call.target, call.stats, self._returned)
+                relay = Relay(self.name, resp, call.target, call.stats, self._returned,
+                              None if resumer is None
+                              else resumer.state(self.name, call.target.model_repl))
                 # Wait for the first event, so a node that fails before it can be replaced.
                 if call.stream:
                     raw = await relay.next_raw()
-                    return Reply(sse=relay.iterate_raw(raw), aclose=relay.aclose)
+                    return Reply(sse=relay.iterate_raw(
+                        raw, None if resumer is None else resumer.resume),
+                                 aclose=relay.aclose)
                 first = await relay.next_batch()
                 return Reply(chunks=relay.iterate(first), aclose=relay.aclose)
             data = await resp.read()

@@ -5,9 +5,9 @@ the end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-from airouter.backends.base import Stats, Target
+from airouter.backends.base import Reply, Stats, Target
 from airouter.backends.http.client import Disconnected, HttpError, Response
 from airouter.backends.openai.relay_state import MODEL, RelayState
 from airouter.errors import BadGateway, GatewayTimeout, RouterError
@@ -34,11 +34,12 @@ class Relay:
     __slots__ = ("name", "resp", "state", "on_close")
 
     def __init__(self, name: str, resp: Response, target: Target,
-                 stats: Stats, on_close: Callable[[], None]) -> None:
+                 stats: Stats, on_close: Callable[[], None],
+                 state: RelayState | None = None) -> None:
         self.name = name
         self.on_close = on_close
         self.resp = resp
-        self.state = RelayState(name, target.model_repl, stats)
+        self.state = state or RelayState(name, target.model_repl, stats)
 
     async def _read(self) -> bytes:
         """What the upstream sent next (b"" at its end), its failures as router errors."""
@@ -73,8 +74,12 @@ class Relay:
             if out is None or out or was_raw != state.raw_ok:
                 return out
 
-    def iterate_raw(self, first: bytes | None) -> AsyncIterator[bytes]:
-        return _Raw(self, first)
+    def iterate_raw(self, first: bytes | None, resume: Resume | None = None
+                    ) -> AsyncIterator[bytes]:
+        """The stream from its first events on. `resume`: called when the upstream broke off
+        after the stream began, for a reply (from this module's relay) that continues it;
+        it raises the error it was given when it cannot."""
+        return _Raw(self, first, resume)
 
     async def iterate(self, first: list[bytes] | None) -> AsyncIterator[list[bytes]]:
         batch = first
@@ -104,16 +109,21 @@ class Relay:
             self.on_close()
 
 
+Resume = Callable[[RouterError], Awaitable[Reply]]
+
+
 class _Raw:
     """Relay.next_raw as an iterator: per read one coroutine of its own instead of a generator
-    and the two coroutines under it (a stream's per-token cost)."""
+    and the two coroutines under it (a stream's per-token cost). A broken upstream is handed
+    to `resume` (when set), and the stream goes on with the relay of the reply it returns."""
 
-    __slots__ = ("relay", "first", "ended")
+    __slots__ = ("relay", "first", "ended", "resume")
 
-    def __init__(self, relay: Relay, first: bytes | None) -> None:
+    def __init__(self, relay: Relay, first: bytes | None, resume: Resume | None = None) -> None:
         self.relay = relay
         self.first = first
         self.ended = first is None
+        self.resume = resume
 
     def __aiter__(self) -> _Raw:
         return self
@@ -135,15 +145,44 @@ class _Raw:
                 raise state.failed
             if state.done:
                 self.ended = True
-                state.end()
-                raise StopAsyncIteration
+                try:
+                    state.end()
+                except RouterError as e:  # cut short: no [DONE], no finish_reason
+                    if self.resume is None:
+                        raise
+                    err = e
+                else:
+                    raise StopAsyncIteration
+                return await self._resumed(err)
             try:
                 data = await resp.readany()  # Relay._read inlined: no coroutine per read
             except (TimeoutError, HttpError) as e:
-                raise _read_failed(relay.name, e) from None
-            out = state.raw(data)
-            if out is None:
-                self.ended = True
-                raise StopAsyncIteration
-            if out:
-                return out
+                err = _read_failed(relay.name, e)
+                if self.resume is None:
+                    raise err from None
+            else:
+                try:
+                    out = state.raw(data)
+                except RouterError as e:
+                    # An event that is not JSON is not resumed; the end of a stream cut short
+                    # (in the middle of an event, too) is.
+                    if self.resume is None or (data and e is state.failed):
+                        raise
+                    err = e
+                else:
+                    if out is None:
+                        self.ended = True
+                        raise StopAsyncIteration
+                    if out:
+                        return out
+                    continue
+            return await self._resumed(err)
+
+    async def _resumed(self, err: RouterError) -> bytes:
+        """Go on with the continuation's relay (or raise `err`)."""
+        assert self.resume is not None
+        self.ended = True
+        nxt = (await self.resume(err)).sse
+        assert isinstance(nxt, _Raw)
+        self.relay, self.first, self.ended = nxt.relay, nxt.first, nxt.ended
+        return await self.__anext__()
