@@ -16,6 +16,7 @@ class EngineLoad:
     running: float = 0.0
     kv_usage: float | None = None  # 0..1
     kv_tokens: int = 0  # the KV cache's capacity in tokens, when the engine says
+    tokens_per_block: int = 0  # TRT-LLM's KV block size, when the engine says
     started: float = 0.0  # process_start_time_seconds, when given
     iterations: float = -1.0  # TRT-LLM's iteration counter, when given
     known: bool = False
@@ -112,6 +113,7 @@ def parse_metrics(text: str, now: float = 0.0) -> EngineLoad:
     if kv is not None:
         load.kv_usage = min(1.0, max(0.0, kv))
     load.kv_tokens = _capacity(sums, config)
+    load.tokens_per_block = max(0, int(sums.get(trt + "tokens_per", 0.0)))
     load.started = sums.get("process_start_time_seconds", 0.0)
     load.iterations = sums.get("nv_trt_llm_general_metrics|general_type=iteration_counter", -1.0)
     return load

@@ -18,7 +18,9 @@ from airouter.backends.prefix import (
 )
 
 if TYPE_CHECKING:
+    from airouter.backends.base import Stats
     from airouter.backends.node import Node
+    from airouter.backends.nodes import NodePool
     from airouter.config import NodesConfig
 
 # Blocks kept per node when neither the config nor the node's KV metrics say: 16,384 blocks of
@@ -193,6 +195,16 @@ def session_of(body: Mapping[str, Any]) -> str | None:
         if isinstance(v, str) and v:
             return v[:256]
     return None
+
+
+def settle(pool: NodePool, key: RouteKey, stats: Stats) -> None:
+    """The answer is over: if the engine said how much of the prompt it had cached (usage's
+    cached_tokens, TensorRT-LLM's reused blocks), check the prefix index's prediction."""
+    cached = stats.cached_tokens
+    if cached is None or key.pos < 0 or pool.prefix is None:
+        return
+    predicted, confirmed = pool.prefix.feedback(key, cached)
+    pool.observer.prefix_cache(pool.backend, pool.nodes[key.pos].label, predicted, confirmed)
 
 
 def policy_for(nodes: Sequence[Node], cfg: NodesConfig) -> PrefixBalancer | None:

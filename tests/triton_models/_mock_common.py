@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -183,6 +183,9 @@ class EnsembleParams:
     guide_type: str | None = None
     guide: str | None = None
     want_log_probs: bool = False
+    inputs: list[str] = field(default_factory=list)  # the names of the inputs sent
+    # More output tensors for every data response (a model's own extras).
+    extra: list[Any] = field(default_factory=list)
 
     @property
     def prompt_text(self) -> str:
@@ -201,7 +204,8 @@ def record(p: EnsembleParams) -> None:
     """Every request's id, prompt and seed as a JSON line in $AIROUTER_REQUEST_LOG (if set)."""
     path = os.environ.get("AIROUTER_REQUEST_LOG")
     if path:
-        line = {"request_id": p.request_id, "prompt": p.prompt_text, "seed": p.seed}
+        line = {"request_id": p.request_id, "prompt": p.prompt_text, "seed": p.seed,
+                "inputs": p.inputs}
         with open(path, "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -232,6 +236,7 @@ def parse_ensemble(request: Any, *, check_temperature: bool = True) -> EnsembleP
         guide_type=_opt(scalar(request, "guided_decoding_guide_type"), _text),
         guide=_opt(scalar(request, "guided_decoding_guide"), _text),
         want_log_probs=bool(scalar(request, "return_log_probs", False)),
+        inputs=sorted(t.name() for t in request.inputs()),
     )
     if check_temperature and p.temperature is not None and p.temperature > MAX_TEMPERATURE:
         raise MockError("temperature too high")
@@ -260,6 +265,7 @@ def ensemble_response(
         tensors.append(pb_utils.Tensor("num_input_tokens", np.array([[count]], dtype=np.int32)))
     if p.want_output_tokens:
         tensors.append(pb_utils.Tensor("num_output_tokens", np.array([[n_output]], dtype=np.int32)))
+    tensors += p.extra
     return pb_utils.InferenceResponse(output_tensors=tensors)
 
 
@@ -310,12 +316,15 @@ async def serve_ensemble(
     fail_after: int | None = None,
     on_first: Callable[[EnsembleParams], None] | None = None,
     on_cancel: Callable[[EnsembleParams], None] | None = None,
+    on_parse: Callable[[EnsembleParams], None] | None = None,
 ) -> None:
     """Answer one request the way a TensorRT-LLM ensemble (or BLS, if cumulative) does."""
     sender = request.get_response_sender()
     p: EnsembleParams | None = None
     try:
         p = parse_ensemble(request)
+        if on_parse is not None:
+            on_parse(p)
         record(p)
         sent: list[bytes] = []
         tick = DECODE_STEP_S if last_marker(p.prompt) == DECODE_MARKER else 0.0

@@ -208,6 +208,7 @@ process_start_time_seconds 1700000000.0
 def test_parse_engine_metrics() -> None:
     t = parse_metrics(TRT)
     assert (t.waiting, t.running, t.kv_usage, t.kv_tokens, t.known) == (7, 3, 0.25, 6400, True)
+    assert t.tokens_per_block == 64
     v = parse_metrics(VLLM)
     assert (v.waiting, v.running, v.kv_usage, v.kv_tokens) == (4, 2, 0.5, 16000)
     s = parse_metrics("sglang:num_queue_reqs 5\nsglang:num_running_reqs 1\nsglang:token_usage 0.9")

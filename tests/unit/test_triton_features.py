@@ -19,7 +19,7 @@ from airouter.backends.triton.features import (
     sampling_extra,
 )
 from airouter.backends.triton.logprobs import read_logprobs, vllm_logprobs
-from airouter.backends.triton.models import GenParams, parse_config
+from airouter.backends.triton.models import GenParams, build_generate, parse_config
 from airouter.config import ModelConfig
 from airouter.errors import BadGateway, InvalidRequest
 from airouter.templates import load_template
@@ -223,3 +223,30 @@ async def test_an_error_mid_stream_ends_the_merged_stream() -> None:
             pass
     await reply.aclose()
     assert a.closed and b.closed
+
+
+def _perf_model(perf_type: str = "TYPE_BOOL", output: str = "kv_cache_reused_blocks") -> Any:
+    i32 = {"data_type": "TYPE_INT32", "dims": [1]}
+    return parse_config({
+        "name": "perf", "max_batch_size": 8,
+        "input": [{"name": "text_input", **T}, {"name": "max_tokens", **i32},
+                  {"name": "return_perf_metrics", "data_type": perf_type, "dims": [1],
+                   "optional": True}],
+        "output": [{"name": "text_output", **T}, {"name": output, **i32}],
+    })
+
+
+def test_tensorrt_llm_kv_reuse_output_is_asked_for_only_when_declared() -> None:
+    perf = _perf_model()
+    assert perf.reuse_output == "kv_cache_reused_blocks"
+    assert _perf_model(output="kv_cache_reused_block").reuse_output == "kv_cache_reused_block"
+    # Neither without the BOOL switch nor without the output.
+    assert _perf_model(perf_type="TYPE_INT32").reuse_output == ""
+    assert _perf_model(output="kv_cache_hit_rate").reuse_output == ""
+    assert TRTLLM.reuse_output == "" and PLAIN.reuse_output == ""
+    req = build_generate(perf, b"hi", GenParams(max_tokens=4), "r", stream=True)
+    sent = {t.name: t for t in req.inputs}
+    assert list(sent["return_perf_metrics"].contents.bool_contents) == [True]
+    assert list(sent["return_perf_metrics"].shape) == [1, 1]
+    plain = build_generate(PLAIN, b"hi", GenParams(max_tokens=4), "r", stream=True)
+    assert "return_perf_metrics" not in {t.name for t in plain.inputs}

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from airouter.backends.base import Backend, Call, Reply, Stats
+from airouter.backends.base import Backend, Call, Reply
 from airouter.backends.engine_scrape import EngineScraper
 from airouter.backends.failover import with_failover
 from airouter.backends.http.client import (
@@ -29,8 +29,7 @@ from airouter.backends.openai.relay import Relay, rewrite_model
 from airouter.backends.openai.relay_state import decode_any, record_usage
 from airouter.backends.openai.resume import Resumer
 from airouter.backends.openai.resume_state import resumable
-from airouter.backends.prefix import RouteKey
-from airouter.backends.prefix_policy import prompt_start, session_of
+from airouter.backends.prefix_policy import prompt_start, session_of, settle
 from airouter.bounds import UPSTREAM_LOGGED, escaped
 from airouter.config import OpenAIBackendConfig
 from airouter.errors import (
@@ -130,16 +129,6 @@ def _upstream_error(status: int, body: bytes, headers: dict[str, str],
         cls = {502: BadGateway, 503: ServiceUnavailable, 504: GatewayTimeout}[status]
         return cls(f"The backend '{backend}' answered with HTTP {status}.", headers=extra)
     return BadGateway(f"The backend '{backend}' failed (HTTP {status}).", code="upstream_error")
-
-
-def _settle(pool: NodePool, key: RouteKey, stats: Stats) -> None:
-    """The answer is over: if its usage said how much of the prompt the engine had cached,
-    check the prefix index's prediction against it."""
-    cached = stats.cached_tokens
-    if cached is None or key.pos < 0 or pool.prefix is None:
-        return
-    predicted, confirmed = pool.prefix.feedback(key, cached)
-    pool.observer.prefix_cache(pool.backend, pool.nodes[key.pos].label, predicted, confirmed)
 
 
 class OpenAIHttpBackend(Backend):
@@ -284,7 +273,7 @@ class OpenAIHttpBackend(Backend):
             self.pool, retries, lambda node: self._attempt(node, call, data, stream, resumer),
             key, tried,
         )
-        reply.on_close(functools.partial(_settle, self.pool, key, call.stats))
+        reply.on_close(functools.partial(settle, self.pool, key, call.stats))
         return reply
 
     async def _attempt(self, node: Node, call: Call, data: bytes, stream: bool,

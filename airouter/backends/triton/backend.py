@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -17,7 +18,8 @@ from airouter.backends.failover import with_failover
 from airouter.backends.node import Node, NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.observer import QUIET, NodeObserver
-from airouter.backends.prefix_policy import session_of
+from airouter.backends.prefix import RouteKey
+from airouter.backends.prefix_policy import session_of, settle
 from airouter.backends.triton.embed import Limit, inputs_of, tensor_embed, vllm_embed
 from airouter.backends.triton.errors import map_status
 from airouter.backends.triton.fanout import fan_out, summed
@@ -179,6 +181,8 @@ class TritonGrpcBackend(Backend):
                 info = parse_config(cfg, mc.interface, mc.embedding_input)
             except ValueError as e:
                 raise BadGateway(str(e)) from None
+            if self.pool.prefix is None:
+                info.reuse_output = ""  # only a prefix balancer reads it: not asked for
             self._infos[key] = info
         return info
 
@@ -232,6 +236,10 @@ class TritonGrpcBackend(Backend):
         metadata = tuple((k.lower(), v) for k, v in call.headers.items())
         bodies = [r.SerializeToString() for r in reqs]
 
+        prefix = self.pool.prefix
+        # The rendered prompt is what the node caches: its prefix picks the node.
+        key = None if prefix is None else prefix.key(prompt, call.target.backend_model,
+                                                     session_of(call.body))
         want_usage = (call.include_usage or not call.stream) and n == 1
         stats = [call.stats] if n == 1 else [Stats() for _ in range(n)]
         writers = [writer] + [writer.sibling(i) for i in range(1, n)]
@@ -278,12 +286,10 @@ class TritonGrpcBackend(Backend):
                           node.label, info.name, (time.perf_counter() - t0) * 1000)
             if echo:
                 first[0:0] = gen.out.text(prompt_text)
-            return Reply(chunks=gen.stream(first), aclose=gen.aclose)
-
-        prefix = self.pool.prefix
-        # The rendered prompt is what the node caches: its prefix picks the node.
-        key = None if prefix is None else prefix.key(prompt, call.target.backend_model,
-                                                     session_of(call.body))
+            reply = Reply(chunks=gen.stream(first), aclose=gen.aclose)
+            if key is not None and n == 1 and info.reuse_output:
+                reply.on_close(functools.partial(self._reused, key, gen))
+            return reply
 
         def choice(i: int) -> Awaitable[Reply]:
             return with_failover(self.pool, self.cfg.retries, lambda node: attempt(node, i), key)
@@ -292,6 +298,17 @@ class TritonGrpcBackend(Backend):
             return await choice(0)
         usage = writer if call.include_usage or not call.stream else None
         return await fan_out([choice(i) for i in range(n)], summed(call.stats, stats, usage))
+
+    def _reused(self, key: RouteKey, gen: Generation) -> None:
+        """The engine's count of reused KV blocks, as cached prompt tokens (blocks x the
+        engine's block size when its metrics said, else blocks: only > 0 counts), checked
+        against the prefix index's prediction."""
+        if gen.reused < 0 or key.pos < 0 or self.pool.prefix is None:
+            return
+        engine = self.pool.prefix.engine[key.pos]
+        per = engine.tokens_per_block if engine is not None and engine.tokens_per_block else 1
+        gen.stats.cached_tokens = gen.reused * per
+        settle(self.pool, key, gen.stats)
 
     async def _embed(self, call: Call, plan: Plan) -> Reply:
         info = plan.info

@@ -69,6 +69,7 @@ class Generation:
         "texts",
         "counted",
         "prompt",
+        "reused",
     )
 
     def __init__(
@@ -106,6 +107,8 @@ class Generation:
         self.texts: list[str] | None = [] if for_model(plan.model) is not None else None
         self.counted = [False, False]  # num_input_tokens, num_output_tokens seen
         self.prompt = prompt
+        # KV cache blocks the engine reused for the prompt (return_perf_metrics); -1: not told.
+        self.reused = -1
         self.stats = stats
         # Kept: asyncio.get_running_loop() is a getpid() system call on Python 3.11.
         self._loop = loop = asyncio.get_running_loop()
@@ -171,6 +174,8 @@ class Generation:
                     self.vllm_finish = reason.decode("utf-8", "replace")
             elif name in LOGPROB_OUTPUTS:
                 lp = i
+            elif name == self.plan.info.reuse_output:
+                self.reused = max(self.reused, scalar(contents[i], outputs[i].datatype))
         if lp >= 0:
             self.out.logprobs(read_logprobs(outputs[lp].name, contents[lp], raw, self.out.top))
         if raw and not counted:

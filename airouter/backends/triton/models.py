@@ -46,6 +46,10 @@ _CONTENTS = {
     "BYTES": "bytes_contents",
 }
 _U32 = struct.Struct("<I")
+# TensorRT-LLM's optional input that adds its perf metrics to the outputs, and the names of
+# the reused-blocks output (the C++ backend's and BLS's, then the LLM API backend's).
+PERF_INPUT = "return_perf_metrics"
+REUSE_OUTPUTS = ("kv_cache_reused_blocks", "kv_cache_reused_block")
 _SCALAR_DECODE = {
     "INT32": struct.Struct("<i"),
     "UINT32": struct.Struct("<I"),
@@ -77,6 +81,10 @@ class ModelInfo:
     # How it serves embeddings: "tensor" (text in, float tensor out), "vllm" (the vLLM
     # backend's embedding_request input), or "" (it does not).
     embed_interface: str = ""
+    # TensorRT-LLM's per-request KV reuse count (`kv_cache_reused_blocks`, or the LLM API
+    # backend's `kv_cache_reused_block`) when the model declares it and the BOOL input
+    # `return_perf_metrics` that turns it on; "" when not (or the backend does not ask).
+    reuse_output: str = ""
 
     def has(self, name: str) -> bool:
         return name in self.inputs
@@ -121,6 +129,10 @@ def parse_config(
         embed_interface = "vllm"
     else:
         embed_interface = "tensor" if kind == "embedding" else ""
+    reuse = next((n for n in REUSE_OUTPUTS if n in outputs), "")
+    perf = inputs.get(PERF_INPUT)
+    if perf is None or perf.datatype != "BOOL":
+        reuse = ""
     return ModelInfo(
         cfg.get("name", ""),
         kind,
@@ -130,6 +142,7 @@ def parse_config(
         decoupled,
         cumulative=str(acc).lower() in ("true", "1", "yes"),
         embed_interface=embed_interface,
+        reuse_output=reuse,
     )
 
 
@@ -220,6 +233,8 @@ def build_generate(
     for flag in ("return_num_input_tokens", "return_num_output_tokens", "return_finish_reason"):
         if flag in has:
             _add(req, info, flag, [True])
+    if info.reuse_output:
+        _add(req, info, PERF_INPUT, [True])
     if info.kind == "vllm":
         sp: dict[str, Any] = {"max_tokens": p.max_tokens}
         for k in ("temperature", "top_p", "top_k", "presence_penalty", "frequency_penalty", "seed"):
