@@ -41,14 +41,14 @@ class DisconnectWatch:
     def __init__(self, x: Watched, task: asyncio.Task[object]) -> None:
         self._task = task
         self._active = True
-        self._x = x
+        self._x: Watched | None = x
         self._watcher: asyncio.Future[None] | None = None
         loop = task.get_loop()
         self.since = loop.time()
         _SWEEP.add(self, loop)
 
     def start(self) -> None:
-        if self._active:
+        if self._active and self._x is not None:
             self._watcher = asyncio.ensure_future(self._x.client_disconnect())
             self._watcher.add_done_callback(self._fire)
 
@@ -66,8 +66,13 @@ class DisconnectWatch:
         return w is not None and w.done() and not w.cancelled() and w.exception() is None
 
     def stop(self) -> None:
+        # The exchange refers to its watch: let go of it, so the two are freed when the request
+        # ends, not at the next collection.
+        self._x = None
         if self._active:
             self._active = False
             _SWEEP.discard(self)
-        if self._watcher is not None:
-            self._watcher.cancel()
+        w = self._watcher
+        if w is not None:
+            w.cancel()
+            w.remove_done_callback(self._fire)  # the future refers to the watch no more
