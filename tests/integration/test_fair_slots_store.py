@@ -6,8 +6,6 @@ priority; a waiter that leaves frees its place at once."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +17,8 @@ from airouter.fairness.scheduler import HIGH, LOW, NORMAL
 from airouter.limits.node_redis import RedisSlots
 from airouter.limits.shared import SharedSlots
 from airouter.limits.shared_server import start_server
+from tests.integration.test_node_slots_store import Factory, settle, stores
 from tests.support.redis import run_redis
-
-Factory = Callable[[], SlotStore]
-
-
-@contextlib.asynccontextmanager
-async def stores(make: Factory, n: int) -> AsyncIterator[list[SlotStore]]:
-    out = [make() for _ in range(n)]
-    for s in out:
-        await s.start()
-    try:
-        yield out
-    finally:
-        for s in out:
-            await s.aclose()
-
-
-async def settle() -> None:
-    await asyncio.sleep(0.15)  # longer than a Redis waiter's poll
 
 
 class Grants:
