@@ -26,7 +26,6 @@ from airouter.rsgi import (
     Scope,
     head_size,
     head_too_large,
-    send_error,
 )
 from airouter.service import RELOAD_CLOSE_S, Service
 
@@ -85,7 +84,7 @@ class App:
         what = "no Host header" if count == 0 else f"{count} Host headers"
         err = InvalidRequest(f"The request has {what}; HTTP/1.1 requires exactly one.",
                              code="invalid_host", headers={"Connection": "close"})
-        send_error(proto, err, render=render_for(scope.path))
+        RsgiExchange(scope, proto, render_for(scope.path)).send_error(err)
 
     def _other(self, scope: Scope, proto: HTTPProtocol) -> Awaitable[None]:
         path = scope.path

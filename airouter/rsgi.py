@@ -7,7 +7,7 @@ and a whole answer is one call. An RSGI stream ends when the handler returns."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 # granian.rsgi's public names (its stubs re-export them without marking them so for mypy).
@@ -18,9 +18,8 @@ from granian.rsgi import (  # type: ignore[attr-defined]
     Scope,
 )
 
-from airouter.errors import InvalidRequest, RouterError, error_json
+from airouter.errors import InvalidRequest, error_json
 from airouter.exchange import CLOSE as _CLOSE
-from airouter.exchange import JSON as _JSON
 from airouter.exchange import (
     ClientGone,
     Exchange,
@@ -35,7 +34,6 @@ from airouter.sweep import Sweep
 
 __all__ = [
     "HTTPProtocol", "ProtocolClosed", "RsgiExchange", "Scope", "read_body",
-    "send_error", "send_json",
 ]
 
 
@@ -162,24 +160,6 @@ async def read_body(
     if over:
         raise too_large(limit)
     return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def send_json(
-    proto: HTTPProtocol, status: int, body: bytes, headers: Headers | None = None
-) -> None:
-    proto.response_bytes(status, [_JSON, *headers] if headers else [_JSON], body)
-
-
-def send_error(
-    proto: HTTPProtocol,
-    err: RouterError,
-    headers: Headers | None = None,
-    render: Callable[[RouterError], bytes] = error_json,
-) -> None:
-    extra = [(k.lower(), v) for k, v in err.headers.items()]
-    if headers:
-        extra.extend(headers)
-    send_json(proto, err.status, render(err), extra)
 
 
 _NO_PARAMS: dict[str, str] = {}
