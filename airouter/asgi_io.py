@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from airouter.exchange import (
+    BodyParts,
     ClientGone,
     Exchange,
     Headers,
@@ -21,7 +22,6 @@ from airouter.exchange import (
     StreamClosed,
     begin,
     body_timeout,
-    too_large,
 )
 from airouter.identity import RequestHeaders
 
@@ -80,33 +80,16 @@ class AsgiExchange(Exchange):
             raise body_timeout(stall) from None
 
     async def body(self, limit: int, stall: float | None = None) -> bytes:
-        length = self.headers.length
-        want = int(length) if length is not None and length.isdigit() else -1
-        if want > 2 * limit:
-            raise too_large(limit, close=True)
-        over = want > limit
-        parts: list[bytes] = []
-        size = 0
+        body = BodyParts(limit, self.headers.length)
         while True:
             message = await self._next(stall)
             if message["type"] == "http.disconnect":
                 self.gone = True
                 raise ClientGone
-            chunk: bytes = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                # Read through and dropped up to twice the limit, as the RSGI side does.
-                if size > 2 * limit:
-                    raise too_large(limit, close=True)
-                over = True
-                parts.clear()
-            if chunk and not over:
-                parts.append(chunk)
+            body.add(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        if over:
-            raise too_large(limit)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return body.whole()
 
     def send(self, status: int, body: bytes, headers: Headers) -> None:
         self._whole = asyncio.ensure_future(self._send_whole(status, body, headers))

@@ -114,6 +114,42 @@ def begin(x: Exchange, headers: RequestHeaders, render: Render) -> None:
     x.render = render
 
 
+class BodyParts:
+    """A request body as its parts arrive, within `limit` bytes. A body over the limit is read
+    through and dropped, up to twice the limit, before the 413 (as nginx discards one): a
+    client still sending it would otherwise meet a closed connection instead of the answer.
+    Past that, or declared past it (`length`, the Content-Length header), the 413 closes the
+    connection at once."""
+
+    __slots__ = ("limit", "want", "size", "over", "parts")
+
+    def __init__(self, limit: int, length: str | None) -> None:
+        want = int(length) if length is not None and length.isdigit() else -1
+        if want > 2 * limit:
+            raise too_large(limit, close=True)
+        self.limit = limit
+        self.want = want  # the declared length, -1 when none
+        self.size = 0
+        self.over = want > limit
+        self.parts: list[bytes] = []
+
+    def add(self, chunk: bytes) -> None:
+        self.size = size = self.size + len(chunk)
+        if size > self.limit:
+            if size > 2 * self.limit:
+                raise too_large(self.limit, close=True)
+            self.over = True
+            self.parts.clear()
+        if chunk and not self.over:
+            self.parts.append(chunk)
+
+    def whole(self) -> bytes:
+        if self.over:
+            raise too_large(self.limit)
+        parts = self.parts
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 def too_large(limit: int, close: bool = False) -> BodyTooLarge:
     return BodyTooLarge(f"The request body exceeds the limit of {limit} bytes.",
                         headers={"Connection": "close"} if close else None)

@@ -21,6 +21,7 @@ from granian.rsgi import (  # type: ignore[attr-defined]
 from airouter.errors import InvalidRequest, error_json
 from airouter.exchange import CLOSE as _CLOSE
 from airouter.exchange import (
+    BodyParts,
     ClientGone,
     Exchange,
     Headers,
@@ -103,15 +104,11 @@ async def read_body(
 ) -> bytes:
     """The whole request body; 413 past `limit` bytes, 408 when nothing arrives for `stall`s.
     `length`: the Content-Length header. Each part read from the server is a wake-up across
-    its threads: with the length known, the read that completes the body is the last.
-
-    A body over the limit is read through and dropped, up to twice the limit, before the 413
-    (as nginx discards one): a client still sending it would otherwise meet a closed
-    connection instead of the answer. Past that, the 413 closes the connection at once."""
-    want = int(length) if length is not None and length.isdigit() else -1
-    if want > 2 * limit:
-        raise too_large(limit, close=True)
-    over = want > limit
+    its threads: with the length known, the read that completes the body is the last. The
+    limit is kept as exchange.BodyParts keeps it (an over-limit body is read through, up to
+    twice the limit, before the 413)."""
+    body = BodyParts(limit, length)
+    want = body.want
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     reading: _Reading | None = None
@@ -120,11 +117,9 @@ async def read_body(
         if stall < 4 * _SWEEP.tick:
             _SWEEP.tick = stall / 4
         _SWEEP.add(reading, loop)
-    parts: list[bytes] = []
-    size = 0
     chunks = proto.__aiter__()
     try:
-        while size != want:
+        while body.size != want:
             try:
                 chunk = await chunks.__anext__()
             except StopAsyncIteration:
@@ -134,16 +129,11 @@ async def read_body(
                 # (shorter than its Content-Length, a bad chunk-size line, no last chunk) with
                 # one more before it: an incomplete message is never processed (RFC 9112 §8).
                 if want >= 0 or await _broken(chunks):
-                    raise too_large(limit, close=True) if over else _incomplete(size, want)
+                    if body.over:
+                        raise too_large(limit, close=True)
+                    raise _incomplete(body.size, want)
                 break
-            size += len(chunk)
-            if size > limit:
-                if size > 2 * limit:
-                    raise too_large(limit, close=True)
-                over = True
-                parts.clear()
-            if not over:
-                parts.append(chunk)
+            body.add(chunk)
             if reading is not None:
                 reading.since = loop.time()
     except asyncio.CancelledError:
@@ -157,9 +147,7 @@ async def read_body(
     finally:
         if reading is not None:
             _SWEEP.discard(reading)
-    if over:
-        raise too_large(limit)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return body.whole()
 
 
 _NO_PARAMS: dict[str, str] = {}
