@@ -134,10 +134,10 @@ class NodePool:
             if n in exclude:
                 return None
             return n if n.available(now) or self.panicking(now) else None
-        if self.panicking(now):
-            candidates = [n for n in nodes if n not in exclude]
-        else:
-            candidates = [n for n in nodes if n.available(now) and n not in exclude]
+        up = [n for n in nodes if n.available(now)]
+        candidates = nodes if len(up) < self.panic_threshold * len(nodes) else up  # panicking
+        if exclude:
+            candidates = [n for n in candidates if n not in exclude]
         if not candidates:
             return None
         if self.gated:

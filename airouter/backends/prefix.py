@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from operator import itemgetter
 
 import xxhash
@@ -133,7 +134,7 @@ class PrefixIndex:
             return
         self.tick += 1
         ticks = self.ticks[node]
-        ticks.update(dict.fromkeys(hashes, self.tick))
+        ticks.update(zip(hashes, repeat(self.tick)))  # no intermediate dict
         bit = 1 << node
         table = self.table
         get = table.get

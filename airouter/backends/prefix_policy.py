@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from airouter.backends.nodes import NodePool
     from airouter.config import NodesConfig
 
-# Blocks kept per node when neither the config nor the node's KV metrics say: 16,384 blocks of
-# 256 bytes is ~4 MB of prompt text, ~1M tokens, about one large GPU's KV cache.
-DEFAULT_CACHE_BLOCKS = 16384
+# Prompt text kept per node when neither the config nor the node's KV metrics say: ~4 MB is
+# ~1M tokens, about one large GPU's KV cache (8,192 blocks of 512 bytes).
+DEFAULT_CACHE_BYTES = 4 << 20
 # Bytes of prompt text per token, to turn an engine's KV capacity in tokens into blocks.
 BYTES_PER_TOKEN = 4
 
@@ -39,6 +39,9 @@ class PrefixBalancer:
         self.nodes = list(nodes)
         self.load_aware = load_aware
         self._pos = {id(n): i for i, n in enumerate(self.nodes)}
+        self._all = list(range(len(self.nodes)))
+        self._all_mask = (1 << len(self.nodes)) - 1
+        self._seeds: dict[str, int] = {}
         self._names = [n.url.encode() for n in self.nodes]
         self._by_url = {n.url: i for i, n in enumerate(self.nodes)}
         # Tells the other workers where a prefix went (prefix_share); None: one worker.
@@ -52,7 +55,8 @@ class PrefixBalancer:
         # How much more load than the least loaded node a cold prefix's home may have.
         self.cold_slack = cfg.prefix.cold_slack
         self.sized = cfg.prefix.cache_blocks > 0
-        self.index = PrefixIndex(len(self.nodes), cfg.prefix.cache_blocks or DEFAULT_CACHE_BLOCKS)
+        blocks = cfg.prefix.cache_blocks or DEFAULT_CACHE_BYTES // self.block
+        self.index = PrefixIndex(len(self.nodes), blocks)
         self.engine: list[EngineLoad | None] = [None] * len(self.nodes)
         self._mine_at = [0] * len(self.nodes)  # our in-flight count when each was read
         # Scraped numbers older than this are not trusted (a scraper that stopped answering).
@@ -63,7 +67,9 @@ class PrefixBalancer:
         """The route key of a prompt rendered as the node will see it (from offset `start`).
         `model` seeds the hashes (two models never share a cache); `session`
         (prompt_cache_key, user) names the home node instead of the first blocks."""
-        seed = text_seed(model)
+        seed = self._seeds.get(model)
+        if seed is None:  # the backend's model names: a handful, from the config
+            seed = self._seeds[model] = text_seed(model)
         hashes = block_hashes(text, self.block, self.max_blocks, seed, start)
         if session:
             return RouteKey(hashes, text_seed(session) ^ seed or 1, True)
@@ -74,25 +80,34 @@ class PrefixBalancer:
         """In flight here, plus what the engine ran or queued beyond our own requests at its
         last fresh scrape (other workers' and replicas'), relative to the node's weight. Our
         own count stays exact between scrapes: a stale total would herd requests."""
-        p = self._pos[id(node)]
-        mine = float(node.in_flight)
-        e = self.engine[p]
-        if e is not None and now - e.at < self.fresh_for and e.known:
-            mine += max(0.0, e.running + e.waiting - self._mine_at[p])
-        return mine / node.weight
+        return self.loads([node], [self._pos[id(node)]], now)[0]
+
+    def loads(self, nodes: Sequence[Node], pos: Sequence[int], now: float) -> list[float]:
+        """load() of each of `nodes` (at positions `pos`), in one pass."""
+        engine = self.engine
+        mine_at = self._mine_at
+        stale = now - self.fresh_for
+        out = []
+        for n, p in zip(nodes, pos, strict=True):
+            mine = float(n.in_flight)
+            e = engine[p]
+            if e is not None and e.at > stale and e.known:
+                mine += max(0.0, e.running + e.waiting - mine_at[p])
+            out.append(mine / n.weight)
+        return out
 
     def choose(self, candidates: list[Node], key: RouteKey) -> Node:
         hashes = key.hashes
-        pos = [self._pos[id(n)] for n in candidates]
-        best, holders = 0, 0
-        if hashes:
+        if len(candidates) == len(self.nodes):  # all of them, in order: the usual case
+            pos, among = self._all, self._all_mask
+        else:
+            pos = [self._pos[id(n)] for n in candidates]
             among = 0
             for p in pos:
                 among |= 1 << p
-            best, holders = self.index.longest(hashes, among)
+        best, holders = self.index.longest(hashes, among) if hashes else (0, 0)
         if self.load_aware:
-            now = time.monotonic()
-            loads = [self.load(n, now) for n in candidates]
+            loads = self.loads(candidates, pos, time.monotonic())
         else:
             loads = [n.in_flight / n.weight for n in candidates]
         ks = range(len(candidates))
@@ -174,7 +189,8 @@ class PrefixBalancer:
         return out
 
 
-_PROMPT_MEMBERS = (b'"tools":', b'"messages":', b'"prompt":')
+# The usual first (a chat's messages) is looked for first: the others only before it.
+_PROMPT_MEMBERS = (b'"messages":', b'"tools":', b'"prompt":')
 
 
 def prompt_start(data: bytes) -> int:
@@ -184,8 +200,12 @@ def prompt_start(data: bytes) -> int:
     second encoding of the body. (Inside a JSON string a quote is escaped, so these byte
     strings only ever match a member name.) Only the first 4 KB are searched: parameters
     are short, and a prompt member further on is keyed from the start."""
-    found = [i for i in (data.find(m, 0, 4096) for m in _PROMPT_MEMBERS) if i >= 0]
-    return min(found) if found else 0
+    end = 4096
+    for m in _PROMPT_MEMBERS:
+        i = data.find(m, 0, end)
+        if i >= 0:
+            end = i  # a member found further on could not be the first
+    return end if end < 4096 else 0
 
 
 def session_of(body: Mapping[str, Any]) -> str | None:

@@ -51,4 +51,4 @@ def test_prefix_key_of_a_1mb_prompt_is_bounded(benchmark: BenchmarkFixture) -> N
     assert prefix is not None
     huge = b"x" * 1_000_000
     key = benchmark(prefix.key, huge, "m")
-    assert len(key.hashes) == 256
+    assert len(key.hashes) == prefix.max_blocks  # 64 KB keyed, no more

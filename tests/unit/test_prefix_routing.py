@@ -16,6 +16,7 @@ from airouter.backends.engine_scrape import EngineScraper, metrics_url
 from airouter.backends.node import NodeSpec
 from airouter.backends.nodes import NodePool
 from airouter.backends.prefix import PrefixIndex, block_hashes, rendezvous
+from airouter.backends.prefix_policy import prompt_start
 from airouter.balance_config import PrefixConfig
 from tests.support.procs import free_port
 
@@ -41,6 +42,19 @@ def test_block_hashes_chain_and_skip_a_partial_block() -> None:
     assert block_hashes(b"short", 256, 100) == []
     assert len(block_hashes(b"x" * 10_000_000, 256, 256)) == 256  # bounded prefix
     assert block_hashes(b"x" * 512, 256, 10, seed=1) != block_hashes(b"x" * 512, 256, 10)
+
+
+def test_prompt_start_is_the_first_prompt_member() -> None:
+    # Parameters a client writes first are skipped; whichever prompt member comes first wins.
+    assert prompt_start(b'{"model":"m","messages":[]}') == 13
+    assert prompt_start(b'{"temperature":1,"tools":[],"messages":[]}') == 17
+    assert prompt_start(b'{"messages":[],"tools":[]}') == 1
+    assert prompt_start(b'{"model":"m","prompt":"x","messages":[]}') == 13
+    assert prompt_start(b'{"model":"m","input":"x"}') == 0  # none: keyed from the start
+    # Inside a string a quote is escaped: a member name in the text is not a member.
+    assert prompt_start(b'{"user":"a \\"tools\\": b","messages":[]}') == 25
+    late = b'{"metadata":"' + b"x" * 5000 + b'","messages":[]}'
+    assert prompt_start(late) == 0  # beyond the first 4 KB: keyed from the start
 
 
 def test_index_longest_match_per_node() -> None:
