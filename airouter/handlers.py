@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
-from airouter.backends.base import Call, Endpoint, Reply
+from airouter.backends.base import Call, Endpoint, Finishing, Reply
 from airouter.bounds import bounded
 from airouter.disconnect import DisconnectWatch
 from airouter.doors.door import FrontDoor, OpenAIDoor
@@ -170,9 +170,19 @@ class CompletionEndpoint:
     ) -> int:
         rec, renderer, ticket = x.record, x.renderer, x.ticket
         rec.started = True
+        # The last events go out with the stream's end, in one write, when the stream can tell
+        # they are the last (a whole stream in one upstream read: one send instead of two).
+        ending = cast("Finishing", events) if hasattr(events, "finished") else None
+        held = b""
         try:
             async for data in events:
-                await send(data)
+                if held:
+                    await send(held)
+                    held = b""
+                if ending is not None and ending.finished:
+                    held = data
+                else:
+                    await send(data)
                 rec.chunk_sent()
                 ticket.chunk(data)
             tail = renderer.end()
@@ -199,7 +209,7 @@ class CompletionEndpoint:
             tail = renderer.failed(internal_error())
         await ticket.settle(rec.call.stats if rec.call else None)
         try:
-            await send(tail)
+            await send(held + tail if held else tail)
         except x.closed:
             return _client_left(rec)
         rec.complete = True

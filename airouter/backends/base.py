@@ -6,7 +6,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airouter.protocol.endpoints import Endpoint
 
@@ -62,6 +62,15 @@ class Call:
 
 async def _noop() -> None:
     return None
+
+
+class Finishing(Protocol):
+    """A reply's `sse` that can tell, once it handed out events, that its next step ends it
+    without waiting (the upstream's end marker came with them): its consumer may send those
+    last events and the stream's end in one write."""
+
+    @property
+    def finished(self) -> bool: ...
 
 
 class Reply:

@@ -29,6 +29,8 @@ def chunk(delta: dict[str, object], finish: str | None = None, model: str = "up-
 
 HELLO, WORLD = chunk({"role": "assistant", "content": "Hel"}), chunk({"content": "lo [DONE]"})
 END = chunk({}, "stop")
+FIVES = (chunk({"content": "a"}, model="abcde"), chunk({"content": "b"}, model="abcdf"),
+         chunk({}, "stop", model="abcde"))
 
 
 def events(*payloads: bytes, eol: bytes = b"\n") -> bytes:
@@ -105,6 +107,10 @@ CASES: dict[str, tuple[bytes, list[bytes], str | None]] = {
     "finished, no [DONE]": (events(HELLO, END), [HELLO, END], None),
     "another model": (events(HELLO, chunk({"content": "x"}, model="up-2"), END, b"[DONE]"),
                       [HELLO, chunk({"content": "x"}, model="up-2"), END], None),
+    # Model names as long as the alias: the rewrite cannot count replacements by length.
+    "another model, alias-long": (events(*FIVES, b"[DONE]"), list(FIVES), None),
+    # Events after the end marker are not relayed.
+    "events after [DONE]": (events(HELLO, END, b"[DONE]", WORLD), [HELLO, END], None),
 }
 
 

@@ -128,6 +128,12 @@ class _Raw:
     def __aiter__(self) -> _Raw:
         return self
 
+    @property
+    def finished(self) -> bool:
+        """The upstream's [DONE] came with what was handed out: the next step ends."""
+        state = self.relay.state
+        return self.first is None and state.done and state.complete
+
     async def __anext__(self) -> bytes:
         first = self.first
         if first is not None:
