@@ -114,6 +114,9 @@ class Reply:
         self._closed = True
         first: BaseException | None = None
         steps = self._steps
+        # Steps often refer to the reply (failover's settle does): let go of them, so the
+        # reply is freed when the request ends, not at the next cyclic collection.
+        self._steps = []
         for step in (steps[0], *reversed(steps[1:])):
             try:
                 result = step()

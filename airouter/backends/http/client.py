@@ -228,6 +228,8 @@ class Connection(asyncio.Protocol):
         self._stop_timer()
         parser = self.parser
         self.parser = None
+        if parser is not None:
+            parser.release()
         return (not self.closed and self.error is None and parser is not None
                 and parser.complete and parser.keep_alive and not self.body)
 

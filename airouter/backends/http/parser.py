@@ -54,7 +54,7 @@ class ResponseParser:
         # A Content-Length body's bytes still to come once llhttp has read its head: they
         # are counted here and handed on as they are read, without a copy or a parser call.
         self._left = 0
-        self._parser = HttpResponseParser(self)
+        self._parser: HttpResponseParser | None = HttpResponseParser(self)
 
     def feed(self, data: bytes) -> bytes:
         left = self._left
@@ -74,8 +74,11 @@ class ResponseParser:
                 self.keep_alive = False  # bytes nobody asked for: the stream is out of step
             return b""
         out = self._out
+        parser = self._parser
+        if parser is None:
+            raise ProtocolError("bytes after the response was let go")
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except (HttpParserError, HttpParserUpgrade) as e:
             self._failed(e, data)
         if out:
@@ -90,6 +93,11 @@ class ResponseParser:
             if self._size > MAX_HEAD:
                 raise ProtocolError("the response head or its trailers are too long")
         return b""
+
+    def release(self) -> None:
+        """The response is over: llhttp goes. It holds this object's callbacks, and the cycle
+        would keep both alive until the next cyclic collection."""
+        self._parser = None
 
     def _failed(self, e: Exception, data: bytes) -> None:
         cause = e.__context__
@@ -144,6 +152,7 @@ class ResponseParser:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None  # called by it
         status = parser.get_status_code()
         if status < 100:
             raise ProtocolError(f"a malformed status code {status}")
