@@ -12,9 +12,7 @@ from collections.abc import Mapping
 from typing import cast
 
 from airouter.backends.http.coding import CodingError, Decoder
-from airouter.backends.http.errors import (  # re-exported: the client's errors
-    BadResponse as BadResponse,
-)
+from airouter.backends.http.errors import BadResponse as BadResponse  # re-exported, as these
 from airouter.backends.http.errors import ConnectError as ConnectError
 from airouter.backends.http.errors import Deadline as Deadline
 from airouter.backends.http.errors import Disconnected as Disconnected
@@ -226,8 +224,7 @@ class Connection(asyncio.Protocol):
     def finished(self) -> bool:
         """The response was read to its end and the connection may carry another."""
         self._stop_timer()
-        parser = self.parser
-        self.parser = None
+        parser, self.parser = self.parser, None
         if parser is not None:
             parser.release()
         return (not self.closed and self.error is None and parser is not None
