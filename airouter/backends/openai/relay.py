@@ -117,22 +117,19 @@ class _Raw:
     and the two coroutines under it (a stream's per-token cost). A broken upstream is handed
     to `resume` (when set), and the stream goes on with the relay of the reply it returns."""
 
-    __slots__ = ("relay", "first", "ended", "resume")
+    __slots__ = ("relay", "first", "ended", "resume", "finished")
 
     def __init__(self, relay: Relay, first: bytes | None, resume: Resume | None = None) -> None:
         self.relay = relay
         self.first = first
         self.ended = first is None
         self.resume = resume
+        # The upstream's [DONE] came with what was handed out last: the next step ends
+        # (base.Finishing). An attribute, not a property: it is read once per event.
+        self.finished = relay.state.done and relay.state.complete
 
     def __aiter__(self) -> _Raw:
         return self
-
-    @property
-    def finished(self) -> bool:
-        """The upstream's [DONE] came with what was handed out: the next step ends."""
-        state = self.relay.state
-        return self.first is None and state.done and state.complete
 
     async def __anext__(self) -> bytes:
         first = self.first
@@ -180,6 +177,8 @@ class _Raw:
                         self.ended = True
                         raise StopAsyncIteration
                     if out:
+                        if state.done:
+                            self.finished = state.complete
                         return out
                     continue
             return await self._resumed(err)
@@ -191,4 +190,5 @@ class _Raw:
         nxt = (await self.resume(err)).sse
         assert isinstance(nxt, _Raw)
         self.relay, self.first, self.ended = nxt.relay, nxt.first, nxt.ended
+        self.finished = nxt.finished
         return await self.__anext__()
