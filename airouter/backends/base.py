@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -120,7 +119,7 @@ class Reply:
         for step in (steps[0], *reversed(steps[1:])):
             try:
                 result = step()
-                if inspect.isawaitable(result):
+                if result is not None:  # a coroutine function's step
                     await result
             except BaseException as e:  # held: raised once the other steps ran
                 first = first or e

@@ -9,3 +9,7 @@ class Endpoint(enum.Enum):
     CHAT = "chat.completions"
     COMPLETIONS = "completions"
     EMBEDDINGS = "embeddings"
+
+    # Members are singletons compared by identity: hash them so too, in C (Enum's own
+    # __hash__ is a Python call, and endpoints key dicts on the request path).
+    __hash__ = object.__hash__
