@@ -78,10 +78,8 @@ def test_requests_with_more_than_text_are_not(extra: dict[str, Any]) -> None:
 # --- what the client saw -----------------------------------------------------------------
 
 
-def kept_by_relay(data: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
-    """What a KeptState relays and keeps from `data` read in pieces cut at `cuts`."""
-    kept: list[bytes] = []
-    st = KeptState("b", REPL, Stats(), kept)
+def fed(st: KeptState, data: bytes, cuts: list[int]) -> list[bytes]:
+    """What `st` relays from `data` read in pieces cut at `cuts` (the end not yet fed)."""
     out = []
     bounds = [0, *cuts, len(data)]
     for a, b in zip(bounds, bounds[1:], strict=False):
@@ -90,7 +88,14 @@ def kept_by_relay(data: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
         got = st.raw(data[a:b])
         if got:
             out.append(got)
-    return kept, b"".join(out)
+    return out
+
+
+def kept_by_relay(data: bytes, cuts: list[int]) -> tuple[list[bytes], bytes]:
+    """What a KeptState relays and keeps from `data` read in pieces cut at `cuts`."""
+    kept: list[bytes] = []
+    st = KeptState("b", REPL, Stats(), kept)
+    return kept, b"".join(fed(st, data, cuts))
 
 
 def test_relayed_reads_back_the_text_at_every_split() -> None:
@@ -172,14 +177,7 @@ SECOND = events(
 def drive(data: bytes, cuts: list[int], seen: Relayed, kept: list[bytes],
           stats: Stats) -> bytes:
     st = KeptState("b", REPL, stats, kept, Continuation(seen))
-    out = []
-    bounds = [0, *cuts, len(data)]
-    for a, b in zip(bounds, bounds[1:], strict=False):
-        if a == b:
-            continue  # b"" is the end
-        got = st.raw(data[a:b])
-        if got:
-            out.append(got)
+    out = fed(st, data, cuts)
     while not st.done:
         got = st.raw(b"")
         if got is None:
