@@ -7,6 +7,7 @@ import re
 
 import grpc
 
+from airouter.backends.triton import h2frames as h2
 from airouter.bounds import escaped
 from airouter.errors import (
     BadGateway,
@@ -65,19 +66,18 @@ def map_rpc_error(e: grpc.aio.AioRpcError, url: str, model: str,
     return map_status(code.value[0], e.details() or str(code), url, model, deadline)
 
 
-# gRPC status codes by number (grpc.StatusCode's values).
-_DEADLINE_EXCEEDED, _RESOURCE_EXHAUSTED, _UNAVAILABLE = 4, 8, 14
-_REJECTED = (3, 9, 11)  # INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE
+# gRPC status codes by number, as the wire client names them (grpc.StatusCode's values).
+_REJECTED = (h2.INVALID_ARGUMENT, h2.FAILED_PRECONDITION, h2.OUT_OF_RANGE)
 
 
 def map_status(code: int, details: str, url: str, model: str,
                deadline: str = "its request_timeout") -> RouterError:
     """A call's gRPC status (its number and text) as the error a client sees."""
-    if code == _DEADLINE_EXCEEDED:
+    if code == h2.DEADLINE_EXCEEDED:
         return GatewayTimeout(f"The Triton server at {url} did not answer within {deadline}.")
-    if code == _UNAVAILABLE:
+    if code == h2.UNAVAILABLE:
         return BadGateway(f"Could not reach the Triton server at {url}.", retryable=True)
-    if code == _RESOURCE_EXHAUSTED:
+    if code == h2.RESOURCE_EXHAUSTED:
         return ServiceUnavailable(f"The Triton server at {url} is overloaded.")
     if code in _REJECTED:
         return InvalidRequest(f"The model rejected the request: {details}",
