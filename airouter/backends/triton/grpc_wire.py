@@ -129,7 +129,6 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, Call] = {}
         self.closed: RpcError | None = None  # why no new call may start here
-        self._last_good = _LAST_ID  # GOAWAY: calls above this id were never processed
         self._next_id = 1
         self._frames = h2.FrameReader()
         self._decoder = Decoder(max_header_list_size=1 << 20)  # a long grpc-message too
@@ -240,7 +239,6 @@ class Connection(asyncio.Protocol):
                                   f"the server reset the stream (HTTP/2 error {code})"))
         elif ftype == h2.GOAWAY:
             last, code = h2.read_goaway(payload)
-            self._last_good = min(self._last_good, last)
             self.closed = self.closed or RpcError(
                 h2.UNAVAILABLE, f"{self.authority} is closing the connection (GOAWAY {code})")
             for call in [c for i, c in self.calls.items() if i > last]:
