@@ -123,7 +123,10 @@ class NodePool:
         all of them rather than pile everything on the few left, or refuse everything when
         none is (a node ejected for a client's mistakes, a health endpoint too busy to answer
         while the node serves)."""
-        up = sum(1 for n in self.nodes if n.available(now))
+        return self._panics(sum(1 for n in self.nodes if n.available(now)))
+
+    def _panics(self, up: int) -> bool:
+        """With `up` nodes available, the pool is panicking."""
         return up < self.panic_threshold * len(self.nodes)
 
     def pick(self, exclude: Sequence[Node] = (), key: RouteKey | None = None) -> Node | None:
@@ -135,7 +138,7 @@ class NodePool:
                 return None
             return n if n.available(now) or self.panicking(now) else None
         up = [n for n in nodes if n.available(now)]
-        candidates = nodes if len(up) < self.panic_threshold * len(nodes) else up  # panicking
+        candidates = nodes if self._panics(len(up)) else up
         if exclude:
             candidates = [n for n in candidates if n not in exclude]
         if not candidates:
