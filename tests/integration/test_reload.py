@@ -102,7 +102,7 @@ def test_valid_reloads_under_keep_alive_load_fail_nothing(upstream: FakeUpstream
         async def one(s: aiohttp.ClientSession, model: str, stream: bool) -> None:
             try:
                 if stream:
-                    r = await stream_chat(s, router.url, model, content="a b c")
+                    r = await stream_chat(s, router.url, model, content="a b c", to_end=True)
                     ok = r["status"] == 200 and r["done"] and r["error"] is None
                     what = repr(r)
                 else:
@@ -127,7 +127,10 @@ def test_valid_reloads_under_keep_alive_load_fail_nothing(upstream: FakeUpstream
             # One connection per client, each always in use (as wrk or k6 hold them): a
             # connection left idle in the pool through the old worker's Connection: close
             # window is closed under a client that may pick it up at that moment, the race
-            # every HTTP/1.1 server has when it closes an idle keep-alive connection.
+            # every HTTP/1.1 server has when it closes an idle keep-alive connection. Streams
+            # are read to their end, or aiohttp would open a new connection for the next
+            # request; a new connection still queued on the old worker's socket when it closes
+            # is reset while net.ipv4.tcp_migrate_req is 0 (the router names it at start-up).
             connector = aiohttp.TCPConnector(limit=6)
             async with aiohttp.ClientSession(connector=connector) as s:
                 until = time.monotonic() + 9

@@ -31,8 +31,10 @@ FULL = "Hello, world! Café 😀 The end."
 
 
 async def stream_chat(session: aiohttp.ClientSession, url: str, model: str,
-                      content: str = "hello", **extra: object) -> dict:
-    """One streaming request: status, whether data arrived, the text, and any error event."""
+                      content: str = "hello", to_end: bool = False, **extra: object) -> dict:
+    """One streaming request: status, whether data arrived, the text, and any error event.
+    `to_end`: read the body to its end after [DONE], so that the connection goes back to the
+    pool (left before its last chunk, aiohttp closes it)."""
     out: dict = {"status": 0, "started": False, "text": "", "error": None, "done": False}
     async with session.post(url + "/v1/chat/completions", headers=AUTH, json={
             "model": model, "stream": True, "messages": [{"role": "user", "content": content}],
@@ -47,6 +49,8 @@ async def stream_chat(session: aiohttp.ClientSession, url: str, model: str,
             data = line[6:].strip()
             if data == b"[DONE]":
                 out["done"] = True
+                if to_end:
+                    await r.read()
                 break
             obj = json.loads(data)
             if "error" in obj:
