@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from codecs import utf_8_decode
 from collections.abc import Iterable
 
@@ -186,6 +187,35 @@ class Utf8Joiner:
         return utf_8_decode(held, "replace", True)[0]
 
 
+_Tables = tuple[
+    tuple[tuple[str, bool], ...], tuple[str, ...], dict[str, tuple[tuple[int, str], ...]]
+]
+
+
+@functools.lru_cache(maxsize=256)
+def _tables(end: tuple[str, ...], strip: tuple[str, ...]) -> _Tables:
+    """A matcher's patterns in scan order, their first characters, and by last character the
+    proper prefixes ending with it (read-only: shared by every matcher of the same patterns)."""
+    ends = sorted({p for p in end if p}, key=lambda p: (len(p), p))
+    end_set = set(ends)
+    strips = sorted({p for p in strip if p and p not in end_set}, key=lambda p: (-len(p), p))
+    # Scan order doubles as tie-break priority at a shared position (strict "<" below).
+    pats = tuple([(p, True) for p in ends] + [(p, False) for p in strips])
+    firsts = tuple(sorted({p[0] for p, _ in pats}))
+    # Last char -> proper prefixes ending with it, longest first, so the first prefix
+    # the text ends with gives the earliest position where a match may still start.
+    by_last: dict[str, dict[int, set[str]]] = {}
+    for p, _ in pats:
+        for n in range(1, len(p)):
+            src = p[:n] if len(p) <= _PREFIX_CACHE_MAX else p
+            by_last.setdefault(p[n - 1], {}).setdefault(n, set()).add(src)
+    tails = {
+        c: tuple((n, s) for n in sorted(lens, reverse=True) for s in sorted(lens[n]))
+        for c, lens in by_last.items()
+    }
+    return pats, firsts, tails
+
+
 class _Cutter:
     """Leftmost multi-pattern matcher over a chunked str stream (shared engine).
 
@@ -202,26 +232,13 @@ class _Cutter:
 
     __slots__ = ("_pats", "_firsts", "_tails", "_held", "_hit")
 
-    def __init__(self, end: Iterable[str], strip: Iterable[str] = ()) -> None:
-        ends = sorted({p for p in end if p}, key=lambda p: (len(p), p))
-        end_set = set(ends)
-        strips = sorted({p for p in strip if p and p not in end_set}, key=lambda p: (-len(p), p))
-        # Scan order doubles as tie-break priority at a shared position (strict "<" below).
-        self._pats: tuple[tuple[str, bool], ...] = tuple(
-            [(p, True) for p in ends] + [(p, False) for p in strips]
-        )
-        self._firsts: tuple[str, ...] = tuple(sorted({p[0] for p, _ in self._pats}))
-        # Last char -> proper prefixes ending with it, longest first, so the first prefix
-        # the text ends with gives the earliest position where a match may still start.
-        by_last: dict[str, dict[int, set[str]]] = {}
-        for p, _ in self._pats:
-            for n in range(1, len(p)):
-                src = p[:n] if len(p) <= _PREFIX_CACHE_MAX else p
-                by_last.setdefault(p[n - 1], {}).setdefault(n, set()).add(src)
-        self._tails: dict[str, tuple[tuple[int, str], ...]] = {
-            c: tuple((n, s) for n in sorted(lens, reverse=True) for s in sorted(lens[n]))
-            for c, lens in by_last.items()
-        }
+    def __init__(self, end: Iterable[str], strip: Iterable[str] = (), keep: bool = True) -> None:
+        """`keep`: the tables may be kept for the next matcher of the same patterns (a
+        model's special tokens come with each of its requests; a client's stop sequences,
+        of any length, are not kept)."""
+        patterns = tuple(end), tuple(strip)
+        build = _tables if keep or patterns == ((), ()) else _tables.__wrapped__
+        self._pats, self._firsts, self._tails = build(*patterns)
         self._held = ""
         self._hit: str | None = None
 
@@ -305,7 +322,7 @@ class StopMatcher(_Cutter):
     __slots__ = ()
 
     def __init__(self, stops: Iterable[str]) -> None:
-        super().__init__(stops)
+        super().__init__(stops, keep=False)
 
     @property
     def stopped(self) -> bool:

@@ -704,3 +704,18 @@ def test_pipeline_property(
     inputs = cumulative_inputs(chunks) if cumulative else chunks
     assert "".join(p.feed(x) for x in inputs) + p.flush() == expected
     assert p.finished == finished
+
+
+def test_matchers_of_the_same_tokens_share_their_tables_and_nothing_else() -> None:
+    # A model's special tokens come with every request: their tables are built once.
+    a = SpecialTokenFilter(["<|im_end|>", "<|endoftext|>"])
+    b = SpecialTokenFilter(["<|im_end|>", "<|endoftext|>"])
+    assert a._tails is b._tails and a._pats is b._pats
+    assert a.feed("hello <|im_") == "hello "  # a holds a possible token back
+    assert b.feed("bye") == "bye" and not b.ended
+    assert a.feed("end|> more") == "" and a.ended and a.end_token == "<|im_end|>"
+    assert b.feed(" <|endoftext|>") == " " and b.end_token == "<|endoftext|>"
+    # A client's stop sequences are its own: never kept for another request.
+    s1, s2 = StopMatcher(["END"]), StopMatcher(["END"])
+    assert s1._tails is not s2._tails
+    assert s1.feed("abEN") == "ab" and s2.feed("xyz") == "xyz"
