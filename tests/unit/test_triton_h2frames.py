@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hpack import Decoder
 
 from airouter.backends.triton import h2frames as h2
 from airouter.backends.triton.models import first_bytes
@@ -135,3 +136,16 @@ def bytes_tensor(*items: bytes) -> bytes:
 )
 def test_first_element_of_a_bytes_tensor(raw: bytes, first: bytes) -> None:
     assert first_bytes(raw) == first
+
+
+@pytest.mark.parametrize("size", [0, 1, 126, 127, 128, 254, 255, 300, 16_383, 16_384, 70_000])
+def test_header_fields_decode_as_sent_and_leave_the_table_empty(size: int) -> None:
+    fields = [(":method", "POST"), (":path", "/inference.GRPCInferenceService/ModelStreamInfer"),
+              ("x-" + "n" * size, "v" * size), ("traceparent", "00-" + "ab" * 16 + "-01"),
+              ("x-label", "caf\u00e9")]
+    decoder = Decoder(max_header_list_size=1 << 20)
+    block = b"".join(h2.header_field(n, v) for n, v in fields)
+    assert decoder.decode(block) == fields
+    # Never indexed: the same bytes mean the same fields every time, nothing was added.
+    assert decoder.decode(block) == fields
+    assert len(decoder.header_table.dynamic_entries) == 0

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import cast
 
-from hpack import Decoder, Encoder
+from hpack import Decoder
 from hpack.exceptions import HPACKError
 
 from airouter.backends.triton import h2frames as h2
@@ -132,7 +132,7 @@ class Connection(asyncio.Protocol):
         self._next_id = 1
         self._frames = h2.FrameReader()
         self._decoder = Decoder(max_header_list_size=1 << 20)  # a long grpc-message too
-        self._encoder = Encoder()
+        self._heads: dict[str, bytes] = {}  # a path's fixed header fields, encoded
         self._header_block: list[bytes] = []
         self._header_stream = 0
         self._header_end = False
@@ -278,8 +278,7 @@ class Connection(asyncio.Protocol):
                 call._window += delta
         self._max_frame = values.get(h2.MAX_FRAME_SIZE, self._max_frame)
         self._max_streams = values.get(h2.MAX_CONCURRENT_STREAMS, self._max_streams)
-        if h2.HEADER_TABLE_SIZE in values:
-            self._encoder.header_table_size = values[h2.HEADER_TABLE_SIZE]
+        # HEADER_TABLE_SIZE is not ours to heed: requests' fields never enter the table.
         self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
         self._flush_blocked()
 
@@ -306,19 +305,21 @@ class Connection(asyncio.Protocol):
         self._next_id += 2
         if self._next_id >= _LAST_ID:
             self.closed = RpcError(h2.UNAVAILABLE, "stream ids used up")
-        headers = [
-            (":method", "POST"), (":scheme", "http"), (":path", path),
-            (":authority", self.authority), ("content-type", "application/grpc"),
-            ("te", "trailers"), ("user-agent", "airouter"),
-        ]
+        head = self._heads.get(path)
+        if head is None:
+            head = self._heads[path] = b"".join(h2.header_field(n, v) for n, v in (
+                (":method", "POST"), (":scheme", "http"), (":path", path),
+                (":authority", self.authority), ("content-type", "application/grpc"),
+                ("te", "trailers"), ("user-agent", "airouter")))
+        fields = [head]
         if deadline_s is not None:
-            headers.append(("grpc-timeout", f"{max(int(deadline_s * 1000), 1)}m"))
-        headers.extend(metadata)
+            fields.append(h2.header_field("grpc-timeout", f"{max(int(deadline_s * 1000), 1)}m"))
+        fields += [h2.header_field(n, v) for n, v in metadata]
         call = Call(self, sid, h2.grpc_message(body))
         self.calls[sid] = call
         if deadline_s is not None:
             call._timer = self.loop.call_later(deadline_s, call._expire)
-        block = self._encoder.encode(headers)
+        block = b"".join(fields)
         out = []
         for i in range(0, max(len(block), 1), self._max_frame):
             ftype = h2.HEADERS if i == 0 else h2.CONTINUATION

@@ -83,6 +83,27 @@ def grpc_message(message: bytes) -> bytes:
     return _MSG.pack(0, len(message)) + message
 
 
+def header_field(name: str, value: str) -> bytes:
+    """One request header field as HPACK's literal never indexed, name and value raw (RFC 7541
+    section 6.2.3): it changes no table on either side, so fields can be encoded once and sent
+    with every request (hpack's encoder: about 18 us for a call's nine fields)."""
+    n, v = name.encode(), value.encode()
+    return b"\x10" + _length(len(n)) + n + _length(len(v)) + v
+
+
+def _length(i: int) -> bytes:
+    """A string length: an integer on a 7-bit prefix, the Huffman bit clear (section 5.1)."""
+    if i < 127:
+        return bytes((i,))
+    out = bytearray((127,))
+    i -= 127
+    while i >= 128:
+        out.append((i & 127) | 128)
+        i >>= 7
+    out.append(i)
+    return bytes(out)
+
+
 def read_settings(payload: bytes) -> dict[int, int]:
     return {k: v for k, v in _SETTING.iter_unpack(payload[: len(payload) // 6 * 6])}
 
