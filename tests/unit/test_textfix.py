@@ -9,11 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from airouter.output.cutter import SpecialTokenFilter, StopMatcher
 from airouter.output.textfix import (
     CumulativeToDelta,
     PrefixStripper,
-    SpecialTokenFilter,
-    StopMatcher,
     TextPipeline,
     Utf8Joiner,
 )
