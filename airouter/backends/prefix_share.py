@@ -19,20 +19,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import os
-import struct
 import threading
 from typing import TYPE_CHECKING, cast
 
 import msgspec
 
+from airouter import frames
+from airouter.local_server import serve_unix
+
 if TYPE_CHECKING:
     from airouter.backends.prefix_policy import PrefixBalancer
 
 SOCKET_ENV = "AIROUTER_PREFIX_SOCKET"
-_LEN = struct.Struct(">I")
 MAX_FRAME = 16 << 20
 RECONNECT_S = 1.0
 HISTORY = 4 << 20  # bytes of the latest frames replayed to a worker that joins
@@ -44,20 +44,6 @@ log = logging.getLogger("airouter.nodes")
 Learnt = tuple[str, str, list[int]]  # backend, node url, block hashes
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list[Learnt]).decode
-
-
-def _split(buf: bytes) -> tuple[list[bytes], bytes]:
-    """Whole frames (with their length prefix) at the start of `buf`, and the rest."""
-    out, i, n = [], 0, len(buf)
-    while n - i >= 4:
-        size = _LEN.unpack_from(buf, i)[0]
-        if size > MAX_FRAME:
-            raise ValueError("frame too large")
-        if n - i - 4 < size:
-            break
-        out.append(buf[i : i + 4 + size])
-        i += 4 + size
-    return out, buf[i:]
 
 
 class _History:
@@ -88,21 +74,24 @@ class _Relay(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.peers.add(self)
         # What was placed before, then an empty frame: from now on, frames reach it.
-        self.transport.write(b"".join(self.history.frames) + _LEN.pack(0))
+        self.transport.write(b"".join(self.history.frames) + frames.HEAD.pack(0))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.peers.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
         try:
-            frames, self.buf = _split(self.buf + data if self.buf else data)
+            end = frames.whole(buf, MAX_FRAME)
         except ValueError:
             assert self.transport is not None
             self.transport.abort()
             return
-        if not frames:
+        self.buf = buf[end:]
+        if not end:
             return
-        out = b"".join(frames)
+        # Whole frames pass on as they came, undecoded.
+        out = buf[:end] if end < len(buf) else buf
         self.history.add(out)
         for p in self.peers:
             t = p.transport
@@ -114,29 +103,9 @@ class _Relay(asyncio.Protocol):
 
 def start_relay(path: str) -> threading.Thread:
     """Relay frames between the workers on `path`, from a daemon thread of the main process."""
-    ready = threading.Event()
-
-    async def main() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        peers: set[_Relay] = set()
-        history = _History()
-        server = await asyncio.get_running_loop().create_unix_server(
-            lambda: _Relay(peers, history), path=path)
-        ready.set()
-        async with server:
-            await server.serve_forever()
-
-    def run() -> None:
-        import uvloop
-
-        uvloop.new_event_loop().run_until_complete(main())
-
-    t = threading.Thread(target=run, name="airouter-prefix-share", daemon=True)
-    t.start()
-    if not ready.wait(10):
-        raise RuntimeError(f"prefix relay did not start on {path}")
-    return t
+    peers: set[_Relay] = set()
+    history = _History()
+    return serve_unix(path, lambda: _Relay(peers, history), "airouter-prefix-share")
 
 
 class PrefixShare(asyncio.Protocol):
@@ -175,7 +144,7 @@ class PrefixShare(asyncio.Protocol):
         t = self._transport
         if out and t is not None and not t.is_closing():
             body = _encode(out)
-            t.write(_LEN.pack(len(body)) + body)
+            t.write(frames.HEAD.pack(len(body)) + body)
 
     def _reconnect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,13 +175,13 @@ class PrefixShare(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames, self._buf = _split(self._buf + data if self._buf else data)
-            for f in frames:
-                if len(f) == 4:
+            bodies, self._buf = frames.split(self._buf + data if self._buf else data, MAX_FRAME)
+            for f in bodies:
+                if not f:
                     if self._joined is not None and not self._joined.done():
                         self._joined.set_result(None)
                     continue
-                for backend, url, hashes in _decode(memoryview(f)[4:]):
+                for backend, url, hashes in _decode(f):
                     b = self.balancers.get(backend)
                     if b is not None:
                         b.learn(url, hashes)

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from airouter.backends.node_slots import GRANTED, SlotStore
 from airouter.fairness.claim import NOBODY, Claim
+from airouter.frames import split
 from airouter.limits.batching import Batcher, Waiter, answer
 from airouter.limits.engine import Check, Engine, Item, Outcome, Spec
 from airouter.limits.wire import (
@@ -47,7 +48,6 @@ from airouter.limits.wire import (
     Take,
     decode_reply,
     framed,
-    split,
 )
 
 SOCKET_ENV = "AIROUTER_LIMITS_SOCKET"

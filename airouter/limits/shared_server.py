@@ -6,17 +6,15 @@ described in limits.shared)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
 import threading
 from collections.abc import Callable
 from typing import Any, cast
 
 import msgspec
-import uvloop
 
+from airouter.frames import split
 from airouter.limits.engine import Check, Counters, Outcome, Spec
 from airouter.limits.slots import SlotTable
 from airouter.limits.wire import (
@@ -38,8 +36,8 @@ from airouter.limits.wire import (
     decode_op,
     decode_raw_frame,
     framed,
-    split,
 )
+from airouter.local_server import serve_unix
 
 log = logging.getLogger("airouter.limits")
 
@@ -171,25 +169,4 @@ def start_server(path: str) -> threading.Thread:
     """Serve counters on `path` from a daemon thread of the calling (main) process."""
     counters = Counters()
     table = SlotTable()
-    ready = threading.Event()
-
-    async def main() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _Server(counters, table), path=path)
-        ready.set()
-        async with server:
-            await server.serve_forever()
-
-    def run() -> None:
-        # Each wake-up of this thread is CPU taken from workers that share its core: uvloop
-        # makes one cheaper than asyncio's own loop.
-        loop = uvloop.new_event_loop()
-        loop.run_until_complete(main())
-
-    t = threading.Thread(target=run, name="airouter-limits", daemon=True)
-    t.start()
-    if not ready.wait(10):
-        raise RuntimeError(f"limits server did not start on {path}")
-    return t
+    return serve_unix(path, lambda: _Server(counters, table), "airouter-limits")

@@ -4,12 +4,12 @@ which: `["P", spec, prompt, lease]` is an AdmitSpec. A frame is length-prefixed 
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import msgspec
 
-HEAD = struct.Struct("!I")  # a frame's length
+from airouter.frames import HEAD
+
 QUEUED = "Q"  # a slot request waits in the node's queue: its answer comes in a frame of its own
 
 
@@ -135,16 +135,3 @@ decode_op = msgspec.msgpack.Decoder(Op).decode
 def framed(msg: Any) -> bytes:
     body = encode(msg)
     return HEAD.pack(len(body)) + body
-
-
-def split(buf: bytes) -> tuple[list[bytes], bytes]:
-    """The complete frames' bodies in `buf`, and the bytes left of an incomplete one."""
-    out = []
-    pos, n = 0, len(buf)
-    while n - pos >= 4:
-        end = pos + 4 + HEAD.unpack_from(buf, pos)[0]
-        if end > n:
-            break
-        out.append(buf[pos + 4:end])
-        pos = end
-    return out, buf[pos:]

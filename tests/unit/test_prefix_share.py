@@ -6,7 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from airouter.backends.prefix_share import PrefixShare, _split, start_relay
+from airouter.backends.prefix_share import PrefixShare, start_relay
 from tests.unit.test_prefix_routing import _pool, _text
 
 
@@ -75,8 +75,3 @@ async def test_no_relay_routes_on_the_workers_own_index(tmp_path: Path) -> None:
     await share.start()
     first = pool.pick((), pool.prefix.key(_text(1, 0), "m"))
     assert pool.pick((), pool.prefix.key(_text(1, 1), "m")) is first
-
-
-def test_frames_split_on_their_length_prefix() -> None:
-    frames, rest = _split(b"\x00\x00\x00\x02ab\x00\x00\x00\x03cd")
-    assert frames == [b"\x00\x00\x00\x02ab"] and rest == b"\x00\x00\x00\x03cd"
