@@ -55,6 +55,8 @@ class Call:
     body: dict[str, Any]
     stream: bool
     include_usage: bool
+    # Forwarded to the backend (request id, trace context), names in lower case as HTTP/2 and
+    # gRPC metadata need them.
     headers: dict[str, str] = field(default_factory=dict)
     stats: Stats = field(default_factory=Stats)
 

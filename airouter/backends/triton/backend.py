@@ -233,7 +233,7 @@ class TritonGrpcBackend(Backend):
                                  code="invalid_value") from None
         cumulative = info.cumulative if plan.model.cumulative is None else plan.model.cumulative
         call.stats.response_model = info.name
-        metadata = tuple((k.lower(), v) for k, v in call.headers.items())
+        metadata = tuple(call.headers.items())
         bodies = [r.SerializeToString() for r in reqs]
 
         prefix = self.pool.prefix
