@@ -254,8 +254,8 @@ class OpenAIHttpBackend(Backend):
         model = call.target.model
         keep = (resumable(body) and model.reasoning_parser is None
                 and model.tool_parser is None)
-        resumer = Resumer(self.name, self.pool.observer, call, body, keep, self.cfg.retries)
-        resumer.reopen = lambda cont, left: self._open(call, cont, True, left, resumer)
+        resumer = Resumer(self.name, self.pool.observer, call, body, keep, self.cfg.retries,
+                          lambda r, cont, left: self._open(call, cont, True, left, r))
         return resumer.wrap(await self._open(call, data, True, self.cfg.retries, resumer))
 
     async def _open(self, call: Call, data: bytes, stream: bool, retries: int,
@@ -368,8 +368,7 @@ class OpenAIHttpBackend(Backend):
                 raise _upstream_error(resp.status, body, resp.headers, self.name)
             if resp.content_type == "text/event-stream":
                 relay = Relay(self.name, resp, call.target, call.stats, self._returned,
-                              None if resumer is None
-                              else resumer.state(self.name, call.target.model_repl))
+                              None if resumer is None else resumer.state())
                 # Wait for the first event, so a node that fails before it can be replaced.
                 if call.stream:
                     raw = await relay.next_raw()

@@ -26,8 +26,9 @@ from airouter.errors import RouterError
 log = logging.getLogger("airouter.openai")
 _encode = msgspec.json.Encoder().encode
 
-# (the continuation's request body, the retries it may use) -> its reply, through failover.
-Reopen = Callable[[bytes, int], Awaitable[Reply]]
+# (the resumer, the continuation's request body, the retries it may use) -> its reply,
+# through failover.
+Reopen = Callable[["Resumer", bytes, int], Awaitable[Reply]]
 
 
 class Resumer:
@@ -41,7 +42,7 @@ class Resumer:
                  "cont", "current", "outer", "reopen")
 
     def __init__(self, name: str, observer: NodeObserver, call: Call, body: dict[str, Any],
-                 keep: bool, retries: int) -> None:
+                 keep: bool, retries: int, reopen: Reopen) -> None:
         self.name = name
         self.observer = observer
         self.call = call
@@ -53,13 +54,14 @@ class Resumer:
         self.cont: Continuation | None = None
         self.current: Reply | None = None
         self.outer: Reply | None = None
-        self.reopen: Reopen | None = None
+        self.reopen = reopen
 
-    def state(self, name: str, model_repl: bytes) -> RelayState | None:
+    def state(self) -> RelayState | None:
         """The relay state of an attempt: None (a plain one) when nothing is kept."""
         if not self.keep:
             return None
-        return KeptState(name, model_repl, self.call.stats, self.kept, self.cont)
+        call = self.call
+        return KeptState(self.name, call.target.model_repl, call.stats, self.kept, self.cont)
 
     def wrap(self, reply: Reply) -> Reply:
         """The client's reply: the first attempt's stream, closing the current attempt."""
@@ -82,7 +84,7 @@ class Resumer:
         seen = relayed(self.kept) if self.keep else None
         body = continuation(self.body, seen) if seen is not None else None
         left = self.retries - len(self.tried)
-        if body is None or left < 0 or self.reopen is None:
+        if body is None or left < 0:
             outcome = "not_resumable" if body is None else "no_retries"
             self.observer.stream_resume(self.name, outcome)
             log.warning("backend %s: node %s broke off a stream (%s); not resumed: %s",
@@ -99,7 +101,7 @@ class Resumer:
                 log.exception("closing a broken stream's attempt failed")
         self.cont = Continuation(seen)
         try:
-            nxt = await self.reopen(_encode(body), left)
+            nxt = await self.reopen(self, _encode(body), left)
         except RouterError as e:
             failed: RouterError | None = e
         else:
