@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             running = {}
-            if {"chat", "stream", "overhead"} & set(only):
-                routes = scenarios.floor_routes(upstream.url)
+            if {"chat", "stream", "overhead", "paced"} & set(only):
+                routes = scenarios.floor_routes(upstream.url, paced_port)
                 for name in floors:
                     running[name] = stack.enter_context(
                         router.run_floor(tmp, name, FLOORS[name], routes, ROUTER_CORE)

@@ -20,6 +20,8 @@ TRITON_GOAL = 1.0
 # Row order in tables and charts: references first, the router last.
 PATHS = ("direct", "nginx", "floor", "floor_rsgi_aiohttp", "floor_rsgi", "baseline",
          "router_asgi", "router")
+# The pass-throughs the paced scenario runs when they are up.
+PACED_FLOORS = ("floor", "floor_rsgi_aiohttp", "floor_rsgi")
 LABEL = {
     "direct": "direct",
     "nginx": "nginx",
@@ -134,6 +136,8 @@ def add_ratios(results: dict[str, Any]) -> None:
             "router_added_itl_p99_ms": round(r["itl_p99_ms"] - d["itl_p99_ms"], 3),
             "nginx_added_itl_p99_ms": round(n["itl_p99_ms"] - d["itl_p99_ms"], 3),
             "nginx_added_ttft_p50_ms": round(n["ttft_p50_ms"] - d["ttft_p50_ms"], 3),
+            **{f"{who}_added_itl_p99_ms": round(sc[who]["itl_p99_ms"] - d["itl_p99_ms"], 3)
+               for who in PACED_FLOORS if who in sc},
         }
     sc = results["scenarios"].get("triton")
     if sc:
@@ -412,14 +416,17 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"{s['interval_ms']:g} ms, {s['seconds']:g} s measured"
         )
         add(
-            f"  {'path':8}{'streams':>8}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
+            f"  {'path':13}{'streams':>8}{'tok/s':>9}{'TTFT p50':>10}{'TTFT p99':>10}"
             f"{'ITL p50':>9}{'ITL p99':>9}{'p99.9':>8}{'max':>8}{'errors':>8}{'CPU s':>7}"
             f"{'us/tok':>8}{'maxRSS MB':>10}"
         )
-        for who in ("direct", "nginx", "router"):
+        for who in ("direct", "nginx", *PACED_FLOORS, "router"):
+            if who not in s:
+                continue
             r = s[who]
             add(
-                f"  {who:8}{r['streams']:>8}{_fmt(r['tokens_per_s']):>9}{r['ttft_p50_ms']:>10.2f}"
+                f"  {LABEL.get(who, who):13}{r['streams']:>8}{_fmt(r['tokens_per_s']):>9}"
+                f"{r['ttft_p50_ms']:>10.2f}"
                 f"{r['ttft_p99_ms']:>10.2f}{r['itl_p50_ms']:>9.2f}{r['itl_p99_ms']:>9.2f}"
                 f"{r['itl_p999_ms']:>8.1f}{r['itl_max_ms']:>8.1f}"
                 f"{r['errors'] + r['short_streams']:>8}{_fmt(r.get('cpu_s'), '.1f'):>7}"
@@ -431,7 +438,10 @@ def table(results: dict[str, Any], tgts: list[Target]) -> str:
             f"  router adds TTFT p50 {ra['router_added_ttft_p50_ms']:+.2f} ms, p99 "
             f"{ra['router_added_ttft_p99_ms']:+.2f} ms; ITL p99 "
             f"{ra['router_added_itl_p99_ms']:+.2f} ms "
-            f"(nginx: {ra['nginx_added_itl_p99_ms']:+.2f} ms)"
+            f"(nginx: {ra['nginx_added_itl_p99_ms']:+.2f} ms"
+            + "".join(f", {LABEL[who]}: {ra[f'{who}_added_itl_p99_ms']:+.2f} ms"
+                      for who in PACED_FLOORS if f"{who}_added_itl_p99_ms" in ra)
+            + ")"
         )
     s = sc.get("triton")
     if s:

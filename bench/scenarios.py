@@ -108,10 +108,11 @@ class Env:
     floors: dict[str, router.Router]
 
 
-def floor_routes(upstream_url: str) -> dict[str, str]:
+def floor_routes(upstream_url: str, paced_port: int) -> dict[str, str]:
     return {
         bodies.ALIAS_JSON: upstream_url + nginx.JSON_PATH,
         bodies.ALIAS_SSE: upstream_url + nginx.SSE_PATH,
+        bodies.ALIAS_PACED: f"http://{HOST}:{paced_port}/v1/chat/completions",
     }
 
 
@@ -301,10 +302,15 @@ def paced_scenario(env: Env, s: Settings) -> dict[str, Any]:
         paths = {
             "direct": (env.paced_port, "/v1/chat/completions", bodies.UPSTREAM_MODEL, None),
             "nginx": (env.proxy.port, "/paced/v1/chat/completions", bodies.UPSTREAM_MODEL, None),
+            # The same-stack pass-throughs: what the server and the client alone cost a token.
+            **{who: (f.port, "/v1/chat/completions", bodies.ALIAS_PACED, None)
+               for who, f in env.floors.items()},
             "router": (rt.port, "/v1/chat/completions", bodies.ALIAS_PACED, bodies.CLIENT_KEY),
         }
+        pids = {"router": rt.pid, "nginx": env.proxy.pid,
+                **{who: f.pid for who, f in env.floors.items()}}
         for who, (port, path, model, key) in paths.items():
-            watched = rt.pid if who == "router" else env.proxy.pid if who == "nginx" else None
+            watched = pids.get(who)
             before = group_stats(watched) if watched else None
             length = s.paced_ramp + s.paced_seconds + s.paced_tokens * s.paced_interval
             with (
