@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
-from hpack import Encoder
+from hpack import Decoder, Encoder
 
 from airouter.backends.triton import h2frames as h2
 from airouter.backends.triton.grpc_wire import Channel, RpcError
@@ -196,5 +196,32 @@ async def test_a_lost_connection_fails_its_calls(server: Fixture) -> None:
         assert e.value.code == h2.UNAVAILABLE
         again = await ch.stream("/x", b"b")  # a new connection
         assert len(conns) == 2 and again.id == 1
+    finally:
+        ch.close()
+
+
+async def test_a_lowered_header_table_size_is_answered_in_the_next_header_block(
+        server: Fixture) -> None:
+    # A server may shrink the table our header blocks index into (SETTINGS_HEADER_TABLE_SIZE);
+    # the next block must then start with a table size update (RFC 7541 section 4.2), which a
+    # strict decoder (hpack's, here) requires. The blocks after it need none.
+    target, conns, settings = server
+    settings.update({h2.HEADER_TABLE_SIZE: 0})
+    ch = Channel(target)
+    try:
+        conn = await ch._connection()
+        c = conns[0]
+        await c.wait(lambda f: f[0] == h2.SETTINGS and bool(f[1] & h2.ACK))
+        await ch.stream("/x", b"one", metadata=[("x-request-id", "r1")])
+        await ch.stream("/x", b"two")
+        blocks = [(await c.wait(lambda f, sid=sid: f[0] == h2.HEADERS and f[2] == sid))[3]
+                  for sid in (1, 3)]
+        assert blocks[0][:1] == h2.TABLE_SIZE_ZERO and blocks[1][:1] != h2.TABLE_SIZE_ZERO
+        decoder = Decoder()
+        decoder.max_allowed_table_size = 0
+        first = decoder.decode(blocks[0])
+        assert (":path", "/x") in first and ("x-request-id", "r1") in first
+        assert ("content-type", "application/grpc") in decoder.decode(blocks[1])
+        assert not conn._resize
     finally:
         ch.close()

@@ -133,6 +133,7 @@ class Connection(asyncio.Protocol):
         self._frames = h2.FrameReader()
         self._decoder = Decoder(max_header_list_size=1 << 20)  # a long grpc-message too
         self._heads: dict[str, bytes] = {}  # a path's fixed header fields, encoded
+        self._resize = False  # the server set a table size: say ours is 0 (RFC 7541 4.2)
         self._header_block: list[bytes] = []
         self._header_stream = 0
         self._header_end = False
@@ -278,7 +279,7 @@ class Connection(asyncio.Protocol):
                 call._window += delta
         self._max_frame = values.get(h2.MAX_FRAME_SIZE, self._max_frame)
         self._max_streams = values.get(h2.MAX_CONCURRENT_STREAMS, self._max_streams)
-        # HEADER_TABLE_SIZE is not ours to heed: requests' fields never enter the table.
+        self._resize |= h2.HEADER_TABLE_SIZE in values  # answered in the next header block
         self._write(h2.frame(h2.SETTINGS, h2.ACK, 0))
         self._flush_blocked()
 
@@ -311,7 +312,8 @@ class Connection(asyncio.Protocol):
                 (":method", "POST"), (":scheme", "http"), (":path", path),
                 (":authority", self.authority), ("content-type", "application/grpc"),
                 ("te", "trailers"), ("user-agent", "airouter")))
-        fields = [head]
+        fields = [h2.TABLE_SIZE_ZERO, head] if self._resize else [head]
+        self._resize = False
         if deadline_s is not None:
             fields.append(h2.header_field("grpc-timeout", f"{max(int(deadline_s * 1000), 1)}m"))
         fields += [h2.header_field(n, v) for n, v in metadata]

@@ -83,6 +83,12 @@ def grpc_message(message: bytes) -> bytes:
     return _MSG.pack(0, len(message)) + message
 
 
+# A dynamic table size update to 0 (RFC 7541 section 6.3): the fields above never use the
+# table, but a peer's SETTINGS_HEADER_TABLE_SIZE must be answered by one at the start of the
+# next header block (section 4.2), which a strict decoder checks.
+TABLE_SIZE_ZERO = b"\x20"
+
+
 def header_field(name: str, value: str) -> bytes:
     """One request header field as HPACK's literal never indexed, name and value raw (RFC 7541
     section 6.2.3): it changes no table on either side, so fields can be encoded once and sent
