@@ -16,7 +16,8 @@ from airouter.backends.http.parser import ResponseParser
 from airouter.backends.openai.relay import rewrite_model
 from airouter.backends.openai.relay_state import first_bad_event
 from airouter.output.chunks import ChunkWriter
-from airouter.output.textfix import StopMatcher, TextPipeline
+from airouter.output.cutter import StopMatcher
+from airouter.output.textfix import TextPipeline
 from airouter.protocol.requests import ChatRequest, decode
 from airouter.protocol.sse import SSEDecoder, frame
 from airouter.templates import load_template
