@@ -124,7 +124,7 @@ def test_valid_reloads_under_keep_alive_load_fail_nothing(upstream: FakeUpstream
                 n += 1
 
         async def run() -> int:
-            # One connection per client, each always in use (as wrk or k6 hold them): a
+            # One connection per client, each always in use (as a load generator holds them): a
             # connection left idle in the pool through the old worker's Connection: close
             # window is closed under a client that may pick it up at that moment, the race
             # every HTTP/1.1 server has when it closes an idle keep-alive connection. Streams
